@@ -1,0 +1,32 @@
+"""Error codes shared by every service: the stable part of every error the system reports."""
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable machine-readable codes; the gateway maps each to one HTTP status."""
+
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    CSRF_REQUIRED = "csrf_required"
+    SELF_APPROVAL_FORBIDDEN = "self_approval_forbidden"
+    NOT_FOUND = "not_found"
+    VALIDATION_ERROR = "validation_error"
+    UNKNOWN_ACTION = "unknown_action"
+    INVALID_PAYLOAD = "invalid_payload"
+    INVALID_STATE = "invalid_state"
+    PLAN_CHANGED = "plan_changed"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    BROKER_UNAVAILABLE = "broker_unavailable"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+class GateError(Exception):
+    """An expected failure with a stable code; it crosses service boundaries as a reply error."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

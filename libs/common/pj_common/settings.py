@@ -1,0 +1,41 @@
+"""Settings every service shares, read from `PJ_*` environment variables."""
+
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Only ever used when PJ_ENV=dev, so a developer machine runs with no setup at all.
+DEV_JWT_SECRET = "pj-dev-secret-do-not-use-in-production-0123456789"
+
+
+class CommonSettings(BaseSettings):
+    """Broker, token and logging settings shared by the gateway, approvals and dispatcher."""
+
+    model_config = SettingsConfigDict(env_prefix="PJ_", extra="ignore")
+
+    env: Literal["dev", "prod"] = "prod"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Every exchange and queue name starts with this; tests use a unique one per run.
+    amqp_prefix: str = "pj"
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str = "puddlejumper"
+    jwt_audience: str = "pj-approval-gate"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _require_secret_outside_dev(self) -> "CommonSettings":
+        if self.jwt_secret is None:
+            if self.env != "dev":
+                raise ValueError(
+                    "PJ_JWT_SECRET is not set: it is required unless PJ_ENV=dev "
+                    "(a development secret is used only then)"
+                )
+            self.jwt_secret = SecretStr(DEV_JWT_SECRET)
+        return self
+
+    @property
+    def jwt_key(self) -> str:
+        """The HMAC key that signs and verifies tokens."""
+        assert self.jwt_secret is not None  # set by the validator
+        return self.jwt_secret.get_secret_value()

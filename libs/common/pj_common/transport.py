@@ -1,0 +1,299 @@
+"""The one thin AMQP layer: a reconnecting connection, publishing, consuming with ack/nack, and RPC.
+
+Delivery rules live here and nowhere else: a handler that returns is acked (after its commit),
+`Permanent` or an invalid message is dead-lettered, anything else is retried after a back-off.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    DeliveryMode,
+)
+from pydantic import ValidationError
+
+from .errors import ErrorCode, GateError
+
+log = logging.getLogger("pj.transport")
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class Permanent(Exception):
+    """Processing can never succeed: dead-letter the message with this reason."""
+
+
+class Retryable(Exception):
+    """Processing failed for now: put the message back after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def broker_unavailable(detail: str = "message broker unavailable") -> GateError:
+    return GateError(ErrorCode.BROKER_UNAVAILABLE, detail)
+
+
+class Supervisor:
+    """Keeps one AMQP connection up: connects, runs `setup`, and starts over when the connection drops."""
+
+    def __init__(
+        self,
+        url: str,
+        setup: Callable[[AbstractConnection], Awaitable[None]],
+        *,
+        name: str,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self._url = url
+        self._setup = setup
+        self._name = name
+        self._on_lost = on_lost
+        self._task: asyncio.Task[None] | None = None
+        self.connection: AbstractConnection | None = None
+        self.ready = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"amqp-supervisor-{self._name}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once connected and set up, False if that took longer than `timeout`."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.connection is not None:
+            await self.connection.close()
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                connection = await aio_pika.connect(self._url, timeout=5, client_properties={
+                    "connection_name": self._name
+                })
+            except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
+                log.warning("amqp connect failed (%s); retrying in %.1fs", exc, delay,
+                            extra={"scope": "amqp.connect_failed"})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            try:
+                await self._setup(connection)
+                self.connection = connection
+                self.ready.set()
+                delay = 0.2
+                log.info("amqp connected", extra={"scope": "amqp.connected", "component": self._name})
+                await connection.closed()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("amqp session failed", extra={"scope": "amqp.session_failed"})
+            finally:
+                self.ready.clear()
+                self.connection = None
+                if self._on_lost is not None:
+                    self._on_lost()
+                if not connection.is_closed:
+                    await asyncio.shield(connection.close())
+            log.warning("amqp connection lost; reconnecting", extra={"scope": "amqp.connection_lost"})
+            await asyncio.sleep(delay)
+
+
+def json_message(
+    body: bytes,
+    *,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    persistent: bool = True,
+    expiration_s: float | None = None,
+    headers: dict[str, Any] | None = None,
+) -> aio_pika.Message:
+    """Build a JSON message with the properties this system relies on."""
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        message_id=message_id,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+        expiration=expiration_s,
+        headers=headers,
+    )
+
+
+async def publish_confirmed(
+    channel: AbstractChannel, routing_key: str, message: aio_pika.Message, *, exchange: str = "",
+    mandatory: bool = True,
+) -> None:
+    """Publish on a confirm channel and return once the broker has taken responsibility for it.
+
+    With `mandatory`, a message no queue would take raises instead of vanishing.
+    """
+    target = channel.default_exchange if not exchange else await channel.get_exchange(exchange, ensure=False)
+    await target.publish(message, routing_key=routing_key, mandatory=mandatory)
+
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+def _retry_delay(message: AbstractIncomingMessage, hint: float | None) -> float:
+    if hint is not None:
+        return min(hint, 30.0)
+    # Quorum queues count deliveries; back off so a dead database is not hammered by a hot loop.
+    count = int((message.headers or {}).get("x-delivery-count", 0) or 0)
+    return min(0.1 * 2**count, 10.0)
+
+
+async def settle(handler: Handler, message: AbstractIncomingMessage) -> None:
+    """Run `handler` and ack, dead-letter or retry the message by what it did."""
+    try:
+        await handler(message)
+    except (Permanent, ValidationError, ValueError) as exc:
+        log.error("message dead-lettered: %s", exc, extra={
+            "scope": "amqp.dead_lettered", "routing_key": message.routing_key,
+            "message_id": message.message_id,
+        })
+        await _quietly(message.reject(requeue=False))
+    except Exception as exc:
+        delay = _retry_delay(message, exc.retry_after if isinstance(exc, Retryable) else None)
+        log.warning("message processing failed, retrying in %.2fs: %r", delay, exc, extra={
+            "scope": "amqp.retry", "routing_key": message.routing_key, "message_id": message.message_id,
+        })
+        await asyncio.sleep(delay)
+        await _quietly(message.nack(requeue=True))
+    else:
+        await _quietly(message.ack())
+
+
+async def _quietly(settlement: Awaitable[None]) -> None:
+    # A channel that closed under us means the broker redelivers the message: nothing is lost.
+    try:
+        await settlement
+    except (aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+        log.warning("could not settle message: %r", exc, extra={"scope": "amqp.settle_failed"})
+
+
+async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *, prefetch: int) -> None:
+    """Start consuming `queue_name` with manual acks and at most `prefetch` messages in flight."""
+    await channel.set_qos(prefetch_count=prefetch)
+    queue = await channel.get_queue(queue_name, ensure=False)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        await settle(handler, message)
+
+    await queue.consume(on_message)
+
+
+async def reply(channel: AbstractChannel, request: AbstractIncomingMessage, body: bytes,
+                *, correlation_id: str | None = None) -> None:
+    """Answer an RPC request on its reply-to address.
+
+    mandatory=False: RabbitMQ 3.10 returns replies to direct reply-to as unroutable even when
+    they were delivered (rabbitmq-server issue 6124).
+    """
+    if not request.reply_to:
+        return
+    await send_reply(channel, request.reply_to, correlation_id or request.correlation_id or "", body)
+
+
+async def send_reply(channel: AbstractChannel, reply_to: str, correlation_id: str, body: bytes) -> None:
+    """Publish a reply to a direct reply-to address (which may belong to another process's request)."""
+    message = json_message(body, correlation_id=correlation_id, persistent=False)
+    await channel.default_exchange.publish(message, routing_key=reply_to, mandatory=False)
+
+
+class RpcClient:
+    """Request/reply over RabbitMQ direct reply-to, one reply consumer and a correlation-id -> future map."""
+
+    def __init__(self, routing_key: str) -> None:
+        self._routing_key = routing_key
+        self._channel: AbstractChannel | None = None
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None and not self._channel.is_closed
+
+    async def attach(self, connection: AbstractConnection) -> None:
+        """Open the request channel and its reply consumer on a fresh connection."""
+        channel = await connection.channel(publisher_confirms=False)
+        # Direct reply-to is a pseudo-queue: it is consumed, never declared.
+        replies = aio_pika.Queue(channel, DIRECT_REPLY_TO, durable=False, exclusive=False,
+                                 auto_delete=False, arguments=None, passive=True)
+        await replies.consume(self._on_reply, no_ack=True)
+        self._channel = channel
+
+    def detach(self) -> None:
+        """The connection is gone: every call still waiting will never see its reply."""
+        self._channel = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(broker_unavailable("connection to the broker lost; outcome unknown"))
+        self._pending.clear()
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(message.body)
+
+    async def call(self, body: bytes, *, correlation_id: str, timeout: float,
+                   follow_up_s: float = 0.0, is_follow_up: Callable[[bytes], bool] | None = None) -> bytes:
+        """Send one request and return its reply body.
+
+        When `follow_up_s` > 0 and `is_follow_up(first reply)` says so, also wait up to that long
+        for the final reply on `<correlation_id>.done` and return it; if it does not come in time,
+        the first reply is returned. No reply within `timeout` raises `upstream_timeout`: the
+        outcome is unknown, never "failed".
+        """
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise broker_unavailable()
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[bytes] = loop.create_future()
+        done_key = correlation_id + ".done"
+        self._pending[correlation_id] = first
+        final: asyncio.Future[bytes] | None = None
+        if follow_up_s > 0:
+            final = loop.create_future()
+            self._pending[done_key] = final
+        try:
+            message = json_message(body, correlation_id=correlation_id, reply_to=DIRECT_REPLY_TO,
+                                   persistent=False, expiration_s=timeout)
+            try:
+                await channel.default_exchange.publish(message, routing_key=self._routing_key,
+                                                       mandatory=False)
+            except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+                raise broker_unavailable(f"could not publish the command: {exc!r}") from exc
+            try:
+                answer = await asyncio.wait_for(first, timeout)
+            except TimeoutError as exc:
+                raise GateError(ErrorCode.UPSTREAM_TIMEOUT,
+                                f"no reply from the approvals service within {timeout:g}s; outcome unknown"
+                                ) from exc
+            if final is None or is_follow_up is None or not is_follow_up(answer):
+                return answer
+            try:
+                return await asyncio.wait_for(final, follow_up_s)
+            except TimeoutError:
+                return answer
+        finally:
+            self._pending.pop(correlation_id, None)
+            self._pending.pop(done_key, None)

@@ -1,0 +1,36 @@
+"""`python -m pj_approvals [migrate]`: run the approvals service, or only apply migrations."""
+
+import sys
+
+from pydantic import ValidationError
+
+from pj_common.logging import configure_logging
+from pj_common.runtime import run
+
+from . import store
+from .app import serve
+from .catalog import CatalogError
+from .settings import ApprovalsSettings
+
+
+def main() -> None:
+    try:
+        settings = ApprovalsSettings()
+    except ValidationError as exc:
+        sys.exit(f"approvals: invalid configuration: {exc}")
+    configure_logging("approvals", settings.log_level)
+    if sys.argv[1:] == ["migrate"]:
+        async def migrate_only() -> None:
+            await store.ensure_database(settings.database_url)
+            applied = await store.migrate(settings.database_url)
+            print("applied: " + (", ".join(applied) or "nothing (up to date)"))
+        run(migrate_only())
+        return
+    try:
+        run(serve(settings))
+    except CatalogError as exc:
+        sys.exit(f"approvals: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The approvals process: database pool, migrations, command and result consumers, expiry sweeper."""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from psycopg_pool import AsyncConnectionPool
+
+from pj_common.auth import TokenVerifier
+from pj_common.messages import ApprovalEvent, DispatchOrder
+from pj_common.runtime import wait_for_shutdown
+from pj_common.topology import Topology, declare_topology
+from pj_common.transport import Supervisor, broker_unavailable, consume, json_message, publish_confirmed
+
+from . import store
+from .catalog import load_catalog
+from .handlers import Handlers
+from .metrics import ApprovalMetrics
+from .service import ApprovalService
+from .settings import ApprovalsSettings
+
+log = logging.getLogger("pj.approvals")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Links:
+    """Channels of the current broker connection (replaced on every reconnect)."""
+
+    confirm: AbstractChannel | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ApprovalsApp:
+    """Owns every long-lived resource of one approvals process."""
+
+    def __init__(self, settings: ApprovalsSettings) -> None:
+        self.settings = settings
+        self.topology = Topology(settings.amqp_prefix)
+        self.catalog = load_catalog(settings.catalog)
+        self.metrics = ApprovalMetrics()
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+            kwargs={"autocommit": True}, open=False, name="approvals")
+        self.links = Links()
+        self.service = ApprovalService(self.pool, self.catalog, settings, self.metrics,
+                                       self._publish_order, self._emit_event, utcnow)
+        verifier = TokenVerifier(settings.jwt_key, settings.jwt_issuer, settings.jwt_audience)
+        self.handlers = Handlers(self.service, verifier)
+        self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def _setup(self, connection: AbstractConnection) -> None:
+        channel = await connection.channel()
+        await declare_topology(channel, self.topology)
+        self.links.confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self.handlers.reply_channel = await connection.channel(publisher_confirms=False)
+        commands = await connection.channel(publisher_confirms=False)
+        await consume(commands, self.topology.commands, self.handlers.on_command,
+                      prefetch=self.settings.command_prefetch)
+        results = await connection.channel(publisher_confirms=False)
+        await consume(results, self.topology.results, self.handlers.on_report,
+                      prefetch=self.settings.command_prefetch)
+
+    def _lost(self) -> None:
+        self.links.confirm = None
+        self.handlers.reply_channel = None
+
+    async def _publish_order(self, order: DispatchOrder) -> None:
+        channel = self.links.confirm
+        if channel is None:
+            log.error("dispatch order not published: broker unavailable", extra={
+                "scope": "approval.dispatch.publish_failed", "approvalId": order.approval_id})
+            raise broker_unavailable("dispatch claimed but its order could not be published")
+        await publish_confirmed(channel, self.topology.dispatch,
+                                json_message(order.to_json(), message_id=order.message_id))
+
+    async def _emit_event(self, event: ApprovalEvent) -> None:
+        channel = self.links.confirm
+        if channel is None:
+            raise broker_unavailable()
+        await publish_confirmed(channel, event.type, json_message(event.to_json(), message_id=event.event_id),
+                                exchange=self.topology.events, mandatory=False)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                expired = await self.service.expire_due()
+                if expired:
+                    log.info("expired %d approvals", expired, extra={"scope": "sweeper.expired"})
+            except Exception:
+                log.exception("expiry sweep failed", extra={"scope": "sweeper.failed"})
+            await asyncio.sleep(self.settings.sweep_interval_s)
+
+    async def start(self) -> None:
+        if self.settings.create_database:
+            await store.ensure_database(self.settings.database_url)
+        applied = await store.migrate(self.settings.database_url)
+        if applied:
+            log.info("migrations applied: %s", ", ".join(applied), extra={"scope": "db.migrated"})
+        await self.pool.open(wait=True, timeout=30)
+        self.supervisor.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="expiry-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.supervisor.stop()
+        await self.pool.close()
+
+
+async def serve(settings: ApprovalsSettings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    app = ApprovalsApp(settings)
+    await app.start()
+    log.info("approvals service started", extra={"scope": "service.started"})
+    await wait_for_shutdown()
+    await app.stop()

@@ -1,0 +1,360 @@
+"""What the approvals service does, command by command. Handlers call it; it calls the store.
+
+Every write is one compare-and-set statement; what the service publishes it publishes after commit.
+"""
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import AsyncConnectionPool
+
+from pj_common.auth import Principal
+from pj_common.errors import ErrorCode, GateError
+from pj_common.messages import (
+    ApprovalEvent,
+    DecideRequest,
+    DispatchOrder,
+    DispatchRequest,
+    ExecuteRequest,
+    ListApprovals,
+    PlanStep,
+    ReplyAddress,
+    StepReport,
+    StepResult,
+)
+
+from . import catalog as cat
+from . import store
+from .domain import check_may_decide, check_may_dispatch, check_may_request
+from .errors import not_found
+from .metrics import ApprovalMetrics
+from .settings import ApprovalsSettings
+
+log = logging.getLogger("pj.approvals")
+
+Publish = Callable[[DispatchOrder], Awaitable[None]]
+Emit = Callable[[ApprovalEvent], Awaitable[None]]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def approval_view(row: store.ApprovalRow) -> dict[str, Any]:
+    """An approval as clients see it, with the runbook's field names."""
+    return {
+        "id": str(row.id),
+        "request_id": row.request_id,
+        "tenant_id": row.tenant_id,
+        "operator_id": row.operator_id,
+        "action_id": row.action_id,
+        "approval_status": row.approval_status,
+        "approver_id": row.approver_id,
+        "approval_note": row.approval_note,
+        "payload": row.payload,
+        "plan": row.plan,
+        "plan_hash": row.plan_hash,
+        "audit": row.audit if row.audit is not None else [],
+        "dispatch_result": row.dispatch_result,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+        "decided_at": _iso(row.decided_at),
+        "dispatched_at": _iso(row.dispatched_at),
+        "finished_at": _iso(row.finished_at),
+        "expires_at": _iso(row.expires_at),
+    }
+
+
+def _parse_id(approval_id: str) -> UUID:
+    try:
+        return UUID(approval_id)
+    except ValueError:
+        raise not_found(approval_id) from None
+
+
+def _owner_filter(principal: Principal) -> str | None:
+    return None if principal.sees_whole_tenant else principal.subject
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchStarted:
+    """The CAS to dispatching won and the order is on its way; the final outcome comes later."""
+
+    data: dict[str, Any]
+
+
+class ApprovalService:
+    def __init__(self, pool: AsyncConnectionPool[Any], catalog: cat.Catalog, settings: ApprovalsSettings,
+                 metrics: ApprovalMetrics, publish_order: Publish, emit_event: Emit,
+                 clock: Callable[[], datetime]) -> None:
+        self._pool = pool
+        self._catalog = catalog
+        self._settings = settings
+        self._metrics = metrics
+        self._publish_order = publish_order
+        self._emit_event = emit_event
+        self._now = clock
+
+    # ------------------------------------------------------------ execute
+
+    def _plan(self, principal: Principal, req: ExecuteRequest) -> tuple[cat.Action, list[dict[str, Any]], str]:
+        action = self._catalog.action(req.action_id)
+        check_may_request(principal, action.requesters)
+        cat.check_payload(req.action_id, action, req.payload)
+        plan = cat.plan_document(cat.build_plan(req.action_id, action, req.payload, principal.tenant))
+        return action, plan, cat.plan_hash(plan)
+
+    async def execute(self, principal: Principal, req: ExecuteRequest, correlation_id: str) -> dict[str, Any]:
+        """Plan the request; in execute mode store it as a pending approval (idempotent on requestId)."""
+        _, plan, plan_hash = self._plan(principal, req)
+        if req.mode == "dry-run":
+            return {"approvalRequired": False, "actionId": req.action_id, "plan": plan, "planHash": plan_hash}
+        now = self._now()
+        row = store.ApprovalRow(
+            id=uuid.uuid4(), tenant_id=principal.tenant, request_id=req.request_id or str(uuid.uuid4()),
+            operator_id=principal.subject, action_id=req.action_id, payload=req.payload,
+            request_hash=cat.request_hash(req.action_id, req.payload), approval_status="pending",
+            approver_id=None, approval_note=None, plan=plan, plan_hash=plan_hash, dispatch_result=None,
+            claim_token=None, created_at=now, updated_at=now, decided_at=None, dispatched_at=None,
+            finished_at=None, expires_at=now + timedelta(seconds=self._settings.pending_ttl_s))
+        event = store.EventRecord("approval.created", principal.subject, principal.role, None, None, correlation_id)
+        async with self._pool.connection() as conn:
+            created = await store.insert_approval(conn, row, event)
+            if created is None:
+                existing = await store.find_by_request(conn, principal.tenant, row.request_id)
+        if created is not None:
+            self._metrics.created.labels(req.action_id).inc()
+            log.info("approval created", extra={
+                "scope": "pj.execute.approval_created", "approvalId": str(created.id),
+                "requestId": created.request_id, "actionId": created.action_id, "tenantId": created.tenant_id,
+                "correlationId": correlation_id})
+            await self._emit(created, "approval.created", principal.subject, None, correlation_id)
+            return self._created_view(created, created=True)
+        if existing is None:  # the row that conflicted was deleted in between: nothing to return
+            raise GateError(ErrorCode.INTERNAL_ERROR, "request id conflict could not be resolved; retry")
+        if existing.request_hash != row.request_hash:
+            log.warning("request id reused for a different request", extra={
+                "scope": "pj.execute.approval_create_failed", "requestId": row.request_id,
+                "approvalId": str(existing.id), "correlationId": correlation_id})
+            raise GateError(ErrorCode.IDEMPOTENCY_CONFLICT,
+                            f"requestId {row.request_id!r} was already used for a different action or payload")
+        return self._created_view(existing, created=False)
+
+    @staticmethod
+    def _created_view(row: store.ApprovalRow, *, created: bool) -> dict[str, Any]:
+        return {"approvalId": str(row.id), "approvalRequired": True, "approvalStatus": row.approval_status,
+                "planHash": row.plan_hash, "requestId": row.request_id, "created": created}
+
+    # ------------------------------------------------------------ reads
+
+    async def list_approvals(self, principal: Principal, req: ListApprovals) -> dict[str, Any]:
+        async with self._pool.connection() as conn:
+            rows, total, pending = await store.list_approvals(
+                conn, principal.tenant, _owner_filter(principal), req.status, req.limit, req.offset, self._now())
+        return {"approvals": [approval_view(r) for r in rows], "total": total, "pendingCount": pending,
+                "limit": req.limit, "offset": req.offset}
+
+    async def get_approval(self, principal: Principal, approval_id: str) -> dict[str, Any]:
+        async with self._pool.connection() as conn:
+            row = await store.get_approval(conn, _parse_id(approval_id), principal.tenant,
+                                           _owner_filter(principal))
+        if row is None:
+            raise not_found(approval_id)
+        return approval_view(row)
+
+    async def count_pending(self, principal: Principal) -> dict[str, Any]:
+        async with self._pool.connection() as conn:
+            count = await store.count_pending(conn, principal.tenant, _owner_filter(principal), self._now())
+        return {"pendingCount": count}
+
+    # ------------------------------------------------------------ decide
+
+    async def decide(self, principal: Principal, req: DecideRequest, correlation_id: str) -> dict[str, Any]:
+        """CAS pending -> approved|rejected; the requester never decides their own request."""
+        approval_id = _parse_id(req.approval_id)
+        decidable = self._catalog.decidable_by(principal.role)
+        if not decidable:
+            raise GateError(ErrorCode.FORBIDDEN, f"role {principal.role} may not decide approvals")
+        now = self._now()
+        expires_at = now + timedelta(seconds=self._settings.dispatch_window_s)
+        event = store.EventRecord("approval.decided", principal.subject, principal.role, "pending", req.note,
+                                  correlation_id)
+        async with self._pool.connection() as conn:
+            row = await store.decide(conn, approval_id, principal.tenant, decidable, req.status,
+                                     principal.subject, req.note, expires_at, now, event)
+            if row is None:
+                current = await store.get_approval(conn, approval_id, principal.tenant, None, with_audit=False)
+        if row is None:
+            if current is None:
+                raise not_found(req.approval_id)
+            check_may_decide(principal, current.operator_id,
+                             self._catalog.rule_roles(current.action_id))
+            state = "expired" if current.approval_status == "pending" else current.approval_status
+            raise GateError(ErrorCode.INVALID_STATE, f"approval is {state}; only pending approvals can be decided")
+        metric = self._metrics.approved if req.status == "approved" else self._metrics.rejected
+        metric.labels(row.action_id).inc()
+        self._metrics.approval_time.labels(req.status).observe((now - row.created_at).total_seconds())
+        log.info("approval decided", extra={
+            "scope": "approval.decided", "approvalId": str(row.id), "requestId": row.request_id,
+            "status": req.status, "approverId": principal.subject, "correlationId": correlation_id})
+        await self._emit(row, "approval.decided", principal.subject, "pending", correlation_id, req.note)
+        return approval_view(row)
+
+    # ------------------------------------------------------------ dispatch
+
+    async def dispatch(self, principal: Principal, req: DispatchRequest, correlation_id: str,
+                       notify: ReplyAddress | None) -> dict[str, Any] | DispatchStarted:
+        """CAS approved|dispatch_failed -> dispatching after re-checking the plan, then send the order."""
+        check_may_dispatch(principal)
+        approval_id = _parse_id(req.approval_id)
+        now = self._now()
+        async with self._pool.connection() as conn:
+            seen = await store.get_approval(conn, approval_id, principal.tenant, None, with_audit=False)
+            if seen is None:
+                raise not_found(req.approval_id)
+            self._check_dispatchable(seen, now)
+            self._check_plan(seen, correlation_id)
+            steps = [PlanStep.model_validate(s) for s in seen.plan]
+            completed = ([StepResult.model_validate(s) for s in await store.completed_steps(conn, seen.id)]
+                         if seen.approval_status == "dispatch_failed" else [])
+            if req.dry_run:
+                return {"approvalStatus": seen.approval_status, "dryRun": True,
+                        "dispatchResult": self._simulate(steps, completed)}
+            claim = uuid.uuid4()
+            event = store.EventRecord("approval.dispatch.started", principal.subject, principal.role,
+                                      seen.approval_status, None, correlation_id)
+            row = await store.claim_for_dispatch(conn, seen, claim, now, event)
+        if row is None:
+            self._metrics.consume_conflict.inc()
+            log.info("dispatch lost the compare-and-set", extra={
+                "scope": "consume_for_dispatch.conflict", "approvalId": req.approval_id,
+                "correlationId": correlation_id})
+            raise GateError(ErrorCode.INVALID_STATE, "approval is no longer dispatchable (already claimed)")
+        self._metrics.consume_success.inc()
+        log.info("dispatch started", extra={
+            "scope": "approval.dispatch.started", "approvalId": str(row.id), "requestId": row.request_id,
+            "correlationId": correlation_id})
+        order = DispatchOrder(approval_id=str(row.id), tenant_id=row.tenant_id, action_id=row.action_id,
+                              claim_token=str(claim), steps=steps, completed=completed, notify=notify)
+        await self._publish_order(order)
+        await self._emit(row, "approval.dispatch.started", principal.subject, seen.approval_status, correlation_id)
+        return DispatchStarted({"approvalId": str(row.id), "approvalStatus": "dispatching"})
+
+    @staticmethod
+    def _check_dispatchable(row: store.ApprovalRow, now: datetime) -> None:
+        if row.approval_status == "approved" and row.expires_at <= now:
+            raise GateError(ErrorCode.INVALID_STATE, "approval's dispatch window has passed")
+        if row.approval_status not in ("approved", "dispatch_failed"):
+            raise GateError(ErrorCode.INVALID_STATE,
+                            f"approval is {row.approval_status}; only approved approvals can be dispatched")
+
+    def _check_plan(self, row: store.ApprovalRow, correlation_id: str) -> None:
+        """Refuse if the stored plan was altered, or if the current catalog would plan differently."""
+        reason = None
+        if cat.plan_hash(row.plan) != row.plan_hash:
+            reason = "the stored plan no longer matches its approved hash"
+        else:
+            try:
+                action = self._catalog.action(row.action_id)
+                replanned = cat.plan_document(cat.build_plan(row.action_id, action, row.payload, row.tenant_id))
+                if cat.plan_hash(replanned) != row.plan_hash:
+                    reason = "the catalog now plans this request differently than when it was approved"
+            except GateError:
+                reason = "the action is no longer in the catalog"
+        if reason is not None:
+            self._metrics.plan_changed.inc()
+            log.warning("dispatch refused: %s", reason, extra={
+                "scope": "approval.dispatch.plan_changed", "approvalId": str(row.id),
+                "correlationId": correlation_id})
+            raise GateError(ErrorCode.PLAN_CHANGED, reason)
+
+    @staticmethod
+    def _simulate(steps: list[PlanStep], completed: list[StepResult]) -> list[dict[str, Any]]:
+        done = {c.step_id for c in completed}
+        return [StepResult(step_id=s.step_id, connector=s.connector, operation=s.operation,
+                           status="skipped" if s.step_id in done else "simulated",
+                           result={"params": s.params}).model_dump(by_alias=True, mode="json")
+                for s in steps]
+
+    async def record_report(self, report: StepReport) -> store.ApprovalRow | None:
+        """Checkpoint a step; on the plan's last report, CAS dispatching -> dispatched|dispatch_failed.
+
+        Returns the finished approval when this report ended the dispatch, else None. A stale or
+        duplicate report changes nothing (its claim no longer matches).
+        """
+        now = self._now()
+        step = report.step.model_dump(by_alias=True, mode="json")
+        approval_id, claim = UUID(report.approval_id), UUID(report.claim_token)
+        async with self._pool.connection() as conn:
+            if report.plan_status == "running":
+                recorded = await store.record_step(conn, approval_id, claim, report.step.step_id,
+                                                   report.step.status, step, now)
+                if not recorded:
+                    log.info("stale step report ignored", extra={
+                        "scope": "approval.dispatch.stale_report", "approvalId": report.approval_id})
+                return None
+            failed = report.plan_status == "dispatch_failed"
+            event_type = "approval.dispatch.failed" if failed else "approval.dispatch.completed"
+            event = store.EventRecord(event_type, None, None, "dispatching", None, None)
+            results = [r.model_dump(by_alias=True, mode="json") for r in report.results]
+            row = await store.finish_dispatch(conn, approval_id, claim, report.plan_status, report.step.step_id,
+                                              report.step.status, step, results, now, event)
+        if row is None:
+            log.info("stale final report ignored", extra={
+                "scope": "approval.dispatch.stale_report", "approvalId": report.approval_id})
+            return None
+        latency = (now - row.dispatched_at).total_seconds() if row.dispatched_at else 0.0
+        (self._metrics.dispatch_failure if failed else self._metrics.dispatch_success).labels(row.action_id).inc()
+        self._metrics.dispatch_latency.labels("failure" if failed else "success").observe(latency)
+        log.log(logging.WARNING if failed else logging.INFO, "dispatch finished", extra={
+            "scope": event_type, "approvalId": str(row.id), "requestId": row.request_id,
+            "status": row.approval_status, "failedStep": report.step.step_id if failed else None})
+        await self._emit(row, event_type, None, "dispatching", None)
+        return row
+
+    # ------------------------------------------------------------ expiry, health, metrics
+
+    async def expire_due(self, batch: int = 500) -> int:
+        """Expire pending approvals past their TTL and approved ones past their dispatch window."""
+        total = 0
+        event = store.EventRecord("approval.expired", None, None, None, None, None)
+        while True:
+            async with self._pool.connection() as conn:
+                rows = await store.expire_due(conn, self._now(), batch, event)
+            for row in rows:
+                self._metrics.expired.labels("pending" if row.decided_at is None else "approved").inc()
+                log.info("approval expired", extra={"scope": "approval.expired", "approvalId": str(row.id),
+                                                    "requestId": row.request_id})
+                await self._emit(row, "approval.expired", None, None, None)
+            total += len(rows)
+            if len(rows) < batch:
+                return total
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            async with self._pool.connection(timeout=2) as conn:
+                await store.ping(conn)
+        except Exception as exc:  # any failure here is the answer, not an error
+            return {"database": {"status": "error", "detail": type(exc).__name__}}
+        return {"database": {"status": "ok"}}
+
+    async def metrics_text(self) -> str:
+        async with self._pool.connection() as conn:
+            self._metrics.pending.set(await store.count_pending(conn, None, None, self._now()))
+        return self._metrics.render().decode()
+
+    async def _emit(self, row: store.ApprovalRow, event_type: Any, actor: str | None, from_status: Any,
+                    correlation_id: str | None, note: str | None = None) -> None:
+        event = ApprovalEvent(type=event_type, approval_id=str(row.id), tenant_id=row.tenant_id,
+                              action_id=row.action_id, actor=actor, from_status=from_status,
+                              to_status=row.approval_status,  # type: ignore[arg-type]
+                              occurred_at=row.updated_at, correlation_id=correlation_id, note=note)
+        try:
+            await self._emit_event(event)
+        except Exception:  # events are best effort until the outbox carries them
+            log.warning("event not published", exc_info=True, extra={"scope": "events.publish_failed"})

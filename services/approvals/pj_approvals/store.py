@@ -1,0 +1,355 @@
+"""Every SQL statement of the system. Each lifecycle write is one statement (a CTE doing the
+compare-and-set and its audit row together), so it runs atomically in autocommit mode with a
+single round trip."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+@dataclass(slots=True)
+class ApprovalRow:
+    id: UUID
+    tenant_id: str
+    request_id: str
+    operator_id: str
+    action_id: str
+    payload: dict[str, Any]
+    request_hash: str
+    approval_status: str
+    approver_id: str | None
+    approval_note: str | None
+    plan: list[dict[str, Any]]
+    plan_hash: str
+    dispatch_result: list[dict[str, Any]] | None
+    claim_token: UUID | None
+    created_at: datetime
+    updated_at: datetime
+    decided_at: datetime | None
+    dispatched_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime
+    audit: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """The audit row written beside a transition."""
+
+    event_type: str
+    actor: str | None
+    actor_role: str | None
+    from_status: str | None
+    note: str | None
+    correlation_id: str | None
+
+
+_COLUMNS = (
+    "id, tenant_id, request_id, operator_id, action_id, payload, request_hash, approval_status, approver_id,"
+    " approval_note, plan, plan_hash, dispatch_result, claim_token, created_at, updated_at, decided_at,"
+    " dispatched_at, finished_at, expires_at"
+)
+
+# The audit trail as a JSON array, oldest first; `{src}` is the events relation to read.
+_AUDIT_JSON = """coalesce((SELECT json_agg(json_build_object(
+        'event', e.event_type, 'actor', e.actor, 'role', e.actor_role, 'from', e.from_status,
+        'to', e.to_status, 'note', e.note, 'correlationId', e.correlation_id, 'at', e.occurred_at)
+        ORDER BY e.occurred_at, e.id) FROM {src} e WHERE e.approval_id = a.id), '[]'::json)"""
+
+# Inserts the audit row for every row of the CTE `changed` (its new status is the `to` status).
+_EVENT_FROM_CHANGED = """INSERT INTO approval_events (approval_id, tenant_id, event_type, actor, actor_role,
+        from_status, to_status, note, correlation_id, occurred_at)
+    SELECT c.id, c.tenant_id, %(event_type)s, %(actor)s, %(actor_role)s, {from_status}, c.approval_status,
+        %(note)s, %(correlation_id)s, %(now)s FROM changed c
+    RETURNING *"""
+
+
+def _event_params(event: EventRecord, now: datetime) -> dict[str, Any]:
+    return {
+        "event_type": event.event_type, "actor": event.actor, "actor_role": event.actor_role,
+        "note": event.note, "correlation_id": event.correlation_id, "now": now,
+    }
+
+
+def _returning_with_audit(transitioned: bool) -> str:
+    # A statement's sub-queries see the snapshot from before it, so the new event is added explicitly.
+    src = "(SELECT * FROM approval_events UNION ALL SELECT * FROM ev)" if transitioned else "approval_events"
+    return f"SELECT a.*, {_AUDIT_JSON.format(src=src)} AS audit FROM changed a"
+
+
+async def insert_approval(conn: Conn, row: ApprovalRow, event: EventRecord) -> ApprovalRow | None:
+    """Insert a new pending approval and its `approval.created` event; None if its requestId exists."""
+    params = {
+        "id": row.id, "tenant_id": row.tenant_id, "request_id": row.request_id, "operator_id": row.operator_id,
+        "action_id": row.action_id, "payload": Jsonb(row.payload), "request_hash": row.request_hash,
+        "plan": Jsonb(row.plan), "plan_hash": row.plan_hash, "expires_at": row.expires_at,
+        **_event_params(event, row.created_at),
+    }
+    query = f"""
+        WITH changed AS (
+            INSERT INTO approvals (id, tenant_id, request_id, operator_id, action_id, payload, request_hash,
+                approval_status, plan, plan_hash, created_at, updated_at, expires_at)
+            VALUES (%(id)s, %(tenant_id)s, %(request_id)s, %(operator_id)s, %(action_id)s, %(payload)s,
+                %(request_hash)s, 'pending', %(plan)s, %(plan_hash)s, %(now)s, %(now)s, %(expires_at)s)
+            ON CONFLICT (tenant_id, request_id) DO NOTHING
+            RETURNING {_COLUMNS}),
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="NULL")})
+        SELECT * FROM changed"""
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(query, params)  # type: ignore[arg-type]
+        return await cur.fetchone()
+
+
+def _visibility(tenant_id: str, operator_id: str | None) -> tuple[str, dict[str, Any]]:
+    """WHERE clause scoping rows to a tenant and, for callers who see only their own, to them."""
+    clause = "a.tenant_id = %(tenant_id)s"
+    params: dict[str, Any] = {"tenant_id": tenant_id}
+    if operator_id is not None:
+        clause += " AND a.operator_id = %(operator_id)s"
+        params["operator_id"] = operator_id
+    return clause, params
+
+
+async def find_by_request(conn: Conn, tenant_id: str, request_id: str) -> ApprovalRow | None:
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS} FROM approvals WHERE tenant_id = %s AND request_id = %s", (tenant_id, request_id)
+        )
+        return await cur.fetchone()
+
+
+async def get_approval(conn: Conn, approval_id: UUID, tenant_id: str, operator_id: str | None,
+                       *, with_audit: bool = True) -> ApprovalRow | None:
+    """One approval visible to the caller, with its audit trail."""
+    where, params = _visibility(tenant_id, operator_id)
+    params["id"] = approval_id
+    audit = f", {_AUDIT_JSON.format(src='approval_events')} AS audit" if with_audit else ""
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(f"SELECT a.*{audit} FROM approvals a WHERE a.id = %(id)s AND {where}", params)  # type: ignore[arg-type]
+        return await cur.fetchone()
+
+
+async def list_approvals(conn: Conn, tenant_id: str, operator_id: str | None, status: str | None,
+                         limit: int, offset: int, now: datetime) -> tuple[list[ApprovalRow], int, int]:
+    """A page of visible approvals (newest first), the number matching, and the number pending."""
+    where, params = _visibility(tenant_id, operator_id)
+    params.update(limit=limit, offset=offset, status=status, now=now)
+    status_clause = " AND a.approval_status = %(status)s" if status else ""
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(  # type: ignore[arg-type]
+            f"SELECT {_COLUMNS} FROM approvals a WHERE {where}{status_clause}"
+            " ORDER BY a.created_at DESC, a.id DESC LIMIT %(limit)s OFFSET %(offset)s", params)
+        rows = await cur.fetchall()
+    cur2 = await conn.execute(  # type: ignore[arg-type]
+        f"""SELECT count(*) FILTER (WHERE true{status_clause}),
+                   count(*) FILTER (WHERE a.approval_status = 'pending' AND a.expires_at > %(now)s)
+            FROM approvals a WHERE {where}""", params)
+    total, pending = await cur2.fetchone() or (0, 0)
+    return rows, total, pending
+
+
+async def count_pending(conn: Conn, tenant_id: str | None, operator_id: str | None, now: datetime) -> int:
+    """Unexpired pending approvals: of one tenant (scoped like a list), or of all tenants (tenant None)."""
+    if tenant_id is None:
+        where, params = "true", {}
+    else:
+        where, params = _visibility(tenant_id, operator_id)
+    params["now"] = now
+    cur = await conn.execute(  # type: ignore[arg-type]
+        f"SELECT count(*) FROM approvals a WHERE {where}"
+        " AND a.approval_status = 'pending' AND a.expires_at > %(now)s", params)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def decide(conn: Conn, approval_id: UUID, tenant_id: str, action_ids: tuple[str, ...],
+                 to_status: str, approver_id: str,
+                 note: str | None, expires_at: datetime, now: datetime, event: EventRecord) -> ApprovalRow | None:
+    """CAS pending -> approved|rejected (unexpired, not by the requester, an action the caller's role
+    may decide) with its event; None if the CAS lost (the caller reads the row to say why)."""
+    params = {"id": approval_id, "tenant_id": tenant_id, "action_ids": list(action_ids),
+              "to_status": to_status, "approver_id": approver_id,
+              "approval_note": note, "expires_at": expires_at, **_event_params(event, now)}
+    query = f"""
+        WITH changed AS (
+            UPDATE approvals SET approval_status = %(to_status)s, approver_id = %(approver_id)s,
+                approval_note = %(approval_note)s, decided_at = %(now)s, updated_at = %(now)s,
+                expires_at = %(expires_at)s
+            WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = 'pending'
+              AND expires_at > %(now)s AND operator_id <> %(approver_id)s
+              AND action_id = ANY(%(action_ids)s)
+            RETURNING {_COLUMNS}),
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="'pending'")})
+        {_returning_with_audit(True)}"""
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(query, params)  # type: ignore[arg-type]
+        return await cur.fetchone()
+
+
+async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, claim_token: UUID, now: datetime,
+                             event: EventRecord) -> ApprovalRow | None:
+    """CAS `seen.approval_status` (approved, unexpired, or dispatch_failed) -> dispatching with a fresh
+    claim token, only if the plan is still exactly the one checked; None if the CAS lost."""
+    params = {"id": seen.id, "tenant_id": seen.tenant_id, "from_status": seen.approval_status,
+              "plan": Jsonb(seen.plan), "plan_hash": seen.plan_hash, "claim": claim_token,
+              **_event_params(event, now)}
+    query = f"""
+        WITH changed AS (
+            UPDATE approvals SET approval_status = 'dispatching', claim_token = %(claim)s,
+                dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL
+            WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = %(from_status)s
+              AND plan_hash = %(plan_hash)s AND plan = %(plan)s
+              AND (approval_status <> 'approved' OR expires_at > %(now)s)
+            RETURNING {_COLUMNS}),
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")})
+        SELECT * FROM changed"""
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(query, params)  # type: ignore[arg-type]
+        return await cur.fetchone()
+
+
+async def completed_steps(conn: Conn, approval_id: UUID) -> list[dict[str, Any]]:
+    """Outcomes of the steps that already succeeded (a re-dispatch skips them)."""
+    cur = await conn.execute(
+        "SELECT outcome FROM approval_steps WHERE approval_id = %s AND status = 'succeeded'", (approval_id,))
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def record_step(conn: Conn, approval_id: UUID, claim_token: UUID, step_id: str, status: str,
+                      outcome: dict[str, Any], now: datetime) -> bool:
+    """Checkpoint one step's outcome; False if the claim is stale (another dispatch owns the approval)."""
+    cur = await conn.execute(
+        """INSERT INTO approval_steps (approval_id, step_id, claim_token, status, outcome, recorded_at)
+           SELECT id, %(step_id)s, %(claim)s, %(status)s, %(outcome)s, %(now)s FROM approvals
+           WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = 'dispatching'
+           ON CONFLICT (approval_id, step_id) DO UPDATE SET claim_token = EXCLUDED.claim_token,
+               status = EXCLUDED.status, outcome = EXCLUDED.outcome, recorded_at = EXCLUDED.recorded_at
+           RETURNING step_id""",
+        {"id": approval_id, "claim": claim_token, "step_id": step_id, "status": status,
+         "outcome": Jsonb(outcome), "now": now})
+    return await cur.fetchone() is not None
+
+
+async def finish_dispatch(conn: Conn, approval_id: UUID, claim_token: UUID, to_status: str, step_id: str,
+                          step_status: str, outcome: dict[str, Any], results: list[dict[str, Any]],
+                          now: datetime, event: EventRecord) -> ApprovalRow | None:
+    """CAS dispatching -> dispatched|dispatch_failed for this claim, with the last step's checkpoint,
+    the whole result and the event; None if the claim is stale or the approval already finished."""
+    params = {"id": approval_id, "claim": claim_token, "to_status": to_status, "step_id": step_id,
+              "step_status": step_status, "outcome": Jsonb(outcome), "results": Jsonb(results),
+              **_event_params(event, now)}
+    query = f"""
+        WITH changed AS (
+            UPDATE approvals SET approval_status = %(to_status)s, dispatch_result = %(results)s,
+                finished_at = %(now)s, updated_at = %(now)s
+            WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = 'dispatching'
+            RETURNING {_COLUMNS}),
+        step AS (
+            INSERT INTO approval_steps (approval_id, step_id, claim_token, status, outcome, recorded_at)
+            SELECT id, %(step_id)s, %(claim)s, %(step_status)s, %(outcome)s, %(now)s FROM changed
+            ON CONFLICT (approval_id, step_id) DO UPDATE SET claim_token = EXCLUDED.claim_token,
+                status = EXCLUDED.status, outcome = EXCLUDED.outcome, recorded_at = EXCLUDED.recorded_at),
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="'dispatching'")})
+        SELECT * FROM changed"""
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(query, params)  # type: ignore[arg-type]
+        return await cur.fetchone()
+
+
+async def expire_due(conn: Conn, now: datetime, batch: int, event: EventRecord) -> list[ApprovalRow]:
+    """CAS pending|approved -> expired for rows past `expires_at`, with events; SKIP LOCKED keeps
+    several approvals processes from fighting over the same rows."""
+    params = {"batch": batch, **_event_params(event, now)}
+    query = f"""
+        WITH due AS (
+            SELECT id, approval_status FROM approvals
+            WHERE approval_status IN ('pending', 'approved') AND expires_at <= %(now)s
+            ORDER BY expires_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED),
+        changed AS (
+            UPDATE approvals a SET approval_status = 'expired', updated_at = %(now)s
+            FROM due WHERE a.id = due.id AND a.approval_status = due.approval_status
+            RETURNING {", ".join("a." + c.strip() for c in _COLUMNS.split(","))}, due.approval_status AS prior_status),
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="c.prior_status")})
+        SELECT {_COLUMNS} FROM changed"""
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(query, params)  # type: ignore[arg-type]
+        return await cur.fetchall()
+
+
+async def ping(conn: Conn) -> None:
+    await conn.execute("SELECT 1")
+
+
+# ---------------------------------------------------------------- schema
+
+
+_MIGRATION_LOCK = 0x504A_4D49  # any constant, the same in every approvals process
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of each numbered file in the migrations package, in order."""
+    found = []
+    for entry in resources.files("pj_approvals.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(conninfo: str) -> list[str]:
+    """Apply every migration not applied yet, each in its own transaction; returns those applied now.
+
+    An advisory lock makes concurrent starts of several approvals processes safe.
+    """
+    applied: list[str] = []
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+            cur = await conn.execute("SELECT version FROM schema_migrations")
+            done = {row[0] for row in await cur.fetchall()}
+            for version, name, text in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(text.encode())
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                       (version, name))
+                applied.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied
+
+
+async def ensure_database(conninfo: str) -> bool:
+    """Create the database named in `conninfo` if missing; True if it was created."""
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    dbname = str(params.get("dbname") or "postgres")
+    params["dbname"] = "postgres"
+    async with await psycopg.AsyncConnection.connect(psycopg.conninfo.make_conninfo("", **params),
+                                                     autocommit=True) as conn:
+        cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+        if await cur.fetchone():
+            return False
+        try:
+            await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        except psycopg.errors.DuplicateDatabase:
+            return False  # created by a concurrent start
+        return True
+
+
+async def drop_database(conninfo: str, dbname: str) -> None:
+    """Drop a database (tests clean up the one they made)."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+

@@ -1,0 +1,61 @@
+"""What every connector is: a named client of one external API that runs plan steps and
+classifies its failures as retryable or permanent."""
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pj_common.messages import PlanStep
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """A step and the dispatch it belongs to (the ids make idempotency keys)."""
+
+    approval_id: str
+    tenant_id: str
+    action_id: str
+    step: PlanStep
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.approval_id}:{self.step.step_id}"
+
+
+@dataclass(slots=True)
+class StepOutput:
+    result: dict[str, Any] = field(default_factory=dict)
+    http_status: int | None = None
+
+
+class ConnectorError(Exception):
+    """A failed attempt: `retryable` ones are tried again (after `retry_after` if the API said so)."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool, retry_after: float | None = None,
+                 http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.http_status = http_status
+
+
+def permanent(code: str, message: str, http_status: int | None = None) -> ConnectorError:
+    return ConnectorError(code, message, retryable=False, http_status=http_status)
+
+
+def retryable(code: str, message: str, retry_after: float | None = None,
+              http_status: int | None = None) -> ConnectorError:
+    return ConnectorError(code, message, retryable=True, retry_after=retry_after, http_status=http_status)
+
+
+class Connector(Protocol):
+    name: str
+
+    def missing_settings(self) -> list[str]:
+        """Names of the settings this connector still needs; empty when it is configured."""
+        ...
+
+    async def run(self, ctx: StepContext) -> StepOutput:
+        """Perform the step's side effect once, or raise `ConnectorError`."""
+        ...

@@ -1,0 +1,86 @@
+"""Signed webhook: POST JSON with an HMAC-SHA256 signature and an idempotency key."""
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from .base import StepContext, StepOutput, permanent
+from .http_errors import classify_status, classify_transport
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """`sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`, what receivers verify."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+async def refuse_private_target(url: str) -> None:
+    """SSRF guard: refuse hosts that resolve to private, loopback, link-local or reserved addresses."""
+    host = urlsplit(url).hostname
+    if not host:
+        raise permanent("invalid_target", f"webhook URL has no host: {url!r}")
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise permanent("invalid_target", f"cannot resolve webhook host {host!r}: {exc}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
+                or address.is_multicast or address.is_unspecified):
+            raise permanent("target_not_allowed",
+                            f"webhook host {host!r} resolves to non-public address {address}; "
+                            "set PJ_WEBHOOK_ALLOW_PRIVATE=1 to allow it")
+
+
+class WebhookConnector:
+    name = "webhook"
+
+    def __init__(self, client: httpx.AsyncClient, url: str | None, secret: SecretStr | None,
+                 allow_private: bool) -> None:
+        self._client = client
+        self._url = url
+        self._secret = secret
+        self._allow_private = allow_private
+
+    def missing_settings(self) -> list[str]:
+        missing = []
+        if not self._url:
+            missing.append("PJ_WEBHOOK_URL")
+        if self._secret is None:
+            missing.append("PJ_WEBHOOK_SECRET")
+        return missing
+
+    async def run(self, ctx: StepContext) -> StepOutput:
+        if ctx.step.operation != "post":
+            raise permanent("unsupported_operation", f"webhook has no operation {ctx.step.operation!r}")
+        assert self._url is not None and self._secret is not None  # checked by missing_settings
+        if not self._allow_private:
+            await refuse_private_target(self._url)
+        body = json.dumps({"approvalId": ctx.approval_id, "actionId": ctx.action_id,
+                           "payload": ctx.step.params.get("body")}, separators=(",", ":")).encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-PJ-Timestamp": timestamp,
+            "X-PJ-Signature": sign(self._secret.get_secret_value(), timestamp, body),
+            "Idempotency-Key": ctx.idempotency_key,
+        }
+        try:
+            response = await self._client.post(self._url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise classify_transport(exc, "webhook") from exc
+        if response.is_redirect:
+            raise permanent("redirect_refused", f"webhook answered {response.status_code} redirect; not followed",
+                            response.status_code)
+        if not response.is_success:
+            raise classify_status(response, "webhook")
+        return StepOutput(result={"status": response.status_code}, http_status=response.status_code)

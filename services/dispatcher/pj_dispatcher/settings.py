@@ -1,0 +1,28 @@
+"""Dispatcher settings: `PJ_*`, plus the connector credentials under their conventional names."""
+
+from pydantic import AliasChoices, Field, SecretStr
+
+from pj_common.settings import CommonSettings
+
+
+class DispatcherSettings(CommonSettings):
+    # Steps run at once by this process; also its prefetch on the dispatch queue.
+    concurrency: int = Field(default=16, ge=1, validation_alias=AliasChoices("PJ_DISPATCHER_CONCURRENCY"))
+    max_attempts: int = Field(default=4, ge=1, validation_alias=AliasChoices("PJ_CONNECTOR_MAX_ATTEMPTS"))
+    retry_base_s: float = Field(default=0.5, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_BASE_S"))
+    retry_max_s: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_MAX_S"))
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_allow_private: bool = False
+
+    github_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("GITHUB_DISPATCH_TOKEN"))
+    github_api_url: str = "https://api.github.com"
+    ms_tenant_id: str | None = Field(default=None, validation_alias=AliasChoices("MS_TENANT_ID"))
+    ms_client_id: str | None = Field(default=None, validation_alias=AliasChoices("MS_CLIENT_ID"))
+    ms_client_secret: SecretStr | None = Field(default=None, validation_alias=AliasChoices("MS_CLIENT_SECRET"))
+    graph_api_url: str = "https://graph.microsoft.com/v1.0"
+    slack_bot_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
+    slack_api_url: str = "https://slack.com/api"

@@ -1,0 +1,125 @@
+"""Consumes dispatch orders and runs their steps, reporting each outcome to the approvals service.
+
+The dispatcher never changes an approval's status: it reports, approvals decides. The order is
+acked only after the plan's final report is confirmed by the broker.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from pj_common.messages import DispatchOrder, ErrorBody, PlanStatus, StepReport, StepResult
+
+from .connectors.base import Connector, ConnectorError, StepContext
+from .settings import DispatcherSettings
+
+log = logging.getLogger("pj.dispatcher")
+
+PublishReport = Callable[[StepReport], Awaitable[None]]
+
+
+def backoff_s(attempt: int, base: float, cap: float, hint: float | None) -> float:
+    """Exponential back-off with full jitter; a server's own Retry-After wins when it gives one."""
+    if hint is not None:
+        return min(hint, cap)
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+class Worker:
+    def __init__(self, settings: DispatcherSettings, connectors: dict[str, Connector],
+                 publish_report: PublishReport) -> None:
+        self._settings = settings
+        self._connectors = connectors
+        self._publish_report = publish_report
+
+    async def on_order(self, message: AbstractIncomingMessage) -> None:
+        order = DispatchOrder.model_validate_json(message.body)
+        await self.run_order(order)
+
+    async def run_order(self, order: DispatchOrder) -> None:
+        """Run the order's steps in sequence, skipping those already done; stop at the first failure."""
+        done = {c.step_id: c for c in order.completed}
+        results: list[StepResult] = []
+        started = time.monotonic()
+        for index, step in enumerate(order.steps):
+            if step.step_id in done:
+                results.append(done[step.step_id])
+                continue
+            outcome = await self._run_step(order, StepContext(order.approval_id, order.tenant_id,
+                                                              order.action_id, step))
+            results.append(outcome)
+            failed = outcome.status != "succeeded"
+            last = index == len(order.steps) - 1
+            if failed or last:
+                status: PlanStatus = "dispatch_failed" if failed else "dispatched"
+                results += [StepResult(step_id=s.step_id, connector=s.connector, operation=s.operation,
+                                       status="not_run") for s in order.steps[index + 1:]]
+                await self._report(order, outcome, status, results)
+                log.info("plan finished", extra={"scope": "dispatcher.plan_finished", "approvalId": order.approval_id,
+                                                 "status": status, "seconds": round(time.monotonic() - started, 3)})
+                return
+            await self._report(order, outcome, "running", [])
+        # Every step was already done (a re-dispatch after a failure that is now past): report the end.
+        final = results[-1]
+        await self._report(order, final, "dispatched", results)
+
+    async def _report(self, order: DispatchOrder, step: StepResult, status: PlanStatus,
+                      results: list[StepResult]) -> None:
+        await self._publish_report(StepReport(
+            approval_id=order.approval_id, tenant_id=order.tenant_id, claim_token=order.claim_token,
+            step=step, plan_status=status, results=results, notify=order.notify if status != "running" else None))
+
+    async def _run_step(self, order: DispatchOrder, ctx: StepContext) -> StepResult:
+        step = ctx.step
+        started_at = datetime.now(UTC)
+        t0 = time.monotonic()
+
+        def outcome(status: str, attempts: int, *, result: dict | None = None, error: ConnectorError | None = None,
+                    code: str | None = None, message: str | None = None, http_status: int | None = None
+                    ) -> StepResult:
+            err = None
+            if error is not None:
+                err, http_status = ErrorBody(code=error.code, message=error.message), error.http_status
+            elif code is not None:
+                err = ErrorBody(code=code, message=message or code)
+            return StepResult(step_id=step.step_id, connector=step.connector, operation=step.operation,
+                              status=status,  # type: ignore[arg-type]
+                              attempts=attempts, started_at=started_at, finished_at=datetime.now(UTC),
+                              http_status=http_status, duration_ms=round((time.monotonic() - t0) * 1000, 3),
+                              result=result, error=err)
+
+        connector = self._connectors.get(step.connector)
+        if connector is None:
+            return outcome("failed", 0, code="unknown_connector",
+                           message=f"no connector named {step.connector!r} in this dispatcher")
+        missing = connector.missing_settings()
+        if missing:
+            return outcome("failed", 0, code="connector_not_configured",
+                           message=f"connector {step.connector!r} is not configured: set {', '.join(missing)}")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                output = await connector.run(ctx)
+            except ConnectorError as exc:
+                if not exc.retryable or attempt >= self._settings.max_attempts:
+                    log.warning("step failed: %s", exc.message, extra={
+                        "scope": "dispatcher.step_failed", "approvalId": order.approval_id,
+                        "stepId": step.step_id, "code": exc.code, "attempts": attempt})
+                    return outcome("failed", attempt, error=exc)
+                delay = backoff_s(attempt, self._settings.retry_base_s, self._settings.retry_max_s, exc.retry_after)
+                log.info("step attempt failed, retrying in %.2fs", delay, extra={
+                    "scope": "dispatcher.step_retry", "approvalId": order.approval_id, "stepId": step.step_id,
+                    "code": exc.code, "attempt": attempt})
+                await asyncio.sleep(delay)
+                continue
+            except Exception as exc:  # a bug in a connector fails the step, never the worker
+                log.exception("connector crashed", extra={"scope": "dispatcher.connector_crashed",
+                                                          "approvalId": order.approval_id, "stepId": step.step_id})
+                return outcome("failed", attempt, code="connector_error", message=f"{type(exc).__name__}: {exc}")
+            return outcome("succeeded", attempt, result=output.result, http_status=output.http_status)

@@ -1,0 +1,89 @@
+"""A webhook receiver on 127.0.0.1 that verifies PJ signatures and records what it got.
+
+Run alone (`python tests/support/webhook_sink.py --port 9099`) it logs each delivery as JSON; tests
+start it in a thread and read `deliveries`. `fail_next` makes it answer errors, to exercise retries.
+"""
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Delivery:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    signature_ok: bool
+
+
+@dataclass
+class SinkState:
+    secret: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    fail_next: list[int] = field(default_factory=list)  # statuses to answer before succeeding
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    echo: bool = False
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature)
+
+
+def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            ok = verify(state.secret, self.headers.get("X-PJ-Timestamp", ""), raw,
+                        self.headers.get("X-PJ-Signature", ""))
+            with state.lock:
+                status = state.fail_next.pop(0) if state.fail_next else (200 if ok else 401)
+                if status == 200:
+                    delivery = Delivery(self.path, dict(self.headers), json.loads(raw or b"null"), ok)
+                    state.deliveries.append(delivery)
+            if status == 200 and state.echo:
+                print(json.dumps({"received": delivery.body, "idempotencyKey": self.headers.get("Idempotency-Key"),
+                                  "signatureOk": ok}), flush=True)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps({"ok": status == 200}).encode())
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return Handler
+
+
+def start_sink(secret: str, port: int = 0) -> tuple[ThreadingHTTPServer, SinkState]:
+    """Serve on 127.0.0.1:`port` (0 = any free port) in a daemon thread."""
+    state = SinkState(secret=secret)
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(state))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=9099)
+    args = parser.parse_args()
+    secret = os.environ.get("PJ_WEBHOOK_SECRET", "")
+    state = SinkState(secret=secret, echo=True)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
+    print(json.dumps({"listening": f"http://127.0.0.1:{args.port}"}), file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

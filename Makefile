@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV := $(PYTHON) -m uv
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
@@ -21,7 +21,7 @@ ROLE ?= admin
 SUB ?= dev-admin
 TENANT ?= default
 
-.PHONY: help venv migrate run up down token test test-unit lint clean
+.PHONY: help venv migrate run up down token test test-unit lint schemas clean
 
 help:
 	@echo "make run [DISPATCHERS=N]   start gateway, approvals, N dispatchers and a dev webhook sink (Ctrl-C stops)"
@@ -30,10 +30,8 @@ help:
 	@echo "make test                  the whole test suite (needs PostgreSQL and RabbitMQ)"
 	@echo "make migrate               create the database if missing and apply migrations"
 
-$(UV):
-	$(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
-
-$(VENV)/.synced: uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml | $(UV)
+$(VENV)/.synced: uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --frozen --python $(PYTHON) --quiet
 	@touch $@
 
@@ -54,7 +52,7 @@ down:
 token: venv
 	@$(PY) -m pj_common.token --role $(ROLE) --sub $(SUB) --tenant $(TENANT)
 
-test: venv
+test: venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -62,6 +60,9 @@ test-unit: venv
 
 lint: venv
 	$(PY) -m ruff check libs services tests
+
+schemas: venv
+	$(PY) -m pj_common.schemas docs/schemas
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache

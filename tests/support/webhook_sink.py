@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,6 +32,8 @@ class SinkState:
     fail_next: list[int] = field(default_factory=list)  # statuses to answer before succeeding
     lock: threading.Lock = field(default_factory=threading.Lock)
     echo: bool = False
+    url: str = ""
+    delay_s: float = 0.0  # answer this much later, so concurrent work is visible
 
 
 def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
@@ -42,6 +45,8 @@ def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if state.delay_s:
+                time.sleep(state.delay_s)
             ok = verify(state.secret, self.headers.get("X-PJ-Timestamp", ""), raw,
                         self.headers.get("X-PJ-Signature", ""))
             with state.lock:
@@ -65,8 +70,8 @@ def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
 
 def start_sink(secret: str, port: int = 0) -> tuple[ThreadingHTTPServer, SinkState]:
     """Serve on 127.0.0.1:`port` (0 = any free port) in a daemon thread."""
-    state = SinkState(secret=secret)
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(state))
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(state := SinkState(secret=secret)))
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, state
 
@@ -74,11 +79,12 @@ def start_sink(secret: str, port: int = 0) -> tuple[ThreadingHTTPServer, SinkSta
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=9099)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 inside a container")
     args = parser.parse_args()
     secret = os.environ.get("PJ_WEBHOOK_SECRET", "")
     state = SinkState(secret=secret, echo=True)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
-    print(json.dumps({"listening": f"http://127.0.0.1:{args.port}"}), file=sys.stderr, flush=True)
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(state))
+    print(json.dumps({"listening": f"http://{args.host}:{args.port}"}), file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -62,10 +62,13 @@ class GetApproval(Contract):
     approval_id: str
 
 
+Decision = Literal["approved", "rejected"]
+
+
 class DecideRequest(Contract):
     name: Literal["decide"] = "decide"
     approval_id: str = ""
-    status: Literal["approved", "rejected"]
+    status: Decision
     note: str | None = Field(default=None, max_length=4000)
 
 

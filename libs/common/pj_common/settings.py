@@ -6,6 +6,7 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only ever used when PJ_ENV=dev, so a developer machine runs with no setup at all.
+MIN_SECRET_LENGTH = 32
 DEV_JWT_SECRET = "pj-dev-secret-do-not-use-in-production-0123456789"
 
 
@@ -25,6 +26,8 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _require_secret_outside_dev(self) -> "CommonSettings":
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"PJ_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters (HS256 key)")
         if self.jwt_secret is None:
             if self.env != "dev":
                 raise ValueError(

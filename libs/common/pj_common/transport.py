@@ -94,13 +94,16 @@ class Supervisor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            # A connection the broker drops fires close_callbacks; `closed()` resolves only on our close.
+            lost = asyncio.Event()
+            connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
             try:
                 await self._setup(connection)
                 self.connection = connection
                 self.ready.set()
                 delay = 0.2
                 log.info("amqp connected", extra={"scope": "amqp.connected", "component": self._name})
-                await connection.closed()
+                await lost.wait()
             except asyncio.CancelledError:
                 raise
             except Exception:

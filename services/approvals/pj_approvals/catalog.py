@@ -11,11 +11,10 @@ from typing import Any, Literal
 
 import jsonschema
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from pj_common.auth import Role
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import PlanStep
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class CatalogError(Exception):
@@ -66,11 +65,25 @@ class Catalog(_Strict):
         return found.approval.roles if found is not None else frozenset()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys without a word; a catalog must not (two actions, one id)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_catalog(path: Path) -> Catalog:
     """Parse and validate the catalog file; raise `CatalogError` naming the file and the problem."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise CatalogError(f"{path}: {exc}") from exc
     try:
         catalog = Catalog.model_validate(raw)
@@ -96,7 +109,7 @@ def check_payload(action_id: str, action: Action, payload: dict[str, Any]) -> No
         raise GateError(ErrorCode.INVALID_PAYLOAD, f"{action_id}: {where}: {errors[0].message}")
 
 
-_WHOLE = re.compile(r"^\{\{\s*([a-zA-Z0-9_.]+)\s*\}\}$")
+_WHOLE = re.compile(r"\{\{\s*([a-zA-Z0-9_.]+)\s*\}\}")
 _INLINE = re.compile(r"\{\{\s*([a-zA-Z0-9_.]+)\s*\}\}")
 
 
@@ -109,13 +122,20 @@ def _lookup(context: dict[str, Any], path: str) -> Any:
     return value
 
 
+def _inline_text(value: Any) -> str:
+    """A value placed inside a string: strings as they are, anything else as JSON (true, not True)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def _render(value: Any, context: dict[str, Any]) -> Any:
     """Fill `{{ path }}` placeholders: a whole-string placeholder keeps the value's JSON type."""
     if isinstance(value, str):
-        whole = _WHOLE.match(value)
+        whole = _WHOLE.fullmatch(value)
         if whole:
             return _lookup(context, whole.group(1))
-        return _INLINE.sub(lambda m: "" if (v := _lookup(context, m.group(1))) is None else str(v), value)
+        return _INLINE.sub(lambda m: _inline_text(_lookup(context, m.group(1))), value)
     if isinstance(value, dict):
         return {k: _render(v, context) for k, v in value.items()}
     if isinstance(value, list):

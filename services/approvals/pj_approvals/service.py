@@ -11,8 +11,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from psycopg_pool import AsyncConnectionPool
-
 from pj_common.auth import Principal
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import (
@@ -27,6 +25,7 @@ from pj_common.messages import (
     StepReport,
     StepResult,
 )
+from psycopg_pool import AsyncConnectionPool
 
 from . import catalog as cat
 from . import store
@@ -217,6 +216,8 @@ class ApprovalService:
             seen = await store.get_approval(conn, approval_id, principal.tenant, None, with_audit=False)
             if seen is None:
                 raise not_found(req.approval_id)
+            if seen.approval_status in ("dispatching", "dispatched") and not req.dry_run:
+                self._conflict(req.approval_id, correlation_id)
             self._check_dispatchable(seen, now)
             self._check_plan(seen, correlation_id)
             steps = [PlanStep.model_validate(s) for s in seen.plan]
@@ -230,11 +231,7 @@ class ApprovalService:
                                       seen.approval_status, None, correlation_id)
             row = await store.claim_for_dispatch(conn, seen, claim, now, event)
         if row is None:
-            self._metrics.consume_conflict.inc()
-            log.info("dispatch lost the compare-and-set", extra={
-                "scope": "consume_for_dispatch.conflict", "approvalId": req.approval_id,
-                "correlationId": correlation_id})
-            raise GateError(ErrorCode.INVALID_STATE, "approval is no longer dispatchable (already claimed)")
+            self._conflict(req.approval_id, correlation_id)
         self._metrics.consume_success.inc()
         log.info("dispatch started", extra={
             "scope": "approval.dispatch.started", "approvalId": str(row.id), "requestId": row.request_id,
@@ -244,6 +241,13 @@ class ApprovalService:
         await self._publish_order(order)
         await self._emit(row, "approval.dispatch.started", principal.subject, seen.approval_status, correlation_id)
         return DispatchStarted({"approvalId": str(row.id), "approvalStatus": "dispatching"})
+
+    def _conflict(self, approval_id: str, correlation_id: str) -> None:
+        """Another dispatch holds (or finished) this approval: a double dispatch was prevented."""
+        self._metrics.consume_conflict.inc()
+        log.info("dispatch conflict: already claimed", extra={
+            "scope": "consume_for_dispatch.conflict", "approvalId": approval_id, "correlationId": correlation_id})
+        raise GateError(ErrorCode.INVALID_STATE, "approval is already being dispatched or was dispatched")
 
     @staticmethod
     def _check_dispatchable(row: store.ApprovalRow, now: datetime) -> None:

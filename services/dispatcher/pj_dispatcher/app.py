@@ -1,11 +1,9 @@
 """The dispatcher process: one HTTP client, the connectors, and the dispatch-queue consumer."""
 
-import asyncio
 import logging
 
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
-
 from pj_common.messages import StepReport
 from pj_common.runtime import wait_for_shutdown
 from pj_common.topology import Topology, declare_topology

@@ -1,8 +1,7 @@
 """Dispatcher settings: `PJ_*`, plus the connector credentials under their conventional names."""
 
-from pydantic import AliasChoices, Field, SecretStr
-
 from pj_common.settings import CommonSettings
+from pydantic import AliasChoices, Field, SecretStr
 
 
 class DispatcherSettings(CommonSettings):

@@ -3,9 +3,8 @@
 import sys
 
 import uvicorn
-from pydantic import ValidationError
-
 from pj_common.logging import configure_logging
+from pydantic import ValidationError
 
 from .app import create_app
 from .settings import GatewaySettings

@@ -1,8 +1,7 @@
 """Gateway settings (`PJ_*`)."""
 
-from pydantic import SecretStr
-
 from pj_common.settings import CommonSettings
+from pydantic import SecretStr
 
 
 class GatewaySettings(CommonSettings):

@@ -4,16 +4,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
-
 from pj_common.messages import (
     ApprovalStatus,
     CountPending,
     DecideRequest,
+    Decision,
     DispatchRequest,
     GetApproval,
     ListApprovals,
 )
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..deps import CallerDep, State
 from ..errors import success
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/api/approvals", tags=["approvals"])
 class DecideBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    status: DecideRequest.model_fields["status"].annotation  # type: ignore[name-defined]
+    status: Decision
     note: str | None = Field(default=None, max_length=4000)
 
 

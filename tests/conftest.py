@@ -1,0 +1,113 @@
+"""Fixtures for the real backends: a fresh PostgreSQL database and a unique RabbitMQ prefix per run.
+
+PJ_TEST_DATABASE_URL / PJ_TEST_AMQP_URL point at the servers (default: this machine's). If one is
+unreachable the tests that need it are skipped locally but fail when CI is set. With
+PJ_TEST_CONTAINERS=1 and a Docker engine, testcontainers starts both instead.
+"""
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
+
+import aio_pika
+import psycopg
+import pytest
+from pj_approvals import store
+from pj_common.topology import Topology
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _require(url: str, port: int, what: str) -> None:
+    if _reachable(url, port):
+        return
+    message = f"{what} is not reachable at {url}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI is set: the real service is required)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def _containers() -> Iterator[dict[str, str]]:
+    """Backends from testcontainers when asked for (needs a Docker engine), else from the environment."""
+    if os.environ.get("PJ_TEST_CONTAINERS") != "1":
+        yield {}
+        return
+    from testcontainers.postgres import PostgresContainer
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    with PostgresContainer("postgres:16", driver=None) as pg, RabbitMqContainer("rabbitmq:3.13") as mq:
+        params = mq.get_connection_params()
+        yield {
+            "pg": pg.get_connection_url(),
+            "amqp": f"amqp://guest:guest@{params.host}:{params.port}/",
+        }
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(_containers: dict[str, str]) -> str:
+    url = _containers.get("pg") or os.environ.get("PJ_TEST_DATABASE_URL", DEFAULT_PG)
+    _require(url, 5432, "PostgreSQL")
+    return url
+
+
+@pytest.fixture(scope="session")
+def amqp_url(_containers: dict[str, str]) -> str:
+    url = _containers.get("amqp") or os.environ.get("PJ_TEST_AMQP_URL", DEFAULT_AMQP)
+    _require(url, 5672, "RabbitMQ")
+    return url
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A migrated database of its own for this test session, dropped afterwards."""
+    name = f"pj_test_{uuid.uuid4().hex[:10]}"
+    url = _with_dbname(pg_admin_url, name)
+    await store.ensure_database(url)
+    await store.migrate(url)
+    yield url
+    await store.drop_database(pg_admin_url, name)
+
+
+async def _delete_topology(amqp_url: str, topology: Topology) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        for queue in (topology.commands, topology.dispatch, topology.results, topology.dead_letters):
+            channel = await connection.channel()
+            try:
+                await channel.queue_delete(queue)
+            except aio_pika.exceptions.AMQPError:
+                pass
+        for exchange in (topology.events, topology.dead_letter_exchange):
+            channel = await connection.channel()
+            try:
+                await channel.exchange_delete(exchange)
+            except aio_pika.exceptions.AMQPError:
+                pass
+
+
+@pytest.fixture
+async def topology(amqp_url: str) -> AsyncIterator[Topology]:
+    """Broker names no other test (or running system) shares; deleted afterwards."""
+    topo = Topology(prefix=f"pjt-{uuid.uuid4().hex[:10]}")
+    yield topo
+    await asyncio.wait_for(_delete_topology(amqp_url, topo), 30)

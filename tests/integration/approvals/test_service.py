@@ -1,0 +1,254 @@
+"""The approvals service against the real PostgreSQL: CAS races, idempotency, rules, expiry."""
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pj_approvals import store
+from pj_approvals.service import ApprovalService, DispatchStarted
+from pj_common.auth import Principal, Role
+from pj_common.errors import ErrorCode, GateError
+from pj_common.messages import (
+    DecideRequest,
+    DispatchRequest,
+    ExecuteRequest,
+    ListApprovals,
+    StepReport,
+    StepResult,
+)
+
+
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+def who(role: Role, tenant_id: str, sub: str | None = None) -> Principal:
+    return Principal(subject=sub or f"{role}-{uuid.uuid4().hex[:6]}", tenant=tenant_id, role=role)
+
+
+def webhook_request(request_id: str | None = None, payload: dict[str, Any] | None = None) -> ExecuteRequest:
+    return ExecuteRequest(action_id="notify.webhook", request_id=request_id, payload=payload or {"n": 1})
+
+
+async def outcome(coro: Any) -> Any:
+    """The result, or the GateError code, of one concurrent call."""
+    try:
+        return await coro
+    except GateError as exc:
+        return exc.code
+
+
+async def test_execute_stores_pending_approval_with_plan_and_audit(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    op, admin = who(Role.OPERATOR, t), who(Role.ADMIN, t)
+    created = await svc.execute(op, webhook_request("r-1"), "cid-1")
+    assert created["approvalStatus"] == "pending" and created["created"] is True
+    view = await svc.get_approval(admin, created["approvalId"])
+    assert view["approval_status"] == "pending"
+    assert view["plan_hash"] == created["planHash"]
+    assert view["plan"][0]["connector"] == "webhook"
+    assert [e["event"] for e in view["audit"]] == ["approval.created"]
+    assert view["audit"][0]["correlationId"] == "cid-1"
+
+
+async def test_dry_run_stores_nothing(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    op = who(Role.OPERATOR, t)
+    plan = await svc.execute(op, ExecuteRequest(action_id="environment.create", mode="dry-run",
+                                                payload={"name": "env-a"}), "c")
+    assert plan["approvalRequired"] is False and len(plan["planHash"]) == 64
+    listed = await svc.list_approvals(who(Role.ADMIN, t), ListApprovals())
+    assert listed["total"] == 0
+
+
+async def test_concurrent_duplicate_request_ids_create_one_approval(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    op = who(Role.OPERATOR, t)
+    results = await asyncio.gather(*(svc.execute(op, webhook_request("same"), f"c{i}") for i in range(20)))
+    assert len({r["approvalId"] for r in results}) == 1
+    assert sum(r["created"] for r in results) == 1
+    listed = await svc.list_approvals(who(Role.ADMIN, t), ListApprovals())
+    assert listed["total"] == 1
+
+
+async def test_reused_request_id_with_other_payload_conflicts(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    op = who(Role.OPERATOR, tenant())
+    await svc.execute(op, webhook_request("r", {"a": 1}), "c")
+    with pytest.raises(GateError) as err:
+        await svc.execute(op, webhook_request("r", {"a": 2}), "c")
+    assert err.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+async def test_fifty_concurrent_decisions_have_one_winner(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    created = await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c")
+    admins = [who(Role.ADMIN, t) for _ in range(50)]
+    results = await asyncio.gather(*(outcome(svc.decide(a, DecideRequest(
+        approval_id=created["approvalId"], status="approved" if i % 2 else "rejected"), f"c{i}"))
+        for i, a in enumerate(admins)))
+    wins = [r for r in results if isinstance(r, dict)]
+    assert len(wins) == 1
+    assert Counter(r for r in results if not isinstance(r, dict)) == {ErrorCode.INVALID_STATE: 49}
+    view = await svc.get_approval(admins[0], created["approvalId"])
+    assert view["approval_status"] == wins[0]["approval_status"]
+    assert [e["event"] for e in view["audit"]] == ["approval.created", "approval.decided"]
+
+
+async def test_fifty_concurrent_dispatches_have_one_winner(make_service: Any, outbox: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    created = await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c")
+    await svc.decide(admin, DecideRequest(approval_id=created["approvalId"], status="approved"), "c")
+    results = await asyncio.gather(*(outcome(svc.dispatch(admin, DispatchRequest(
+        approval_id=created["approvalId"]), f"c{i}", None)) for i in range(50)))
+    assert sum(isinstance(r, DispatchStarted) for r in results) == 1
+    assert results.count(ErrorCode.INVALID_STATE) == 49
+    assert len(outbox.orders) == 1
+    assert svc._metrics.consume_conflict._value.get() == 49  # the runbook's conflict counter
+
+
+async def test_requester_cannot_decide_own_request_and_roles_are_enforced(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    created = await svc.execute(admin, webhook_request(), "c")  # an admin may request too
+    with pytest.raises(GateError) as err:
+        await svc.decide(admin, DecideRequest(approval_id=created["approvalId"], status="approved"), "c")
+    assert err.value.code == ErrorCode.SELF_APPROVAL_FORBIDDEN
+    with pytest.raises(GateError) as err:
+        await svc.decide(who(Role.OPERATOR, t), DecideRequest(approval_id=created["approvalId"],
+                                                              status="approved"), "c")
+    assert err.value.code == ErrorCode.FORBIDDEN
+    with pytest.raises(GateError) as err:
+        await svc.execute(who(Role.VIEWER, t), webhook_request(), "c")
+    assert err.value.code == ErrorCode.FORBIDDEN
+
+
+async def test_other_tenants_and_other_operators_see_404(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    created = await svc.execute(who(Role.OPERATOR, t, "bob"), webhook_request(), "c")
+    aid = created["approvalId"]
+    stranger = who(Role.ADMIN, tenant())
+    for call in (svc.get_approval(stranger, aid),
+                 svc.decide(stranger, DecideRequest(approval_id=aid, status="approved"), "c"),
+                 svc.dispatch(stranger, DispatchRequest(approval_id=aid), "c", None),
+                 svc.get_approval(who(Role.OPERATOR, t, "carol"), aid)):
+        assert await outcome(call) == ErrorCode.NOT_FOUND
+    assert (await svc.get_approval(who(Role.VIEWER, t), aid))["id"] == aid
+    assert (await svc.count_pending(stranger))["pendingCount"] == 0
+    assert (await svc.count_pending(who(Role.ADMIN, t)))["pendingCount"] == 1
+
+
+async def test_list_is_newest_first_with_total_and_pending_count(make_service: Any, clock: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    op = who(Role.OPERATOR, t)
+    ids = []
+    for i in range(5):
+        clock.now += timedelta(seconds=1)
+        ids.append((await svc.execute(op, webhook_request(f"r{i}"), "c"))["approvalId"])
+    admin = who(Role.ADMIN, t)
+    await svc.decide(admin, DecideRequest(approval_id=ids[0], status="rejected"), "c")
+    page = await svc.list_approvals(admin, ListApprovals(limit=2, offset=1))
+    assert [a["id"] for a in page["approvals"]] == [ids[3], ids[2]]
+    assert page["total"] == 5 and page["pendingCount"] == 4
+    pending = await svc.list_approvals(admin, ListApprovals(status="pending", limit=200))
+    assert pending["total"] == 4 and ids[0] not in [a["id"] for a in pending["approvals"]]
+
+
+async def test_sweeper_expires_stale_pending_and_undispatched_approvals(make_service: Any, clock: Any) -> None:
+    svc: ApprovalService = make_service(pending_ttl_s=60, dispatch_window_s=120)
+    t = tenant()
+    op, admin = who(Role.OPERATOR, t), who(Role.ADMIN, t)
+    stale = (await svc.execute(op, webhook_request(), "c"))["approvalId"]
+    approved = (await svc.execute(op, webhook_request(), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=approved, status="approved"), "c")
+    clock.now += timedelta(seconds=61)
+    fresh = (await svc.execute(op, webhook_request(), "c"))["approvalId"]
+    # A pending approval past its TTL can no longer be decided, even before the sweeper runs.
+    assert await outcome(svc.decide(admin, DecideRequest(approval_id=stale, status="approved"), "c")) \
+        == ErrorCode.INVALID_STATE
+    assert await svc.expire_due() >= 1
+    assert (await svc.get_approval(admin, stale))["approval_status"] == "expired"
+    assert (await svc.get_approval(admin, approved))["approval_status"] == "approved"
+    assert (await svc.get_approval(admin, fresh))["approval_status"] == "pending"
+    clock.now += timedelta(seconds=120)
+    assert await svc.expire_due() >= 2
+    assert (await svc.get_approval(admin, approved))["approval_status"] == "expired"
+    view = await svc.get_approval(admin, fresh)
+    assert view["approval_status"] == "expired"
+    assert view["audit"][-1]["event"] == "approval.expired"
+
+
+async def test_step_reports_finish_the_dispatch_once(make_service: Any, outbox: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    order = outbox.orders[-1]
+    step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="succeeded",
+                      attempts=1)
+    stale = StepReport(approval_id=aid, tenant_id=t, claim_token=str(uuid.uuid4()), step=step,
+                       plan_status="dispatched", results=[step])
+    assert await svc.record_report(stale) is None
+    final = StepReport(approval_id=aid, tenant_id=t, claim_token=order.claim_token, step=step,
+                       plan_status="dispatched", results=[step])
+    finished = await svc.record_report(final)
+    assert finished is not None and finished.approval_status == "dispatched"
+    assert await svc.record_report(final) is None  # a redelivered report changes nothing
+    view = await svc.get_approval(admin, aid)
+    assert view["dispatch_result"][0]["status"] == "succeeded"
+    assert [e["event"] for e in view["audit"]][-2:] == ["approval.dispatch.started",
+                                                        "approval.dispatch.completed"]
+
+
+async def test_failed_dispatch_can_be_redispatched_skipping_done_steps(make_service: Any, outbox: Any,
+                                                                       pool: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), ExecuteRequest(
+        action_id="environment.create", payload={"name": "env-b"}), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    order = outbox.orders[-1]
+    ok = StepResult(step_id=order.steps[0].step_id, connector="github", operation="create_branch",
+                    status="succeeded", attempts=1)
+    bad = StepResult(step_id=order.steps[1].step_id, connector="github", operation="put_file",
+                     status="failed", attempts=3)
+    await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=order.claim_token, step=ok,
+                                       plan_status="running"))
+    await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=order.claim_token, step=bad,
+                                       plan_status="dispatch_failed", results=[ok, bad]))
+    assert (await svc.get_approval(admin, aid))["approval_status"] == "dispatch_failed"
+    again = await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    assert isinstance(again, DispatchStarted)
+    assert [c.step_id for c in outbox.orders[-1].completed] == [ok.step_id]
+
+
+async def test_dispatch_refuses_a_plan_changed_since_approval(make_service: Any, pool: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    async with pool.connection() as conn:  # tamper with the stored plan behind the service's back
+        await conn.execute("UPDATE approvals SET plan = jsonb_set(plan, '{0,params,body}', '\"evil\"')"
+                           " WHERE id = %s", (uuid.UUID(aid),))
+    assert await outcome(svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)) \
+        == ErrorCode.PLAN_CHANGED
+    assert (await svc.get_approval(admin, aid))["approval_status"] == "approved"
+    async with pool.connection() as conn:
+        assert await store.completed_steps(conn, uuid.UUID(aid)) == []

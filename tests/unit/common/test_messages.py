@@ -1,0 +1,323 @@
+"""The wire contract between services (pj_common.messages)."""
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pj_common.messages import (
+    CheckHealth,
+    CommandEnvelope,
+    CountPending,
+    DecideRequest,
+    DispatchOrder,
+    DispatchRequest,
+    ErrorBody,
+    ExecuteRequest,
+    GetApproval,
+    ListApprovals,
+    PlanStep,
+    ReadMetrics,
+    Reply,
+    ReplyAddress,
+    StepReport,
+    StepResult,
+)
+from pydantic import ValidationError
+
+# (command, the exact JSON object expected on the wire for it)
+COMMANDS: list[tuple[Any, dict[str, Any]]] = [
+    (
+        ExecuteRequest(action_id="environment.create", mode="dry-run", request_id="req-1",
+                       payload={"name": "dev", "config": {"snake_case_key": 1}}),
+        {"name": "execute", "actionId": "environment.create", "mode": "dry-run", "requestId": "req-1",
+         "payload": {"name": "dev", "config": {"snake_case_key": 1}}},
+    ),
+    (
+        ExecuteRequest(action_id="notify.webhook"),
+        {"name": "execute", "actionId": "notify.webhook", "mode": "execute", "requestId": None,
+         "payload": {}},
+    ),
+    (
+        ListApprovals(status="dispatch_failed", limit=10, offset=20),
+        {"name": "list_approvals", "status": "dispatch_failed", "limit": 10, "offset": 20},
+    ),
+    (
+        ListApprovals(),
+        {"name": "list_approvals", "status": None, "limit": 50, "offset": 0},
+    ),
+    (GetApproval(approval_id="ap-1"), {"name": "get_approval", "approvalId": "ap-1"}),
+    (
+        DecideRequest(approval_id="ap-2", status="approved", note="looks good"),
+        {"name": "decide", "approvalId": "ap-2", "status": "approved", "note": "looks good"},
+    ),
+    (
+        DecideRequest(status="rejected"),
+        {"name": "decide", "approvalId": "", "status": "rejected", "note": None},
+    ),
+    (
+        DispatchRequest(approval_id="ap-3", dry_run=True),
+        {"name": "dispatch", "approvalId": "ap-3", "dryRun": True},
+    ),
+    (CountPending(), {"name": "count_pending"}),
+    (CheckHealth(), {"name": "health"}),
+    (ReadMetrics(), {"name": "metrics"}),
+]
+
+
+def _ids() -> list[str]:
+    return [f"{type(c).__name__}-{i}" for i, (c, _) in enumerate(COMMANDS)]
+
+
+@pytest.mark.parametrize(("command", "wire"), COMMANDS, ids=_ids())
+def test_command_envelope_round_trip(command: Any, wire: dict[str, Any]) -> None:
+    envelope = CommandEnvelope(token="tok", command=command)
+    raw = envelope.to_json()
+    assert isinstance(raw, bytes)
+    doc = json.loads(raw)
+    assert doc == {"schemaVersion": 1, "messageId": envelope.message_id,
+                   "correlationId": envelope.correlation_id, "token": "tok", "command": wire}
+    parsed = CommandEnvelope.model_validate_json(raw)
+    assert parsed == envelope
+    assert type(parsed.command) is type(command)
+
+
+@pytest.mark.parametrize(("command", "wire"), COMMANDS, ids=_ids())
+def test_command_parsed_from_hand_written_wire_json(command: Any, wire: dict[str, Any]) -> None:
+    raw = json.dumps({"messageId": "m-1", "correlationId": "c-1", "command": wire})
+    parsed = CommandEnvelope.model_validate_json(raw)
+    assert parsed.command == command
+    assert (parsed.message_id, parsed.correlation_id, parsed.token, parsed.schema_version) == ("m-1", "c-1",
+                                                                                                None, 1)
+
+
+def test_envelope_ids_are_fresh_uuids() -> None:
+    a, b = CommandEnvelope(command=CheckHealth()), CommandEnvelope(command=CheckHealth())
+    assert a.message_id != b.message_id
+    assert a.correlation_id != b.correlation_id
+    assert a.message_id != a.correlation_id
+    assert len(a.message_id) == 36 and a.message_id.count("-") == 4
+
+
+def test_unknown_command_name_rejected() -> None:
+    with pytest.raises(ValidationError):
+        CommandEnvelope.model_validate_json(json.dumps({"command": {"name": "launch_missiles"}}))
+
+
+def test_unknown_envelope_key_rejected() -> None:
+    with pytest.raises(ValidationError) as info:
+        CommandEnvelope.model_validate_json(json.dumps({"command": {"name": "health"}, "sneaky": 1}))
+    assert "sneaky" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        {"name": "execute", "actionId": "a.b", "extra": 1},
+        {"name": "dispatch", "approvalId": "x", "dryRun": False, "force": True},
+        {"name": "health", "verbose": True},
+        {"name": "decide", "status": "approved", "reason": "typo for note"},
+    ],
+)
+def test_unknown_command_key_rejected(command: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        CommandEnvelope.model_validate_json(json.dumps({"command": command}))
+
+
+def test_unknown_key_rejected_in_direct_construction() -> None:
+    with pytest.raises(ValidationError):
+        ExecuteRequest(action_id="a.b", surprise=1)  # type: ignore[call-arg]
+
+
+def test_schema_version_other_than_1_rejected() -> None:
+    with pytest.raises(ValidationError):
+        CommandEnvelope.model_validate_json(json.dumps({"schemaVersion": 2, "command": {"name": "health"}}))
+
+
+def test_models_are_frozen() -> None:
+    request = ExecuteRequest(action_id="a.b")
+    with pytest.raises(ValidationError):
+        request.action_id = "c.d"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- ExecuteRequest validation
+
+
+def test_execute_request_action_id_bounds() -> None:
+    assert ExecuteRequest(action_id="a").action_id == "a"
+    assert ExecuteRequest(action_id="a" * 200).action_id == "a" * 200
+    for bad in ("", "a" * 201):
+        with pytest.raises(ValidationError):
+            ExecuteRequest(action_id=bad)
+
+
+def test_execute_request_action_id_required() -> None:
+    with pytest.raises(ValidationError):
+        ExecuteRequest.model_validate({"name": "execute"})
+
+
+def test_execute_request_request_id_bounds() -> None:
+    assert ExecuteRequest(action_id="a", request_id=None).request_id is None
+    assert ExecuteRequest(action_id="a", request_id="r").request_id == "r"
+    assert ExecuteRequest(action_id="a", request_id="r" * 200).request_id == "r" * 200
+    for bad in ("", "r" * 201):
+        with pytest.raises(ValidationError):
+            ExecuteRequest(action_id="a", request_id=bad)
+
+
+def test_execute_request_mode() -> None:
+    assert ExecuteRequest(action_id="a").mode == "execute"
+    assert ExecuteRequest(action_id="a", mode="dry-run").mode == "dry-run"
+    for bad in ("dry_run", "run", "EXECUTE"):
+        with pytest.raises(ValidationError):
+            ExecuteRequest(action_id="a", mode=bad)  # type: ignore[arg-type]
+
+
+def test_execute_request_payload_must_be_an_object() -> None:
+    for bad in ([1, 2], "x", 3):
+        with pytest.raises(ValidationError):
+            ExecuteRequest.model_validate({"actionId": "a", "payload": bad})
+
+
+def test_execute_request_name_is_fixed() -> None:
+    with pytest.raises(ValidationError):
+        ExecuteRequest.model_validate({"name": "decide", "actionId": "a"})
+
+
+# ---------------------------------------------------------------- ListApprovals / DecideRequest
+
+
+@pytest.mark.parametrize("limit", [1, 2, 50, 199, 200])
+def test_list_approvals_limit_in_bounds(limit: int) -> None:
+    assert ListApprovals(limit=limit).limit == limit
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 201, 10_000])
+def test_list_approvals_limit_out_of_bounds(limit: int) -> None:
+    with pytest.raises(ValidationError):
+        ListApprovals(limit=limit)
+
+
+def test_list_approvals_offset_and_status() -> None:
+    assert ListApprovals(offset=0).offset == 0
+    with pytest.raises(ValidationError):
+        ListApprovals(offset=-1)
+    with pytest.raises(ValidationError):
+        ListApprovals(status="done")  # type: ignore[arg-type]
+
+
+def test_decide_request_validation() -> None:
+    with pytest.raises(ValidationError):
+        DecideRequest(status="pending")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        DecideRequest.model_validate({"approvalId": "x"})  # status is required
+    assert DecideRequest(status="approved", note="n" * 4000).note == "n" * 4000
+    with pytest.raises(ValidationError):
+        DecideRequest(status="approved", note="n" * 4001)
+
+
+def test_snake_case_names_are_also_accepted_on_input() -> None:
+    # populate_by_name: Python names work as well as the wire aliases.
+    assert DispatchRequest.model_validate({"approval_id": "x", "dry_run": True}) == DispatchRequest(
+        approval_id="x", dry_run=True)
+
+
+# ---------------------------------------------------------------- dispatch contract
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
+T1 = T0 + timedelta(seconds=2)
+
+
+def _step_result(status: str = "succeeded") -> StepResult:
+    return StepResult(
+        step_id="post-webhook", connector="webhook", operation="post", status=status,  # type: ignore[arg-type]
+        attempts=2, started_at=T0, finished_at=T1, http_status=200, duration_ms=2000.5,
+        result={"status": 200}, error=None,
+    )
+
+
+def test_dispatch_order_round_trip() -> None:
+    order = DispatchOrder(
+        approval_id="ap-1", tenant_id="acme", action_id="notify.webhook", claim_token="claim-1",
+        steps=[PlanStep(step_id="post-webhook", connector="webhook", operation="post",
+                        params={"body": {"a": 1}}),
+               PlanStep(step_id="announce", connector="slack", operation="post_message")],
+        completed=[_step_result()],
+        notify=ReplyAddress(reply_to="amq.rabbitmq.reply-to.xyz", correlation_id="c-1"),
+    )
+    raw = order.to_json()
+    doc = json.loads(raw)
+    assert set(doc) == {"schemaVersion", "messageId", "approvalId", "tenantId", "actionId", "claimToken",
+                        "steps", "completed", "notify"}
+    assert doc["steps"][0] == {"stepId": "post-webhook", "connector": "webhook", "operation": "post",
+                               "params": {"body": {"a": 1}}}
+    assert doc["steps"][1]["params"] == {}
+    assert doc["notify"] == {"replyTo": "amq.rabbitmq.reply-to.xyz", "correlationId": "c-1"}
+    assert doc["completed"][0]["stepId"] == "post-webhook"
+    assert doc["completed"][0]["httpStatus"] == 200
+    assert doc["completed"][0]["durationMs"] == 2000.5
+    assert doc["completed"][0]["startedAt"].startswith("2024-05-01T12:00:00.123")
+    parsed = DispatchOrder.model_validate_json(raw)
+    assert parsed == order
+    assert parsed.completed[0].started_at == T0
+
+
+def test_dispatch_order_defaults() -> None:
+    order = DispatchOrder(approval_id="a", tenant_id="t", action_id="x", claim_token="c", steps=[])
+    assert order.completed == [] and order.notify is None and order.schema_version == 1
+    assert DispatchOrder.model_validate_json(order.to_json()) == order
+
+
+def test_dispatch_order_unknown_key_rejected() -> None:
+    order = DispatchOrder(approval_id="a", tenant_id="t", action_id="x", claim_token="c", steps=[])
+    doc = json.loads(order.to_json())
+    doc["steps"] = [{"stepId": "s", "connector": "c", "operation": "o", "retries": 3}]
+    with pytest.raises(ValidationError):
+        DispatchOrder.model_validate(doc)
+
+
+def test_step_report_round_trip() -> None:
+    failed = StepResult(step_id="announce", connector="slack", operation="post_message", status="failed",
+                        attempts=4, error=ErrorBody(code="http_retryable", message="slack: HTTP 503"),
+                        http_status=503)
+    report = StepReport(
+        approval_id="ap-1", tenant_id="acme", claim_token="claim-1", step=failed,
+        plan_status="dispatch_failed",
+        results=[_step_result(), failed],
+        notify=ReplyAddress(reply_to="r", correlation_id="c"),
+    )
+    raw = report.to_json()
+    doc = json.loads(raw)
+    assert doc["planStatus"] == "dispatch_failed"
+    assert doc["claimToken"] == "claim-1"
+    assert doc["step"]["error"] == {"code": "http_retryable", "message": "slack: HTTP 503"}
+    assert doc["step"]["startedAt"] is None
+    assert [r["status"] for r in doc["results"]] == ["succeeded", "failed"]
+    parsed = StepReport.model_validate_json(raw)
+    assert parsed == report
+
+
+def test_step_report_keeps_timezone_offsets() -> None:
+    plus2 = timezone(timedelta(hours=2))
+    result = StepResult(step_id="s", connector="c", operation="o", status="simulated",
+                        started_at=datetime(2024, 1, 1, 14, 0, tzinfo=plus2))
+    report = StepReport(approval_id="a", tenant_id="t", claim_token="c", step=result, plan_status="running")
+    parsed = StepReport.model_validate_json(report.to_json())
+    assert parsed.step.started_at == datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+    assert parsed.step.started_at.utcoffset() == timedelta(hours=2)
+
+
+def test_step_report_rejects_bad_statuses() -> None:
+    with pytest.raises(ValidationError):
+        StepReport(approval_id="a", tenant_id="t", claim_token="c", step=_step_result(),
+                   plan_status="done")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        _step_result(status="crashed")
+
+
+def test_reply_round_trip() -> None:
+    reply = Reply(ok=False, error=ErrorBody(code="not_found", message="no such approval"), follow_up=True)
+    doc = json.loads(reply.to_json())
+    assert doc == {"schemaVersion": 1, "ok": False, "data": None,
+                   "error": {"code": "not_found", "message": "no such approval"}, "followUp": True}
+    assert Reply.model_validate_json(reply.to_json()) == reply

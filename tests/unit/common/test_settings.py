@@ -1,0 +1,92 @@
+"""Shared settings and the JWT secret rule (pj_common.settings)."""
+
+import pytest
+from pj_common.settings import DEV_JWT_SECRET, CommonSettings
+from pydantic import ValidationError
+
+EXPLICIT = "explicit-secret-0123456789abcdefghijklmnopqrstuv"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start every test from no PJ_* configuration, whatever the surrounding shell exports."""
+    for name in ("PJ_JWT_SECRET", "PJ_ENV", "PJ_JWT_ISSUER", "PJ_JWT_AUDIENCE", "PJ_AMQP_URL",
+                 "PJ_AMQP_PREFIX", "PJ_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_prod_without_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_ENV", "prod")
+    with pytest.raises(ValidationError) as info:
+        CommonSettings()
+    assert "PJ_JWT_SECRET" in str(info.value)
+
+
+def test_default_env_is_prod_so_no_secret_is_refused() -> None:
+    with pytest.raises(ValidationError) as info:
+        CommonSettings()
+    assert "PJ_JWT_SECRET" in str(info.value)
+
+
+def test_dev_without_secret_uses_the_dev_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_ENV", "dev")
+    settings = CommonSettings()
+    assert settings.env == "dev"
+    assert settings.jwt_key == DEV_JWT_SECRET
+    assert DEV_JWT_SECRET == "pj-dev-secret-do-not-use-in-production-0123456789"
+
+
+@pytest.mark.parametrize("env", ["prod", "dev"])
+def test_explicit_secret_is_used(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    monkeypatch.setenv("PJ_ENV", env)
+    monkeypatch.setenv("PJ_JWT_SECRET", EXPLICIT)
+    settings = CommonSettings()
+    assert settings.env == env
+    assert settings.jwt_key == EXPLICIT
+    assert settings.jwt_key != DEV_JWT_SECRET
+
+
+def test_secret_is_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_JWT_SECRET", EXPLICIT)
+    settings = CommonSettings()
+    assert EXPLICIT not in repr(settings)
+    assert EXPLICIT not in str(settings)
+
+
+def test_unknown_env_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_ENV", "staging")
+    monkeypatch.setenv("PJ_JWT_SECRET", EXPLICIT)
+    with pytest.raises(ValidationError):
+        CommonSettings()
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_JWT_SECRET", EXPLICIT)
+    settings = CommonSettings()
+    assert settings.env == "prod"
+    assert settings.jwt_issuer == "puddlejumper"
+    assert settings.jwt_audience == "pj-approval-gate"
+    assert settings.amqp_prefix == "pj"
+
+
+def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_ENV", "dev")
+    monkeypatch.setenv("PJ_JWT_ISSUER", "iss-x")
+    monkeypatch.setenv("PJ_JWT_AUDIENCE", "aud-y")
+    monkeypatch.setenv("PJ_AMQP_PREFIX", "pjt-123")
+    settings = CommonSettings()
+    assert (settings.jwt_issuer, settings.jwt_audience, settings.amqp_prefix) == ("iss-x", "aud-y", "pjt-123")
+
+
+def test_keyword_secret_wins_over_dev_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_ENV", "prod")
+    settings = CommonSettings(jwt_secret=EXPLICIT)
+    assert settings.jwt_key == EXPLICIT
+
+
+def test_short_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_ENV", "prod")
+    monkeypatch.setenv("PJ_JWT_SECRET", "short")
+    with pytest.raises(ValidationError) as err:
+        CommonSettings()
+    assert "at least 32" in str(err.value)

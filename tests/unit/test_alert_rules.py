@@ -1,0 +1,123 @@
+"""ops/alerts/approval-alerts.yml: the runbook's six alerts, over metrics the approvals service exposes."""
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pj_approvals.metrics import ApprovalMetrics
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "ops" / "alerts" / "approval-alerts.yml"
+
+EXPECTED = {
+    "ApprovalsBacklogHigh": "page",
+    "DispatchFailuresSpike": "page",
+    "ConsumeForDispatchConflictsSpike": "warn",
+    "ApprovalTimeTooHigh": "page",
+    "DispatchLatencyHigh": "warn",
+    "NoApprovalsProcessed": "warn",
+}
+
+# Which metrics each alert is about (a rule over the wrong metric fails here even if the name exists).
+EXPECTED_METRICS = {
+    "ApprovalsBacklogHigh": {"approval_pending_gauge"},
+    "DispatchFailuresSpike": {"dispatch_failure_total"},
+    "ConsumeForDispatchConflictsSpike": {"consume_for_dispatch_conflict_total"},
+    "ApprovalTimeTooHigh": {"approval_time_seconds_bucket"},
+    "DispatchLatencyHigh": {"dispatch_latency_seconds_bucket"},
+    "NoApprovalsProcessed": {"approvals_created_total", "approvals_approved_total",
+                             "approvals_rejected_total"},
+}
+
+PROMQL_KEYWORDS = {"by", "without", "and", "or", "unless", "on", "ignoring", "group_left", "group_right",
+                   "bool", "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names an expression selects: identifiers that are not functions, keywords or labels."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)                     # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)                              # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)                             # range durations
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)  # label lists
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", text):
+        name, call = match.group(1), match.group(2)
+        if call is None and name.lower() not in PROMQL_KEYWORDS:
+            names.add(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def rules() -> dict[str, dict[str, Any]]:
+    document = yaml.safe_load(RULES.read_text())
+    found: dict[str, dict[str, Any]] = {}
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                assert rule["alert"] not in found, f"duplicate alert {rule['alert']}"
+                found[rule["alert"]] = rule
+    return found
+
+
+@pytest.fixture(scope="module")
+def exposed() -> set[str]:
+    """Every sample name the approvals service's /metrics text contains once each metric has data."""
+    metrics = ApprovalMetrics()
+    for collector in vars(metrics).values():
+        if not isinstance(collector, Counter | Gauge | Histogram):
+            continue
+        labelnames = getattr(collector, "_labelnames", ())
+        child = collector.labels(*["x"] * len(labelnames)) if labelnames else collector
+        if isinstance(collector, Histogram):
+            child.observe(1.0)
+        else:
+            child.inc()
+    text = metrics.render().decode()
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_the_six_alerts_with_their_severities(rules: dict[str, dict[str, Any]]) -> None:
+    assert set(rules) == set(EXPECTED)
+    for name, severity in EXPECTED.items():
+        assert rules[name]["labels"]["severity"] == severity, name
+
+
+def test_annotations(rules: dict[str, dict[str, Any]]) -> None:
+    for name, rule in rules.items():
+        annotations = rule["annotations"]
+        assert annotations.get("summary") and annotations.get("description"), name
+        assert "docs/runbook.md" in annotations["runbook_url"], name
+
+
+def test_conditions(rules: dict[str, dict[str, Any]]) -> None:
+    squash = {name: re.sub(r"\s+", "", str(rule["expr"])) for name, rule in rules.items()}
+    assert squash["ApprovalsBacklogHigh"].endswith(">10") and rules["ApprovalsBacklogHigh"]["for"] == "10m"
+    assert squash["DispatchFailuresSpike"] == "sum(increase(dispatch_failure_total[5m]))>5"
+    assert squash["ConsumeForDispatchConflictsSpike"] == (
+        "sum(increase(consume_for_dispatch_conflict_total[5m]))>5")
+    assert squash["ApprovalTimeTooHigh"] == (
+        "histogram_quantile(0.95,sumby(le)(rate(approval_time_seconds_bucket[10m])))>600")
+    latency = r"histogram_quantile\(0\.95,sumby\(le\)\(rate\(dispatch_latency_seconds_bucket\[\w+\]\)\)\)>60"
+    assert re.fullmatch(latency, squash["DispatchLatencyHigh"])
+    no_decisions = squash["NoApprovalsProcessed"]
+    assert "sum(increase(approvals_created_total[24h]))>0" in no_decisions
+    assert "approvals_approved_total[24h]" in no_decisions and "approvals_rejected_total[24h]" in no_decisions
+    assert no_decisions.endswith("==0")
+
+
+def test_every_referenced_metric_is_exposed(rules: dict[str, dict[str, Any]], exposed: set[str]) -> None:
+    for name, rule in rules.items():
+        referenced = metric_names(str(rule["expr"]))
+        assert referenced == EXPECTED_METRICS[name], f"{name} selects {referenced}"
+        unknown = referenced - exposed
+        assert not unknown, f"{name} uses metrics the approvals service does not expose: {unknown}"
+
+
+def test_metric_name_extraction() -> None:
+    expr = ('histogram_quantile(0.95, sum by (le) (rate(foo_bucket{job="a", le!="+Inf"}[10m]))) > 600 '
+            "and on (instance) (bar_total or vector(0)) == 0")
+    assert metric_names(expr) == {"foo_bucket", "bar_total"}

@@ -1,0 +1,62 @@
+"""Rules of the code base that keep the services apart and the contract visible."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from pj_common.schemas import schemas
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE_PACKAGES = {"pj_gateway", "pj_approvals", "pj_dispatcher"}
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _sources(pattern: str) -> list[Path]:
+    return sorted(ROOT.glob(pattern))
+
+
+@pytest.mark.parametrize("service", sorted(SERVICE_PACKAGES))
+def test_services_never_import_each_other(service: str) -> None:
+    files = _sources(f"services/*/{service}/**/*.py")
+    assert files, service
+    for path in files:
+        others = (_imports(path) & SERVICE_PACKAGES) - {service}
+        assert not others, f"{path.relative_to(ROOT)} imports {others}: services share only libs/common"
+
+
+def test_common_imports_no_service() -> None:
+    for path in _sources("libs/common/pj_common/**/*.py"):
+        assert not _imports(path) & SERVICE_PACKAGES, path
+
+
+def test_only_the_approvals_service_talks_to_the_database() -> None:
+    for path in _sources("services/*/pj_*/**/*.py") + _sources("libs/common/pj_common/**/*.py"):
+        if "psycopg" in _imports(path):
+            assert path.parent.name == "pj_approvals", f"{path.relative_to(ROOT)} imports psycopg"
+
+
+def test_sql_statements_live_in_store_py() -> None:
+    for path in _sources("services/approvals/pj_approvals/*.py"):
+        if path.name == "store.py":
+            continue
+        text = path.read_text()
+        for keyword in ("SELECT ", "UPDATE approvals", "INSERT INTO", "DELETE FROM"):
+            assert keyword not in text, f"{path.name} contains SQL ({keyword.strip()}): it belongs in store.py"
+
+
+@pytest.mark.parametrize("name", sorted(schemas()))
+def test_contract_schemas_match_the_committed_files(name: str) -> None:
+    committed = ROOT / "docs" / "schemas" / name
+    assert committed.exists(), f"run `make schemas` and commit docs/schemas/{name}"
+    assert committed.read_text() == schemas()[name], (
+        f"the message contract changed: run `make schemas`, review and commit docs/schemas/{name}")

@@ -45,8 +45,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def approval_view(row: store.ApprovalRow) -> dict[str, Any]:
-    """An approval as clients see it, with the runbook's field names."""
-    return {
+    """An approval as clients see it, with the runbook's field names (and its audit trail when read)."""
+    view = {
         "id": str(row.id),
         "request_id": row.request_id,
         "tenant_id": row.tenant_id,
@@ -58,7 +58,6 @@ def approval_view(row: store.ApprovalRow) -> dict[str, Any]:
         "payload": row.payload,
         "plan": row.plan,
         "plan_hash": row.plan_hash,
-        "audit": row.audit if row.audit is not None else [],
         "dispatch_result": row.dispatch_result,
         "created_at": _iso(row.created_at),
         "updated_at": _iso(row.updated_at),
@@ -67,6 +66,9 @@ def approval_view(row: store.ApprovalRow) -> dict[str, Any]:
         "finished_at": _iso(row.finished_at),
         "expires_at": _iso(row.expires_at),
     }
+    if row.audit is not None:
+        view["audit"] = row.audit
+    return view
 
 
 def _parse_id(approval_id: str) -> UUID:

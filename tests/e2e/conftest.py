@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
+from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import mint_token
 from pj_common.topology import Topology
 
@@ -122,6 +124,34 @@ def sink() -> Iterator[SinkState]:
     server.server_close()
 
 
+# Added to the default catalog for the e2e run: a two-stage rule, and an action whose plan a test changes.
+EXTRA_ACTIONS: dict[str, Any] = {
+    "release.production": {
+        "description": "Two stages: security (approver or admin), then two distinct admins.",
+        "approval": {"stages": [
+            {"name": "security", "roles": ["approver", "admin"]},
+            {"name": "operations", "roles": ["admin"], "approvals_required": 2},
+        ]},
+        "plan": [{"stepId": "announce", "connector": "webhook", "operation": "post",
+                  "params": {"body": "{{ payload }}"}}],
+    },
+    "notify.launch": {
+        "tier": "launch",
+        "plan": [{"stepId": "post", "connector": "webhook", "operation": "post", "params": {"body": "{{ payload }}"}}],
+    },
+    "test.replan": {
+        "plan": [{"stepId": "first", "connector": "webhook", "operation": "post", "params": {"body": "v1"}}],
+    },
+}
+
+
+def write_catalog(path: Path, extra: dict[str, Any]) -> None:
+    """The shipped default catalog plus `extra` actions."""
+    catalog = yaml.safe_load(DEFAULT_CATALOG.read_text())
+    catalog["actions"].update(extra)
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+
+
 @pytest.fixture(scope="session")
 async def system(database_url: str, amqp_url: str, sink: SinkState,
                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
@@ -129,6 +159,9 @@ async def system(database_url: str, amqp_url: str, sink: SinkState,
     prefix = f"pje-{uuid.uuid4().hex[:10]}"
     port = free_port()
     env = system_env(database_url, amqp_url, prefix, port, sink.url)
+    catalog = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
+    write_catalog(catalog, EXTRA_ACTIONS)
+    env["PJ_CATALOG"] = str(catalog)
     sys_ = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path_factory.mktemp("e2e-logs"))
     try:
         sys_.start("approvals", "pj_approvals")

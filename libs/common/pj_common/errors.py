@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     INVALID_STATE = "invalid_state"
     PLAN_CHANGED = "plan_changed"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    ALREADY_DECIDED = "already_decided"
     BROKER_UNAVAILABLE = "broker_unavailable"
     DATABASE_UNAVAILABLE = "database_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"

@@ -65,6 +65,13 @@ class GetApproval(Contract):
 Decision = Literal["approved", "rejected"]
 
 
+class GetChain(Contract):
+    """The approval's stages, who decided each, when and with what note."""
+
+    name: Literal["get_chain"] = "get_chain"
+    approval_id: str
+
+
 class DecideRequest(Contract):
     name: Literal["decide"] = "decide"
     approval_id: str = ""
@@ -94,6 +101,7 @@ Command = Annotated[
     ExecuteRequest
     | ListApprovals
     | GetApproval
+    | GetChain
     | DecideRequest
     | DispatchRequest
     | CountPending

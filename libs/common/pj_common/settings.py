@@ -1,8 +1,10 @@
 """Settings every service shares, read from `PJ_*` environment variables."""
 
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import AliasChoices, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only ever used when PJ_ENV=dev, so a developer machine runs with no setup at all.
@@ -13,7 +15,7 @@ DEV_JWT_SECRET = "pj-dev-secret-do-not-use-in-production-0123456789"
 class CommonSettings(BaseSettings):
     """Broker, token and logging settings shared by the gateway, approvals and dispatcher."""
 
-    model_config = SettingsConfigDict(env_prefix="PJ_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PJ_", extra="ignore", populate_by_name=True)
 
     env: Literal["dev", "prod"] = "prod"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
@@ -23,6 +25,27 @@ class CommonSettings(BaseSettings):
     jwt_issuer: str = "puddlejumper"
     jwt_audience: str = "pj-approval-gate"
     log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """Each secret may come from a file named by `<ITS_ENV_NAME>_FILE` (mounted secrets)."""
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            if "SecretStr" not in str(field.annotation):
+                continue
+            alias = field.validation_alias
+            env_names = list(alias.choices) if isinstance(alias, AliasChoices) else [f"PJ_{name.upper()}"]
+            given = any(data.get(key) for key in [name, *map(str, env_names)])
+            for env_name in env_names:
+                path = os.environ.get(f"{env_name}_FILE")
+                if path and not given:
+                    try:
+                        data[name] = Path(path).read_text().strip()
+                    except OSError as exc:
+                        raise ValueError(f"{env_name}_FILE: cannot read {path}: {exc.strerror}") from exc
+        return data
 
     @model_validator(mode="after")
     def _require_secret_outside_dev(self) -> "CommonSettings":

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from pj_common.transport import Supervisor, broker_unavailable, consume, json_me
 from psycopg_pool import AsyncConnectionPool
 
 from . import store
-from .catalog import load_catalog
+from .catalog import CatalogError, load_catalog
 from .handlers import Handlers
 from .metrics import ApprovalMetrics
 from .service import ApprovalService
@@ -97,6 +98,17 @@ class ApprovalsApp:
                 log.exception("expiry sweep failed", extra={"scope": "sweeper.failed"})
             await asyncio.sleep(self.settings.sweep_interval_s)
 
+    def reload_catalog(self) -> None:
+        """SIGHUP: load the catalog file again; a broken file keeps the current catalog in force."""
+        try:
+            catalog = load_catalog(self.settings.catalog)
+        except CatalogError as exc:
+            log.error("catalog reload failed; keeping the current catalog: %s", exc,
+                      extra={"scope": "catalog.reload_failed"})
+            return
+        self.service.reload_catalog(catalog)
+        log.info("catalog reloaded", extra={"scope": "catalog.reloaded", "actions": len(catalog.actions)})
+
     async def start(self) -> None:
         if self.settings.create_database:
             await store.ensure_database(self.settings.database_url)
@@ -118,6 +130,7 @@ async def serve(settings: ApprovalsSettings) -> None:
     """Run until SIGINT or SIGTERM."""
     app = ApprovalsApp(settings)
     await app.start()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.reload_catalog)
     log.info("approvals service started", extra={"scope": "service.started"})
     await wait_for_shutdown()
     await app.stop()

@@ -3,18 +3,21 @@
 Pure: loading parses a file, everything else is a function of its arguments.
 """
 
+import copy
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jsonschema
 import yaml
 from pj_common.auth import Role
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import PlanStep
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .domain import Rule, Stage
 
 
 class CatalogError(Exception):
@@ -32,21 +35,73 @@ class StepTemplate(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class ApprovalRule(_Strict):
+def _seconds(value: Any) -> Any:
+    """Durations as seconds, or strings like "90s", "30m", "48h", "7d"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 48h, not a boolean")
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+        if not match:
+            raise ValueError(f"invalid duration {value!r}: use seconds or a number with s, m, h or d")
+        return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0, allow_inf_nan=False)]
+
+
+class StageSpec(_Strict):
+    name: str = Field(min_length=1)
     roles: frozenset[Role] = frozenset({Role.ADMIN})
+    approvals_required: int = Field(default=1, ge=1)
+
+
+class ApprovalRule(_Strict):
+    """Sequential stages; `{roles, approvals_required}` alone is shorthand for one stage."""
+
+    stages: list[StageSpec] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_stage_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stages" not in data:
+            return {"stages": [{"name": "approval", **data}]}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> "ApprovalRule":
+        names = [s.name for s in self.stages]
+        if len(names) != len(set(names)):
+            raise ValueError("stage names must be unique")
+        return self
+
+
+def _default_rule() -> ApprovalRule:
+    return ApprovalRule(stages=[StageSpec(name="approval")])
 
 
 class Action(_Strict):
     description: str = ""
+    # governed: nothing runs until the rule is satisfied; launch: runs at once, recorded like the rest.
+    tier: Literal["governed", "launch"] = "governed"
     requesters: frozenset[Role] = frozenset({Role.ADMIN, Role.OPERATOR})
-    approval: ApprovalRule = ApprovalRule()
+    approval: ApprovalRule = Field(default_factory=_default_rule)
+    pending_ttl: Duration | None = None
+    dispatch_window: Duration | None = None
     payload_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     plan: list[StepTemplate] = Field(min_length=1)
+
+    def rule(self, default_dispatch_window_s: float) -> Rule:
+        """The rule each new approval of this action keeps for its whole life."""
+        return Rule(stages=tuple(Stage(s.name, s.roles, s.approvals_required) for s in self.approval.stages),
+                    dispatch_window_s=self.dispatch_window or default_dispatch_window_s)
 
 
 class Catalog(_Strict):
     version: Literal[1] = 1
     actions: dict[str, Action]
+    # Connector targets per tenant (repo, site, channel, ...); "default" applies to every tenant.
+    tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def action(self, action_id: str) -> Action:
         """The action, or `unknown_action`: the catalog fails closed."""
@@ -55,14 +110,14 @@ class Catalog(_Strict):
             raise GateError(ErrorCode.UNKNOWN_ACTION, f"unknown action {action_id!r}")
         return found
 
-    def decidable_by(self, role: Role) -> tuple[str, ...]:
-        """Ids of the actions whose approval rule lets `role` decide."""
-        return tuple(sorted(a for a, action in self.actions.items() if role in action.approval.roles))
-
-    def rule_roles(self, action_id: str) -> frozenset[Role]:
-        """Roles that may decide `action_id`; none for an action no longer in the catalog (fail closed)."""
-        found = self.actions.get(action_id)
-        return found.approval.roles if found is not None else frozenset()
+    def tenant_settings(self, tenant_id: str) -> dict[str, Any]:
+        """The tenant's connector targets over the defaults, and its id."""
+        merged: dict[str, Any] = {}
+        for source in (self.tenants.get("default", {}), self.tenants.get(tenant_id, {})):
+            for key, value in copy.deepcopy(source).items():
+                merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(
+                    merged.get(key), dict) else value
+        return {**merged, "id": tenant_id}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -79,16 +134,49 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at a pydantic error location (as deep as the path goes)."""
+    node, line = root, None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def _describe(path: Path, text: str, exc: ValidationError) -> str:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        line = _line_of(root, loc)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        lines.append(f"{path}:{line or '?'}: {where}: {err['msg']}")
+    return "invalid catalog:\n" + "\n".join(lines)
+
+
 def load_catalog(path: Path) -> Catalog:
     """Parse and validate the catalog file; raise `CatalogError` naming the file and the problem."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        text = path.read_text()
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise CatalogError(f"{path}: {exc}") from exc
     try:
         catalog = Catalog.model_validate(raw)
     except ValidationError as exc:
-        raise CatalogError(f"{path}: invalid catalog:\n{exc}") from exc
+        raise CatalogError(_describe(path, text, exc)) from exc
     for action_id, action in catalog.actions.items():
         try:
             jsonschema.Draft202012Validator.check_schema(action.payload_schema)
@@ -143,9 +231,12 @@ def _render(value: Any, context: dict[str, Any]) -> Any:
     return value
 
 
-def build_plan(action_id: str, action: Action, payload: dict[str, Any], tenant_id: str) -> list[PlanStep]:
-    """The ordered steps this request would run; deterministic, so its hash can be re-checked."""
-    context = {"payload": payload, "tenant": {"id": tenant_id}, "action": {"id": action_id}}
+def build_plan(action_id: str, action: Action, payload: dict[str, Any], tenant: dict[str, Any]) -> list[PlanStep]:
+    """The ordered steps this request would run; deterministic, so its hash can be re-checked.
+
+    `tenant` is `Catalog.tenant_settings(tenant_id)`: steps read targets like `{{ tenant.github.repo }}`.
+    """
+    context = {"payload": payload, "tenant": tenant, "action": {"id": action_id}}
     return [
         PlanStep(step_id=t.step_id, connector=t.connector, operation=t.operation,
                  params=_render(t.params, context))

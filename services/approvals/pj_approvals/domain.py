@@ -1,6 +1,9 @@
 """The approval state machine and the decision rules: pure functions, no I/O, no clock."""
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from pj_common.auth import Principal, Role
 from pj_common.errors import ErrorCode, GateError
@@ -45,23 +48,102 @@ def sources_of(transition: Transition) -> tuple[str, ...]:
     return tuple(sorted(src for (src, t) in TRANSITIONS if t is transition))
 
 
-def decision_transition(status: str) -> Transition:
-    return Transition.APPROVE if status == "approved" else Transition.REJECT
-
-
 def check_may_request(principal: Principal, allowed: frozenset[Role]) -> None:
     if principal.role not in allowed:
         raise GateError(ErrorCode.FORBIDDEN, f"role {principal.role} may not request this action")
 
 
-def check_may_decide(principal: Principal, requester: str, allowed: frozenset[Role]) -> None:
-    """Only the rule's roles decide, and never on their own request (separation of duties)."""
-    if principal.role not in allowed:
-        raise GateError(ErrorCode.FORBIDDEN, f"role {principal.role} may not decide approvals")
-    if principal.subject == requester:
-        raise GateError(ErrorCode.SELF_APPROVAL_FORBIDDEN, "the requester may not decide their own request")
-
-
 def check_may_dispatch(principal: Principal) -> None:
     if principal.role is not Role.ADMIN:
         raise GateError(ErrorCode.FORBIDDEN, "only an admin may dispatch")
+
+
+# ---------------------------------------------------------------- approval rules
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of an approval chain: who may decide, and how many distinct approvals it needs."""
+
+    name: str
+    roles: frozenset[Role]
+    approvals_required: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An approval rule as stored with each approval: sequential stages and the dispatch window."""
+
+    stages: tuple[Stage, ...]
+    dispatch_window_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stages": [{"name": s.name, "roles": sorted(s.roles), "approvalsRequired": s.approvals_required}
+                       for s in self.stages],
+            "dispatchWindowS": self.dispatch_window_s,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Rule":
+        return cls(
+            stages=tuple(Stage(s["name"], frozenset(Role(r) for r in s["roles"]), int(s["approvalsRequired"]))
+                         for s in data["stages"]),
+            dispatch_window_s=float(data["dispatchWindowS"]))
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionOutcome:
+    """Where one decision leaves the approval."""
+
+    status: str  # pending (more approvals needed), approved or rejected
+    stage_index: int
+    stage_approvals: int
+    stage_name: str
+
+    @property
+    def final(self) -> bool:
+        return self.status != "pending"
+
+
+def evaluate_decision(rule: Rule, stage_index: int, stage_approvals: int, requester: str,
+                      prior_deciders: Iterable[str], principal: Principal, decision: str) -> DecisionOutcome:
+    """Apply one decision to a pending approval: one rejection rejects; a stage is done after its
+    required number of distinct approvals; the approval is approved after its last stage."""
+    stage = rule.stages[stage_index]
+    if principal.role not in stage.roles:
+        allowed = ", ".join(sorted(stage.roles))
+        raise GateError(ErrorCode.FORBIDDEN, f"stage {stage.name!r} is decided by: {allowed}")
+    if principal.subject == requester:
+        raise GateError(ErrorCode.SELF_APPROVAL_FORBIDDEN, "the requester may not decide their own request")
+    if principal.subject in set(prior_deciders):
+        raise GateError(ErrorCode.ALREADY_DECIDED, "you already decided this approval; nobody counts twice")
+    if decision == "rejected":
+        return DecisionOutcome("rejected", stage_index, stage_approvals, stage.name)
+    count = stage_approvals + 1
+    if count < stage.approvals_required:
+        return DecisionOutcome("pending", stage_index, count, stage.name)
+    if stage_index + 1 < len(rule.stages):
+        return DecisionOutcome("pending", stage_index + 1, 0, stage.name)
+    return DecisionOutcome("approved", stage_index, count, stage.name)
+
+
+def chain_view(rule: Rule, status: str, stage_index: int, decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each stage with its state (approved, current, waiting, rejected, expired) and its decisions."""
+    finished = {"approved", "dispatching", "dispatched", "dispatch_failed"}
+    stages = []
+    for index, stage in enumerate(rule.stages):
+        made = [d for d in decisions if d["stageIndex"] == index]
+        approvals = sum(d["decision"] == "approved" for d in made)
+        if any(d["decision"] == "rejected" for d in made):
+            state = "rejected"
+        elif index < stage_index or status in finished or approvals >= stage.approvals_required:
+            state = "approved"
+        elif status == "pending":
+            state = "current" if index == stage_index else "waiting"
+        else:
+            state = "expired" if status == "expired" and index == stage_index else "not_reached"
+        stages.append({"name": stage.name, "roles": sorted(stage.roles),
+                       "approvalsRequired": stage.approvals_required, "state": state,
+                       "approvals": approvals, "decisions": made})
+    return stages

@@ -18,6 +18,7 @@ from pj_common.messages import (
     ErrorBody,
     ExecuteRequest,
     GetApproval,
+    GetChain,
     ListApprovals,
     ReadMetrics,
     Reply,
@@ -34,6 +35,13 @@ log = logging.getLogger("pj.approvals.handlers")
 
 def error_reply(code: str, message: str) -> Reply:
     return Reply(ok=False, error=ErrorBody(code=code, message=message))
+
+
+def _reply_address(message: AbstractIncomingMessage) -> ReplyAddress | None:
+    """Where a dispatch's final outcome goes: the caller's reply-to, if it is waiting for one."""
+    if message.reply_to and message.correlation_id:
+        return ReplyAddress(reply_to=message.reply_to, correlation_id=message.correlation_id)
+    return None
 
 
 class Handlers:
@@ -80,20 +88,19 @@ class Handlers:
             return {"text": await svc.metrics_text()}
         principal = self._principal(envelope)
         if isinstance(command, ExecuteRequest):
-            return await svc.execute(principal, command, cid)
+            return await svc.execute(principal, command, cid, _reply_address(message))
         if isinstance(command, ListApprovals):
             return await svc.list_approvals(principal, command)
         if isinstance(command, GetApproval):
             return await svc.get_approval(principal, command.approval_id)
+        if isinstance(command, GetChain):
+            return await svc.chain(principal, command.approval_id)
         if isinstance(command, CountPending):
             return await svc.count_pending(principal)
         if isinstance(command, DecideRequest):
             return await svc.decide(principal, command, cid)
         if isinstance(command, DispatchRequest):
-            notify = None
-            if message.reply_to and message.correlation_id:
-                notify = ReplyAddress(reply_to=message.reply_to, correlation_id=message.correlation_id)
-            return await svc.dispatch(principal, command, cid, notify)
+            return await svc.dispatch(principal, command, cid, _reply_address(message))
         raise GateError(ErrorCode.VALIDATION_ERROR, f"unsupported command {command.name}")
 
     async def on_report(self, message: AbstractIncomingMessage) -> None:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from pj_common.auth import Principal
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import (
@@ -29,12 +30,18 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import catalog as cat
 from . import store
-from .domain import check_may_decide, check_may_dispatch, check_may_request
+from .domain import Rule, chain_view, check_may_dispatch, check_may_request, evaluate_decision
 from .errors import not_found
 from .metrics import ApprovalMetrics
 from .settings import ApprovalsSettings
 
 log = logging.getLogger("pj.approvals")
+
+# Who "approved" a launch-tier action: the catalog's policy, not a person.
+LAUNCH_POLICY = "policy:launch"
+
+# A decision that loses its compare-and-set to a concurrent one re-reads and tries again this often.
+_DECIDE_ATTEMPTS = 5
 
 Publish = Callable[[DispatchOrder], Awaitable[None]]
 Emit = Callable[[ApprovalEvent], Awaitable[None]]
@@ -107,35 +114,51 @@ class ApprovalService:
         action = self._catalog.action(req.action_id)
         check_may_request(principal, action.requesters)
         cat.check_payload(req.action_id, action, req.payload)
-        plan = cat.plan_document(cat.build_plan(req.action_id, action, req.payload, principal.tenant))
+        plan = cat.plan_document(cat.build_plan(req.action_id, action, req.payload,
+                                                self._catalog.tenant_settings(principal.tenant)))
         return action, plan, cat.plan_hash(plan)
 
-    async def execute(self, principal: Principal, req: ExecuteRequest, correlation_id: str) -> dict[str, Any]:
-        """Plan the request; in execute mode store it as a pending approval (idempotent on requestId)."""
-        _, plan, plan_hash = self._plan(principal, req)
+    async def execute(self, principal: Principal, req: ExecuteRequest, correlation_id: str,
+                      notify: ReplyAddress | None = None) -> dict[str, Any] | DispatchStarted:
+        """Plan the request; in execute mode store it (idempotent on requestId): a governed action as a
+        pending approval, a launch-tier action as approved by policy and dispatched at once."""
+        action, plan, plan_hash = self._plan(principal, req)
         if req.mode == "dry-run":
             return {"approvalRequired": False, "actionId": req.action_id, "plan": plan, "planHash": plan_hash}
         now = self._now()
+        launch = action.tier == "launch"
+        rule = action.rule(self._settings.dispatch_window_s)
+        ttl = rule.dispatch_window_s if launch else action.pending_ttl or self._settings.pending_ttl_s
         row = store.ApprovalRow(
             id=uuid.uuid4(), tenant_id=principal.tenant, request_id=req.request_id or str(uuid.uuid4()),
             operator_id=principal.subject, action_id=req.action_id, payload=req.payload,
-            request_hash=cat.request_hash(req.action_id, req.payload), approval_status="pending",
-            approver_id=None, approval_note=None, plan=plan, plan_hash=plan_hash, dispatch_result=None,
-            claim_token=None, created_at=now, updated_at=now, decided_at=None, dispatched_at=None,
-            finished_at=None, expires_at=now + timedelta(seconds=self._settings.pending_ttl_s))
+            request_hash=cat.request_hash(req.action_id, req.payload),
+            approval_status="approved" if launch else "pending", approver_id=LAUNCH_POLICY if launch else None,
+            approval_note=None, plan=plan, plan_hash=plan_hash, dispatch_result=None, claim_token=None,
+            created_at=now, updated_at=now, decided_at=now if launch else None, dispatched_at=None,
+            finished_at=None, expires_at=now + timedelta(seconds=ttl), approval_rule=rule.to_json())
         event = store.EventRecord("approval.created", principal.subject, principal.role, None, None, correlation_id)
         async with self._pool.connection() as conn:
             created = await store.insert_approval(conn, row, event)
             if created is None:
                 existing = await store.find_by_request(conn, principal.tenant, row.request_id)
-        if created is not None:
-            self._metrics.created.labels(req.action_id).inc()
-            log.info("approval created", extra={
-                "scope": "pj.execute.approval_created", "approvalId": str(created.id),
-                "requestId": created.request_id, "actionId": created.action_id, "tenantId": created.tenant_id,
-                "correlationId": correlation_id})
-            await self._emit(created, "approval.created", principal.subject, None, correlation_id)
+        if created is None:
+            return self._created_view(self._same_request(existing, row, correlation_id), created=False)
+        self._metrics.created.labels(req.action_id).inc()
+        log.info("approval created", extra={
+            "scope": "pj.execute.approval_created", "approvalId": str(created.id), "requestId": created.request_id,
+            "actionId": created.action_id, "tenantId": created.tenant_id, "tier": action.tier,
+            "correlationId": correlation_id})
+        await self._emit(created, "approval.created", principal.subject, None, correlation_id)
+        if not launch:
             return self._created_view(created, created=True)
+        async with self._pool.connection() as conn:
+            started = await self._start_dispatch(conn, created, principal, [], now, correlation_id, notify)
+        return DispatchStarted({**self._created_view(created, created=True), **started.data})
+
+    def _same_request(self, existing: store.ApprovalRow | None, row: store.ApprovalRow,
+                      correlation_id: str) -> store.ApprovalRow:
+        """The approval an earlier request with this requestId made, if it asked for the same thing."""
         if existing is None:  # the row that conflicted was deleted in between: nothing to return
             raise GateError(ErrorCode.INTERNAL_ERROR, "request id conflict could not be resolved; retry")
         if existing.request_hash != row.request_hash:
@@ -144,12 +167,13 @@ class ApprovalService:
                 "approvalId": str(existing.id), "correlationId": correlation_id})
             raise GateError(ErrorCode.IDEMPOTENCY_CONFLICT,
                             f"requestId {row.request_id!r} was already used for a different action or payload")
-        return self._created_view(existing, created=False)
+        return existing
 
     @staticmethod
     def _created_view(row: store.ApprovalRow, *, created: bool) -> dict[str, Any]:
-        return {"approvalId": str(row.id), "approvalRequired": True, "approvalStatus": row.approval_status,
-                "planHash": row.plan_hash, "requestId": row.request_id, "created": created}
+        return {"approvalId": str(row.id), "approvalRequired": row.approver_id != LAUNCH_POLICY,
+                "approvalStatus": row.approval_status, "planHash": row.plan_hash, "requestId": row.request_id,
+                "created": created}
 
     # ------------------------------------------------------------ reads
 
@@ -176,35 +200,64 @@ class ApprovalService:
     # ------------------------------------------------------------ decide
 
     async def decide(self, principal: Principal, req: DecideRequest, correlation_id: str) -> dict[str, Any]:
-        """CAS pending -> approved|rejected; the requester never decides their own request."""
+        """Record one decision under the approval's own rule: a stage needs its number of distinct
+        approvals from its roles, the requester never decides, one rejection rejects."""
         approval_id = _parse_id(req.approval_id)
-        decidable = self._catalog.decidable_by(principal.role)
-        if not decidable:
-            raise GateError(ErrorCode.FORBIDDEN, f"role {principal.role} may not decide approvals")
-        now = self._now()
-        expires_at = now + timedelta(seconds=self._settings.dispatch_window_s)
-        event = store.EventRecord("approval.decided", principal.subject, principal.role, "pending", req.note,
-                                  correlation_id)
-        async with self._pool.connection() as conn:
-            row = await store.decide(conn, approval_id, principal.tenant, decidable, req.status,
-                                     principal.subject, req.note, expires_at, now, event)
-            if row is None:
-                current = await store.get_approval(conn, approval_id, principal.tenant, None, with_audit=False)
-        if row is None:
-            if current is None:
-                raise not_found(req.approval_id)
-            check_may_decide(principal, current.operator_id,
-                             self._catalog.rule_roles(current.action_id))
-            state = "expired" if current.approval_status == "pending" else current.approval_status
-            raise GateError(ErrorCode.INVALID_STATE, f"approval is {state}; only pending approvals can be decided")
-        metric = self._metrics.approved if req.status == "approved" else self._metrics.rejected
-        metric.labels(row.action_id).inc()
-        self._metrics.approval_time.labels(req.status).observe((now - row.created_at).total_seconds())
+        for _ in range(_DECIDE_ATTEMPTS):
+            now = self._now()
+            async with self._pool.connection() as conn:
+                seen = await store.get_approval(conn, approval_id, principal.tenant, None, with_audit=False,
+                                                with_decisions=True)
+                if seen is None:
+                    raise not_found(req.approval_id)
+                if seen.approval_status != "pending" or seen.expires_at <= now:
+                    state = "expired" if seen.approval_status == "pending" else seen.approval_status
+                    raise GateError(ErrorCode.INVALID_STATE,
+                                    f"approval is {state}; only pending approvals can be decided")
+                rule = Rule.from_json(seen.approval_rule)
+                outcome = evaluate_decision(rule, seen.stage_index, seen.stage_approvals, seen.operator_id,
+                                            (d["approverId"] for d in seen.decisions or []), principal, req.status)
+                decision = store.Decision(principal.subject, principal.role, req.status, req.note, outcome.stage_name,
+                                          outcome.status, outcome.stage_index, outcome.stage_approvals, outcome.final)
+                event = store.EventRecord("approval.decided", principal.subject, principal.role, "pending",
+                                          req.note, correlation_id)
+                try:
+                    row = await store.record_decision(conn, seen, decision,
+                                                      now + timedelta(seconds=rule.dispatch_window_s), now, event)
+                except psycopg.errors.UniqueViolation:
+                    raise GateError(ErrorCode.ALREADY_DECIDED,
+                                    "you already decided this approval; nobody counts twice") from None
+            if row is not None:
+                break
+            # Someone else decided (or it expired) between our read and our write: look again.
+        else:
+            raise GateError(ErrorCode.INVALID_STATE, "the approval kept changing; try again")
+        if outcome.final:
+            metric = self._metrics.approved if outcome.status == "approved" else self._metrics.rejected
+            metric.labels(row.action_id).inc()
+            self._metrics.approval_time.labels(outcome.status).observe((now - row.created_at).total_seconds())
         log.info("approval decided", extra={
             "scope": "approval.decided", "approvalId": str(row.id), "requestId": row.request_id,
-            "status": req.status, "approverId": principal.subject, "correlationId": correlation_id})
+            "decision": req.status, "status": row.approval_status, "stage": outcome.stage_name,
+            "approverId": principal.subject, "correlationId": correlation_id})
         await self._emit(row, "approval.decided", principal.subject, "pending", correlation_id, req.note)
         return approval_view(row)
+
+    async def chain(self, principal: Principal, approval_id: str) -> dict[str, Any]:
+        """The approval's stages: who may decide each, who did, when, with what note."""
+        async with self._pool.connection() as conn:
+            row = await store.get_approval(conn, _parse_id(approval_id), principal.tenant, _owner_filter(principal),
+                                           with_audit=False, with_decisions=True)
+        if row is None:
+            raise not_found(approval_id)
+        rule = Rule.from_json(row.approval_rule)
+        return {"approvalId": str(row.id), "approvalStatus": row.approval_status,
+                "currentStage": rule.stages[row.stage_index].name if row.approval_status == "pending" else None,
+                "stages": chain_view(rule, row.approval_status, row.stage_index, row.decisions or [])}
+
+    def reload_catalog(self, catalog: cat.Catalog) -> None:
+        """Use a new catalog for new requests; approvals already created keep their plan and rule."""
+        self._catalog = catalog
 
     # ------------------------------------------------------------ dispatch
 
@@ -222,22 +275,29 @@ class ApprovalService:
                 self._conflict(req.approval_id, correlation_id)
             self._check_dispatchable(seen, now)
             self._check_plan(seen, correlation_id)
-            steps = [PlanStep.model_validate(s) for s in seen.plan]
             completed = ([StepResult.model_validate(s) for s in await store.completed_steps(conn, seen.id)]
                          if seen.approval_status == "dispatch_failed" else [])
             if req.dry_run:
+                steps = [PlanStep.model_validate(s) for s in seen.plan]
                 return {"approvalStatus": seen.approval_status, "dryRun": True,
                         "dispatchResult": self._simulate(steps, completed)}
-            claim = uuid.uuid4()
-            event = store.EventRecord("approval.dispatch.started", principal.subject, principal.role,
-                                      seen.approval_status, None, correlation_id)
-            row = await store.claim_for_dispatch(conn, seen, claim, now, event)
+            return await self._start_dispatch(conn, seen, principal, completed, now, correlation_id, notify)
+
+    async def _start_dispatch(self, conn: store.Conn, seen: store.ApprovalRow, principal: Principal,
+                              completed: list[StepResult], now: datetime, correlation_id: str,
+                              notify: ReplyAddress | None) -> DispatchStarted:
+        """CAS the approval to dispatching with a fresh claim token, then publish its dispatch order."""
+        claim = uuid.uuid4()
+        event = store.EventRecord("approval.dispatch.started", principal.subject, principal.role,
+                                  seen.approval_status, None, correlation_id)
+        row = await store.claim_for_dispatch(conn, seen, claim, now, event)
         if row is None:
-            self._conflict(req.approval_id, correlation_id)
+            self._conflict(str(seen.id), correlation_id)
         self._metrics.consume_success.inc()
         log.info("dispatch started", extra={
             "scope": "approval.dispatch.started", "approvalId": str(row.id), "requestId": row.request_id,
             "correlationId": correlation_id})
+        steps = [PlanStep.model_validate(s) for s in row.plan]
         order = DispatchOrder(approval_id=str(row.id), tenant_id=row.tenant_id, action_id=row.action_id,
                               claim_token=str(claim), steps=steps, completed=completed, notify=notify)
         await self._publish_order(order)
@@ -267,7 +327,8 @@ class ApprovalService:
         else:
             try:
                 action = self._catalog.action(row.action_id)
-                replanned = cat.plan_document(cat.build_plan(row.action_id, action, row.payload, row.tenant_id))
+                replanned = cat.plan_document(cat.build_plan(row.action_id, action, row.payload,
+                                                             self._catalog.tenant_settings(row.tenant_id)))
                 if cat.plan_hash(replanned) != row.plan_hash:
                     reason = "the catalog now plans this request differently than when it was approved"
             except GateError:

@@ -38,7 +38,11 @@ class ApprovalRow:
     dispatched_at: datetime | None
     finished_at: datetime | None
     expires_at: datetime
+    approval_rule: dict[str, Any]
+    stage_index: int = 0
+    stage_approvals: int = 0
     audit: list[dict[str, Any]] | None = None
+    decisions: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,7 @@ class EventRecord:
 _COLUMNS = (
     "id, tenant_id, request_id, operator_id, action_id, payload, request_hash, approval_status, approver_id,"
     " approval_note, plan, plan_hash, dispatch_result, claim_token, created_at, updated_at, decided_at,"
-    " dispatched_at, finished_at, expires_at"
+    " dispatched_at, finished_at, expires_at, approval_rule, stage_index, stage_approvals"
 )
 
 # The audit trail as a JSON array, oldest first; `{src}` is the events relation to read.
@@ -64,6 +68,12 @@ _AUDIT_JSON = """coalesce((SELECT json_agg(json_build_object(
         'event', e.event_type, 'actor', e.actor, 'role', e.actor_role, 'from', e.from_status,
         'to', e.to_status, 'note', e.note, 'correlationId', e.correlation_id, 'at', e.occurred_at)
         ORDER BY e.occurred_at, e.id) FROM {src} e WHERE e.approval_id = a.id), '[]'::json)"""
+
+# Every decision made on the approval, oldest first.
+_DECISIONS_JSON = """coalesce((SELECT json_agg(json_build_object(
+        'approverId', d.approver_id, 'role', d.approver_role, 'stageIndex', d.stage_index,
+        'stage', d.stage_name, 'decision', d.decision, 'note', d.note, 'decidedAt', d.decided_at)
+        ORDER BY d.decided_at, d.approver_id) FROM {src} d WHERE d.approval_id = a.id), '[]'::json)"""
 
 # Inserts the audit row for every row of the CTE `changed` (its new status is the `to` status).
 _EVENT_FROM_CHANGED = """INSERT INTO approval_events (approval_id, tenant_id, event_type, actor, actor_role,
@@ -87,19 +97,23 @@ def _returning_with_audit(transitioned: bool) -> str:
 
 
 async def insert_approval(conn: Conn, row: ApprovalRow, event: EventRecord) -> ApprovalRow | None:
-    """Insert a new pending approval and its `approval.created` event; None if its requestId exists."""
+    """Insert a new approval (pending, or approved by policy for a launch-tier action) and its
+    `approval.created` event; None if its requestId exists."""
     params = {
         "id": row.id, "tenant_id": row.tenant_id, "request_id": row.request_id, "operator_id": row.operator_id,
         "action_id": row.action_id, "payload": Jsonb(row.payload), "request_hash": row.request_hash,
         "plan": Jsonb(row.plan), "plan_hash": row.plan_hash, "expires_at": row.expires_at,
-        **_event_params(event, row.created_at),
+        "approval_rule": Jsonb(row.approval_rule), "status": row.approval_status, "approver_id": row.approver_id,
+        "decided_at": row.decided_at, **_event_params(event, row.created_at),
     }
     query = f"""
         WITH changed AS (
             INSERT INTO approvals (id, tenant_id, request_id, operator_id, action_id, payload, request_hash,
-                approval_status, plan, plan_hash, created_at, updated_at, expires_at)
+                approval_status, plan, plan_hash, created_at, updated_at, expires_at, approval_rule, approver_id,
+                decided_at)
             VALUES (%(id)s, %(tenant_id)s, %(request_id)s, %(operator_id)s, %(action_id)s, %(payload)s,
-                %(request_hash)s, 'pending', %(plan)s, %(plan_hash)s, %(now)s, %(now)s, %(expires_at)s)
+                %(request_hash)s, %(status)s, %(plan)s, %(plan_hash)s, %(now)s, %(now)s, %(expires_at)s,
+                %(approval_rule)s, %(approver_id)s, %(decided_at)s)
             ON CONFLICT (tenant_id, request_id) DO NOTHING
             RETURNING {_COLUMNS}),
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="NULL")})
@@ -128,13 +142,16 @@ async def find_by_request(conn: Conn, tenant_id: str, request_id: str) -> Approv
 
 
 async def get_approval(conn: Conn, approval_id: UUID, tenant_id: str, operator_id: str | None,
-                       *, with_audit: bool = True) -> ApprovalRow | None:
-    """One approval visible to the caller, with its audit trail."""
+                       *, with_audit: bool = True, with_decisions: bool = False) -> ApprovalRow | None:
+    """One approval visible to the caller, with its audit trail and/or its decisions if asked."""
     where, params = _visibility(tenant_id, operator_id)
     params["id"] = approval_id
-    audit = f", {_AUDIT_JSON.format(src='approval_events')} AS audit" if with_audit else ""
+    extra = f", {_AUDIT_JSON.format(src='approval_events')} AS audit" if with_audit else ""
+    if with_decisions:
+        extra += f", {_DECISIONS_JSON.format(src='approval_decisions')} AS decisions"
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(f"SELECT a.*{audit} FROM approvals a WHERE a.id = %(id)s AND {where}", params)  # type: ignore[arg-type]
+        await cur.execute(f"SELECT {_COLUMNS}{extra} FROM approvals a WHERE a.id = %(id)s AND {where}",  # type: ignore[arg-type]
+                          params)
         return await cur.fetchone()
 
 
@@ -171,23 +188,48 @@ async def count_pending(conn: Conn, tenant_id: str | None, operator_id: str | No
     return int(row[0]) if row else 0
 
 
-async def decide(conn: Conn, approval_id: UUID, tenant_id: str, action_ids: tuple[str, ...],
-                 to_status: str, approver_id: str,
-                 note: str | None, expires_at: datetime, now: datetime, event: EventRecord) -> ApprovalRow | None:
-    """CAS pending -> approved|rejected (unexpired, not by the requester, an action the caller's role
-    may decide) with its event; None if the CAS lost (the caller reads the row to say why)."""
-    params = {"id": approval_id, "tenant_id": tenant_id, "action_ids": list(action_ids),
-              "to_status": to_status, "approver_id": approver_id,
-              "approval_note": note, "expires_at": expires_at, **_event_params(event, now)}
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One person's decision and where it leaves the approval (from `domain.evaluate_decision`)."""
+
+    approver_id: str
+    approver_role: str
+    decision: str
+    note: str | None
+    stage_name: str
+    to_status: str
+    to_stage_index: int
+    to_stage_approvals: int
+    final: bool
+
+
+async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, dispatch_expires_at: datetime,
+                          now: datetime, event: EventRecord) -> ApprovalRow | None:
+    """CAS the pending approval from the stage and count it was seen at to the decision's outcome,
+    with the decision row and the event. None if the CAS lost (someone decided in between, or it
+    expired); a person deciding twice at once fails on the decisions' primary key."""
+    params = {"id": seen.id, "tenant_id": seen.tenant_id, "seen_stage": seen.stage_index,
+              "seen_count": seen.stage_approvals, "to_status": decision.to_status,
+              "to_stage": decision.to_stage_index, "to_count": decision.to_stage_approvals,
+              "final": decision.final, "approver_id": decision.approver_id, "approver_role": decision.approver_role,
+              "decision": decision.decision, "approval_note": decision.note, "stage_name": decision.stage_name,
+              "dispatch_expires_at": dispatch_expires_at, **_event_params(event, now)}
     query = f"""
         WITH changed AS (
-            UPDATE approvals SET approval_status = %(to_status)s, approver_id = %(approver_id)s,
-                approval_note = %(approval_note)s, decided_at = %(now)s, updated_at = %(now)s,
-                expires_at = %(expires_at)s
+            UPDATE approvals SET approval_status = %(to_status)s, stage_index = %(to_stage)s,
+                stage_approvals = %(to_count)s, updated_at = %(now)s,
+                approver_id = CASE WHEN %(final)s THEN %(approver_id)s ELSE approver_id END,
+                approval_note = CASE WHEN %(final)s THEN %(approval_note)s ELSE approval_note END,
+                decided_at = CASE WHEN %(final)s THEN %(now)s ELSE decided_at END,
+                expires_at = CASE WHEN %(to_status)s = 'approved' THEN %(dispatch_expires_at)s ELSE expires_at END
             WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = 'pending'
-              AND expires_at > %(now)s AND operator_id <> %(approver_id)s
-              AND action_id = ANY(%(action_ids)s)
+              AND expires_at > %(now)s AND stage_index = %(seen_stage)s AND stage_approvals = %(seen_count)s
             RETURNING {_COLUMNS}),
+        decided AS (
+            INSERT INTO approval_decisions (approval_id, approver_id, approver_role, stage_index, stage_name,
+                decision, note, correlation_id, decided_at)
+            SELECT id, %(approver_id)s, %(approver_role)s, %(seen_stage)s, %(stage_name)s, %(decision)s,
+                %(approval_note)s, %(correlation_id)s, %(now)s FROM changed),
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="'pending'")})
         {_returning_with_audit(True)}"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:

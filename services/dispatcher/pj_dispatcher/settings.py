@@ -23,5 +23,6 @@ class DispatcherSettings(CommonSettings):
     ms_client_id: str | None = Field(default=None, validation_alias=AliasChoices("MS_CLIENT_ID"))
     ms_client_secret: SecretStr | None = Field(default=None, validation_alias=AliasChoices("MS_CLIENT_SECRET"))
     graph_api_url: str = "https://graph.microsoft.com/v1.0"
+    graph_login_url: str = "https://login.microsoftonline.com"
     slack_bot_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
     slack_api_url: str = "https://slack.com/api"

@@ -21,6 +21,7 @@ STATUS_BY_CODE: dict[str, int] = {
     ErrorCode.INVALID_STATE: 409,
     ErrorCode.PLAN_CHANGED: 409,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,
+    ErrorCode.ALREADY_DECIDED: 409,
     ErrorCode.BROKER_UNAVAILABLE: 503,
     ErrorCode.DATABASE_UNAVAILABLE: 503,
     ErrorCode.UPSTREAM_TIMEOUT: 504,

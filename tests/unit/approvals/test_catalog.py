@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from pj_approvals.catalog import (
     Action,
+    ApprovalRule,
     Catalog,
     CatalogError,
+    StageSpec,
     build_plan,
     canonical_json,
     check_payload,
@@ -19,10 +21,12 @@ from pj_approvals.catalog import (
     plan_hash,
     request_hash,
 )
+from pj_approvals.domain import Rule, Stage
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import Role
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import PlanStep
+from pydantic import ValidationError
 
 # ---------------------------------------------------------------- canonical_json
 
@@ -152,9 +156,9 @@ def _action(params: dict[str, Any], **extra: Any) -> Action:
     )
 
 
-def _render(params: dict[str, Any], payload: dict[str, Any], tenant: str = "acme",
+def _render(params: dict[str, Any], payload: dict[str, Any], tenant: dict[str, Any] | None = None,
             action_id: str = "a.b") -> dict[str, Any]:
-    steps = build_plan(action_id, _action(params), payload, tenant)
+    steps = build_plan(action_id, _action(params), payload, {"id": "acme"} if tenant is None else tenant)
     assert len(steps) == 1
     return steps[0].params
 
@@ -179,7 +183,7 @@ def test_whole_payload_placeholder() -> None:
 def test_tenant_and_action_placeholders() -> None:
     params = _render({"t": "{{ tenant.id }}", "a": "{{ action.id }}",
                       "both": "{{ action.id }}@{{ tenant.id }}"},
-                     {}, tenant="acme", action_id="environment.create")
+                     {}, tenant={"id": "acme"}, action_id="environment.create")
     assert params == {"t": "acme", "a": "environment.create", "both": "environment.create@acme"}
 
 
@@ -241,7 +245,7 @@ def test_build_plan_keeps_step_order_and_fields_and_does_not_mutate_inputs() -> 
         ]
     })
     payload = {"name": "dev"}
-    steps = build_plan("environment.create", action, payload, "acme")
+    steps = build_plan("environment.create", action, payload, {"id": "acme"})
     assert steps == [
         PlanStep(step_id="one", connector="github", operation="create_branch", params={"branch": "env/dev"}),
         PlanStep(step_id="two", connector="slack", operation="post_message", params={}),
@@ -255,17 +259,19 @@ def test_build_plan_is_deterministic() -> None:
     catalog = load_catalog(DEFAULT_CATALOG)
     action = catalog.action("environment.create")
     payload = {"name": "dev", "config": {"b": 1, "a": [1, 2]}}
-    first = plan_hash(plan_document(build_plan("environment.create", action, payload, "acme")))
+    acme = catalog.tenant_settings("acme")
+    first = plan_hash(plan_document(build_plan("environment.create", action, payload, acme)))
     second = plan_hash(plan_document(build_plan("environment.create", action, dict(reversed(payload.items())),
-                                                "acme")))
+                                                catalog.tenant_settings("acme"))))
     assert first == second
-    assert plan_hash(plan_document(build_plan("environment.create", action, payload, "other"))) != first
+    other = catalog.tenant_settings("other")
+    assert plan_hash(plan_document(build_plan("environment.create", action, payload, other))) != first
 
 
 def test_build_plan_on_default_environment_create() -> None:
     catalog = load_catalog(DEFAULT_CATALOG)
     steps = build_plan("environment.create", catalog.action("environment.create"),
-                       {"name": "dev", "config": {"replicas": 2}}, "acme")
+                       {"name": "dev", "config": {"replicas": 2}}, catalog.tenant_settings("acme"))
     by_id = {s.step_id: s for s in steps}
     assert [s.step_id for s in steps] == [
         "create-branch", "write-config", "open-pull-request", "record-in-sharepoint", "announce",
@@ -370,27 +376,298 @@ def test_catalog_action_known_and_unknown() -> None:
     assert "'does.not.exist'" in info.value.message
 
 
-def test_catalog_decidable_by() -> None:
+def test_catalog_rules_per_action() -> None:
     catalog = _catalog()
-    assert catalog.decidable_by(Role.ADMIN) == ("approvers", "only.admin")
-    assert catalog.decidable_by(Role.APPROVER) == ("approver.only", "approvers")
-    assert catalog.decidable_by(Role.OPERATOR) == ()
-    assert catalog.decidable_by(Role.VIEWER) == ()
-
-
-def test_catalog_rule_roles() -> None:
-    catalog = _catalog()
-    assert catalog.rule_roles("only.admin") == frozenset({Role.ADMIN})
-    assert catalog.rule_roles("approvers") == frozenset({Role.APPROVER, Role.ADMIN})
-    assert catalog.rule_roles("nobody") == frozenset()
-    assert catalog.rule_roles("gone") == frozenset()
+    assert catalog.action("only.admin").rule(60) == Rule(
+        stages=(Stage("approval", frozenset({Role.ADMIN}), 1),), dispatch_window_s=60)
+    assert catalog.action("approvers").rule(60).stages == (
+        Stage("approval", frozenset({Role.APPROVER, Role.ADMIN}), 1),)
+    assert catalog.action("approver.only").rule(60).stages == (Stage("approval", frozenset({Role.APPROVER}), 1),)
+    assert catalog.action("nobody").rule(60).stages == (Stage("approval", frozenset(), 1),)
 
 
 def test_action_defaults() -> None:
     action = _action({})
     assert action.description == ""
+    assert action.tier == "governed"
     assert action.requesters == frozenset({Role.ADMIN, Role.OPERATOR})
-    assert action.approval.roles == frozenset({Role.ADMIN})
+    assert action.approval.stages == [StageSpec(name="approval", roles=frozenset({Role.ADMIN}), approvals_required=1)]
+    assert action.pending_ttl is None
+    assert action.dispatch_window is None
+
+
+def test_action_default_rule_is_not_shared_between_actions() -> None:
+    assert _action({}).approval is not _action({}).approval
+    assert _action({}).approval == _action({}).approval
+
+
+@pytest.mark.parametrize("tier", ["governed", "launch"])
+def test_action_tiers(tier: str) -> None:
+    assert _action({}, tier=tier).tier == tier
+
+
+@pytest.mark.parametrize("tier", ["instant", "", "Governed", None])
+def test_action_unknown_tier_is_refused(tier: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        _action({}, tier=tier)
+    assert info.value.errors()[0]["loc"] == ("tier",)
+
+
+# ---------------------------------------------------------------- ApprovalRule
+
+
+def test_approval_shorthand_is_one_stage_named_approval() -> None:
+    rule = ApprovalRule.model_validate({"roles": ["approver", "admin"], "approvals_required": 2})
+    assert rule.stages == [StageSpec(name="approval", roles=frozenset({Role.APPROVER, Role.ADMIN}),
+                                     approvals_required=2)]
+
+
+def test_approval_shorthand_defaults() -> None:
+    assert ApprovalRule.model_validate({}).stages == [StageSpec(name="approval")]
+    assert ApprovalRule.model_validate({"roles": ["approver"]}).stages == [
+        StageSpec(name="approval", roles=frozenset({Role.APPROVER}), approvals_required=1)]
+    assert StageSpec(name="x").roles == frozenset({Role.ADMIN})
+    assert StageSpec(name="x").approvals_required == 1
+
+
+def test_approval_shorthand_in_an_action_gives_a_one_stage_rule() -> None:
+    action = _action({}, approval={"roles": ["approver"], "approvals_required": 3})
+    assert action.rule(10.0) == Rule(stages=(Stage("approval", frozenset({Role.APPROVER}), 3),),
+                                     dispatch_window_s=10.0)
+
+
+def test_approval_explicit_stages_keep_their_order() -> None:
+    action = _action({}, approval={"stages": [
+        {"name": "review", "roles": ["approver"]},
+        {"name": "signoff", "roles": ["admin"], "approvals_required": 2},
+        {"name": "audit", "roles": ["admin", "approver"]},
+    ]})
+    assert action.rule(5.0).stages == (
+        Stage("review", frozenset({Role.APPROVER}), 1),
+        Stage("signoff", frozenset({Role.ADMIN}), 2),
+        Stage("audit", frozenset({Role.ADMIN, Role.APPROVER}), 1),
+    )
+
+
+def _approval_errors(data: Any) -> list[dict[str, Any]]:
+    with pytest.raises(ValidationError) as info:
+        ApprovalRule.model_validate(data)
+    return info.value.errors(include_url=False)
+
+
+def test_approval_stage_names_must_be_unique() -> None:
+    errors = _approval_errors({"stages": [{"name": "a"}, {"name": "b"}, {"name": "a"}]})
+    assert len(errors) == 1
+    assert "stage names must be unique" in errors[0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("data", "loc"),
+    [
+        ({"stages": []}, ("stages",)),
+        ({"stages": [{"roles": ["admin"]}]}, ("stages", 0, "name")),
+        ({"stages": [{"name": ""}]}, ("stages", 0, "name")),
+        ({"stages": [{"name": "a", "approvals_required": 0}]}, ("stages", 0, "approvals_required")),
+        ({"approvals_required": 0}, ("stages", 0, "approvals_required")),
+        ({"approvals_required": -1}, ("stages", 0, "approvals_required")),
+        ({"roles": ["root"]}, ("stages", 0, "roles", 0)),
+        ({"stages": [{"name": "a", "roles": ["admin", "root"]}]}, ("stages", 0, "roles", 1)),
+        ({"stages": [{"name": "a", "quorum": 2}]}, ("stages", 0, "quorum")),
+        ({"roles": ["admin"], "quorum": 2}, ("stages", 0, "quorum")),
+        # Shorthand and stages do not mix: with `stages` present, `roles` is an unknown key.
+        ({"stages": [{"name": "a"}], "roles": ["admin"]}, ("roles",)),
+    ],
+    ids=["no-stages", "stage-without-name", "empty-name", "zero-approvals", "shorthand-zero-approvals",
+         "shorthand-negative-approvals", "shorthand-unknown-role", "unknown-role", "unknown-stage-key",
+         "shorthand-unknown-key", "shorthand-mixed-with-stages"],
+)
+def test_approval_rule_validation_errors(data: dict[str, Any], loc: tuple[Any, ...]) -> None:
+    assert [e["loc"] for e in _approval_errors(data)] == [loc]
+
+
+# ---------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(90, 90.0), (2.5, 2.5), ("90s", 90.0), ("30m", 1800.0), ("48h", 172800.0), ("7d", 604800.0),
+     ("1.5h", 5400.0), (" 2 d ", 172800.0), ("0.5s", 0.5)],
+)
+@pytest.mark.parametrize("field", ["pending_ttl", "dispatch_window"])
+def test_durations(field: str, value: Any, seconds: float) -> None:
+    action = _action({}, **{field: value})
+    assert getattr(action, field) == seconds
+    assert isinstance(getattr(action, field), float)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["5 weeks", "10x", "h", "", "-5s", "30M", "1h30m", "s10", "ten s"],
+)
+@pytest.mark.parametrize("field", ["pending_ttl", "dispatch_window"])
+def test_invalid_duration_strings_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        _action({}, **{field: value})
+    errors = info.value.errors(include_url=False)
+    assert [e["loc"] for e in errors] == [(field,)]
+    assert "invalid duration" in errors[0]["msg"]
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, "0s", "0m", "0d"])
+@pytest.mark.parametrize("field", ["pending_ttl", "dispatch_window"])
+def test_durations_must_be_positive(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        _action({}, **{field: value})
+    errors = info.value.errors(include_url=False)
+    assert [e["loc"] for e in errors] == [(field,)]
+    assert errors[0]["type"] == "greater_than"
+
+
+def test_rule_uses_the_default_dispatch_window_unless_the_action_has_one() -> None:
+    assert _action({}).rule(86400.0).dispatch_window_s == 86400.0
+    assert _action({}, dispatch_window="2h").rule(86400.0).dispatch_window_s == 7200.0
+    # pending_ttl is not part of the rule.
+    assert _action({}, pending_ttl="1h").rule(30.0).dispatch_window_s == 30.0
+
+
+def test_rule_round_trips_through_json() -> None:
+    action = _action({}, dispatch_window="30m", approval={"stages": [
+        {"name": "review", "roles": ["approver"], "approvals_required": 2}, {"name": "signoff"}]})
+    rule = action.rule(1.0)
+    assert Rule.from_json(json.loads(json.dumps(rule.to_json()))) == rule
+    assert rule.to_json()["dispatchWindowS"] == 1800.0
+
+
+# ---------------------------------------------------------------- tenant settings
+
+
+def _tenants(tenants: dict[str, Any]) -> Catalog:
+    return Catalog.model_validate({"actions": {"a.b": {"plan": [{"stepId": "s", "connector": "c", "operation": "o"}]}},
+                                   "tenants": tenants})
+
+
+def test_tenant_settings_without_tenants_is_just_the_id() -> None:
+    catalog = _tenants({})
+    assert catalog.tenants == {}
+    assert catalog.tenant_settings("acme") == {"id": "acme"}
+    assert Catalog.model_validate({"actions": {}}).tenant_settings("x") == {"id": "x"}
+
+
+def test_tenant_settings_unknown_tenant_gets_the_defaults() -> None:
+    catalog = _tenants({"default": {"github": {"repo": "org/envs", "base": "main"}, "region": "eu"}})
+    assert catalog.tenant_settings("nobody") == {"github": {"repo": "org/envs", "base": "main"}, "region": "eu",
+                                                  "id": "nobody"}
+
+
+def test_tenant_settings_merge_one_level_deep() -> None:
+    catalog = _tenants({
+        "default": {"github": {"repo": "org/envs", "base": "main", "opts": {"a": 1, "b": 2}},
+                    "slack": {"channel": "#ops"}, "region": "eu", "flag": True},
+        "acme": {"github": {"repo": "acme/envs", "opts": {"c": 3}}, "region": "us",
+                 "sharepoint": {"site": "acme.sharepoint.com"}},
+    })
+    assert catalog.tenant_settings("acme") == {
+        # github: merged key by key; the nested "opts" is replaced, not merged (one level only).
+        "github": {"repo": "acme/envs", "base": "main", "opts": {"c": 3}},
+        "slack": {"channel": "#ops"},  # from the defaults
+        "region": "us",  # the tenant's own scalar wins
+        "flag": True,
+        "sharepoint": {"site": "acme.sharepoint.com"},  # only the tenant has it
+        "id": "acme",
+    }
+
+
+def test_tenant_settings_non_dict_values_replace() -> None:
+    catalog = _tenants({"default": {"slack": {"channel": "#ops"}, "x": 1, "tags": ["a"]},
+                        "acme": {"slack": None, "x": {"nested": True}, "tags": ["b"]}})
+    assert catalog.tenant_settings("acme") == {"slack": None, "x": {"nested": True}, "tags": ["b"], "id": "acme"}
+
+
+def test_tenant_settings_id_is_always_the_tenant_id() -> None:
+    catalog = _tenants({"default": {"id": "wrong"}, "acme": {"id": "also-wrong"}})
+    assert catalog.tenant_settings("acme")["id"] == "acme"
+    assert catalog.tenant_settings("other")["id"] == "other"
+
+
+def test_tenant_settings_of_the_default_tenant_and_other_tenants_are_separate() -> None:
+    catalog = _tenants({"default": {"github": {"repo": "org/envs"}}, "acme": {"github": {"repo": "acme/envs"}},
+                        "beta": {"github": {"base": "dev"}}})
+    assert catalog.tenant_settings("default") == {"github": {"repo": "org/envs"}, "id": "default"}
+    assert catalog.tenant_settings("beta") == {"github": {"repo": "org/envs", "base": "dev"}, "id": "beta"}
+    assert catalog.tenant_settings("acme") == {"github": {"repo": "acme/envs"}, "id": "acme"}
+
+
+def test_tenant_settings_do_not_change_the_catalog() -> None:
+    catalog = _tenants({"default": {"github": {"repo": "org/envs"}}, "acme": {"github": {"base": "dev"}}})
+    before = copy.deepcopy(catalog.tenants)
+    catalog.tenant_settings("acme")
+    catalog.tenant_settings("default")
+    assert catalog.tenants == before
+
+
+@pytest.mark.parametrize("tenants", [{"acme": 5}, {"acme": ["a"]}, {"default": "x"}, ["acme"]])
+def test_tenant_settings_must_be_mappings(tenants: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        _tenants(tenants)
+    assert info.value.errors()[0]["loc"][0] == "tenants"
+
+
+# ---------------------------------------------------------------- build_plan with tenant settings
+
+
+TENANT_ACTION = {
+    "repo": "{{ tenant.github.repo }}",
+    "github": "{{ tenant.github }}",
+    "url": "https://{{ tenant.sharepoint.site }}/sites/envs",
+    "channel": "{{ tenant.slack.channel }}",
+    "text": "{{ tenant.id }}: {{ payload.name }} on {{ tenant.github.base }}",
+    "missing": "{{ tenant.nothing.here }}",
+}
+
+
+def test_build_plan_reads_tenant_settings() -> None:
+    catalog = _tenants({"default": {"github": {"repo": "org/envs", "base": "main"}, "slack": {"channel": "#ops"}},
+                        "acme": {"github": {"repo": "acme/envs"}, "sharepoint": {"site": "acme.example"}}})
+    params = _render(TENANT_ACTION, {"name": "dev"}, tenant=catalog.tenant_settings("acme"))
+    assert params == {
+        "repo": "acme/envs",
+        "github": {"repo": "acme/envs", "base": "main"},
+        "url": "https://acme.example/sites/envs",
+        "channel": "#ops",
+        "text": "acme: dev on main",
+        "missing": None,
+    }
+    other = _render(TENANT_ACTION, {"name": "dev"}, tenant=catalog.tenant_settings("other"))
+    assert other == {"repo": "org/envs", "github": {"repo": "org/envs", "base": "main"},
+                     "url": "https:///sites/envs", "channel": "#ops", "text": "other: dev on main", "missing": None}
+
+
+def test_build_plan_tenant_settings_change_the_plan_hash() -> None:
+    catalog = _tenants({"default": {"github": {"repo": "org/envs"}}, "acme": {"github": {"repo": "acme/envs"}}})
+    action = _action({"repo": "{{ tenant.github.repo }}"})
+    acme = plan_hash(plan_document(build_plan("a.b", action, {}, catalog.tenant_settings("acme"))))
+    beta = plan_hash(plan_document(build_plan("a.b", action, {}, catalog.tenant_settings("beta"))))
+    gamma = plan_hash(plan_document(build_plan("a.b", action, {}, catalog.tenant_settings("gamma"))))
+    assert acme != beta
+    # Only what the plan reads counts: beta and gamma differ in id, which this plan does not use.
+    assert beta == gamma
+
+
+def test_inline_placeholders_render_values_as_compact_json() -> None:
+    params = _render(
+        {"n": "n={{ payload.n }}", "f": "f={{ payload.f }}", "b": "{{ payload.b }}!", "no": "{{ payload.no }}!",
+         "list": "l={{ payload.list }}", "obj": "o={{ payload.obj }}", "s": "s={{ payload.s }}",
+         "u": "u={{ payload.u }}"},
+        {"n": 3, "f": 2.5, "b": True, "no": False, "list": [1, "a", None], "obj": {"z": 1, "a": [True]},
+         "s": 'say "hi"', "u": "Zoë"},
+    )
+    assert params == {"n": "n=3", "f": "f=2.5", "b": "true!", "no": "false!", "list": 'l=[1,"a",null]',
+                      "obj": 'o={"a":[true],"z":1}', "s": 's=say "hi"', "u": "u=Zoë"}
+
+
+def test_inline_tenant_settings_render_as_json() -> None:
+    params = _render({"t": "t={{ tenant.github }}"}, {}, tenant={"id": "acme", "github": {"repo": "a/b", "n": 1}})
+    assert params == {"t": 't={"n":1,"repo":"a/b"}'}
 
 
 # ---------------------------------------------------------------- load_catalog: the shipped default
@@ -411,7 +688,7 @@ def test_default_catalog_loads_with_expected_actions() -> None:
 
 def test_default_catalog_notify_webhook() -> None:
     action = load_catalog(DEFAULT_CATALOG).action("notify.webhook")
-    steps = build_plan("notify.webhook", action, {"hello": ["world"]}, "acme")
+    steps = build_plan("notify.webhook", action, {"hello": ["world"]}, {"id": "acme"})
     assert steps == [PlanStep(step_id="post-webhook", connector="webhook", operation="post",
                               params={"body": {"hello": ["world"]}})]
 
@@ -484,10 +761,21 @@ def test_load_catalog_non_utf8_file(tmp_path: Path) -> None:
         (GOOD + "    requesters: [superuser]\n", "requesters"),
         (GOOD + "    approval: {roles: [root]}\n", "approval"),
         (GOOD + "    approval: {roles: [admin], quorum: 2}\n", "quorum"),
+        (GOOD + "    approval: {stages: []}\n", "approval.stages"),
+        (GOOD + "    approval: {stages: [{name: a}, {name: a}]}\n", "stage names must be unique"),
+        (GOOD + "    approval: {stages: [{roles: [admin]}]}\n", "approval.stages.0.name"),
+        (GOOD + "    approval: {approvals_required: 0}\n", "approvals_required"),
+        (GOOD + "    tier: instant\n", "tier"),
+        (GOOD + "    pending_ttl: 5 weeks\n", "invalid duration"),
+        (GOOD + "    dispatch_window: 0s\n", "dispatch_window"),
+        (GOOD + "tenants: {acme: 5}\n", "tenants.acme"),
+        (GOOD + "tenants: [acme]\n", "tenants"),
     ],
     ids=["empty", "list", "version-2", "no-actions", "empty-plan", "no-plan", "unknown-action-key",
          "unknown-top-key", "bad-step-id", "snake-step-id", "no-operation", "unknown-requester-role",
-         "unknown-approver-role", "unknown-approval-key"],
+         "unknown-approver-role", "unknown-approval-key", "no-stages", "duplicate-stage-names",
+         "stage-without-name", "zero-approvals", "unknown-tier", "bad-duration", "zero-duration",
+         "tenant-not-a-mapping", "tenants-not-a-mapping"],
 )
 def test_load_catalog_invalid_structure(tmp_path: Path, text: str, fragment: str) -> None:
     _assert_catalog_error(_write(tmp_path, text), fragment)
@@ -524,3 +812,164 @@ def test_duplicate_action_ids_are_refused_with_the_line(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as err:
         load_catalog(path)
     assert str(path) in str(err.value) and "duplicate key 'a.b'" in str(err.value) and "line 5" in str(err.value)
+
+
+# ---------------------------------------------------------------- load_catalog: a full catalog
+
+FULL = """\
+version: 1
+tenants:
+  default:
+    github: {repo: org/envs, base: main}
+    slack: {channel: "#ops"}
+  acme:
+    github: {repo: acme/envs}
+actions:
+  env.delete:
+    description: Delete an environment.
+    tier: governed
+    pending_ttl: 2d
+    dispatch_window: 30m
+    approval:
+      stages:
+        - {name: review, roles: [approver]}
+        - {name: signoff, roles: [admin], approvals_required: 2}
+    plan:
+      - stepId: delete
+        connector: github
+        operation: delete_branch
+        params: {repo: "{{ tenant.github.repo }}", branch: "env/{{ payload.name }}"}
+  env.restart:
+    tier: launch
+    approval: {roles: [operator, admin], approvals_required: 1}
+    pending_ttl: 600
+    plan:
+      - {stepId: restart, connector: slack, operation: post_message, params: {channel: "{{ tenant.slack.channel }}"}}
+"""
+
+
+def test_load_catalog_full(tmp_path: Path) -> None:
+    catalog = load_catalog(_write(tmp_path, FULL))
+    delete, restart = catalog.action("env.delete"), catalog.action("env.restart")
+    assert (delete.tier, delete.pending_ttl, delete.dispatch_window) == ("governed", 172800.0, 1800.0)
+    assert (restart.tier, restart.pending_ttl, restart.dispatch_window) == ("launch", 600.0, None)
+    assert delete.rule(99.0) == Rule(stages=(Stage("review", frozenset({Role.APPROVER}), 1),
+                                             Stage("signoff", frozenset({Role.ADMIN}), 2)), dispatch_window_s=1800.0)
+    assert restart.rule(99.0) == Rule(stages=(Stage("approval", frozenset({Role.OPERATOR, Role.ADMIN}), 1),),
+                                      dispatch_window_s=99.0)
+    assert catalog.tenant_settings("acme") == {"github": {"repo": "acme/envs", "base": "main"},
+                                               "slack": {"channel": "#ops"}, "id": "acme"}
+    [step] = build_plan("env.delete", delete, {"name": "dev"}, catalog.tenant_settings("acme"))
+    assert step.params == {"repo": "acme/envs", "branch": "env/dev"}
+    [step] = build_plan("env.restart", restart, {}, catalog.tenant_settings("zeta"))
+    assert step.params == {"channel": "#ops"}
+
+
+def test_default_catalog_rules_are_valid() -> None:
+    catalog = load_catalog(DEFAULT_CATALOG)
+    for action_id, action in catalog.actions.items():
+        rule = action.rule(3600.0)
+        assert rule.stages, action_id
+        assert Rule.from_json(json.loads(json.dumps(rule.to_json()))) == rule
+    assert catalog.tenant_settings("acme")["id"] == "acme"
+
+
+# ---------------------------------------------------------------- load_catalog: error line numbers
+
+LINES = """\
+# A catalog with comments first, so line numbers are not just offsets from "version".
+
+version: 1
+actions:
+  a.b:
+    description: first
+    approval:
+      stages:
+        - name: review
+          roles: [approver]
+        - name: signoff
+          roles: [admin, {bad}]
+    pending_ttl: {ttl}
+    plan:
+      - stepId: s1
+        connector: webhook
+        operation: post
+      - stepId: {step}
+        connector: webhook
+        operation: post
+  c.d:
+    tier: {tier}
+    plan: [{{stepId: s1, connector: webhook, operation: post}}]
+tenants:
+  default: {{github: {{repo: a/b}}}}
+  acme: {tenant}
+"""
+LINES_OK = {"bad": "approver", "ttl": "2h", "step": "s2", "tier": "launch", "tenant": "{x: 1}"}
+
+
+def _lines_catalog(tmp_path: Path, **bad: str) -> Path:
+    return _write(tmp_path, LINES.format(**{**LINES_OK, **bad}))
+
+
+def test_lines_catalog_is_good_without_changes(tmp_path: Path) -> None:
+    catalog = load_catalog(_lines_catalog(tmp_path))
+    assert set(catalog.actions) == {"a.b", "c.d"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "line", "loc"),
+    [
+        ({"bad": "root"}, 12, "actions.a.b.approval.stages.1.roles.1"),
+        ({"ttl": "5 weeks"}, 13, "actions.a.b.pending_ttl"),
+        ({"ttl": "0"}, 13, "actions.a.b.pending_ttl"),
+        ({"step": "BAD"}, 18, "actions.a.b.plan.1.stepId"),
+        ({"tier": "instant"}, 22, "actions.c.d.tier"),
+        ({"tenant": "5"}, 26, "tenants.acme"),
+    ],
+    ids=["role-in-second-stage", "bad-duration", "zero-duration", "step-id-in-second-step", "tier",
+         "tenant"],
+)
+def test_load_catalog_errors_name_the_line(tmp_path: Path, bad: dict[str, str], line: int, loc: str) -> None:
+    path = _lines_catalog(tmp_path, **bad)
+    err = _assert_catalog_error(path, f"{path}:{line}: {loc}: ")
+    assert str(err).startswith("invalid catalog:\n")
+
+
+def test_load_catalog_reports_every_error_with_its_own_line(tmp_path: Path) -> None:
+    path = _lines_catalog(tmp_path, bad="root", step="BAD", tier="instant")
+    err = _assert_catalog_error(path)
+    lines = str(err).splitlines()
+    assert lines[0] == "invalid catalog:"
+    assert sorted(lines[1:]) == sorted([
+        f"{path}:12: actions.a.b.approval.stages.1.roles.1: Input should be 'admin', 'approver', 'operator' or "
+        "'viewer'",
+        f"{path}:18: actions.a.b.plan.1.stepId: String should match pattern '^[a-z0-9][a-z0-9._-]*$'",
+        f"{path}:22: actions.c.d.tier: Input should be 'governed' or 'launch'",
+    ])
+
+
+def test_load_catalog_line_of_a_top_level_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "# comment\nversion: 2\nactions: {}\n")
+    _assert_catalog_error(path, f"{path}:2: version: ")
+
+
+def test_load_catalog_line_of_an_unknown_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD + "    surprise: 1\n")
+    _assert_catalog_error(path, f"{path}:8: actions.a.b.surprise: Extra inputs are not permitted")
+
+
+def test_load_catalog_line_of_a_shorthand_approval_error(tmp_path: Path) -> None:
+    # The shorthand has no `stages` node in the file: the error points at the approval itself.
+    path = _write(tmp_path, GOOD + "    description: x\n    approval: {roles: [root]}\n")
+    _assert_catalog_error(path, f"{path}:9: actions.a.b.approval.stages.0.roles.0: ")
+
+
+def test_load_catalog_line_of_a_missing_field_is_where_its_parent_is(tmp_path: Path) -> None:
+    path = _write(tmp_path, "version: 1\nactions:\n  a.b: {description: x}\n  c.d:\n    plan: []\n")
+    _assert_catalog_error(path, f"{path}:3: actions.a.b.plan: Field required",
+                          f"{path}:5: actions.c.d.plan: List should have at least 1 item")
+
+
+def test_load_catalog_error_without_a_node_has_no_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    _assert_catalog_error(path, f"{path}:?: (top level): ")

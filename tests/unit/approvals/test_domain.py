@@ -1,16 +1,21 @@
 """The approval state machine and the decision rules (pj_approvals.domain)."""
 
 import itertools
+import json
+from typing import Any
 
 import pytest
 from pj_approvals.domain import (
     TERMINAL_STATUSES,
     TRANSITIONS,
+    DecisionOutcome,
+    Rule,
+    Stage,
     Transition,
-    check_may_decide,
+    chain_view,
     check_may_dispatch,
     check_may_request,
-    decision_transition,
+    evaluate_decision,
     next_status,
     sources_of,
 )
@@ -125,11 +130,6 @@ def test_sources_of_agrees_with_next_status(transition: Transition) -> None:
     assert set(sources_of(transition)) == allowed
 
 
-def test_decision_transition() -> None:
-    assert decision_transition("approved") is Transition.APPROVE
-    assert decision_transition("rejected") is Transition.REJECT
-
-
 # ---------------------------------------------------------------- who may do what
 
 ALICE_APPROVER = Principal(subject="alice", tenant="acme", role=Role.APPROVER)
@@ -137,51 +137,332 @@ BOB_ADMIN = Principal(subject="bob", tenant="acme", role=Role.ADMIN)
 APPROVERS = frozenset({Role.ADMIN, Role.APPROVER})
 
 
-def test_check_may_decide_allows_a_rule_role_on_someone_elses_request() -> None:
-    assert check_may_decide(ALICE_APPROVER, "carol", APPROVERS) is None
-    assert check_may_decide(BOB_ADMIN, "carol", APPROVERS) is None
+def _p(subject: str, role: Role) -> Principal:
+    return Principal(subject=subject, tenant="acme", role=role)
 
 
-@pytest.mark.parametrize("role", [Role.OPERATOR, Role.VIEWER])
-def test_check_may_decide_forbids_roles_outside_the_rule(role: Role) -> None:
-    principal = Principal(subject="dave", tenant="acme", role=role)
+# One stage, admins or approvers, one approval (the shape of the catalog shorthand).
+ONE = Rule(stages=(Stage("approval", APPROVERS),), dispatch_window_s=3600.0)
+# Two stages: one approver reviews, then two distinct admins sign off.
+TWO = Rule(stages=(Stage("review", frozenset({Role.APPROVER})), Stage("signoff", frozenset({Role.ADMIN}), 2)),
+           dispatch_window_s=60.0)
+# Two stages whose roles overlap, so the same person could (wrongly) decide in both.
+OVERLAP = Rule(stages=(Stage("first", APPROVERS), Stage("second", frozenset({Role.ADMIN}))), dispatch_window_s=60.0)
+
+
+def _decide(rule: Rule, principal: Principal, decision: str = "approved", *, stage_index: int = 0,
+            stage_approvals: int = 0, requester: str = "carol", prior: tuple[str, ...] = ()) -> DecisionOutcome:
+    return evaluate_decision(rule, stage_index, stage_approvals, requester, prior, principal, decision)
+
+
+def _raises(code: ErrorCode, rule: Rule, principal: Principal, decision: str = "approved", **kw: Any) -> GateError:
     with pytest.raises(GateError) as info:
-        check_may_decide(principal, "carol", APPROVERS)
-    assert info.value.code is ErrorCode.FORBIDDEN
-    assert role.value in info.value.message
+        _decide(rule, principal, decision, **kw)
+    assert info.value.code is code, info.value
+    return info.value
 
 
-def test_check_may_decide_only_the_rule_roles_count() -> None:
-    # An admin is not special when the rule names only approvers.
-    with pytest.raises(GateError) as info:
-        check_may_decide(BOB_ADMIN, "carol", frozenset({Role.APPROVER}))
-    assert info.value.code is ErrorCode.FORBIDDEN
+def test_stage_defaults_to_one_approval() -> None:
+    assert Stage("s", frozenset({Role.ADMIN})).approvals_required == 1
 
 
-def test_check_may_decide_empty_rule_forbids_everyone() -> None:
-    for role in Role:
-        with pytest.raises(GateError) as info:
-            check_may_decide(Principal(subject="x", tenant="acme", role=role), "carol", frozenset())
-        assert info.value.code is ErrorCode.FORBIDDEN
+def test_decision_outcome_final() -> None:
+    assert DecisionOutcome("pending", 0, 1, "s").final is False
+    assert DecisionOutcome("approved", 0, 1, "s").final is True
+    assert DecisionOutcome("rejected", 0, 0, "s").final is True
+
+
+# -- evaluate_decision: a single stage (the equivalent of the old check_may_decide rules)
 
 
 @pytest.mark.parametrize("principal", [ALICE_APPROVER, BOB_ADMIN], ids=["approver", "admin"])
-def test_check_may_decide_forbids_deciding_own_request(principal: Principal) -> None:
+def test_single_stage_one_approval_approves(principal: Principal) -> None:
+    outcome = _decide(ONE, principal)
+    assert outcome == DecisionOutcome("approved", 0, 1, "approval")
+    assert outcome.final
+
+
+@pytest.mark.parametrize("principal", [ALICE_APPROVER, BOB_ADMIN], ids=["approver", "admin"])
+def test_single_stage_one_rejection_rejects(principal: Principal) -> None:
+    outcome = _decide(ONE, principal, "rejected")
+    assert outcome == DecisionOutcome("rejected", 0, 0, "approval")
+    assert outcome.final
+
+
+@pytest.mark.parametrize("role", [Role.OPERATOR, Role.VIEWER])
+@pytest.mark.parametrize("decision", ["approved", "rejected"])
+def test_roles_outside_the_stage_are_forbidden(role: Role, decision: str) -> None:
+    err = _raises(ErrorCode.FORBIDDEN, ONE, _p("dave", role), decision)
+    assert "'approval'" in err.message
+    assert "admin, approver" in err.message
+
+
+def test_only_the_stage_roles_count() -> None:
+    # An admin is not special when the stage names only approvers.
+    rule = Rule(stages=(Stage("approval", frozenset({Role.APPROVER})),), dispatch_window_s=1.0)
+    _raises(ErrorCode.FORBIDDEN, rule, BOB_ADMIN)
+    _raises(ErrorCode.FORBIDDEN, rule, BOB_ADMIN, "rejected")
+    assert _decide(rule, ALICE_APPROVER).status == "approved"
+
+
+def test_a_stage_without_roles_forbids_everyone() -> None:
+    rule = Rule(stages=(Stage("nobody", frozenset()),), dispatch_window_s=1.0)
+    for role in Role:
+        _raises(ErrorCode.FORBIDDEN, rule, _p("x", role))
+
+
+@pytest.mark.parametrize("principal", [ALICE_APPROVER, BOB_ADMIN], ids=["approver", "admin"])
+@pytest.mark.parametrize("decision", ["approved", "rejected"])
+def test_the_requester_never_decides(principal: Principal, decision: str) -> None:
+    err = _raises(ErrorCode.SELF_APPROVAL_FORBIDDEN, ONE, principal, decision, requester=principal.subject)
+    assert "requester" in err.message
+
+
+def test_the_requester_never_decides_in_a_later_stage() -> None:
+    _raises(ErrorCode.SELF_APPROVAL_FORBIDDEN, TWO, BOB_ADMIN, stage_index=1, requester="bob", prior=("alice",))
+
+
+def test_role_is_checked_before_self_approval() -> None:
+    _raises(ErrorCode.FORBIDDEN, ONE, _p("olga", Role.OPERATOR), requester="olga")
+    # An approver who requested is outside the signoff stage: forbidden, not self-approval.
+    _raises(ErrorCode.FORBIDDEN, TWO, ALICE_APPROVER, stage_index=1, requester="alice")
+
+
+def test_subjects_are_compared_exactly() -> None:
+    # "Alice" is not "alice": no normalisation, so this is someone else's request and someone else's decision.
+    assert _decide(ONE, ALICE_APPROVER, requester="Alice").status == "approved"
+    assert _decide(ONE, ALICE_APPROVER, prior=("Alice", "alice ")).status == "approved"
+
+
+def test_prior_deciders_may_be_any_iterable() -> None:
+    # The service passes a generator over the stored decisions.
     with pytest.raises(GateError) as info:
-        check_may_decide(principal, principal.subject, APPROVERS)
-    assert info.value.code is ErrorCode.SELF_APPROVAL_FORBIDDEN
+        evaluate_decision(ONE, 0, 0, "carol", (d for d in ["zed", "alice"]), ALICE_APPROVER, "approved")
+    assert info.value.code is ErrorCode.ALREADY_DECIDED
+    assert evaluate_decision(ONE, 0, 0, "carol", iter(["zed"]), ALICE_APPROVER, "approved").status == "approved"
 
 
-def test_check_may_decide_role_is_checked_before_self_approval() -> None:
-    operator = Principal(subject="olga", tenant="acme", role=Role.OPERATOR)
-    with pytest.raises(GateError) as info:
-        check_may_decide(operator, "olga", APPROVERS)
-    assert info.value.code is ErrorCode.FORBIDDEN
+# -- evaluate_decision: several approvals and several stages
 
 
-def test_check_may_decide_compares_subjects_exactly() -> None:
-    # "Alice" is not "alice": no normalisation is applied, so this is someone else's request.
-    assert check_may_decide(ALICE_APPROVER, "Alice", APPROVERS) is None
+def test_a_stage_needs_its_number_of_approvals() -> None:
+    rule = Rule(stages=(Stage("approval", APPROVERS, 3),), dispatch_window_s=1.0)
+    assert _decide(rule, _p("a1", Role.ADMIN)) == DecisionOutcome("pending", 0, 1, "approval")
+    assert _decide(rule, _p("a2", Role.APPROVER), stage_approvals=1, prior=("a1",)) == DecisionOutcome(
+        "pending", 0, 2, "approval")
+    last = _decide(rule, _p("a3", Role.ADMIN), stage_approvals=2, prior=("a1", "a2"))
+    assert last == DecisionOutcome("approved", 0, 3, "approval")
+    assert last.final
+
+
+def test_two_stages_walkthrough() -> None:
+    # review: one approver.
+    review = _decide(TWO, ALICE_APPROVER)
+    assert review == DecisionOutcome("pending", 1, 0, "review")  # moved on; stage_name is the stage decided
+    assert not review.final
+    # signoff: two distinct admins.
+    first = _decide(TWO, BOB_ADMIN, stage_index=1, prior=("alice",))
+    assert first == DecisionOutcome("pending", 1, 1, "signoff")
+    assert not first.final
+    second = _decide(TWO, _p("dan", Role.ADMIN), stage_index=1, stage_approvals=1, prior=("alice", "bob"))
+    assert second == DecisionOutcome("approved", 1, 2, "signoff")
+    assert second.final
+
+
+def test_three_stages_walkthrough() -> None:
+    rule = Rule(stages=(Stage("a", frozenset({Role.APPROVER}), 2), Stage("b", frozenset({Role.ADMIN})),
+                        Stage("c", APPROVERS, 2)), dispatch_window_s=1.0)
+    steps = [("p1", Role.APPROVER), ("p2", Role.APPROVER), ("p3", Role.ADMIN), ("p4", Role.ADMIN),
+             ("p5", Role.APPROVER)]
+    expected = [("pending", 0, 1, "a"), ("pending", 1, 0, "a"), ("pending", 2, 0, "b"), ("pending", 2, 1, "c"),
+                ("approved", 2, 2, "c")]
+    index, count, prior = 0, 0, []
+    for (subject, role), want in zip(steps, expected, strict=True):
+        outcome = evaluate_decision(rule, index, count, "req", prior, _p(subject, role), "approved")
+        assert (outcome.status, outcome.stage_index, outcome.stage_approvals, outcome.stage_name) == want
+        index, count = outcome.stage_index, outcome.stage_approvals
+        prior.append(subject)
+
+
+def test_approvals_must_be_distinct_people() -> None:
+    # Bob already approved signoff once; a second approval from him does not count.
+    err = _raises(ErrorCode.ALREADY_DECIDED, TWO, BOB_ADMIN, stage_index=1, stage_approvals=1,
+                  prior=("alice", "bob"))
+    assert "already decided" in err.message
+    # Nor may he reject after approving.
+    _raises(ErrorCode.ALREADY_DECIDED, TWO, BOB_ADMIN, "rejected", stage_index=1, stage_approvals=1,
+            prior=("alice", "bob"))
+
+
+def test_same_person_may_not_decide_in_two_stages() -> None:
+    # Bob (admin) approved the first stage; he also has the second stage's role, but nobody counts twice.
+    _raises(ErrorCode.ALREADY_DECIDED, OVERLAP, BOB_ADMIN, stage_index=1, prior=("bob",))
+    _raises(ErrorCode.ALREADY_DECIDED, OVERLAP, BOB_ADMIN, "rejected", stage_index=1, prior=("bob",))
+    # Another admin may.
+    assert _decide(OVERLAP, _p("eve", Role.ADMIN), stage_index=1, prior=("bob",)).status == "approved"
+
+
+@pytest.mark.parametrize(("stage_index", "stage_approvals", "principal", "stage_name"), [
+    (0, 0, ALICE_APPROVER, "review"),
+    (1, 0, BOB_ADMIN, "signoff"),
+    (1, 1, BOB_ADMIN, "signoff"),
+], ids=["first-stage", "second-stage-first-decision", "second-stage-after-an-approval"])
+def test_one_rejection_rejects_in_any_stage(stage_index: int, stage_approvals: int, principal: Principal,
+                                            stage_name: str) -> None:
+    prior = ("zed",) * stage_index + ("yan",) * stage_approvals
+    outcome = _decide(TWO, principal, "rejected", stage_index=stage_index, stage_approvals=stage_approvals,
+                      prior=prior)
+    assert outcome == DecisionOutcome("rejected", stage_index, stage_approvals, stage_name)
+    assert outcome.final
+
+
+def test_roles_are_per_stage() -> None:
+    # review is approvers only: an admin may not decide it, even though admins sign off later.
+    err = _raises(ErrorCode.FORBIDDEN, TWO, BOB_ADMIN)
+    assert "'review'" in err.message and "approver" in err.message
+    # signoff is admins only: the approver who could review may not sign off.
+    err = _raises(ErrorCode.FORBIDDEN, TWO, _p("amy", Role.APPROVER), stage_index=1, prior=("alice",))
+    assert "'signoff'" in err.message and "admin" in err.message
+    _raises(ErrorCode.FORBIDDEN, TWO, _p("amy", Role.APPROVER), "rejected", stage_index=1, prior=("alice",))
+
+
+# ---------------------------------------------------------------- Rule JSON
+
+
+def test_rule_to_json_document() -> None:
+    rule = Rule(stages=(Stage("review", frozenset({Role.APPROVER, Role.ADMIN}), 2),
+                        Stage("signoff", frozenset({Role.ADMIN}))), dispatch_window_s=7200.0)
+    assert rule.to_json() == {
+        "stages": [
+            {"name": "review", "roles": ["admin", "approver"], "approvalsRequired": 2},
+            {"name": "signoff", "roles": ["admin"], "approvalsRequired": 1},
+        ],
+        "dispatchWindowS": 7200.0,
+    }
+
+
+@pytest.mark.parametrize("rule", [ONE, TWO, OVERLAP,
+                                  Rule(stages=(Stage("none", frozenset()),), dispatch_window_s=0.5)],
+                         ids=["one", "two", "overlap", "no-roles"])
+def test_rule_json_round_trip(rule: Rule) -> None:
+    stored = json.loads(json.dumps(rule.to_json()))  # as it comes back from the database
+    again = Rule.from_json(stored)
+    assert again == rule
+    assert again.to_json() == rule.to_json()
+    for stage in again.stages:
+        assert all(type(role) is Role for role in stage.roles)
+
+
+def test_rule_from_json_coerces_numbers() -> None:
+    rule = Rule.from_json({"stages": [{"name": "s", "roles": ["admin"], "approvalsRequired": 2}],
+                           "dispatchWindowS": 60})
+    assert rule == Rule(stages=(Stage("s", frozenset({Role.ADMIN}), 2),), dispatch_window_s=60.0)
+    assert isinstance(rule.dispatch_window_s, float)
+
+
+def test_rule_from_json_refuses_unknown_roles() -> None:
+    with pytest.raises(ValueError):
+        Rule.from_json({"stages": [{"name": "s", "roles": ["root"], "approvalsRequired": 1}],
+                        "dispatchWindowS": 1})
+
+
+# ---------------------------------------------------------------- chain_view
+
+
+def _d(approver: str, role: str, stage_index: int, stage: str, decision: str = "approved",
+       note: str | None = None) -> dict[str, Any]:
+    return {"approverId": approver, "role": role, "stageIndex": stage_index, "stage": stage,
+            "decision": decision, "note": note, "decidedAt": f"2024-01-01T00:00:0{stage_index}Z"}
+
+
+def _states(view: list[dict[str, Any]]) -> list[str]:
+    return [s["state"] for s in view]
+
+
+def test_chain_view_fresh_pending() -> None:
+    view = chain_view(TWO, "pending", 0, [])
+    assert view == [
+        {"name": "review", "roles": ["approver"], "approvalsRequired": 1, "state": "current", "approvals": 0,
+         "decisions": []},
+        {"name": "signoff", "roles": ["admin"], "approvalsRequired": 2, "state": "waiting", "approvals": 0,
+         "decisions": []},
+    ]
+
+
+def test_chain_view_pending_in_second_stage_groups_decisions_by_stage() -> None:
+    review = _d("alice", "approver", 0, "review", note="fine")
+    signoff = _d("bob", "admin", 1, "signoff")
+    view = chain_view(TWO, "pending", 1, [review, signoff])
+    assert _states(view) == ["approved", "current"]
+    assert [s["approvals"] for s in view] == [1, 1]
+    assert view[0]["decisions"] == [review]
+    assert view[1]["decisions"] == [signoff]
+    assert view[0]["decisions"][0]["note"] == "fine"
+
+
+def test_chain_view_keeps_decision_order_within_a_stage() -> None:
+    rule = Rule(stages=(Stage("s", APPROVERS, 3),), dispatch_window_s=1.0)
+    ds = [_d("b", "admin", 0, "s"), _d("a", "approver", 0, "s")]
+    view = chain_view(rule, "pending", 0, ds)
+    assert [d["approverId"] for d in view[0]["decisions"]] == ["b", "a"]
+    assert view[0]["approvals"] == 2
+    assert view[0]["state"] == "current"
+
+
+def test_chain_view_three_stages_pending_in_the_middle() -> None:
+    rule = Rule(stages=(Stage("a", APPROVERS), Stage("b", APPROVERS), Stage("c", APPROVERS)), dispatch_window_s=1.0)
+    assert _states(chain_view(rule, "pending", 1, [_d("x", "admin", 0, "a")])) == ["approved", "current", "waiting"]
+
+
+@pytest.mark.parametrize("status", ["approved", "dispatching", "dispatched", "dispatch_failed"])
+def test_chain_view_after_approval_every_stage_is_approved(status: str) -> None:
+    ds = [_d("alice", "approver", 0, "review"), _d("bob", "admin", 1, "signoff"), _d("dan", "admin", 1, "signoff")]
+    view = chain_view(TWO, status, 1, ds)
+    assert _states(view) == ["approved", "approved"]
+    assert [s["approvals"] for s in view] == [1, 2]
+
+
+def test_chain_view_rejected_in_first_stage() -> None:
+    rejection = _d("alice", "approver", 0, "review", "rejected", "no")
+    view = chain_view(TWO, "rejected", 0, [rejection])
+    assert _states(view) == ["rejected", "not_reached"]
+    assert view[0]["approvals"] == 0  # a rejection is not an approval
+    assert view[0]["decisions"] == [rejection]
+    assert view[1]["decisions"] == []
+
+
+def test_chain_view_rejected_in_second_stage_after_an_approval() -> None:
+    ds = [_d("alice", "approver", 0, "review"), _d("bob", "admin", 1, "signoff"),
+          _d("dan", "admin", 1, "signoff", "rejected")]
+    view = chain_view(TWO, "rejected", 1, ds)
+    assert _states(view) == ["approved", "rejected"]
+    assert [s["approvals"] for s in view] == [1, 1]
+    assert [d["decision"] for d in view[1]["decisions"]] == ["approved", "rejected"]
+
+
+def test_chain_view_expired_while_pending() -> None:
+    assert _states(chain_view(TWO, "expired", 0, [])) == ["expired", "not_reached"]
+    view = chain_view(TWO, "expired", 1, [_d("alice", "approver", 0, "review"), _d("bob", "admin", 1, "signoff")])
+    assert _states(view) == ["approved", "expired"]
+    assert [s["approvals"] for s in view] == [1, 1]
+
+
+@pytest.mark.parametrize("rule", [ONE, TWO], ids=["one-stage", "two-stages"])
+def test_chain_view_expired_after_approval_keeps_the_stages_approved(rule: Rule) -> None:
+    # approved -> expired happens when the dispatch window lapses. stage_index stays on the last stage, and
+    # that stage has all its approvals: it was approved, it did not expire waiting for a decision.
+    ds = [_d("alice", "approver", 0, rule.stages[0].name)]
+    if len(rule.stages) == 2:
+        ds += [_d("bob", "admin", 1, "signoff"), _d("dan", "admin", 1, "signoff")]
+    view = chain_view(rule, "expired", len(rule.stages) - 1, ds)
+    assert _states(view) == ["approved"] * len(rule.stages)
+
+
+def test_chain_view_single_stage_states() -> None:
+    assert _states(chain_view(ONE, "pending", 0, [])) == ["current"]
+    assert _states(chain_view(ONE, "rejected", 0, [_d("a", "admin", 0, "approval", "rejected")])) == ["rejected"]
+    assert _states(chain_view(ONE, "approved", 0, [_d("a", "admin", 0, "approval")])) == ["approved"]
+    assert _states(chain_view(ONE, "expired", 0, [])) == ["expired"]
 
 
 def test_check_may_request() -> None:

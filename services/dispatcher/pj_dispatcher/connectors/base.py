@@ -59,3 +59,11 @@ class Connector(Protocol):
     async def run(self, ctx: StepContext) -> StepOutput:
         """Perform the step's side effect once, or raise `ConnectorError`."""
         ...
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every non-empty secret replaced by `***`, for messages, results and logs."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

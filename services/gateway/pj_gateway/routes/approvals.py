@@ -11,6 +11,7 @@ from pj_common.messages import (
     Decision,
     DispatchRequest,
     GetApproval,
+    GetChain,
     ListApprovals,
 )
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,6 +58,14 @@ async def count_pending(request: Request, caller: CallerDep, state: State) -> JS
 @router.get("/{approval_id}")
 async def get_approval(approval_id: str, request: Request, caller: CallerDep, state: State) -> JSONResponse:
     data = await call(state, GetApproval(approval_id=approval_id), token=caller.token,
+                      correlation_id=caller.correlation_id)
+    return success(request, data)
+
+
+@router.get("/{approval_id}/chain")
+async def get_chain(approval_id: str, request: Request, caller: CallerDep, state: State) -> JSONResponse:
+    """The approval's stages: who may decide each, who did, when, with what note."""
+    data = await call(state, GetChain(approval_id=approval_id), token=caller.token,
                       correlation_id=caller.correlation_id)
     return success(request, data)
 

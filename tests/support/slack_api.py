@@ -1,0 +1,320 @@
+"""A stateful fake of Slack's Web API on 127.0.0.1: chat.postMessage and conversations.history.
+
+It speaks Slack's protocol: `Authorization: Bearer <token>`, HTTP 200 with `{"ok": false, "error": ...}` for
+API errors (not_authed, invalid_auth, channel_not_found, not_in_channel, missing_scope, no_text, ...),
+HTTP 429 with Retry-After for rate limits. chat.postMessage takes a channel ID or name ("#ops" / "ops");
+conversations.history, like Slack's, takes only the ID. Message metadata is returned by history only when
+`include_all_metadata=true`.
+
+Faults for the next N requests (any method), in the order queued: `rate_limit_next` (HTTP 429 +
+Retry-After), `ratelimited_next` (HTTP 200, ok:false ratelimited + Retry-After), `error_next` (HTTP 200,
+ok:false <error>), `fail_next` (5xx bursts), `pass_next` (served normally, to aim a later fault) and
+`slow_next` (served, then answered late: a post that went through but whose answer the client gave up on).
+Every request is recorded in `requests`.
+
+Run alone: `python tests/support/slack_api.py --port 9098 --token xoxb-test --channel C0OPS0001:ops`.
+"""
+
+import argparse
+import itertools
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ALL_SCOPES = frozenset({"chat:write", "channels:history", "groups:history"})
+MAX_TEXT = 40_000
+
+
+@dataclass
+class Channel:
+    id: str
+    name: str
+    is_private: bool = False
+    bot_is_member: bool = True
+    messages: list[dict[str, Any]] = field(default_factory=list)  # oldest first
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # without the query string
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any  # decoded JSON or form, None when empty
+
+    @property
+    def api_method(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass
+class Fault:
+    kind: str  # "status" | "ok_false" | "slow"
+    status: int = 200
+    error: str = ""
+    retry_after: str | None = None
+    delay_s: float = 0.0
+    text: str = "upstream unavailable"  # the body of a non-JSON status fault
+
+
+@dataclass
+class SlackState:
+    token: str
+    scopes: set[str] = field(default_factory=lambda: set(ALL_SCOPES))
+    channels: dict[str, Channel] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closing: threading.Event = field(default_factory=threading.Event)
+    url: str = ""
+    _ts: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    # ------------------------------------------------------------ setup
+
+    def add_channel(self, channel_id: str, name: str, *, is_private: bool = False,
+                    bot_is_member: bool = True) -> Channel:
+        with self.lock:
+            channel = self.channels[channel_id] = Channel(channel_id, name, is_private, bot_is_member)
+            return channel
+
+    def rate_limit_next(self, n: int = 1, retry_after: str = "1") -> None:
+        self._add([Fault("status", 429, "ratelimited", retry_after)] * n)
+
+    def ratelimited_next(self, n: int = 1, retry_after: str | None = "1") -> None:
+        self._add([Fault("ok_false", 200, "ratelimited", retry_after)] * n)
+
+    def error_next(self, error: str, n: int = 1) -> None:
+        self._add([Fault("ok_false", 200, error)] * n)
+
+    def fail_next(self, n: int = 1, status: int = 503, text: str = "upstream unavailable") -> None:
+        self._add([Fault("status", status, text=text)] * n)
+
+    def pass_next(self, n: int = 1) -> None:
+        """Serve the next N requests normally, so that a fault queued after them hits a later request."""
+        self._add([Fault("slow", delay_s=0.0)] * n)
+
+    def slow_next(self, n: int = 1, delay_s: float = 2.0) -> None:
+        self._add([Fault("slow", delay_s=delay_s)] * n)
+
+    def _add(self, faults: list[Fault]) -> None:
+        with self.lock:
+            self.faults.extend(faults)
+
+    # ------------------------------------------------------------ inspection
+
+    def posted(self, channel_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.channels[channel_id].messages)
+
+    def calls(self, api_method: str) -> list[Request]:
+        with self.lock:
+            return [r for r in self.requests if r.api_method == api_method]
+
+    # ------------------------------------------------------------ the API
+
+    def resolve(self, ref: str, *, names: bool) -> Channel | None:
+        if ref in self.channels:
+            return self.channels[ref]
+        if names:
+            bare = ref.removeprefix("#")
+            for channel in self.channels.values():
+                if channel.name == bare:
+                    return channel
+        return None
+
+    def next_ts(self) -> str:
+        return f"{int(time.time())}.{next(self._ts):06d}"
+
+    def auth_error(self, headers: dict[str, str]) -> str | None:
+        authorization = headers.get("authorization", "")
+        if not authorization:
+            return "not_authed"
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or token != self.token:
+            return "invalid_auth"
+        return None
+
+    def missing_scope(self, *needed: str) -> dict[str, Any] | None:
+        if any(scope in self.scopes for scope in needed):
+            return None
+        return {"ok": False, "error": "missing_scope", "needed": ",".join(needed),
+                "provided": ",".join(sorted(self.scopes))}
+
+    def post_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        scope = self.missing_scope("chat:write")
+        if scope:
+            return scope
+        ref = args.get("channel")
+        if not isinstance(ref, str) or not ref:
+            return {"ok": False, "error": "channel_not_found"}
+        channel = self.resolve(ref, names=True)
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        if not channel.bot_is_member:
+            return {"ok": False, "error": "not_in_channel"}
+        text, blocks = args.get("text"), args.get("blocks")
+        if not text and not blocks:
+            return {"ok": False, "error": "no_text"}
+        if blocks is not None and not isinstance(blocks, list):
+            return {"ok": False, "error": "invalid_blocks"}
+        if isinstance(text, str) and len(text) > MAX_TEXT:
+            return {"ok": False, "error": "msg_too_long"}
+        metadata = args.get("metadata")
+        if metadata is not None and (not isinstance(metadata, dict) or not isinstance(metadata.get("event_type"), str)
+                                     or not isinstance(metadata.get("event_payload"), dict)):
+            return {"ok": False, "error": "invalid_metadata_format"}
+        message: dict[str, Any] = {"type": "message", "subtype": "bot_message", "bot_id": "B0FAKEBOT",
+                                   "text": text or "", "ts": self.next_ts()}
+        if blocks is not None:
+            message["blocks"] = blocks
+        if metadata is not None:
+            message["metadata"] = metadata
+        channel.messages.append(message)
+        return {"ok": True, "channel": channel.id, "ts": message["ts"], "message": message}
+
+    def history(self, args: dict[str, str]) -> dict[str, Any]:
+        ref = args.get("channel", "")
+        channel = self.resolve(ref, names=False)  # Slack reads history by ID only
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        scope = self.missing_scope("groups:history" if channel.is_private else "channels:history")
+        if scope:
+            return scope
+        if not channel.bot_is_member:
+            return {"ok": False, "error": "not_in_channel"}
+        try:
+            limit = max(1, min(999, int(args.get("limit", "100"))))
+            offset = int(args.get("cursor") or 0)
+        except ValueError:
+            return {"ok": False, "error": "invalid_arguments"}
+        with_metadata = args.get("include_all_metadata", "").lower() in ("true", "1")
+        newest_first = list(reversed(channel.messages))
+        page = []
+        for message in newest_first[offset:offset + limit]:
+            shown = dict(message)
+            if not with_metadata:
+                shown.pop("metadata", None)
+            page.append(shown)
+        more = offset + limit < len(newest_first)
+        return {"ok": True, "messages": page, "has_more": more, "pin_count": 0,
+                "response_metadata": {"next_cursor": str(offset + limit) if more else ""}}
+
+
+def make_handler(state: SlackState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self._serve("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._serve("POST")
+
+        def _serve(self, method: str) -> None:
+            parts = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            content_type = self.headers.get("Content-Type", "")
+            body: Any = None
+            if raw and content_type.startswith("application/json"):
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = {"__invalid__": raw.decode(errors="replace")}
+            elif raw:
+                body = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            with state.lock:
+                state.requests.append(Request(method, parts.path, query, headers, body))
+                fault = state.faults.pop(0) if state.faults else None
+            if fault is not None and fault.kind == "status":
+                extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+                payload = {"ok": False, "error": fault.error} if fault.error else None
+                return self._answer(fault.status, payload, extra, text=fault.text)
+            if fault is not None and fault.kind == "ok_false":
+                extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+                return self._answer(200, {"ok": False, "error": fault.error}, extra)
+            with state.lock:
+                status, payload = self._dispatch(parts.path, query, headers, body)
+            if fault is not None and fault.kind == "slow":
+                state.closing.wait(fault.delay_s)  # served already; the answer comes late
+            self._answer(status, payload)
+
+        def _dispatch(self, path: str, query: dict[str, str], headers: dict[str, str],
+                      body: Any) -> tuple[int, dict[str, Any] | None]:
+            api_method = path.removeprefix("/api/").strip("/")
+            if api_method not in ("chat.postMessage", "conversations.history"):
+                return 200, {"ok": False, "error": "unknown_method"}
+            error = state.auth_error(headers)
+            if error:
+                return 200, {"ok": False, "error": error}
+            if api_method == "chat.postMessage":
+                if isinstance(body, dict) and "__invalid__" in body:
+                    return 200, {"ok": False, "error": "invalid_json"}
+                return 200, state.post_message(body if isinstance(body, dict) else query)
+            args = {**query, **(body if isinstance(body, dict) else {})}
+            return 200, state.history({k: str(v) for k, v in args.items()})
+
+        def _answer(self, status: int, payload: dict[str, Any] | None, headers: dict[str, str] | None = None,
+                    text: str = "") -> None:
+            raw = json.dumps(payload).encode() if payload is not None else text.encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8" if payload is not None
+                                 else "text/plain")
+                self.send_header("Content-Length", str(len(raw)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout test): nothing to answer to
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return Handler
+
+
+def start_slack_api(token: str, port: int = 0) -> tuple[ThreadingHTTPServer, SlackState]:
+    """Serve on 127.0.0.1:`port` (0 = any free port) in a daemon thread; `state.url` is the API base URL."""
+    state = SlackState(token=token)
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(state))
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server, state
+
+
+def stop_slack_api(server: ThreadingHTTPServer, state: SlackState) -> None:
+    state.closing.set()  # wake slow handlers
+    server.shutdown()
+    server.server_close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=9098)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 inside a container")
+    parser.add_argument("--token", required=True, help="the bot token to accept")
+    parser.add_argument("--channel", action="append", default=[], metavar="ID:NAME",
+                        help="a channel the bot is in (repeatable)")
+    args = parser.parse_args()
+    state = SlackState(token=args.token)
+    for spec in args.channel:
+        channel_id, _, name = spec.partition(":")
+        state.add_channel(channel_id, name or channel_id.lower())
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(state))
+    print(json.dumps({"listening": f"http://{args.host}:{args.port}/api"}), file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

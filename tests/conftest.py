@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import psycopg
 import pytest
+
 from pj_approvals import store
 from pj_common.topology import Topology
 

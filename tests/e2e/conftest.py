@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import mint_token
 from pj_common.topology import Topology
-
 from tests.conftest import _delete_topology
 from tests.support.webhook_sink import SinkState, start_sink
 

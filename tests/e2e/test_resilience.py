@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from pj_common.topology import Topology
 
+from pj_common.topology import Topology
 from tests.conftest import _delete_topology
 from tests.support.tcp_proxy import TcpProxy
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 import yaml
-from pj_approvals.metrics import ApprovalMetrics
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
+
+from pj_approvals.metrics import ApprovalMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "ops" / "alerts" / "approval-alerts.yml"

@@ -4,6 +4,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from pj_common.schemas import schemas
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,9 +2,10 @@
 
 import sys
 
+from pydantic import ValidationError
+
 from pj_common.logging import configure_logging
 from pj_common.runtime import run
-from pydantic import ValidationError
 
 from . import store
 from .app import serve

@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from psycopg_pool import AsyncConnectionPool
+
 from pj_common.auth import TokenVerifier
 from pj_common.messages import ApprovalEvent, DispatchOrder
 from pj_common.runtime import wait_for_shutdown
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Supervisor, broker_unavailable, consume, json_message, publish_confirmed
-from psycopg_pool import AsyncConnectionPool
 
 from . import store
 from .catalog import CatalogError, load_catalog

@@ -12,10 +12,11 @@ from typing import Annotated, Any, Literal
 
 import jsonschema
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
 from pj_common.auth import Role
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import PlanStep
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .domain import Rule, Stage
 
@@ -197,8 +198,10 @@ def check_payload(action_id: str, action: Action, payload: dict[str, Any]) -> No
         raise GateError(ErrorCode.INVALID_PAYLOAD, f"{action_id}: {where}: {errors[0].message}")
 
 
-_WHOLE = re.compile(r"\{\{\s*([a-zA-Z0-9_.]+)\s*\}\}")
-_INLINE = re.compile(r"\{\{\s*([a-zA-Z0-9_.]+)\s*\}\}")
+# `{{ path }}` or `{{ path | json }}` (the value as a JSON string, e.g. for GitHub workflow inputs).
+_PLACEHOLDER = r"\{\{\s*([a-zA-Z0-9_.]+)\s*(\|\s*json\s*)?\}\}"
+_WHOLE = re.compile(_PLACEHOLDER)
+_INLINE = re.compile(_PLACEHOLDER)
 
 
 def _lookup(context: dict[str, Any], path: str) -> Any:
@@ -222,7 +225,8 @@ def _render(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, str):
         whole = _WHOLE.fullmatch(value)
         if whole:
-            return _lookup(context, whole.group(1))
+            found = _lookup(context, whole.group(1))
+            return json.dumps(found, sort_keys=True, separators=(",", ":")) if whole.group(2) else found
         return _INLINE.sub(lambda m: _inline_text(_lookup(context, m.group(1))), value)
     if isinstance(value, dict):
         return {k: _render(v, context) for k, v in value.items()}

@@ -7,6 +7,8 @@ from typing import Any
 import psycopg
 import psycopg_pool
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from pydantic import ValidationError
+
 from pj_common.auth import Principal, TokenVerifier
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import (
@@ -26,7 +28,6 @@ from pj_common.messages import (
     StepReport,
 )
 from pj_common.transport import reply, send_reply
-from pydantic import ValidationError
 
 from .service import ApprovalService, DispatchStarted
 

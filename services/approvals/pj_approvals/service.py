@@ -12,6 +12,8 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
+
 from pj_common.auth import Principal
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import (
@@ -26,7 +28,6 @@ from pj_common.messages import (
     StepReport,
     StepResult,
 )
-from psycopg_pool import AsyncConnectionPool
 
 from . import catalog as cat
 from . import store

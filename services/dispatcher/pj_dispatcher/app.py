@@ -4,6 +4,7 @@ import logging
 
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
+
 from pj_common.messages import StepReport
 from pj_common.runtime import wait_for_shutdown
 from pj_common.topology import Topology, declare_topology

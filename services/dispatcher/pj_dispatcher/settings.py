@@ -1,7 +1,8 @@
 """Dispatcher settings: `PJ_*`, plus the connector credentials under their conventional names."""
 
-from pj_common.settings import CommonSettings
 from pydantic import AliasChoices, Field, SecretStr
+
+from pj_common.settings import CommonSettings
 
 
 class DispatcherSettings(CommonSettings):

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
+
 from pj_common.messages import DispatchOrder, ErrorBody, PlanStatus, StepReport, StepResult
 
 from .connectors.base import Connector, ConnectorError, StepContext

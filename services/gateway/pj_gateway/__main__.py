@@ -3,8 +3,9 @@
 import sys
 
 import uvicorn
-from pj_common.logging import configure_logging
 from pydantic import ValidationError
+
+from pj_common.logging import configure_logging
 
 from .app import create_app
 from .settings import GatewaySettings

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+
 from pj_common.auth import Principal
 from pj_common.errors import ErrorCode, GateError
 

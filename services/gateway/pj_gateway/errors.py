@@ -6,8 +6,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pj_common.errors import ErrorCode, GateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pj_common.errors import ErrorCode, GateError
 
 STATUS_BY_CODE: dict[str, int] = {
     ErrorCode.UNAUTHORIZED: 401,

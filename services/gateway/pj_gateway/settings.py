@@ -1,7 +1,8 @@
 """Gateway settings (`PJ_*`)."""
 
-from pj_common.settings import CommonSettings
 from pydantic import SecretStr
+
+from pj_common.settings import CommonSettings
 
 
 class GatewaySettings(CommonSettings):

@@ -3,10 +3,11 @@
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from pj_common.auth import TokenVerifier
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import RpcClient, Supervisor
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from .settings import GatewaySettings
 

@@ -5,12 +5,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
+
 from pj_approvals.catalog import load_catalog
 from pj_approvals.metrics import ApprovalMetrics
 from pj_approvals.service import ApprovalService
 from pj_approvals.settings import DEFAULT_CATALOG, ApprovalsSettings
 from pj_common.messages import ApprovalEvent, DispatchOrder
-from psycopg_pool import AsyncConnectionPool
 
 
 @pytest.fixture

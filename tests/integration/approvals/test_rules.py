@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from pj_approvals.catalog import load_catalog
 from pj_approvals.service import ApprovalService
 from pj_approvals.settings import DEFAULT_CATALOG

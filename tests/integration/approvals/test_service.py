@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+
 from pj_approvals import store
 from pj_approvals.service import ApprovalService, DispatchStarted
 from pj_common.auth import Principal, Role

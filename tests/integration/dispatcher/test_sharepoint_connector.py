@@ -8,13 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
+
 from pj_common.messages import DispatchOrder, PlanStep, StepReport
 from pj_dispatcher.connectors.base import ConnectorError, StepContext
 from pj_dispatcher.connectors.sharepoint import SharePointConnector
 from pj_dispatcher.settings import DispatcherSettings
 from pj_dispatcher.worker import Worker
-from pydantic import SecretStr
-
 from tests.support.graph_api import Fault, GraphState, start_graph_api, stop_graph_api
 
 SITE = "contoso.sharepoint.com,8f1c0a7e-1111-2222-3333-444455556666,0a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff"

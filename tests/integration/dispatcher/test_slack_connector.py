@@ -6,13 +6,13 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
+
 from pj_common.messages import DispatchOrder, PlanStep, StepReport
 from pj_dispatcher.connectors.base import ConnectorError, StepContext
 from pj_dispatcher.connectors.slack import SlackConnector
 from pj_dispatcher.settings import DispatcherSettings
 from pj_dispatcher.worker import Worker
-from pydantic import SecretStr
-
 from tests.support.slack_api import SlackState, start_slack_api, stop_slack_api
 
 TOKEN = "xoxb-1111-2222-test-secret-token"

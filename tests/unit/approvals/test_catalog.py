@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from pj_approvals.catalog import (
     Action,
     ApprovalRule,
@@ -26,7 +28,6 @@ from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import Role
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import PlanStep
-from pydantic import ValidationError
 
 # ---------------------------------------------------------------- canonical_json
 
@@ -276,13 +277,24 @@ def test_build_plan_on_default_environment_create() -> None:
     assert [s.step_id for s in steps] == [
         "create-branch", "write-config", "open-pull-request", "record-in-sharepoint", "announce",
     ]
-    assert by_id["create-branch"].params == {"branch": "env/dev"}
+    repo = {"repo": "example-org/environments"}
+    assert by_id["create-branch"].params == {**repo, "branch": "env/dev", "base": "main"}
     assert by_id["write-config"].params == {
-        "branch": "env/dev", "path": "environments/dev.json", "content": {"replicas": 2},
-        "message": "Create environment dev",
+        **repo, "branch": "env/dev", "path": "environments/dev.json",
+        "content": {"name": "dev", "config": {"replicas": 2}}, "message": "Create environment dev",
     }
-    assert by_id["record-in-sharepoint"].params == {"fields": {"Title": "dev", "Tenant": "acme"}}
-    assert by_id["announce"].params == {"text": "Environment dev created for acme"}
+    assert by_id["open-pull-request"].params == {
+        **repo, "head": "env/dev", "base": "main", "title": "Create environment dev"}
+    assert by_id["record-in-sharepoint"].params["fields"] == {"Title": "dev", "Tenant": "acme"}
+    assert by_id["record-in-sharepoint"].params["listId"] == "Environments"
+    assert by_id["announce"].params == {"channel": "C0000000000", "text": "Environment dev created for acme"}
+
+
+def test_json_filter_renders_a_value_as_a_json_string() -> None:
+    catalog = load_catalog(DEFAULT_CATALOG)
+    steps = build_plan("environment.update", catalog.action("environment.update"),
+                       {"environmentId": "e1", "patch": {"b": 1, "a": [True]}}, catalog.tenant_settings("acme"))
+    assert steps[0].params["inputs"] == {"environmentId": "e1", "patch": '{"a":[true],"b":1}'}
 
 
 # ---------------------------------------------------------------- check_payload

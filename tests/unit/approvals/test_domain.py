@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import pytest
+
 from pj_approvals.domain import (
     TERMINAL_STATUSES,
     TRANSITIONS,

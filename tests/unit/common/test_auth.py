@@ -5,6 +5,7 @@ from typing import Any
 
 import jwt
 import pytest
+
 from pj_common.auth import Principal, Role, TokenVerifier, mint_token
 from pj_common.errors import ErrorCode, GateError
 

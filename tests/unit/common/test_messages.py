@@ -5,6 +5,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from pj_common.messages import (
     CheckHealth,
     CommandEnvelope,
@@ -23,7 +25,6 @@ from pj_common.messages import (
     StepReport,
     StepResult,
 )
-from pydantic import ValidationError
 
 # (command, the exact JSON object expected on the wire for it)
 COMMANDS: list[tuple[Any, dict[str, Any]]] = [

@@ -1,8 +1,9 @@
 """Shared settings and the JWT secret rule (pj_common.settings)."""
 
 import pytest
-from pj_common.settings import DEV_JWT_SECRET, CommonSettings
 from pydantic import ValidationError
+
+from pj_common.settings import DEV_JWT_SECRET, CommonSettings
 
 EXPLICIT = "explicit-secret-0123456789abcdefghijklmnopqrstuv"
 

@@ -4,6 +4,7 @@ import time
 
 import httpx
 import pytest
+
 from pj_dispatcher.connectors.base import ConnectorError
 from pj_dispatcher.connectors.http_errors import classify_status, classify_transport, retry_after_s
 

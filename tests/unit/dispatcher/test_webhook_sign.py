@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+
 from pj_dispatcher.connectors.webhook import sign
 from pj_dispatcher.worker import backoff_s
 

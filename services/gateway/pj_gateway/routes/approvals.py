@@ -4,6 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
 from pj_common.messages import (
     ApprovalStatus,
     CountPending,
@@ -14,7 +16,6 @@ from pj_common.messages import (
     GetChain,
     ListApprovals,
 )
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..deps import CallerDep, State
 from ..errors import success

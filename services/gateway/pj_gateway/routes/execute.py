@@ -4,8 +4,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pj_common.messages import ExecuteRequest
 from pydantic import BaseModel, ConfigDict, Field
+
+from pj_common.messages import ExecuteRequest
 
 from ..deps import CallerDep, State
 from ..errors import success

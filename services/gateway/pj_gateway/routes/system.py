@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import generate_latest
+
 from pj_common.errors import GateError
 from pj_common.messages import CheckHealth, ReadMetrics
-from prometheus_client import generate_latest
 
 from ..deps import State
 from ..errors import failure

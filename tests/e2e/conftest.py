@@ -139,6 +139,11 @@ EXTRA_ACTIONS: dict[str, Any] = {
         "tier": "launch",
         "plan": [{"stepId": "post", "connector": "webhook", "operation": "post", "params": {"body": "{{ payload }}"}}],
     },
+    "test.three": {
+        "description": "Three webhook steps, for the crash-and-resume test.",
+        "plan": [{"stepId": sid, "connector": "webhook", "operation": "post", "params": {"body": sid}}
+                 for sid in ("first", "second", "third")],
+    },
     "test.replan": {
         "plan": [{"stepId": "first", "connector": "webhook", "operation": "post", "params": {"body": "v1"}}],
     },

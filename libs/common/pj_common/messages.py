@@ -85,6 +85,17 @@ class DispatchRequest(Contract):
     dry_run: bool = False
 
 
+class GetCheckpoints(Contract):
+    """The steps of a dispatch already done, asked by a dispatcher that got its order redelivered.
+
+    The claim token authorizes it: only the holder of the current dispatch order knows it.
+    """
+
+    name: Literal["get_checkpoints"] = "get_checkpoints"
+    approval_id: str
+    claim_token: str
+
+
 class CountPending(Contract):
     name: Literal["count_pending"] = "count_pending"
 
@@ -102,6 +113,7 @@ Command = Annotated[
     | ListApprovals
     | GetApproval
     | GetChain
+    | GetCheckpoints
     | DecideRequest
     | DispatchRequest
     | CountPending

@@ -21,6 +21,7 @@ from pj_common.messages import (
     ExecuteRequest,
     GetApproval,
     GetChain,
+    GetCheckpoints,
     ListApprovals,
     ReadMetrics,
     Reply,
@@ -87,6 +88,8 @@ class Handlers:
             return await svc.health()
         if isinstance(command, ReadMetrics):
             return {"text": await svc.metrics_text()}
+        if isinstance(command, GetCheckpoints):  # authorized by the claim token it carries
+            return await svc.checkpoints(command.approval_id, command.claim_token)
         principal = self._principal(envelope)
         if isinstance(command, ExecuteRequest):
             return await svc.execute(principal, command, cid, _reply_address(message))

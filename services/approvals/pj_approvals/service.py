@@ -349,6 +349,16 @@ class ApprovalService:
                            result={"params": s.params}).model_dump(by_alias=True, mode="json")
                 for s in steps]
 
+    async def checkpoints(self, approval_id: str, claim_token: str) -> dict[str, Any]:
+        """Steps already done under this claim, for a dispatcher resuming a redelivered order."""
+        try:
+            claim = UUID(claim_token)
+        except ValueError:
+            raise GateError(ErrorCode.VALIDATION_ERROR, "claimToken is not a UUID") from None
+        async with self._pool.connection() as conn:
+            done = await store.claimed_checkpoints(conn, _parse_id(approval_id), claim)
+        return {"stale": done is None, "completed": done or []}
+
     async def record_report(self, report: StepReport) -> store.ApprovalRow | None:
         """Checkpoint a step; on the plan's last report, CAS dispatching -> dispatched|dispatch_failed.
 

@@ -266,6 +266,20 @@ async def completed_steps(conn: Conn, approval_id: UUID) -> list[dict[str, Any]]
     return [row[0] for row in await cur.fetchall()]
 
 
+async def claimed_checkpoints(conn: Conn, approval_id: UUID, claim_token: UUID) -> list[dict[str, Any]] | None:
+    """Outcomes of the succeeded steps while `claim_token` still holds the dispatch; None if it does not
+    (the dispatch finished or was claimed again: the order that asks is stale)."""
+    cur = await conn.execute(
+        """SELECT a.id, s.outcome FROM approvals a
+           LEFT JOIN approval_steps s ON s.approval_id = a.id AND s.status = 'succeeded'
+           WHERE a.id = %s AND a.claim_token = %s AND a.approval_status = 'dispatching'""",
+        (approval_id, claim_token))
+    rows = await cur.fetchall()
+    if not rows:
+        return None
+    return [outcome for _, outcome in rows if outcome is not None]
+
+
 async def record_step(conn: Conn, approval_id: UUID, claim_token: UUID, step_id: str, status: str,
                       outcome: dict[str, Any], now: datetime) -> bool:
     """Checkpoint one step's outcome; False if the claim is stale (another dispatch owns the approval)."""

@@ -5,10 +5,11 @@ import logging
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from pj_common.messages import StepReport
+from pj_common.errors import GateError
+from pj_common.messages import CommandEnvelope, DispatchOrder, GetCheckpoints, Reply, StepReport, StepResult
 from pj_common.runtime import wait_for_shutdown
 from pj_common.topology import Topology, declare_topology
-from pj_common.transport import Retryable, Supervisor, consume, json_message, publish_confirmed
+from pj_common.transport import Retryable, RpcClient, Supervisor, consume, json_message, publish_confirmed
 
 from .connectors.registry import build_connectors
 from .settings import DispatcherSettings
@@ -29,7 +30,9 @@ class DispatcherApp:
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
             limits=httpx.Limits(max_connections=max(16, settings.concurrency * 2)),
         )
-        self.worker = Worker(settings, build_connectors(settings, self.http), self._publish_report)
+        self.rpc = RpcClient(self.topology.commands)
+        self.worker = Worker(settings, build_connectors(settings, self.http), self._publish_report,
+                             self._fetch_checkpoints)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="dispatcher", on_lost=self._lost)
         self._confirm: AbstractChannel | None = None
 
@@ -37,11 +40,28 @@ class DispatcherApp:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
         self._confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await self.rpc.attach(connection)
         orders = await connection.channel(publisher_confirms=False)
         await consume(orders, self.topology.dispatch, self.worker.on_order, prefetch=self.settings.concurrency)
 
     def _lost(self) -> None:
         self._confirm = None
+        self.rpc.detach()
+
+    async def _fetch_checkpoints(self, order: DispatchOrder) -> list[StepResult] | None:
+        command = GetCheckpoints(approval_id=order.approval_id, claim_token=order.claim_token)
+        envelope = CommandEnvelope(command=command)
+        try:
+            body = await self.rpc.call(envelope.to_json(), correlation_id=envelope.message_id,
+                                       timeout=self.settings.checkpoint_timeout_s)
+        except GateError as exc:  # approvals unreachable: try the order again later, never blind
+            raise Retryable(f"step checkpoints unavailable: {exc.message}") from exc
+        reply = Reply.model_validate_json(body)
+        if not reply.ok:
+            raise Retryable(f"step checkpoints refused: {reply.error}")
+        if reply.data["stale"]:
+            return None
+        return [StepResult.model_validate(c) for c in reply.data["completed"]]
 
     async def _publish_report(self, report: StepReport) -> None:
         channel = self._confirm

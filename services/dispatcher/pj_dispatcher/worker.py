@@ -21,6 +21,8 @@ from .settings import DispatcherSettings
 log = logging.getLogger("pj.dispatcher")
 
 PublishReport = Callable[[StepReport], Awaitable[None]]
+# Steps of a redelivered order already done under its claim; None when the order is stale.
+FetchCheckpoints = Callable[[DispatchOrder], Awaitable[list[StepResult] | None]]
 
 
 def backoff_s(attempt: int, base: float, cap: float, hint: float | None) -> float:
@@ -32,13 +34,28 @@ def backoff_s(attempt: int, base: float, cap: float, hint: float | None) -> floa
 
 class Worker:
     def __init__(self, settings: DispatcherSettings, connectors: dict[str, Connector],
-                 publish_report: PublishReport) -> None:
+                 publish_report: PublishReport, fetch_checkpoints: FetchCheckpoints) -> None:
         self._settings = settings
         self._connectors = connectors
         self._publish_report = publish_report
+        self._fetch_checkpoints = fetch_checkpoints
 
     async def on_order(self, message: AbstractIncomingMessage) -> None:
         order = DispatchOrder.model_validate_json(message.body)
+        if message.redelivered:
+            # Another worker may have died mid-plan: resume after the steps it finished, and drop
+            # the order altogether if its dispatch is over or was claimed again.
+            done = await self._fetch_checkpoints(order)
+            if done is None:
+                log.info("stale dispatch order dropped", extra={
+                    "scope": "dispatcher.stale_order", "approvalId": order.approval_id})
+                return
+            known = {c.step_id for c in order.completed}
+            order = order.model_copy(update={"completed": [*order.completed,
+                                                           *(d for d in done if d.step_id not in known)]})
+            log.info("redelivered order resumes", extra={
+                "scope": "dispatcher.resumed", "approvalId": order.approval_id,
+                "done": [c.step_id for c in order.completed]})
         await self.run_order(order)
 
     async def run_order(self, order: DispatchOrder) -> None:
@@ -93,6 +110,8 @@ class Worker:
                               http_status=http_status, duration_ms=round((time.monotonic() - t0) * 1000, 3),
                               result=result, error=err)
 
+        log.info("step started", extra={"scope": "dispatcher.step_started", "approvalId": order.approval_id,
+                                         "stepId": step.step_id, "connector": step.connector})
         connector = self._connectors.get(step.connector)
         if connector is None:
             return outcome("failed", 0, code="unknown_connector",

@@ -17,6 +17,7 @@ from pj_dispatcher.connectors.github import GitHubConnector, git_blob_sha
 from pj_dispatcher.settings import DispatcherSettings
 from pj_dispatcher.worker import Worker
 from tests.support.github_api import GitHubState, start_github_api
+from tests.support.orders import no_redelivery
 
 TOKEN = "ghp_fake0123456789abcdefTOKEN"
 REPO = "acme/site"
@@ -517,7 +518,7 @@ async def run_order(connector: GitHubConnector, steps: list[PlanStep]) -> list[S
 
     order = DispatchOrder(approval_id="appr-9", tenant_id="tenant-1", action_id="act-1", claim_token="claim",
                           steps=steps)
-    await Worker(settings, {"github": connector}, publish).run_order(order)
+    await Worker(settings, {"github": connector}, publish, no_redelivery).run_order(order)
     return reports
 
 
@@ -547,3 +548,4 @@ async def test_a_release_plan_runs_end_to_end_through_the_worker(connector: GitH
     assert json.loads(file_on(gh, "release-7", "release.json")) == {"version": 7}
     assert gh.repo(REPO).dispatches == [{"workflow": "deploy.yml", "ref": "release-7", "inputs": {"version": "7"}}]
     json.dumps([r.result for r in final.results])  # results are JSON-serializable
+

@@ -16,6 +16,7 @@ from pj_dispatcher.connectors.sharepoint import SharePointConnector
 from pj_dispatcher.settings import DispatcherSettings
 from pj_dispatcher.worker import Worker
 from tests.support.graph_api import Fault, GraphState, start_graph_api, stop_graph_api
+from tests.support.orders import no_redelivery
 
 SITE = "contoso.sharepoint.com,8f1c0a7e-1111-2222-3333-444455556666,0a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff"
 LIST = "Change Requests"
@@ -299,7 +300,7 @@ async def test_create_list_item_retries_through_the_worker_until_graph_recovers(
         reports.append(report)
 
     settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0, PJ_CONNECTOR_MAX_ATTEMPTS=4)
-    worker = Worker(settings, {"sharepoint": make_connector(client, graph)}, publish)
+    worker = Worker(settings, {"sharepoint": make_connector(client, graph)}, publish, no_redelivery)
     await worker.run_order(DispatchOrder(
         approval_id="apr-9", tenant_id="tenant-a", action_id="act-1", claim_token="claim",
         steps=[PlanStep(step_id="s1", connector="sharepoint", operation="create_list_item", params=ITEM_PARAMS)]))
@@ -442,3 +443,4 @@ async def test_slow_graph_response_is_a_retryable_timeout(graph: GraphState, ope
     assert (error.code, error.retryable) == ("network_error", True)
     assert "Timeout" in error.message
     assert_no_secrets(graph, error.message)
+

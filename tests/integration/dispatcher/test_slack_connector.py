@@ -13,6 +13,7 @@ from pj_dispatcher.connectors.base import ConnectorError, StepContext
 from pj_dispatcher.connectors.slack import SlackConnector
 from pj_dispatcher.settings import DispatcherSettings
 from pj_dispatcher.worker import Worker
+from tests.support.orders import no_redelivery
 from tests.support.slack_api import SlackState, start_slack_api, stop_slack_api
 
 TOKEN = "xoxb-1111-2222-test-secret-token"
@@ -290,7 +291,7 @@ async def _run_worker(slack_connector: SlackConnector, params: dict[str, Any]) -
         reports.append(report)
 
     settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0, PJ_CONNECTOR_MAX_ATTEMPTS=4)
-    await Worker(settings, {"slack": slack_connector}, publish).run_order(_order(params))
+    await Worker(settings, {"slack": slack_connector}, publish, no_redelivery).run_order(_order(params))
     [report] = reports
     return report
 
@@ -315,3 +316,4 @@ async def test_worker_fails_a_permanent_error_at_once(client: httpx.AsyncClient,
     assert report.step.status == "failed" and report.step.attempts == 1
     assert report.step.error is not None and report.step.error.code == "slack_invalid_auth"
     assert len(slack.requests) == 1
+

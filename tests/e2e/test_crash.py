@@ -1,0 +1,67 @@
+"""A dispatcher killed mid-plan loses nothing and repeats nothing: the broker redelivers its order to
+the other dispatcher, which asks for the step checkpoints and resumes after the last finished step."""
+
+import asyncio
+import signal
+import time
+import uuid
+
+import httpx
+
+from tests.support.webhook_sink import SinkState
+
+from .conftest import System, headers
+
+
+async def test_killed_dispatcher_order_resumes_on_the_other(client: httpx.AsyncClient, system: System,
+                                                            sink: SinkState) -> None:
+    t = f"crash-{uuid.uuid4().hex[:6]}"
+    r = await client.post("/api/pj/execute", headers=headers("operator", "olga", t),
+                          json={"actionId": "test.three", "payload": {}})
+    aid = r.json()["approvalId"]
+    r = await client.post(f"/api/approvals/{aid}/decide", headers=headers("admin", "alice", t),
+                          json={"status": "approved"})
+    assert r.status_code == 200
+
+    def keys() -> list[str]:
+        return [d.headers["Idempotency-Key"] for d in sink.deliveries if d.body["approvalId"] == aid]
+
+    sink.delay_s = 1.0  # every delivery takes a second: time to kill the worker inside step two
+    dispatch = asyncio.create_task(client.post(f"/api/approvals/{aid}/dispatch",
+                                               headers=headers("admin", "alice", t), json={}))
+    try:
+        deadline = time.monotonic() + 15
+        victim = None
+        while time.monotonic() < deadline and victim is None:
+            await asyncio.sleep(0.05)
+            if f"{aid}:first" in keys():
+                victim = next((name for name in ("dispatcher-1", "dispatcher-2")
+                               if '"stepId": "second"' in system.log(name) and aid in system.log(name)), None)
+        assert victim is not None, "step two never started"
+        await asyncio.sleep(0.3)  # step one's checkpoint reaches approvals; step two is at the receiver
+        system.stop(victim, signal.SIGKILL)
+        response = await asyncio.wait_for(dispatch, 30)
+    finally:
+        sink.delay_s = 0.0
+        if "dispatcher-1" not in system.processes:
+            system.start("dispatcher-1", "pj_dispatcher")
+        if "dispatcher-2" not in system.processes:
+            system.start("dispatcher-2", "pj_dispatcher")
+    assert response.status_code in (200, 202), response.text
+    for _ in range(100):
+        record = (await client.get(f"/api/approvals/{aid}", headers=headers(tenant=t))).json()["data"]
+        if record["approval_status"] != "dispatching":
+            break
+        await asyncio.sleep(0.1)
+    assert record["approval_status"] == "dispatched"
+    assert [s["status"] for s in record["dispatch_result"]] == ["succeeded"] * 3
+    delivered = keys()
+    assert delivered.count(f"{aid}:first") == 1  # finished before the crash: never run again
+    assert delivered.count(f"{aid}:third") == 1
+    # Step two was in flight when its worker died; it may reach the receiver twice, always with the
+    # same Idempotency-Key, which is how the receiver knows it is one effect.
+    assert 1 <= delivered.count(f"{aid}:second") <= 2
+    (survivor,) = {"dispatcher-1", "dispatcher-2"} - {victim}
+    resumed = [line for line in system.log(survivor).splitlines() if "dispatcher.resumed" in line and aid in line]
+    assert len(resumed) == 1 and '"done": ["first"]' in resumed[0], resumed
+    await system.wait_healthy()

@@ -2,8 +2,16 @@
 
 import asyncio
 import signal
+import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from .logging import configure_logging
+from .settings import CommonSettings
+
+S = TypeVar("S", bound=CommonSettings)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -23,3 +31,13 @@ async def wait_for_shutdown() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def start_service(settings_class: type[S], service: str) -> S:
+    """Read the service's settings (exit with a clear message if they are invalid) and set up logging."""
+    try:
+        settings = settings_class()
+    except ValidationError as exc:
+        sys.exit(f"{service}: invalid configuration: {exc}")
+    configure_logging(service, settings.log_level)
+    return settings

@@ -2,10 +2,7 @@
 
 import sys
 
-from pydantic import ValidationError
-
-from pj_common.logging import configure_logging
-from pj_common.runtime import run
+from pj_common.runtime import run, start_service
 
 from . import store
 from .app import serve
@@ -14,11 +11,7 @@ from .settings import ApprovalsSettings
 
 
 def main() -> None:
-    try:
-        settings = ApprovalsSettings()
-    except ValidationError as exc:
-        sys.exit(f"approvals: invalid configuration: {exc}")
-    configure_logging("approvals", settings.log_level)
+    settings = start_service(ApprovalsSettings, "approvals")
     if sys.argv[1:] == ["migrate"]:
         async def migrate_only() -> None:
             await store.ensure_database(settings.database_url)

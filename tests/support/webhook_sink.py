@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -83,6 +84,9 @@ def main() -> None:
     args = parser.parse_args()
     secret = os.environ.get("PJ_WEBHOOK_SECRET", "")
     state = SinkState(secret=secret, echo=True)
+    # Stop on SIGINT and SIGTERM even when started in the background, where SIGINT is ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = ThreadingHTTPServer((args.host, args.port), make_handler(state))
     print(json.dumps({"listening": f"http://{args.host}:{args.port}"}), file=sys.stderr, flush=True)
     try:

@@ -31,6 +31,9 @@ class SinkState:
     secret: str
     deliveries: list[Delivery] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)  # statuses to answer before succeeding
+    retry_after: str | None = None  # sent with every 429/503 from fail_next
+    redirect_to: str | None = None  # answer 302 to this location instead of accepting
+    attempts: int = 0  # every POST received, accepted or not
     lock: threading.Lock = field(default_factory=threading.Lock)
     echo: bool = False
     url: str = ""
@@ -51,7 +54,11 @@ def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
             ok = verify(state.secret, self.headers.get("X-PJ-Timestamp", ""), raw,
                         self.headers.get("X-PJ-Signature", ""))
             with state.lock:
-                status = state.fail_next.pop(0) if state.fail_next else (200 if ok else 401)
+                state.attempts += 1
+                if state.redirect_to is not None:
+                    status = 302
+                else:
+                    status = state.fail_next.pop(0) if state.fail_next else (200 if ok else 401)
                 if status == 200:
                     delivery = Delivery(self.path, dict(self.headers), json.loads(raw or b"null"), ok)
                     state.deliveries.append(delivery)
@@ -59,6 +66,10 @@ def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
                 print(json.dumps({"received": delivery.body, "idempotencyKey": self.headers.get("Idempotency-Key"),
                                   "signatureOk": ok}), flush=True)
             self.send_response(status)
+            if status == 302:
+                self.send_header("Location", state.redirect_to or "")
+            if status in (429, 503) and state.retry_after is not None:
+                self.send_header("Retry-After", state.retry_after)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(json.dumps({"ok": status == 200}).encode())

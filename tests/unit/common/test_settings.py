@@ -1,5 +1,7 @@
 """Shared settings and the JWT secret rule (pj_common.settings)."""
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -91,3 +93,30 @@ def test_short_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError) as err:
         CommonSettings()
     assert "at least 32" in str(err.value)
+
+
+def test_secrets_can_come_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pj_dispatcher.settings import DispatcherSettings
+
+    for name in ("PJ_JWT_SECRET", "GITHUB_DISPATCH_TOKEN", "PJ_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "jwt").write_text("j" * 40 + "\n")
+    (tmp_path / "gh").write_text("ghp-from-file\n")
+    monkeypatch.setenv("PJ_ENV", "prod")
+    monkeypatch.setenv("PJ_JWT_SECRET_FILE", str(tmp_path / "jwt"))
+    monkeypatch.setenv("GITHUB_DISPATCH_TOKEN_FILE", str(tmp_path / "gh"))
+    settings = DispatcherSettings()
+    assert settings.jwt_key == "j" * 40
+    assert settings.github_token is not None and settings.github_token.get_secret_value() == "ghp-from-file"
+    assert "ghp-from-file" not in repr(settings)  # SecretStr keeps it out of logs and reprs
+    monkeypatch.setenv("GITHUB_DISPATCH_TOKEN", "direct")  # a value given directly wins over the file
+    assert DispatcherSettings().github_token.get_secret_value() == "direct"  # type: ignore[union-attr]
+
+
+def test_unreadable_secret_file_stops_with_its_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PJ_ENV", "prod")
+    monkeypatch.delenv("PJ_JWT_SECRET", raising=False)
+    monkeypatch.setenv("PJ_JWT_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValidationError) as err:
+        CommonSettings()
+    assert "PJ_JWT_SECRET_FILE" in str(err.value)

@@ -1,0 +1,125 @@
+"""The signed webhook connector against a real HTTP receiver on 127.0.0.1."""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from pj_common.messages import DispatchOrder, PlanStep, StepReport
+from pj_dispatcher.connectors.base import ConnectorError, StepContext
+from pj_dispatcher.connectors.webhook import WebhookConnector, refuse_private_target
+from pj_dispatcher.settings import DispatcherSettings
+from pj_dispatcher.worker import Worker
+from tests.support.orders import no_redelivery
+from tests.support.webhook_sink import SinkState, start_sink, verify
+
+SECRET = "webhook-test-secret"
+
+
+@pytest.fixture
+def sink() -> Iterator[SinkState]:
+    server, state = start_sink(SECRET)
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def context(payload: Any = None, operation: str = "post") -> StepContext:
+    step = PlanStep(step_id="notify", connector="webhook", operation=operation, params={"body": payload})
+    return StepContext(approval_id="a-1", tenant_id="acme", action_id="notify.webhook", step=step)
+
+
+def connector(client: httpx.AsyncClient, url: str, allow_private: bool = True) -> WebhookConnector:
+    return WebhookConnector(client, url, SecretStr(SECRET), allow_private)
+
+
+async def test_posts_a_signed_body_with_the_idempotency_key(sink: SinkState) -> None:
+    async with httpx.AsyncClient() as client:
+        out = await connector(client, sink.url).run(context({"x": 1}))
+    assert out.http_status == 200 and out.result == {"status": 200}
+    (delivery,) = sink.deliveries
+    assert delivery.signature_ok
+    assert delivery.body == {"approvalId": "a-1", "actionId": "notify.webhook", "payload": {"x": 1}}
+    assert delivery.headers["Idempotency-Key"] == "a-1:notify"
+    assert abs(int(delivery.headers["X-PJ-Timestamp"]) - time.time()) < 5
+    assert verify(SECRET, delivery.headers["X-PJ-Timestamp"], b'{"approvalId":"a-1","actionId":"notify.webhook",'
+                  b'"payload":{"x":1}}', delivery.headers["X-PJ-Signature"])
+
+
+async def test_redelivery_sends_the_same_idempotency_key(sink: SinkState) -> None:
+    async with httpx.AsyncClient() as client:
+        hook = connector(client, sink.url)
+        await hook.run(context("once"))
+        await hook.run(context("once"))
+    keys = {d.headers["Idempotency-Key"] for d in sink.deliveries}
+    assert keys == {"a-1:notify"}  # the receiver sees one effect, delivered twice
+
+
+async def test_client_errors_are_permanent(sink: SinkState) -> None:
+    sink.fail_next = [400]
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(ConnectorError) as err:
+            await connector(client, sink.url).run(context())
+    assert not err.value.retryable and err.value.http_status == 400
+
+
+async def test_rate_limit_is_retryable_with_the_servers_delay(sink: SinkState) -> None:
+    sink.fail_next, sink.retry_after = [429], "7"
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(ConnectorError) as err:
+            await connector(client, sink.url).run(context())
+    assert err.value.retryable and err.value.retry_after == 7.0 and err.value.http_status == 429
+
+
+async def test_worker_retries_server_errors_then_succeeds(sink: SinkState) -> None:
+    sink.fail_next, sink.retry_after = [503, 502], "0"
+    settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0.01)
+    reports: list[StepReport] = []
+
+    async def publish(report: StepReport) -> None:
+        reports.append(report)
+
+    order = DispatchOrder(approval_id="a-2", tenant_id="acme", action_id="notify.webhook", claim_token="c",
+                          steps=[context("r").step])
+    async with httpx.AsyncClient() as client:
+        await Worker(settings, {"webhook": connector(client, sink.url)}, publish, no_redelivery).run_order(order)
+    (final,) = reports
+    assert final.plan_status == "dispatched"
+    assert final.step.attempts == 3 and final.step.status == "succeeded"
+    assert sink.attempts == 3 and len(sink.deliveries) == 1
+
+
+async def test_slow_receiver_times_out_as_retryable(sink: SinkState) -> None:
+    sink.delay_s = 1.0
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.2)) as client:
+        with pytest.raises(ConnectorError) as err:
+            await connector(client, sink.url).run(context())
+    assert err.value.retryable and err.value.code == "network_error"
+
+
+async def test_redirects_are_refused_not_followed(sink: SinkState) -> None:
+    sink.redirect_to = "http://127.0.0.1:9/elsewhere"
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        with pytest.raises(ConnectorError) as err:
+            await connector(client, sink.url).run(context())
+    assert err.value.code == "redirect_refused" and not err.value.retryable
+    assert sink.deliveries == []
+
+
+async def test_private_targets_are_refused_unless_allowed(sink: SinkState) -> None:
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(ConnectorError) as err:
+            await connector(client, sink.url, allow_private=False).run(context())
+    assert err.value.code == "target_not_allowed" and sink.attempts == 0
+    for url in ("http://10.1.2.3/x", "http://169.254.169.254/latest", "http://[::1]:8080/", "http://0.0.0.0/"):
+        with pytest.raises(ConnectorError):
+            await refuse_private_target(url)
+
+
+async def test_missing_settings_are_named() -> None:
+    async with httpx.AsyncClient() as client:
+        assert WebhookConnector(client, None, None, False).missing_settings() == ["PJ_WEBHOOK_URL",
+                                                                                  "PJ_WEBHOOK_SECRET"]

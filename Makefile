@@ -21,7 +21,7 @@ ROLE ?= admin
 SUB ?= dev-admin
 TENANT ?= default
 
-.PHONY: help venv migrate run up down token test test-unit lint schemas clean
+.PHONY: help venv migrate run up down token test test-unit lint schemas clean bench
 
 help:
 	@echo "make run [DISPATCHERS=N]   start gateway, approvals, N dispatchers and a dev webhook sink (Ctrl-C stops)"
@@ -63,6 +63,9 @@ lint: venv
 
 schemas: venv
 	$(PY) -m pj_common.schemas docs/schemas
+
+bench: venv
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache

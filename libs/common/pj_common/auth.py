@@ -31,17 +31,36 @@ class Principal:
 
 
 class TokenVerifier:
-    """Verifies HS256 JWTs for one issuer and audience."""
+    """Verifies HS256 JWTs for one issuer and audience.
+
+    A token verified once is remembered (bounded) until it expires: a client sends the same token
+    with every request, and each command is verified by the gateway and again by approvals.
+    """
+
+    CACHE_SIZE = 4096
 
     def __init__(self, key: str, issuer: str, audience: str) -> None:
         self._key = key
         self._issuer = issuer
         self._audience = audience
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def verify(self, token: str | None) -> Principal:
         """Return the token's principal, or raise `GateError(unauthorized)`."""
         if not token:
             raise GateError(ErrorCode.UNAUTHORIZED, "missing bearer token")
+        known = self._verified.get(token)
+        if known is not None:
+            if time.time() < known[1]:
+                return known[0]
+            del self._verified[token]
+        principal, expires = self._decode(token)
+        if len(self._verified) >= self.CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))  # oldest first: dicts keep insertion order
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -59,7 +78,7 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub or not isinstance(tenant, str) or not tenant:
             raise GateError(ErrorCode.UNAUTHORIZED, "token lacks the sub or tenant claim")
         try:
-            return Principal(subject=sub, tenant=tenant, role=Role(role))
+            return Principal(subject=sub, tenant=tenant, role=Role(role)), float(claims["exp"])
         except ValueError as exc:
             raise GateError(ErrorCode.UNAUTHORIZED, f"token has unknown role {role!r}") from exc
 

@@ -41,3 +41,6 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     # aiormq logs every connection hiccup at warning with a traceback; our supervisor reports them.
     logging.getLogger("aiormq").setLevel(logging.ERROR)
     logging.getLogger("aio_pika").setLevel(logging.ERROR)
+    # httpx logs every request at INFO; connectors report their own outcomes.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -3,11 +3,11 @@
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.auth import TokenVerifier
@@ -35,7 +35,9 @@ class Links:
     """Channels of the current broker connection (replaced on every reconnect)."""
 
     confirm: AbstractChannel | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Events go out without waiting for a confirm: they are best effort until the outbox carries them,
+    # and a command's reply should not wait a broker round trip for them.
+    events: AbstractExchange | None = None
 
 
 class ApprovalsApp:
@@ -61,6 +63,8 @@ class ApprovalsApp:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
         self.links.confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        events = await connection.channel(publisher_confirms=False)
+        self.links.events = await events.get_exchange(self.topology.events, ensure=False)
         self.handlers.reply_channel = await connection.channel(publisher_confirms=False)
         commands = await connection.channel(publisher_confirms=False)
         await consume(commands, self.topology.commands, self.handlers.on_command,
@@ -71,6 +75,7 @@ class ApprovalsApp:
 
     def _lost(self) -> None:
         self.links.confirm = None
+        self.links.events = None
         self.handlers.reply_channel = None
 
     async def _publish_order(self, order: DispatchOrder) -> None:
@@ -83,11 +88,11 @@ class ApprovalsApp:
                                 json_message(order.to_json(), message_id=order.message_id))
 
     async def _emit_event(self, event: ApprovalEvent) -> None:
-        channel = self.links.confirm
-        if channel is None:
+        exchange = self.links.events
+        if exchange is None:
             raise broker_unavailable()
-        await publish_confirmed(channel, event.type, json_message(event.to_json(), message_id=event.event_id),
-                                exchange=self.topology.events, mandatory=False)
+        await exchange.publish(json_message(event.to_json(), message_id=event.event_id), routing_key=event.type,
+                               mandatory=False)
 
     async def _sweep_forever(self) -> None:
         while True:

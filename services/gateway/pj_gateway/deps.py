@@ -15,7 +15,8 @@ CSRF_HEADER = "X-PuddleJumper-Request"
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
+    # async: a plain def would be run in a worker thread on every request.
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
@@ -28,7 +29,7 @@ class Caller:
     correlation_id: str
 
 
-def get_caller(request: Request, state: Annotated[GatewayState, Depends(get_state)]) -> Caller:
+async def get_caller(request: Request, state: Annotated[GatewayState, Depends(get_state)]) -> Caller:
     """Verify the bearer token, then (for state-changing methods) the CSRF header."""
     cid = correlation_id(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")

@@ -10,7 +10,7 @@ import jwt
 
 from tests.support.webhook_sink import SinkState
 
-from .conftest import CSRF, SECRET, System, headers, token
+from .conftest import CSRF, SECRET, System, free_port, headers, token
 
 
 def tenant() -> str:
@@ -257,3 +257,29 @@ async def test_service_token_publishes_commands_with_the_same_rbac(client: httpx
     r = await client.post("/api/pj/execute", headers={"Authorization": f"Bearer {bad}", **CSRF},
                           json={"actionId": "notify.webhook", "payload": {}})
     assert r.status_code == 403
+
+
+async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/api/pj/execute", "/api/approvals", "/api/approvals/{approval_id}",
+                 "/api/approvals/{approval_id}/decide", "/api/approvals/{approval_id}/dispatch",
+                 "/api/approvals/{approval_id}/chain", "/api/approvals/count/pending", "/health", "/metrics"):
+        assert path in spec["paths"], path
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_metrics_token_is_required_when_set(system: System) -> None:
+    """A second gateway with PJ_METRICS_TOKEN: /metrics needs the bearer, the API is unchanged."""
+    port = free_port()
+    other = System(base_url=f"http://127.0.0.1:{port}", env={**system.env, "PJ_GATEWAY_PORT": str(port)},
+                   logdir=system.logdir)
+    other.start("gateway-metrics", "pj_gateway", PJ_METRICS_TOKEN="scrape-me")
+    try:
+        await other.wait_healthy()
+        async with httpx.AsyncClient(base_url=other.base_url, timeout=10) as c:
+            assert (await c.get("/metrics")).status_code == 401
+            assert (await c.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
+            ok = await c.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+            assert ok.status_code == 200 and "approvals_created_total" in ok.text
+    finally:
+        other.stop_all()

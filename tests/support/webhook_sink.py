@@ -47,6 +47,9 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
 
 def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Keep connections open between deliveries, as real receivers do.
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if state.delay_s:
@@ -70,9 +73,11 @@ def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Location", state.redirect_to or "")
             if status in (429, 503) and state.retry_after is not None:
                 self.send_header("Retry-After", state.retry_after)
+            answer = json.dumps({"ok": status == 200}).encode()
             self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            self.wfile.write(json.dumps({"ok": status == 200}).encode())
+            self.wfile.write(answer)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import multiprocessing
 import os
@@ -21,7 +20,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +41,7 @@ import psycopg  # noqa: E402
 from pj_approvals import store  # noqa: E402
 from pj_common.auth import mint_token  # noqa: E402
 from pj_common.topology import Topology  # noqa: E402
+from tests.support.system import System, delete_topology, free_port, with_dbname  # noqa: E402
 
 
 def _skip_failed_sniffio_import() -> bool:
@@ -76,7 +75,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 HTTP_TIMEOUT_S = 30.0  # longer than PJ_DISPATCH_WAIT_S (10 s), so a slow dispatch shows as 202, not a timeout
 MAX_OPS_PER_WORKER = 1_000_000  # every load loop is bounded in count as well as in time
 READ_POOL_MIN = 200  # approvals the read scenario picks from; topped up with executes if fewer exist
-PR_SET_PDEATHSIG = 1
 
 
 def env_default(name: str, default: str) -> str:
@@ -205,24 +203,6 @@ def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> tuple[dict[str, floa
 # The system under test
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo("", **params)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the driver dies, so no service outlives a killed bench."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _serve_sink(conn: Any, secret: str) -> None:
     """The webhook receiver in a process of its own, so its CPU is not counted as the driver's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops it
@@ -275,74 +255,6 @@ class Sink:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
-
-
-@dataclass
-class System:
-    base_url: str
-    env: dict[str, str]
-    logdir: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, module: str) -> None:
-        with open(self.logdir / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", module], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
-
-    def stop_all(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def check_alive(self) -> None:
-        dead = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
-        if dead:
-            raise RuntimeError(f"service process(es) exited: {dead}\n{self.tails()}")
-
-    def tails(self, lines: int = 15) -> str:
-        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
-                         for p in sorted(self.logdir.glob("*.log")))
-
-    async def wait_healthy(self, dispatchers: int, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=3, trust_env=False) as client:
-            while time.monotonic() < deadline:
-                self.check_alive()
-                try:
-                    last = (await client.get("/health")).json()
-                    consumers = last.get("checks", {}).get("dispatchers", {}).get("consumers")
-                    if last.get("status") == "ok" and consumers == dispatchers:
-                        return dict(last)
-                except (httpx.HTTPError, ValueError) as exc:
-                    last = repr(exc)
-                await asyncio.sleep(0.25)
-        raise RuntimeError(f"system not healthy with {dispatchers} dispatcher(s) within {timeout}s: {last}\n"
-                           f"{self.tails()}")
-
-
-async def delete_topology(amqp_url: str, topology: Topology) -> None:
-    """Delete every queue and exchange of the bench's prefix (as tests/conftest.py does)."""
-    import aio_pika
-
-    connection = await aio_pika.connect(amqp_url, timeout=10)
-    async with connection:
-        for queue in (topology.commands, topology.dispatch, topology.results, topology.dead_letters):
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                await channel.queue_delete(queue)
-        for exchange in (topology.events, topology.dead_letter_exchange):
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                await channel.exchange_delete(exchange)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -797,7 +709,7 @@ async def bench(args: argparse.Namespace) -> int:
         for i in range(1, args.dispatchers + 1):
             system.start(f"dispatcher-{i}", "pj_dispatcher")
         system.start("gateway", "pj_gateway")
-        await system.wait_healthy(args.dispatchers)
+        await system.wait_healthy(timeout=60, dispatchers=args.dispatchers)
         print("[bench] system healthy", flush=True)
 
         pids = {name: proc.pid for name, proc in system.processes.items()}

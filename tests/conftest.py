@@ -12,12 +12,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
-import aio_pika
-import psycopg
 import pytest
 
 from pj_approvals import store
 from pj_common.topology import Topology
+from tests.support.system import delete_topology, with_dbname
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -72,38 +71,15 @@ def amqp_url(_containers: dict[str, str]) -> str:
     return url
 
 
-def _with_dbname(url: str, dbname: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo("", **params)
-
-
 @pytest.fixture(scope="session")
 async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A migrated database of its own for this test session, dropped afterwards."""
     name = f"pj_test_{uuid.uuid4().hex[:10]}"
-    url = _with_dbname(pg_admin_url, name)
+    url = with_dbname(pg_admin_url, name)
     await store.ensure_database(url)
     await store.migrate(url)
     yield url
     await store.drop_database(pg_admin_url, name)
-
-
-async def _delete_topology(amqp_url: str, topology: Topology) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        for queue in (topology.commands, topology.dispatch, topology.results, topology.dead_letters):
-            channel = await connection.channel()
-            try:
-                await channel.queue_delete(queue)
-            except aio_pika.exceptions.AMQPError:
-                pass
-        for exchange in (topology.events, topology.dead_letter_exchange):
-            channel = await connection.channel()
-            try:
-                await channel.exchange_delete(exchange)
-            except aio_pika.exceptions.AMQPError:
-                pass
 
 
 @pytest.fixture
@@ -111,4 +87,4 @@ async def topology(amqp_url: str) -> AsyncIterator[Topology]:
     """Broker names no other test (or running system) shares; deleted afterwards."""
     topo = Topology(prefix=f"pjt-{uuid.uuid4().hex[:10]}")
     yield topo
-    await asyncio.wait_for(_delete_topology(amqp_url, topo), 30)
+    await asyncio.wait_for(delete_topology(amqp_url, topo), 30)

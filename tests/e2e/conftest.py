@@ -1,16 +1,9 @@
 """The whole system as subprocesses (gateway, approvals, dispatchers) against the real backends,
 with a webhook sink on 127.0.0.1, isolated by its own database and broker prefix."""
 
-import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +14,13 @@ import yaml
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import mint_token
 from pj_common.topology import Topology
-from tests.conftest import _delete_topology
+from tests.support.system import System, delete_topology, free_port
 from tests.support.webhook_sink import SinkState, start_sink
 
 SECRET = "e2e-jwt-secret-0123456789abcdef0123456789"
 WEBHOOK_SECRET = "e2e-webhook-secret"
 ISSUER, AUDIENCE = "puddlejumper", "pj-approval-gate"
 CSRF = {"X-PuddleJumper-Request": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def token(role: str, sub: str, tenant: str, ttl_s: int = 600) -> str:
@@ -43,56 +30,6 @@ def token(role: str, sub: str, tenant: str, ttl_s: int = 600) -> str:
 def headers(role: str = "admin", sub: str = "alice", tenant: str = "acme", csrf: bool = True) -> dict[str, str]:
     h = {"Authorization": f"Bearer {token(role, sub, tenant)}"}
     return {**h, **CSRF} if csrf else h
-
-
-@dataclass
-class System:
-    """Processes of one running system and how to reach them."""
-
-    base_url: str
-    env: dict[str, str]
-    logdir: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, module: str, **extra_env: str) -> None:
-        with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", module], env={**self.env, **extra_env}, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.processes.pop(name)
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.stop(name)
-
-    def log(self, name: str) -> str:
-        return (self.logdir / f"{name}.log").read_text(errors="replace")
-
-    def tails(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
-                         for p in sorted(self.logdir.glob("*.log")))
-
-    async def wait_healthy(self, timeout: float = 30.0, expect: str = "ok") -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=3) as client:
-            while time.monotonic() < deadline:
-                try:
-                    last = (await client.get("/health")).json()
-                    if last.get("status") == expect:
-                        return dict(last)
-                except httpx.HTTPError as exc:
-                    last = repr(exc)
-                await asyncio.sleep(0.2)
-        raise AssertionError(f"system not {expect} within {timeout}s: {last}\n{self.tails()}")
 
 
 def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: str) -> dict[str, str]:
@@ -173,16 +110,12 @@ async def system(database_url: str, amqp_url: str, sink: SinkState,
         sys_.start("dispatcher-1", "pj_dispatcher")
         sys_.start("dispatcher-2", "pj_dispatcher")
         sys_.start("gateway", "pj_gateway")
-        health = await sys_.wait_healthy()
-        for _ in range(50):  # both dispatchers must be consuming before tests share work between them
-            if health["checks"]["dispatchers"]["consumers"] == 2:
-                break
-            await asyncio.sleep(0.2)
-            health = await sys_.wait_healthy()
+        # Both dispatchers must be consuming before tests share work between them.
+        await sys_.wait_healthy(dispatchers=2)
         yield sys_
     finally:
         sys_.stop_all()
-        await _delete_topology(amqp_url, Topology(prefix))
+        await delete_topology(amqp_url, Topology(prefix))
 
 
 @pytest.fixture

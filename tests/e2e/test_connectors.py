@@ -14,12 +14,12 @@ import yaml
 
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.topology import Topology
-from tests.conftest import _delete_topology
 from tests.support.github_api import GitHubState, start_github_api
 from tests.support.graph_api import GraphState, start_graph_api, stop_graph_api
 from tests.support.slack_api import SlackState, start_slack_api, stop_slack_api
+from tests.support.system import System, delete_topology, free_port
 
-from .conftest import System, free_port, headers, system_env
+from .conftest import headers, system_env
 
 GH_TOKEN, SLACK_TOKEN = "ghp-e2e-token", "xoxb-e2e-token"
 REPO, SITE, LIST, CHANNEL = "acme/environments", "site-1", "Environments", "C0OPS0001"
@@ -76,7 +76,7 @@ async def connected(database_url: str, amqp_url: str, apis: Apis,
         yield system
     finally:
         system.stop_all()
-        await _delete_topology(amqp_url, Topology(prefix))
+        await delete_topology(amqp_url, Topology(prefix))
 
 
 async def approved_environment(client: httpx.AsyncClient, tenant: str, name: str) -> str:

@@ -8,9 +8,10 @@ import uuid
 
 import httpx
 
+from tests.support.system import System
 from tests.support.webhook_sink import SinkState
 
-from .conftest import System, headers
+from .conftest import headers
 
 
 async def test_killed_dispatcher_order_resumes_on_the_other(client: httpx.AsyncClient, system: System,

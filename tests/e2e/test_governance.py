@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 
+from tests.support.system import System
 from tests.support.webhook_sink import SinkState
 
-from .conftest import EXTRA_ACTIONS, System, headers, write_catalog
+from .conftest import EXTRA_ACTIONS, headers, write_catalog
 
 
 def tenant() -> str:

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from pj_common.topology import Topology
-from tests.conftest import _delete_topology
+from tests.support.system import System, delete_topology, free_port
 from tests.support.tcp_proxy import TcpProxy
 
-from .conftest import System, free_port, headers, system_env
+from .conftest import headers, system_env
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def lone_gateway(database_url: str, amqp_url: str, tmp_path: Path) -> Asyn
     finally:
         system.stop_all()
         await proxy.cut()
-        await _delete_topology(amqp_url, Topology(prefix))
+        await delete_topology(amqp_url, Topology(prefix))
 
 
 async def test_no_reply_is_504_and_broker_outage_is_503_then_recovers(

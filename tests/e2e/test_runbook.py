@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import jwt
 
+from tests.support.system import System, free_port
 from tests.support.webhook_sink import SinkState
 
-from .conftest import CSRF, SECRET, System, free_port, headers, token
+from .conftest import CSRF, SECRET, headers, token
 
 
 def tenant() -> str:

@@ -1,0 +1,117 @@
+"""The whole system as subprocesses on this machine, for end-to-end tests and `make bench`."""
+
+import asyncio
+import contextlib
+import ctypes
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import psycopg
+
+from pj_common.topology import Topology
+
+REPO = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the test run dies, so no service outlives it (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The same PostgreSQL connection string, naming another database."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+async def delete_topology(amqp_url: str, topology: Topology) -> None:
+    """Delete every queue and exchange of one prefix (what a test run or a bench run declared)."""
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        for queue in (topology.commands, topology.dispatch, topology.results, topology.dead_letters):
+            channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.queue_delete(queue)
+        for exchange in (topology.events, topology.dead_letter_exchange):
+            channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.exchange_delete(exchange)
+
+
+@dataclass
+class System:
+    """Processes of one running system, their logs, and how to reach its gateway."""
+
+    base_url: str
+    env: dict[str, str]
+    logdir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, module: str, **extra_env: str) -> None:
+        with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", module], cwd=REPO, env={**self.env, **extra_env}, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.processes.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    def check_alive(self) -> None:
+        dead = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+        if dead:
+            raise RuntimeError(f"service process(es) exited: {dead}\n{self.tails()}")
+
+    def log(self, name: str) -> str:
+        return (self.logdir / f"{name}.log").read_text(errors="replace")
+
+    def tails(self, lines: int = 15) -> str:
+        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+                         for p in sorted(self.logdir.glob("*.log")))
+
+    async def wait_healthy(self, timeout: float = 30.0, expect: str = "ok",
+                           dispatchers: int | None = None) -> dict[str, Any]:
+        """Poll /health until it says `expect` (and, if given, that many dispatchers consume)."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=3, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                self.check_alive()
+                try:
+                    last = (await client.get("/health")).json()
+                    consumers = last.get("checks", {}).get("dispatchers", {}).get("consumers")
+                    if last.get("status") == expect and dispatchers in (None, consumers):
+                        return dict(last)
+                except (httpx.HTTPError, ValueError) as exc:
+                    last = repr(exc)
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"system not {expect} within {timeout}s: {last}\n{self.tails()}")

@@ -6,8 +6,11 @@ import signal
 import time
 import uuid
 
+import aio_pika
 import httpx
 
+from pj_common.messages import DispatchOrder, PlanStep
+from pj_common.topology import Topology
 from tests.support.system import System
 from tests.support.webhook_sink import SinkState
 
@@ -66,3 +69,31 @@ async def test_killed_dispatcher_order_resumes_on_the_other(client: httpx.AsyncC
     resumed = [line for line in system.log(survivor).splitlines() if "dispatcher.resumed" in line and aid in line]
     assert len(resumed) == 1 and '"done": ["first"]' in resumed[0], resumed
     await system.wait_healthy()
+
+
+async def test_forged_dispatch_order_runs_nothing(client: httpx.AsyncClient, system: System, sink: SinkState,
+                                                  amqp_url: str) -> None:
+    """Whoever can publish to the broker still cannot run a plan approvals did not claim."""
+    t = f"forge-{uuid.uuid4().hex[:6]}"
+    r = await client.post("/api/pj/execute", headers=headers("operator", "olga", t),
+                          json={"actionId": "notify.webhook", "payload": {"forged": False}})
+    aid = r.json()["approvalId"]  # pending: never approved
+    forged = DispatchOrder(approval_id=aid, tenant_id=t, action_id="notify.webhook", claim_token=str(uuid.uuid4()),
+                           steps=[PlanStep(step_id="evil", connector="webhook", operation="post",
+                                           params={"body": "pwned"})])
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(aio_pika.Message(forged.to_json()),
+                                               routing_key=Topology(system.env["PJ_AMQP_PREFIX"]).dispatch)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        logs = system.log("dispatcher-1") + system.log("dispatcher-2")
+        if any("dispatcher.stale_order" in line and aid in line for line in logs.splitlines()):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the forged order was not recognised as stale")
+    assert not [d for d in sink.deliveries if d.body.get("approvalId") == aid]
+    record = (await client.get(f"/api/approvals/{aid}", headers=headers(tenant=t))).json()["data"]
+    assert record["approval_status"] == "pending"

@@ -3,9 +3,13 @@
 import ast
 from pathlib import Path
 
+import httpx
 import pytest
 
+from pj_common.connectors import CONNECTOR_OPERATIONS
 from pj_common.schemas import schemas
+from pj_dispatcher.connectors.registry import build_connectors
+from pj_dispatcher.settings import DispatcherSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_PACKAGES = {"pj_gateway", "pj_approvals", "pj_dispatcher"}
@@ -60,3 +64,8 @@ def test_contract_schemas_match_the_committed_files(name: str) -> None:
     assert committed.exists(), f"run `make schemas` and commit docs/schemas/{name}"
     assert committed.read_text() == schemas()[name], (
         f"the message contract changed: run `make schemas`, review and commit docs/schemas/{name}")
+
+
+async def test_dispatcher_has_exactly_the_connectors_the_catalog_may_name() -> None:
+    async with httpx.AsyncClient() as client:
+        assert set(build_connectors(DispatcherSettings(env="dev"), client)) == set(CONNECTOR_OPERATIONS)

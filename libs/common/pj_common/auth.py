@@ -26,8 +26,9 @@ class Principal:
 
     @property
     def sees_whole_tenant(self) -> bool:
-        """Admins and viewers read every approval of their tenant; others only their own."""
-        return self.role in (Role.ADMIN, Role.VIEWER)
+        """Admins, approvers (who decide them) and viewers read every approval of their tenant;
+        operators only their own."""
+        return self.role in (Role.ADMIN, Role.APPROVER, Role.VIEWER)
 
 
 class TokenVerifier:

@@ -14,6 +14,7 @@ class ErrorCode(StrEnum):
     VALIDATION_ERROR = "validation_error"
     UNKNOWN_ACTION = "unknown_action"
     INVALID_PAYLOAD = "invalid_payload"
+    TENANT_NOT_CONFIGURED = "tenant_not_configured"
     INVALID_STATE = "invalid_state"
     PLAN_CHANGED = "plan_changed"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"

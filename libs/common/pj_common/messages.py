@@ -85,13 +85,15 @@ class DispatchRequest(Contract):
     dry_run: bool = False
 
 
-class GetCheckpoints(Contract):
-    """The steps of a dispatch already done, asked by a dispatcher that got its order redelivered.
+class GetDispatchPlan(Contract):
+    """Asked by a dispatcher for every order it receives: the approved plan to run and the steps
+    already done, or `stale` when the order's claim no longer holds the dispatch.
 
-    The claim token authorizes it: only the holder of the current dispatch order knows it.
+    The claim token authorizes it: only the holder of the current dispatch order knows it. A forged
+    order (unknown claim) is stale, so nothing runs that approvals did not claim.
     """
 
-    name: Literal["get_checkpoints"] = "get_checkpoints"
+    name: Literal["get_dispatch_plan"] = "get_dispatch_plan"
     approval_id: str
     claim_token: str
 
@@ -113,7 +115,7 @@ Command = Annotated[
     | ListApprovals
     | GetApproval
     | GetChain
-    | GetCheckpoints
+    | GetDispatchPlan
     | DecideRequest
     | DispatchRequest
     | CountPending
@@ -185,7 +187,9 @@ class ReplyAddress(Contract):
 
 
 class DispatchOrder(Contract):
-    """Run these steps for this approval; `claimToken` proves the order comes from the winning CAS."""
+    """Run this approval's plan. `claimToken` names the winning CAS; the dispatcher confirms it with
+    approvals (get_dispatch_plan) and runs the plan approvals returns, so `steps` and `completed` here
+    are informational (what the plan was when the order was sent)."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     message_id: str = Field(default_factory=new_id)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from .logging import configure_logging
-from .settings import CommonSettings
+from .settings import CommonSettings, describe_settings_error
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -38,6 +38,6 @@ def start_service(settings_class: type[S], service: str) -> S:
     try:
         settings = settings_class()
     except ValidationError as exc:
-        sys.exit(f"{service}: invalid configuration: {exc}")
+        sys.exit(f"{service}: invalid configuration: {describe_settings_error(exc)}")
     configure_logging(service, settings.log_level)
     return settings

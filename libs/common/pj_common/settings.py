@@ -4,12 +4,18 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, SecretStr, model_validator
+from pydantic import AliasChoices, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only ever used when PJ_ENV=dev, so a developer machine runs with no setup at all.
 MIN_SECRET_LENGTH = 32
 DEV_JWT_SECRET = "pj-dev-secret-do-not-use-in-production-0123456789"
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """The reasons settings were refused, without their values (which may be secrets)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                     for err in exc.errors(include_url=False, include_input=False, include_context=False))
 
 
 class CommonSettings(BaseSettings):
@@ -59,6 +65,11 @@ class CommonSettings(BaseSettings):
                 )
             self.jwt_secret = SecretStr(DEV_JWT_SECRET)
         return self
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret these settings hold, to scrub from anything that leaves the process."""
+        return tuple(v.get_secret_value() for v in self.__dict__.values()
+                     if isinstance(v, SecretStr) and v.get_secret_value())
 
     @property
     def jwt_key(self) -> str:

@@ -9,7 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from .auth import Role, mint_token
-from .settings import CommonSettings
+from .settings import CommonSettings, describe_settings_error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = CommonSettings()
     except ValidationError as exc:
-        sys.exit(f"token: invalid configuration: {exc}")
+        sys.exit(f"token: invalid configuration: {describe_settings_error(exc)}")
     print(mint_token(settings.jwt_key, subject=args.sub, tenant=args.tenant, role=args.role,
                      issuer=settings.jwt_issuer, audience=settings.jwt_audience, ttl_s=args.ttl))
 

@@ -295,7 +295,7 @@ class RpcClient:
                 return answer
             try:
                 return await asyncio.wait_for(final, follow_up_s)
-            except TimeoutError:
+            except (TimeoutError, GateError):  # still running, or the connection went: the first reply holds
                 return answer
         finally:
             self._pending.pop(correlation_id, None)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pj_common.auth import Role
+from pj_common.connectors import CONNECTOR_OPERATIONS
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import PlanStep
 
@@ -186,7 +187,16 @@ def load_catalog(path: Path) -> Catalog:
         ids = [step.step_id for step in action.plan]
         if len(ids) != len(set(ids)):
             raise CatalogError(f"{path}: action {action_id}: step ids must be unique")
+        for step in action.plan:
+            operations = CONNECTOR_OPERATIONS.get(step.connector)
+            if operations is None or step.operation not in operations:
+                raise CatalogError(f"{path}: action {action_id}: step {step.step_id}: no connector operation "
+                                   f"{step.connector}.{step.operation} (known: {_known_operations()})")
     return catalog
+
+
+def _known_operations() -> str:
+    return ", ".join(f"{c}.{o}" for c, ops in sorted(CONNECTOR_OPERATIONS.items()) for o in sorted(ops))
 
 
 def check_payload(action_id: str, action: Action, payload: dict[str, Any]) -> None:
@@ -200,14 +210,19 @@ def check_payload(action_id: str, action: Action, payload: dict[str, Any]) -> No
 
 # `{{ path }}` or `{{ path | json }}` (the value as a JSON string, e.g. for GitHub workflow inputs).
 _PLACEHOLDER = r"\{\{\s*([a-zA-Z0-9_.]+)\s*(\|\s*json\s*)?\}\}"
-_WHOLE = re.compile(_PLACEHOLDER)
-_INLINE = re.compile(_PLACEHOLDER)
+_PLACEHOLDER_RE = re.compile(_PLACEHOLDER)
 
 
 def _lookup(context: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path: None for an absent payload field (the schema says which are
+    required), but an error for an absent tenant setting (a connector target nobody configured)."""
     value: Any = context
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
+            if path.startswith("tenant."):
+                raise GateError(ErrorCode.TENANT_NOT_CONFIGURED,
+                                f"tenant {context['tenant'].get('id')!r} has no {path[len('tenant.'):]} "
+                                "in the catalog's tenants section")
             return None
         value = value[part]
     return value
@@ -223,11 +238,11 @@ def _inline_text(value: Any) -> str:
 def _render(value: Any, context: dict[str, Any]) -> Any:
     """Fill `{{ path }}` placeholders: a whole-string placeholder keeps the value's JSON type."""
     if isinstance(value, str):
-        whole = _WHOLE.fullmatch(value)
+        whole = _PLACEHOLDER_RE.fullmatch(value)
         if whole:
             found = _lookup(context, whole.group(1))
             return json.dumps(found, sort_keys=True, separators=(",", ":")) if whole.group(2) else found
-        return _INLINE.sub(lambda m: _inline_text(_lookup(context, m.group(1))), value)
+        return _PLACEHOLDER_RE.sub(lambda m: _inline_text(_lookup(context, m.group(1))), value)
     if isinstance(value, dict):
         return {k: _render(v, context) for k, v in value.items()}
     if isinstance(value, list):

@@ -21,7 +21,7 @@ from pj_common.messages import (
     ExecuteRequest,
     GetApproval,
     GetChain,
-    GetCheckpoints,
+    GetDispatchPlan,
     ListApprovals,
     ReadMetrics,
     Reply,
@@ -56,8 +56,12 @@ class Handlers:
         """Run one command and answer it; every failure becomes an error reply with a stable code."""
         answer = await self._answer(message)
         channel = self.reply_channel
-        if channel is not None and message.reply_to:
+        if channel is None or not message.reply_to:
+            return
+        try:
             await reply(channel, message, answer.to_json())
+        except Exception:  # the effect is committed; a redelivery would only repeat the command
+            log.warning("reply not sent", exc_info=True, extra={"scope": "command.reply_failed"})
 
     async def _answer(self, message: AbstractIncomingMessage) -> Reply:
         try:
@@ -88,11 +92,11 @@ class Handlers:
             return await svc.health()
         if isinstance(command, ReadMetrics):
             return {"text": await svc.metrics_text()}
-        if isinstance(command, GetCheckpoints):  # authorized by the claim token it carries
-            return await svc.checkpoints(command.approval_id, command.claim_token)
+        if isinstance(command, GetDispatchPlan):  # authorized by the claim token it carries
+            return await svc.dispatch_plan(command.approval_id, command.claim_token)
         principal = self._principal(envelope)
         if isinstance(command, ExecuteRequest):
-            return await svc.execute(principal, command, cid, _reply_address(message))
+            return await svc.execute(principal, command, cid, _reply_address(message), envelope.message_id)
         if isinstance(command, ListApprovals):
             return await svc.list_approvals(principal, command)
         if isinstance(command, GetApproval):

@@ -21,6 +21,7 @@ from pj_common.messages import (
     DecideRequest,
     DispatchOrder,
     DispatchRequest,
+    ErrorBody,
     ExecuteRequest,
     ListApprovals,
     PlanStep,
@@ -31,7 +32,16 @@ from pj_common.messages import (
 
 from . import catalog as cat
 from . import store
-from .domain import Rule, chain_view, check_may_dispatch, check_may_request, evaluate_decision
+from .domain import (
+    Rule,
+    Transition,
+    chain_view,
+    check_may_dispatch,
+    check_may_request,
+    evaluate_decision,
+    next_status,
+    sources_of,
+)
 from .errors import not_found
 from .metrics import ApprovalMetrics
 from .settings import ApprovalsSettings
@@ -120,9 +130,14 @@ class ApprovalService:
         return action, plan, cat.plan_hash(plan)
 
     async def execute(self, principal: Principal, req: ExecuteRequest, correlation_id: str,
-                      notify: ReplyAddress | None = None) -> dict[str, Any] | DispatchStarted:
+                      notify: ReplyAddress | None = None, message_id: str | None = None
+                      ) -> dict[str, Any] | DispatchStarted:
         """Plan the request; in execute mode store it (idempotent on requestId): a governed action as a
-        pending approval, a launch-tier action as approved by policy and dispatched at once."""
+        pending approval, a launch-tier action as approved by policy and dispatched at once.
+
+        Without a requestId the command's message id stands in, so a redelivered command finds the
+        approval its first delivery made instead of making a second one.
+        """
         action, plan, plan_hash = self._plan(principal, req)
         if req.mode == "dry-run":
             return {"approvalRequired": False, "actionId": req.action_id, "plan": plan, "planHash": plan_hash}
@@ -131,7 +146,7 @@ class ApprovalService:
         rule = action.rule(self._settings.dispatch_window_s)
         ttl = rule.dispatch_window_s if launch else action.pending_ttl or self._settings.pending_ttl_s
         row = store.ApprovalRow(
-            id=uuid.uuid4(), tenant_id=principal.tenant, request_id=req.request_id or str(uuid.uuid4()),
+            id=uuid.uuid4(), tenant_id=principal.tenant, request_id=req.request_id or message_id or str(uuid.uuid4()),
             operator_id=principal.subject, action_id=req.action_id, payload=req.payload,
             request_hash=cat.request_hash(req.action_id, req.payload),
             approval_status="approved" if launch else "pending", approver_id=LAUNCH_POLICY if launch else None,
@@ -162,12 +177,12 @@ class ApprovalService:
         """The approval an earlier request with this requestId made, if it asked for the same thing."""
         if existing is None:  # the row that conflicted was deleted in between: nothing to return
             raise GateError(ErrorCode.INTERNAL_ERROR, "request id conflict could not be resolved; retry")
-        if existing.request_hash != row.request_hash:
+        if existing.request_hash != row.request_hash or existing.operator_id != row.operator_id:
             log.warning("request id reused for a different request", extra={
                 "scope": "pj.execute.approval_create_failed", "requestId": row.request_id,
                 "approvalId": str(existing.id), "correlationId": correlation_id})
-            raise GateError(ErrorCode.IDEMPOTENCY_CONFLICT,
-                            f"requestId {row.request_id!r} was already used for a different action or payload")
+            raise GateError(ErrorCode.IDEMPOTENCY_CONFLICT, f"requestId {row.request_id!r} was already used "
+                            "for a different action or payload, or by another requester")
         return existing
 
     @staticmethod
@@ -301,9 +316,27 @@ class ApprovalService:
         steps = [PlanStep.model_validate(s) for s in row.plan]
         order = DispatchOrder(approval_id=str(row.id), tenant_id=row.tenant_id, action_id=row.action_id,
                               claim_token=str(claim), steps=steps, completed=completed, notify=notify)
-        await self._publish_order(order)
+        try:
+            await self._publish_order(order)
+        except Exception as exc:
+            await self._abandon_dispatch(conn, row, claim, steps, exc)
+            raise
         await self._emit(row, "approval.dispatch.started", principal.subject, seen.approval_status, correlation_id)
         return DispatchStarted({"approvalId": str(row.id), "approvalStatus": "dispatching"})
+
+    async def _abandon_dispatch(self, conn: store.Conn, row: store.ApprovalRow, claim: UUID, steps: list[PlanStep],
+                                exc: Exception) -> None:
+        """The order never reached the broker: end the claim as dispatch_failed (nothing ran), so an
+        admin can dispatch again instead of the approval waiting in dispatching for good."""
+        error = ErrorBody(code="order_not_published", message=f"the dispatch order could not be published: {exc!r}")
+        results = [StepResult(step_id=s.step_id, connector=s.connector, operation=s.operation, status="not_run",
+                              error=error).model_dump(by_alias=True, mode="json") for s in steps]
+        event = store.EventRecord("approval.dispatch.failed", None, None, "dispatching", error.message, None)
+        abandoned = await store.finish_dispatch(conn, row.id, claim, next_status("dispatching", Transition.FAIL),
+                                                results, self._now(), event)
+        log.error("dispatch order not published; approval set to dispatch_failed", extra={
+            "scope": "approval.dispatch.publish_failed", "approvalId": str(row.id),
+            "recorded": abandoned is not None})
 
     def _conflict(self, approval_id: str, correlation_id: str) -> None:
         """Another dispatch holds (or finished) this approval: a double dispatch was prevented."""
@@ -314,11 +347,9 @@ class ApprovalService:
 
     @staticmethod
     def _check_dispatchable(row: store.ApprovalRow, now: datetime) -> None:
-        if row.approval_status == "approved" and row.expires_at <= now:
-            raise GateError(ErrorCode.INVALID_STATE, "approval's dispatch window has passed")
-        if row.approval_status not in ("approved", "dispatch_failed"):
-            raise GateError(ErrorCode.INVALID_STATE,
-                            f"approval is {row.approval_status}; only approved approvals can be dispatched")
+        next_status(row.approval_status, Transition.DISPATCH)  # approved, or dispatch_failed to retry
+        if row.expires_at <= now:  # a failed dispatch may be retried only within the same window
+            raise GateError(ErrorCode.INVALID_STATE, "the approval's dispatch window has passed")
 
     def _check_plan(self, row: store.ApprovalRow, correlation_id: str) -> None:
         """Refuse if the stored plan was altered, or if the current catalog would plan differently."""
@@ -349,15 +380,17 @@ class ApprovalService:
                            result={"params": s.params}).model_dump(by_alias=True, mode="json")
                 for s in steps]
 
-    async def checkpoints(self, approval_id: str, claim_token: str) -> dict[str, Any]:
-        """Steps already done under this claim, for a dispatcher resuming a redelivered order."""
+    async def dispatch_plan(self, approval_id: str, claim_token: str) -> dict[str, Any]:
+        """The plan a dispatch order's claim may run and the steps already done, or stale."""
         try:
             claim = UUID(claim_token)
         except ValueError:
             raise GateError(ErrorCode.VALIDATION_ERROR, "claimToken is not a UUID") from None
         async with self._pool.connection() as conn:
-            done = await store.claimed_checkpoints(conn, _parse_id(approval_id), claim)
-        return {"stale": done is None, "completed": done or []}
+            found = await store.claimed_plan(conn, _parse_id(approval_id), claim)
+        if found is None:
+            return {"stale": True, "steps": [], "completed": []}
+        return {"stale": False, "steps": found[0], "completed": found[1]}
 
     async def record_report(self, report: StepReport) -> store.ApprovalRow | None:
         """Checkpoint a step; on the plan's last report, CAS dispatching -> dispatched|dispatch_failed.
@@ -377,11 +410,11 @@ class ApprovalService:
                         "scope": "approval.dispatch.stale_report", "approvalId": report.approval_id})
                 return None
             failed = report.plan_status == "dispatch_failed"
+            to_status = next_status("dispatching", Transition.FAIL if failed else Transition.COMPLETE)
             event_type = "approval.dispatch.failed" if failed else "approval.dispatch.completed"
             event = store.EventRecord(event_type, None, None, "dispatching", None, None)
             results = [r.model_dump(by_alias=True, mode="json") for r in report.results]
-            row = await store.finish_dispatch(conn, approval_id, claim, report.plan_status, report.step.step_id,
-                                              report.step.status, step, results, now, event)
+            row = await store.finish_dispatch(conn, approval_id, claim, to_status, results, now, event)
         if row is None:
             log.info("stale final report ignored", extra={
                 "scope": "approval.dispatch.stale_report", "approvalId": report.approval_id})
@@ -403,7 +436,7 @@ class ApprovalService:
         event = store.EventRecord("approval.expired", None, None, None, None, None)
         while True:
             async with self._pool.connection() as conn:
-                rows = await store.expire_due(conn, self._now(), batch, event)
+                rows = await store.expire_due(conn, sources_of(Transition.EXPIRE), self._now(), batch, event)
             for row in rows:
                 self._metrics.expired.labels("pending" if row.decided_at is None else "approved").inc()
                 log.info("approval expired", extra={"scope": "approval.expired", "approvalId": str(row.id),

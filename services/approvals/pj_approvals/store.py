@@ -239,8 +239,8 @@ async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, dis
 
 async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, claim_token: UUID, now: datetime,
                              event: EventRecord) -> ApprovalRow | None:
-    """CAS `seen.approval_status` (approved, unexpired, or dispatch_failed) -> dispatching with a fresh
-    claim token, only if the plan is still exactly the one checked; None if the CAS lost."""
+    """CAS `seen.approval_status` (approved or dispatch_failed, within the dispatch window) -> dispatching
+    with a fresh claim token, only if the plan is still exactly the one checked; None if the CAS lost."""
     params = {"id": seen.id, "tenant_id": seen.tenant_id, "from_status": seen.approval_status,
               "plan": Jsonb(seen.plan), "plan_hash": seen.plan_hash, "claim": claim_token,
               **_event_params(event, now)}
@@ -249,8 +249,7 @@ async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, claim_token: UUID, n
             UPDATE approvals SET approval_status = 'dispatching', claim_token = %(claim)s,
                 dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL
             WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = %(from_status)s
-              AND plan_hash = %(plan_hash)s AND plan = %(plan)s
-              AND (approval_status <> 'approved' OR expires_at > %(now)s)
+              AND plan_hash = %(plan_hash)s AND plan = %(plan)s AND expires_at > %(now)s
             RETURNING {_COLUMNS}),
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")})
         SELECT * FROM changed"""
@@ -266,18 +265,18 @@ async def completed_steps(conn: Conn, approval_id: UUID) -> list[dict[str, Any]]
     return [row[0] for row in await cur.fetchall()]
 
 
-async def claimed_checkpoints(conn: Conn, approval_id: UUID, claim_token: UUID) -> list[dict[str, Any]] | None:
-    """Outcomes of the succeeded steps while `claim_token` still holds the dispatch; None if it does not
-    (the dispatch finished or was claimed again: the order that asks is stale)."""
+async def claimed_plan(conn: Conn, approval_id: UUID, claim_token: UUID
+                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """The approved plan and the outcomes of its succeeded steps while `claim_token` holds the dispatch;
+    None if it does not (the dispatch finished or was claimed again: the order that asks is stale)."""
     cur = await conn.execute(
-        """SELECT a.id, s.outcome FROM approvals a
-           LEFT JOIN approval_steps s ON s.approval_id = a.id AND s.status = 'succeeded'
+        """SELECT a.plan, coalesce((SELECT json_agg(s.outcome) FROM approval_steps s
+                                    WHERE s.approval_id = a.id AND s.status = 'succeeded'), '[]'::json)
+           FROM approvals a
            WHERE a.id = %s AND a.claim_token = %s AND a.approval_status = 'dispatching'""",
         (approval_id, claim_token))
-    rows = await cur.fetchall()
-    if not rows:
-        return None
-    return [outcome for _, outcome in rows if outcome is not None]
+    row = await cur.fetchone()
+    return (row[0], row[1]) if row else None
 
 
 async def record_step(conn: Conn, approval_id: UUID, claim_token: UUID, step_id: str, status: str,
@@ -295,13 +294,11 @@ async def record_step(conn: Conn, approval_id: UUID, claim_token: UUID, step_id:
     return await cur.fetchone() is not None
 
 
-async def finish_dispatch(conn: Conn, approval_id: UUID, claim_token: UUID, to_status: str, step_id: str,
-                          step_status: str, outcome: dict[str, Any], results: list[dict[str, Any]],
-                          now: datetime, event: EventRecord) -> ApprovalRow | None:
-    """CAS dispatching -> dispatched|dispatch_failed for this claim, with the last step's checkpoint,
-    the whole result and the event; None if the claim is stale or the approval already finished."""
-    params = {"id": approval_id, "claim": claim_token, "to_status": to_status, "step_id": step_id,
-              "step_status": step_status, "outcome": Jsonb(outcome), "results": Jsonb(results),
+async def finish_dispatch(conn: Conn, approval_id: UUID, claim_token: UUID, to_status: str,
+                          results: list[dict[str, Any]], now: datetime, event: EventRecord) -> ApprovalRow | None:
+    """CAS dispatching -> dispatched|dispatch_failed for this claim, with a checkpoint of every finished
+    step, the whole result and the event; None if the claim is stale or the approval already finished."""
+    params = {"id": approval_id, "claim": claim_token, "to_status": to_status, "results": Jsonb(results),
               **_event_params(event, now)}
     query = f"""
         WITH changed AS (
@@ -309,9 +306,12 @@ async def finish_dispatch(conn: Conn, approval_id: UUID, claim_token: UUID, to_s
                 finished_at = %(now)s, updated_at = %(now)s
             WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = 'dispatching'
             RETURNING {_COLUMNS}),
+        -- Every step this run finished is checkpointed here too, in case its own report was lost.
         step AS (
             INSERT INTO approval_steps (approval_id, step_id, claim_token, status, outcome, recorded_at)
-            SELECT id, %(step_id)s, %(claim)s, %(step_status)s, %(outcome)s, %(now)s FROM changed
+            SELECT c.id, r.value->>'stepId', %(claim)s, r.value->>'status', r.value, %(now)s
+            FROM changed c, jsonb_array_elements(%(results)s) r
+            WHERE r.value->>'status' IN ('succeeded', 'failed')
             ON CONFLICT (approval_id, step_id) DO UPDATE SET claim_token = EXCLUDED.claim_token,
                 status = EXCLUDED.status, outcome = EXCLUDED.outcome, recorded_at = EXCLUDED.recorded_at),
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="'dispatching'")})
@@ -321,14 +321,15 @@ async def finish_dispatch(conn: Conn, approval_id: UUID, claim_token: UUID, to_s
         return await cur.fetchone()
 
 
-async def expire_due(conn: Conn, now: datetime, batch: int, event: EventRecord) -> list[ApprovalRow]:
-    """CAS pending|approved -> expired for rows past `expires_at`, with events; SKIP LOCKED keeps
+async def expire_due(conn: Conn, from_statuses: tuple[str, ...], now: datetime, batch: int,
+                     event: EventRecord) -> list[ApprovalRow]:
+    """CAS `from_statuses` -> expired for rows past `expires_at`, with events; SKIP LOCKED keeps
     several approvals processes from fighting over the same rows."""
-    params = {"batch": batch, **_event_params(event, now)}
+    params = {"batch": batch, "from_statuses": list(from_statuses), **_event_params(event, now)}
     query = f"""
         WITH due AS (
             SELECT id, approval_status FROM approvals
-            WHERE approval_status IN ('pending', 'approved') AND expires_at <= %(now)s
+            WHERE approval_status = ANY(%(from_statuses)s) AND expires_at <= %(now)s
             ORDER BY expires_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED),
         changed AS (
             UPDATE approvals a SET approval_status = 'expired', updated_at = %(now)s

@@ -6,7 +6,7 @@ import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from pj_common.errors import GateError
-from pj_common.messages import CommandEnvelope, DispatchOrder, GetCheckpoints, Reply, StepReport, StepResult
+from pj_common.messages import CommandEnvelope, DispatchOrder, GetDispatchPlan, PlanStep, Reply, StepReport, StepResult
 from pj_common.runtime import wait_for_shutdown
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Retryable, RpcClient, Supervisor, consume, json_message, publish_confirmed
@@ -32,7 +32,7 @@ class DispatcherApp:
         )
         self.rpc = RpcClient(self.topology.commands)
         self.worker = Worker(settings, build_connectors(settings, self.http), self._publish_report,
-                             self._fetch_checkpoints)
+                             self._fetch_plan)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="dispatcher", on_lost=self._lost)
         self._confirm: AbstractChannel | None = None
 
@@ -48,20 +48,21 @@ class DispatcherApp:
         self._confirm = None
         self.rpc.detach()
 
-    async def _fetch_checkpoints(self, order: DispatchOrder) -> list[StepResult] | None:
-        command = GetCheckpoints(approval_id=order.approval_id, claim_token=order.claim_token)
+    async def _fetch_plan(self, order: DispatchOrder) -> tuple[list[PlanStep], list[StepResult]] | None:
+        command = GetDispatchPlan(approval_id=order.approval_id, claim_token=order.claim_token)
         envelope = CommandEnvelope(command=command)
         try:
             body = await self.rpc.call(envelope.to_json(), correlation_id=envelope.message_id,
-                                       timeout=self.settings.checkpoint_timeout_s)
+                                       timeout=self.settings.plan_fetch_timeout_s)
         except GateError as exc:  # approvals unreachable: try the order again later, never blind
-            raise Retryable(f"step checkpoints unavailable: {exc.message}") from exc
+            raise Retryable(f"dispatch plan unavailable: {exc.message}") from exc
         reply = Reply.model_validate_json(body)
         if not reply.ok:
-            raise Retryable(f"step checkpoints refused: {reply.error}")
+            raise Retryable(f"dispatch plan refused: {reply.error}")
         if reply.data["stale"]:
             return None
-        return [StepResult.model_validate(c) for c in reply.data["completed"]]
+        return ([PlanStep.model_validate(s) for s in reply.data["steps"]],
+                [StepResult.model_validate(c) for c in reply.data["completed"]])
 
     async def _publish_report(self, report: StepReport) -> None:
         channel = self._confirm

@@ -11,8 +11,8 @@ class DispatcherSettings(CommonSettings):
     max_attempts: int = Field(default=4, ge=1, validation_alias=AliasChoices("PJ_CONNECTOR_MAX_ATTEMPTS"))
     retry_base_s: float = Field(default=0.5, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_BASE_S"))
     retry_max_s: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_MAX_S"))
-    # How long a redelivered order waits for its step checkpoints before it is retried later.
-    checkpoint_timeout_s: float = 5.0
+    # How long an order waits for approvals to confirm its plan before it is retried later.
+    plan_fetch_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
 

@@ -13,16 +13,16 @@ from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from pj_common.messages import DispatchOrder, ErrorBody, PlanStatus, StepReport, StepResult
+from pj_common.messages import DispatchOrder, ErrorBody, PlanStatus, PlanStep, StepReport, StepResult
 
-from .connectors.base import Connector, ConnectorError, StepContext
+from .connectors.base import Connector, ConnectorError, StepContext, redact
 from .settings import DispatcherSettings
 
 log = logging.getLogger("pj.dispatcher")
 
 PublishReport = Callable[[StepReport], Awaitable[None]]
-# Steps of a redelivered order already done under its claim; None when the order is stale.
-FetchCheckpoints = Callable[[DispatchOrder], Awaitable[list[StepResult] | None]]
+# The approved steps and those already done under the order's claim; None when the order is stale.
+FetchPlan = Callable[[DispatchOrder], Awaitable[tuple[list[PlanStep], list[StepResult]] | None]]
 
 
 def backoff_s(attempt: int, base: float, cap: float, hint: float | None) -> float:
@@ -34,28 +34,32 @@ def backoff_s(attempt: int, base: float, cap: float, hint: float | None) -> floa
 
 class Worker:
     def __init__(self, settings: DispatcherSettings, connectors: dict[str, Connector],
-                 publish_report: PublishReport, fetch_checkpoints: FetchCheckpoints) -> None:
+                 publish_report: PublishReport, fetch_plan: FetchPlan) -> None:
         self._settings = settings
         self._connectors = connectors
         self._publish_report = publish_report
-        self._fetch_checkpoints = fetch_checkpoints
+        self._fetch_plan = fetch_plan
+        self._secrets = settings.secret_values()
 
     async def on_order(self, message: AbstractIncomingMessage) -> None:
+        """Confirm the order's claim with approvals, then run the plan approvals returns.
+
+        Nothing runs on the message's word alone: a forged, stale or superseded order is dropped,
+        and a redelivered one (its worker died mid-plan) resumes after the steps already done.
+        """
         order = DispatchOrder.model_validate_json(message.body)
-        if message.redelivered:
-            # Another worker may have died mid-plan: resume after the steps it finished, and drop
-            # the order altogether if its dispatch is over or was claimed again.
-            done = await self._fetch_checkpoints(order)
-            if done is None:
-                log.info("stale dispatch order dropped", extra={
-                    "scope": "dispatcher.stale_order", "approvalId": order.approval_id})
-                return
-            known = {c.step_id for c in order.completed}
-            order = order.model_copy(update={"completed": [*order.completed,
-                                                           *(d for d in done if d.step_id not in known)]})
-            log.info("redelivered order resumes", extra={
+        confirmed = await self._fetch_plan(order)
+        if confirmed is None:
+            log.warning("stale dispatch order dropped", extra={
+                "scope": "dispatcher.stale_order", "approvalId": order.approval_id,
+                "redelivered": message.redelivered})
+            return
+        steps, done = confirmed
+        order = order.model_copy(update={"steps": steps, "completed": done})
+        if done:
+            log.info("order resumes after finished steps", extra={
                 "scope": "dispatcher.resumed", "approvalId": order.approval_id,
-                "done": [c.step_id for c in order.completed]})
+                "done": [c.step_id for c in done]})
         await self.run_order(order)
 
     async def run_order(self, order: DispatchOrder) -> None:
@@ -100,10 +104,12 @@ class Worker:
                     code: str | None = None, message: str | None = None, http_status: int | None = None
                     ) -> StepResult:
             err = None
+            # Connectors redact their own secrets; this catches any that slips through (a crash message).
             if error is not None:
-                err, http_status = ErrorBody(code=error.code, message=error.message), error.http_status
+                err = ErrorBody(code=error.code, message=redact(error.message, *self._secrets))
+                http_status = error.http_status
             elif code is not None:
-                err = ErrorBody(code=code, message=message or code)
+                err = ErrorBody(code=code, message=redact(message or code, *self._secrets))
             return StepResult(step_id=step.step_id, connector=step.connector, operation=step.operation,
                               status=status,  # type: ignore[arg-type]
                               attempts=attempts, started_at=started_at, finished_at=datetime.now(UTC),

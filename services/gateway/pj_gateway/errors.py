@@ -1,5 +1,6 @@
 """The one place where error codes become HTTP statuses and the error envelope is written."""
 
+import logging
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ STATUS_BY_CODE: dict[str, int] = {
     ErrorCode.VALIDATION_ERROR: 422,
     ErrorCode.UNKNOWN_ACTION: 422,
     ErrorCode.INVALID_PAYLOAD: 422,
+    ErrorCode.TENANT_NOT_CONFIGURED: 422,
     ErrorCode.INVALID_STATE: 409,
     ErrorCode.PLAN_CHANGED: 409,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,
@@ -32,6 +34,8 @@ STATUS_BY_CODE: dict[str, int] = {
 _CODE_BY_HTTP_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
 
 CORRELATION_HEADER = "X-Correlation-Id"
+
+log = logging.getLogger("pj.gateway")
 
 
 def correlation_id(request: Request) -> str:
@@ -78,6 +82,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return failure(request, ErrorCode.VALIDATION_ERROR, _describe(exc))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Still the envelope and the correlation id, so the client can report it; details go to the log.
+        log.exception("unexpected error", extra={"scope": "gateway.unexpected_error",
+                                                 "correlationId": correlation_id(request)})
+        return failure(request, ErrorCode.INTERNAL_ERROR, "internal error")
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -50,6 +50,13 @@ class GatewayState:
         self.inspect = channel
         await self.rpc.attach(connection)
 
+    async def inspect_channel(self) -> AbstractChannel | None:
+        """The health-check channel, reopened if the broker closed it (a failed passive declare does)."""
+        connection = self.supervisor.connection
+        if self.inspect is not None and self.inspect.is_closed and connection is not None:
+            self.inspect = await connection.channel()
+        return self.inspect
+
     def _lost(self) -> None:
         self.inspect = None
         self.rpc.detach()

@@ -253,3 +253,95 @@ async def test_dispatch_refuses_a_plan_changed_since_approval(make_service: Any,
     assert (await svc.get_approval(admin, aid))["approval_status"] == "approved"
     async with pool.connection() as conn:
         assert await store.completed_steps(conn, uuid.UUID(aid)) == []
+
+
+async def test_final_report_checkpoints_every_finished_step(make_service: Any, outbox: Any, pool: Any) -> None:
+    """Even when a step's own running report was lost, the final report's results checkpoint it."""
+    svc: ApprovalService = make_service()
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), ExecuteRequest(
+        action_id="environment.create", payload={"name": "env-c"}), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    order = outbox.orders[-1]
+    done = [StepResult(step_id=s.step_id, connector=s.connector, operation=s.operation, status="succeeded",
+                       attempts=1) for s in order.steps[:2]]
+    failed = StepResult(step_id=order.steps[2].step_id, connector="github", operation="open_pull_request",
+                        status="failed", attempts=1)
+    await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=order.claim_token, step=failed,
+                                       plan_status="dispatch_failed", results=[*done, failed]))
+    async with pool.connection() as conn:
+        checkpointed = await store.completed_steps(conn, uuid.UUID(aid))
+    assert sorted(c["stepId"] for c in checkpointed) == sorted(d.step_id for d in done)
+
+
+async def test_order_that_cannot_be_published_ends_dispatch_failed(make_service: Any, pool: Any) -> None:
+    svc: ApprovalService = make_service()
+
+    async def broker_down(order: Any) -> None:
+        raise ConnectionError("broker gone")
+
+    svc._publish_order = broker_down  # the broker refusing the order is what this test is about
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    with pytest.raises(ConnectionError):
+        await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    view = await svc.get_approval(admin, aid)
+    assert view["approval_status"] == "dispatch_failed"
+    assert view["dispatch_result"][0]["status"] == "not_run"
+    assert view["dispatch_result"][0]["error"]["code"] == "order_not_published"
+    assert view["audit"][-1]["event"] == "approval.dispatch.failed"
+
+
+async def test_redelivered_execute_without_request_id_finds_its_approval(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    op = who(Role.OPERATOR, tenant())
+    first = await svc.execute(op, webhook_request(), "c", None, "message-1")
+    again = await svc.execute(op, webhook_request(), "c", None, "message-1")
+    other = await svc.execute(op, webhook_request(), "c", None, "message-2")
+    assert first["approvalId"] == again["approvalId"] and again["created"] is False
+    assert other["approvalId"] != first["approvalId"]
+
+
+async def test_request_id_of_another_requester_conflicts(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    await svc.execute(who(Role.OPERATOR, t, "bob"), webhook_request("shared-id"), "c")
+    with pytest.raises(GateError) as err:
+        await svc.execute(who(Role.OPERATOR, t, "carol"), webhook_request("shared-id"), "c")
+    assert err.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+async def test_failed_dispatch_cannot_be_retried_after_its_window(make_service: Any, outbox: Any,
+                                                                  clock: Any) -> None:
+    svc: ApprovalService = make_service(dispatch_window_s=60)
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="failed", attempts=4)
+    await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=outbox.orders[-1].claim_token,
+                                       step=step, plan_status="dispatch_failed", results=[step]))
+    clock.now += timedelta(seconds=61)
+    assert await outcome(svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)) \
+        == ErrorCode.INVALID_STATE
+    assert (await svc.get_approval(admin, aid))["approval_status"] == "dispatch_failed"
+
+
+async def test_dispatch_plan_is_given_only_for_the_current_claim(make_service: Any, outbox: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    claim = outbox.orders[-1].claim_token
+    plan = await svc.dispatch_plan(aid, claim)
+    assert plan["stale"] is False and [s["stepId"] for s in plan["steps"]] == ["post-webhook"]
+    assert plan["completed"] == []
+    forged = await svc.dispatch_plan(aid, str(uuid.uuid4()))
+    assert forged == {"stale": True, "steps": [], "completed": []}

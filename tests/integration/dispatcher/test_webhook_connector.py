@@ -114,7 +114,8 @@ async def test_private_targets_are_refused_unless_allowed(sink: SinkState) -> No
         with pytest.raises(ConnectorError) as err:
             await connector(client, sink.url, allow_private=False).run(context())
     assert err.value.code == "target_not_allowed" and sink.attempts == 0
-    for url in ("http://10.1.2.3/x", "http://169.254.169.254/latest", "http://[::1]:8080/", "http://0.0.0.0/"):
+    for url in ("http://10.1.2.3/x", "http://169.254.169.254/latest", "http://[::1]:8080/", "http://0.0.0.0/",
+                "http://100.64.0.1/cgnat"):
         with pytest.raises(ConnectorError):
             await refuse_private_target(url)
 
@@ -123,3 +124,28 @@ async def test_missing_settings_are_named() -> None:
     async with httpx.AsyncClient() as client:
         assert WebhookConnector(client, None, None, False).missing_settings() == ["PJ_WEBHOOK_URL",
                                                                                   "PJ_WEBHOOK_SECRET"]
+
+
+async def test_a_crashing_connector_never_leaks_a_secret_into_the_result() -> None:
+    class Leaky:
+        name = "webhook"
+
+        def missing_settings(self) -> list[str]:
+            return []
+
+        async def run(self, ctx: StepContext) -> Any:
+            raise RuntimeError(f"boom with {SECRET} inside")
+
+    settings = DispatcherSettings(env="dev", webhook_secret=SECRET)
+    reports: list[StepReport] = []
+
+    async def publish(report: StepReport) -> None:
+        reports.append(report)
+
+    order = DispatchOrder(approval_id="a-3", tenant_id="acme", action_id="notify.webhook", claim_token="c",
+                          steps=[context("x").step])
+    await Worker(settings, {"webhook": Leaky()}, publish, no_redelivery).run_order(order)
+    (final,) = reports
+    assert final.plan_status == "dispatch_failed" and final.step.error is not None
+    assert final.step.error.code == "connector_error"
+    assert SECRET not in final.step.error.message and "***" in final.step.error.message

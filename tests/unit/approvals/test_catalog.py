@@ -633,7 +633,7 @@ TENANT_ACTION = {
     "url": "https://{{ tenant.sharepoint.site }}/sites/envs",
     "channel": "{{ tenant.slack.channel }}",
     "text": "{{ tenant.id }}: {{ payload.name }} on {{ tenant.github.base }}",
-    "missing": "{{ tenant.nothing.here }}",
+    "optional": "{{ payload.absent }}",
 }
 
 
@@ -647,11 +647,13 @@ def test_build_plan_reads_tenant_settings() -> None:
         "url": "https://acme.example/sites/envs",
         "channel": "#ops",
         "text": "acme: dev on main",
-        "missing": None,
+        "optional": None,  # an absent payload field is null: the payload schema says what is required
     }
-    other = _render(TENANT_ACTION, {"name": "dev"}, tenant=catalog.tenant_settings("other"))
-    assert other == {"repo": "org/envs", "github": {"repo": "org/envs", "base": "main"},
-                     "url": "https:///sites/envs", "channel": "#ops", "text": "other: dev on main", "missing": None}
+    # A connector target the tenant does not have is a configuration error, never an empty value.
+    with pytest.raises(GateError) as err:
+        _render(TENANT_ACTION, {"name": "dev"}, tenant=catalog.tenant_settings("other"))
+    assert err.value.code == ErrorCode.TENANT_NOT_CONFIGURED
+    assert "'other' has no sharepoint.site" in err.value.message
 
 
 def test_build_plan_tenant_settings_change_the_plan_hash() -> None:
@@ -849,7 +851,7 @@ actions:
     plan:
       - stepId: delete
         connector: github
-        operation: delete_branch
+        operation: dispatch_workflow
         params: {repo: "{{ tenant.github.repo }}", branch: "env/{{ payload.name }}"}
   env.restart:
     tier: launch
@@ -985,3 +987,13 @@ def test_load_catalog_line_of_a_missing_field_is_where_its_parent_is(tmp_path: P
 def test_load_catalog_error_without_a_node_has_no_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "")
     _assert_catalog_error(path, f"{path}:?: (top level): ")
+
+
+@pytest.mark.parametrize("connector, operation", [("githb", "create_branch"), ("github", "delete_branch")])
+def test_unknown_connector_operations_are_refused_at_load(tmp_path: Path, connector: str, operation: str) -> None:
+    text = FULL.replace("connector: github\n        operation: dispatch_workflow",
+                        f"connector: {connector}\n        operation: {operation}")
+    assert text != FULL
+    with pytest.raises(CatalogError) as err:
+        load_catalog(_write(tmp_path, text))
+    assert f"no connector operation {connector}.{operation}" in str(err.value)

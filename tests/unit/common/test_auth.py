@@ -178,7 +178,7 @@ def test_other_hmac_algorithm_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("role", "whole"),
-    [(Role.ADMIN, True), (Role.VIEWER, True), (Role.APPROVER, False), (Role.OPERATOR, False)],
+    [(Role.ADMIN, True), (Role.VIEWER, True), (Role.APPROVER, True), (Role.OPERATOR, False)],
 )
 def test_sees_whole_tenant(role: Role, whole: bool) -> None:
     assert Principal(subject="x", tenant="t", role=role).sees_whole_tenant is whole

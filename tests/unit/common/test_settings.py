@@ -120,3 +120,18 @@ def test_unreadable_secret_file_stops_with_its_name(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValidationError) as err:
         CommonSettings()
     assert "PJ_JWT_SECRET_FILE" in str(err.value)
+
+
+def test_configuration_errors_never_print_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pj_common.settings import describe_settings_error
+
+    monkeypatch.setenv("PJ_ENV", "prod")
+    monkeypatch.setenv("PJ_JWT_SECRET", "short-but-secret")
+    monkeypatch.setenv("GITHUB_DISPATCH_TOKEN", "ghp_SUPERSECRET")
+    from pj_dispatcher.settings import DispatcherSettings
+
+    with pytest.raises(ValidationError) as err:
+        DispatcherSettings()
+    text = describe_settings_error(err.value)
+    assert "at least 32" in text
+    assert "short-but-secret" not in text and "ghp_SUPERSECRET" not in text

@@ -22,6 +22,10 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+# RFC 6598 carrier-grade NAT space: not "private" to the ipaddress module, but never a public target.
+_SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
+
+
 async def refuse_private_target(url: str) -> None:
     """SSRF guard: refuse hosts that resolve to private, loopback, link-local or reserved addresses."""
     host = urlsplit(url).hostname
@@ -35,7 +39,7 @@ async def refuse_private_target(url: str) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
-                or address.is_multicast or address.is_unspecified):
+                or address.is_multicast or address.is_unspecified or address in _SHARED_ADDRESS_SPACE):
             raise permanent("target_not_allowed",
                             f"webhook host {host!r} resolves to non-public address {address}; "
                             "set PJ_WEBHOOK_ALLOW_PRIVATE=1 to allow it")

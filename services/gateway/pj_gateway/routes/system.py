@@ -28,7 +28,7 @@ async def _check_approvals(state: State) -> dict[str, Any]:
 
 
 async def _check_dispatchers(state: State) -> dict[str, Any]:
-    channel = state.inspect
+    channel = await state.inspect_channel()
     if channel is None:
         return {"status": "error", "detail": "broker unavailable"}
     try:

@@ -179,19 +179,25 @@ def load_catalog(path: Path) -> Catalog:
         catalog = Catalog.model_validate(raw)
     except ValidationError as exc:
         raise CatalogError(_describe(path, text, exc)) from exc
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+
+    def refuse(loc: tuple[Any, ...], reason: str) -> CatalogError:
+        return CatalogError(f"{path}:{_line_of(root, loc) or '?'}: {'.'.join(map(str, loc))}: {reason}")
+
     for action_id, action in catalog.actions.items():
+        where = ("actions", action_id)
         try:
             jsonschema.Draft202012Validator.check_schema(action.payload_schema)
         except jsonschema.SchemaError as exc:
-            raise CatalogError(f"{path}: action {action_id}: invalid payload_schema: {exc.message}") from exc
+            raise refuse((*where, "payload_schema"), f"invalid JSON Schema: {exc.message}") from exc
         ids = [step.step_id for step in action.plan]
         if len(ids) != len(set(ids)):
-            raise CatalogError(f"{path}: action {action_id}: step ids must be unique")
-        for step in action.plan:
+            raise refuse((*where, "plan"), "step ids must be unique")
+        for index, step in enumerate(action.plan):
             operations = CONNECTOR_OPERATIONS.get(step.connector)
             if operations is None or step.operation not in operations:
-                raise CatalogError(f"{path}: action {action_id}: step {step.step_id}: no connector operation "
-                                   f"{step.connector}.{step.operation} (known: {_known_operations()})")
+                raise refuse((*where, "plan", index), f"no connector operation {step.connector}.{step.operation} "
+                              f"(known: {_known_operations()})")
     return catalog
 
 

@@ -1,5 +1,7 @@
 """Dispatcher settings: `PJ_*`, plus the connector credentials under their conventional names."""
 
+from typing import Annotated
+
 from pydantic import AliasChoices, Field, SecretStr
 
 from pj_common.settings import CommonSettings
@@ -9,6 +11,9 @@ class DispatcherSettings(CommonSettings):
     # Steps run at once by this process; also its prefetch on the dispatch queue.
     concurrency: int = Field(default=16, ge=1, validation_alias=AliasChoices("PJ_DISPATCHER_CONCURRENCY"))
     max_attempts: int = Field(default=4, ge=1, validation_alias=AliasChoices("PJ_CONNECTOR_MAX_ATTEMPTS"))
+    # Per-connector limits over max_attempts, as JSON: PJ_CONNECTOR_ATTEMPTS='{"github": 6, "slack": 3}'.
+    connector_attempts: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, validation_alias=AliasChoices("PJ_CONNECTOR_ATTEMPTS"))
     retry_base_s: float = Field(default=0.5, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_BASE_S"))
     retry_max_s: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_MAX_S"))
     # How long an order waits for approvals to confirm its plan before it is retried later.

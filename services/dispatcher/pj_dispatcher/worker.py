@@ -126,13 +126,14 @@ class Worker:
         if missing:
             return outcome("failed", 0, code="connector_not_configured",
                            message=f"connector {step.connector!r} is not configured: set {', '.join(missing)}")
+        limit = self._settings.connector_attempts.get(step.connector, self._settings.max_attempts)
         attempt = 0
         while True:
             attempt += 1
             try:
                 output = await connector.run(ctx)
             except ConnectorError as exc:
-                if not exc.retryable or attempt >= self._settings.max_attempts:
+                if not exc.retryable or attempt >= limit:
                     log.warning("step failed: %s", exc.message, extra={
                         "scope": "dispatcher.step_failed", "approvalId": order.approval_id,
                         "stepId": step.step_id, "code": exc.code, "attempts": attempt})

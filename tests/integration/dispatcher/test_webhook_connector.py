@@ -149,3 +149,20 @@ async def test_a_crashing_connector_never_leaks_a_secret_into_the_result() -> No
     assert final.plan_status == "dispatch_failed" and final.step.error is not None
     assert final.step.error.code == "connector_error"
     assert SECRET not in final.step.error.message and "***" in final.step.error.message
+
+
+async def test_per_connector_attempt_limit(sink: SinkState, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PJ_CONNECTOR_ATTEMPTS", '{"webhook": 2}')
+    settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0.01)
+    sink.fail_next, sink.retry_after = [503, 503, 503], "0"
+    reports: list[StepReport] = []
+
+    async def publish(report: StepReport) -> None:
+        reports.append(report)
+
+    order = DispatchOrder(approval_id="a-4", tenant_id="acme", action_id="notify.webhook", claim_token="c",
+                          steps=[context("r").step])
+    async with httpx.AsyncClient() as client:
+        await Worker(settings, {"webhook": connector(client, sink.url)}, publish, no_redelivery).run_order(order)
+    (final,) = reports
+    assert final.plan_status == "dispatch_failed" and final.step.attempts == 2 and sink.attempts == 2

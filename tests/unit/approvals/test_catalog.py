@@ -805,8 +805,9 @@ def test_load_catalog_duplicate_step_ids(tmp_path: Path) -> None:
     ["{type: nonsense}", "{type: object, required: notalist}", "{type: object, minProperties: -1}"],
 )
 def test_load_catalog_invalid_payload_schema(tmp_path: Path, schema: str) -> None:
-    _assert_catalog_error(_write(tmp_path, GOOD + f"    payload_schema: {schema}\n"),
-                          "action a.b: invalid payload_schema")
+    path = _write(tmp_path, GOOD + f"    payload_schema: {schema}\n")
+    line = len(GOOD.splitlines()) + 1  # the payload_schema line just appended
+    _assert_catalog_error(path, f"{path}:{line}: actions.a.b.payload_schema: invalid JSON Schema")
 
 
 def test_inline_placeholder_renders_non_strings_as_json() -> None:

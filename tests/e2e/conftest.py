@@ -104,6 +104,7 @@ async def system(database_url: str, amqp_url: str, sink: SinkState,
     catalog = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     write_catalog(catalog, EXTRA_ACTIONS)
     env["PJ_CATALOG"] = str(catalog)
+    env["PJ_APPROVALS_METRICS_PORT"] = str(free_port())
     sys_ = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path_factory.mktemp("e2e-logs"))
     try:
         sys_.start("approvals", "pj_approvals")

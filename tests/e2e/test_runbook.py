@@ -284,3 +284,13 @@ async def test_metrics_token_is_required_when_set(system: System) -> None:
             assert ok.status_code == 200 and "approvals_created_total" in ok.text
     finally:
         other.stop_all()
+
+
+async def test_approvals_serves_its_own_metrics_for_direct_scrapes(client: httpx.AsyncClient,
+                                                                   system: System) -> None:
+    """Each approvals process can be scraped alone, so several instances add up correctly."""
+    port = system.env["PJ_APPROVALS_METRICS_PORT"]
+    async with httpx.AsyncClient(timeout=10) as direct:
+        text = (await direct.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert "approvals_created_total" in text and "approval_pending_gauge" in text
+    assert "pj_gateway_requests_total" not in text  # this process's metrics only

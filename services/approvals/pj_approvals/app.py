@@ -6,8 +6,10 @@ import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.auth import TokenVerifier
@@ -58,6 +60,8 @@ class ApprovalsApp:
         self.handlers = Handlers(self.service, verifier)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
         self._sweeper: asyncio.Task[None] | None = None
+        self._gauge: asyncio.Task[None] | None = None
+        self._metrics_server: WSGIServer | None = None
 
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
@@ -115,6 +119,15 @@ class ApprovalsApp:
         self.service.reload_catalog(catalog)
         log.info("catalog reloaded", extra={"scope": "catalog.reloaded", "actions": len(catalog.actions)})
 
+    async def _refresh_pending_forever(self) -> None:
+        """Keep approval_pending_gauge current for direct scrapes (the RPC path refreshes it on demand)."""
+        while True:
+            try:
+                await self.service.refresh_pending_gauge()
+            except Exception:
+                log.warning("pending gauge refresh failed", exc_info=True, extra={"scope": "metrics.refresh_failed"})
+            await asyncio.sleep(self.settings.pending_gauge_interval_s)
+
     async def start(self) -> None:
         if self.settings.create_database:
             await store.ensure_database(self.settings.database_url)
@@ -124,10 +137,18 @@ class ApprovalsApp:
         await self.pool.open(wait=True, timeout=30)
         self.supervisor.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="expiry-sweeper")
+        if self.settings.approvals_metrics_port:
+            self._metrics_server, _ = start_http_server(self.settings.approvals_metrics_port,
+                                                        self.settings.approvals_metrics_host,
+                                                        registry=self.metrics.registry)
+            self._gauge = asyncio.create_task(self._refresh_pending_forever(), name="pending-gauge")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._gauge):
+            if task is not None:
+                task.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         await self.supervisor.stop()
         await self.pool.close()
 

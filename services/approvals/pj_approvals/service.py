@@ -454,9 +454,13 @@ class ApprovalService:
             return {"database": {"status": "error", "detail": type(exc).__name__}}
         return {"database": {"status": "ok"}}
 
-    async def metrics_text(self) -> str:
+    async def refresh_pending_gauge(self) -> None:
+        """Set approval_pending_gauge from the database (all tenants, unexpired)."""
         async with self._pool.connection() as conn:
             self._metrics.pending.set(await store.count_pending(conn, None, None, self._now()))
+
+    async def metrics_text(self) -> str:
+        await self.refresh_pending_gauge()
         return self._metrics.render().decode()
 
     async def _emit(self, row: store.ApprovalRow, event_type: Any, actor: str | None, from_status: Any,

@@ -18,3 +18,8 @@ class ApprovalsSettings(CommonSettings):
     db_pool_min: int = 2
     db_pool_max: int = 16
     create_database: bool = False
+    # Serve this process's own /metrics on this port (0: off). With several approvals processes,
+    # scrape each one here: the gateway's /metrics shows whichever instance answers its RPC.
+    approvals_metrics_port: int = 0
+    approvals_metrics_host: str = "127.0.0.1"
+    pending_gauge_interval_s: float = 15.0

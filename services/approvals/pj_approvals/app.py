@@ -104,6 +104,9 @@ class ApprovalsApp:
                 expired = await self.service.expire_due()
                 if expired:
                     log.info("expired %d approvals", expired, extra={"scope": "sweeper.expired"})
+                failed = await self.service.fail_expired_leases()
+                if failed:
+                    log.warning("failed %d dispatches past their lease", failed, extra={"scope": "sweeper.leases"})
             except Exception:
                 log.exception("expiry sweep failed", extra={"scope": "sweeper.failed"})
             await asyncio.sleep(self.settings.sweep_interval_s)

@@ -306,7 +306,8 @@ class ApprovalService:
         claim = uuid.uuid4()
         event = store.EventRecord("approval.dispatch.started", principal.subject, principal.role,
                                   seen.approval_status, None, correlation_id)
-        row = await store.claim_for_dispatch(conn, seen, claim, now, event)
+        lease = now + timedelta(seconds=self._settings.dispatch_lease_s)
+        row = await store.claim_for_dispatch(conn, seen, claim, now, lease, event)
         if row is None:
             self._conflict(str(seen.id), correlation_id)
         self._metrics.consume_success.inc()
@@ -404,7 +405,8 @@ class ApprovalService:
         async with self._pool.connection() as conn:
             if report.plan_status == "running":
                 recorded = await store.record_step(conn, approval_id, claim, report.step.step_id,
-                                                   report.step.status, step, now)
+                                                   report.step.status, step, now,
+                                                   now + timedelta(seconds=self._settings.dispatch_lease_s))
                 if not recorded:
                     log.info("stale step report ignored", extra={
                         "scope": "approval.dispatch.stale_report", "approvalId": report.approval_id})
@@ -445,6 +447,21 @@ class ApprovalService:
             total += len(rows)
             if len(rows) < batch:
                 return total
+
+    async def fail_expired_leases(self, batch: int = 500) -> int:
+        """Fail dispatches whose lease ran out (order lost, dispatchers gone): an admin may dispatch
+        again and the steps already done are skipped; a late order or report for the old claim is stale."""
+        to_status = next_status("dispatching", Transition.FAIL)
+        message = f"no progress within the dispatch lease ({self._settings.dispatch_lease_s:g}s); dispatch again"
+        event = store.EventRecord("approval.dispatch.failed", None, None, "dispatching", message, None)
+        async with self._pool.connection() as conn:
+            rows = await store.fail_expired_leases(conn, to_status, self._now(), batch, message, event)
+        for row in rows:
+            self._metrics.dispatch_failure.labels(row.action_id).inc()
+            log.warning("dispatch lease expired", extra={"scope": "approval.dispatch.lease_expired",
+                                                         "approvalId": str(row.id), "requestId": row.request_id})
+            await self._emit(row, "approval.dispatch.failed", None, "dispatching", None, message)
+        return len(rows)
 
     async def health(self) -> dict[str, Any]:
         try:

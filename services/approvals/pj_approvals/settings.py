@@ -13,6 +13,8 @@ class ApprovalsSettings(CommonSettings):
     pending_ttl_s: float = 48 * 3600
     dispatch_window_s: float = 24 * 3600
     sweep_interval_s: float = 300
+    # A dispatch that reports no progress for this long is failed by the sweeper (then re-dispatchable).
+    dispatch_lease_s: float = 900
     # Commands handled at once by this process; the pool is sized to keep them all busy.
     command_prefetch: int = 64
     db_pool_min: int = 2

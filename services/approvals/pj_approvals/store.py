@@ -238,16 +238,16 @@ async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, dis
 
 
 async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, claim_token: UUID, now: datetime,
-                             event: EventRecord) -> ApprovalRow | None:
+                             lease_expires_at: datetime, event: EventRecord) -> ApprovalRow | None:
     """CAS `seen.approval_status` (approved or dispatch_failed, within the dispatch window) -> dispatching
     with a fresh claim token, only if the plan is still exactly the one checked; None if the CAS lost."""
     params = {"id": seen.id, "tenant_id": seen.tenant_id, "from_status": seen.approval_status,
               "plan": Jsonb(seen.plan), "plan_hash": seen.plan_hash, "claim": claim_token,
-              **_event_params(event, now)}
+              "lease": lease_expires_at, **_event_params(event, now)}
     query = f"""
         WITH changed AS (
             UPDATE approvals SET approval_status = 'dispatching', claim_token = %(claim)s,
-                dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL
+                dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s
             WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = %(from_status)s
               AND plan_hash = %(plan_hash)s AND plan = %(plan)s AND expires_at > %(now)s
             RETURNING {_COLUMNS}),
@@ -280,17 +280,20 @@ async def claimed_plan(conn: Conn, approval_id: UUID, claim_token: UUID
 
 
 async def record_step(conn: Conn, approval_id: UUID, claim_token: UUID, step_id: str, status: str,
-                      outcome: dict[str, Any], now: datetime) -> bool:
-    """Checkpoint one step's outcome; False if the claim is stale (another dispatch owns the approval)."""
+                      outcome: dict[str, Any], now: datetime, lease_expires_at: datetime) -> bool:
+    """Checkpoint one step's outcome and renew the claim's lease (the plan is making progress);
+    False if the claim is stale (the dispatch finished or another one owns the approval)."""
     cur = await conn.execute(
-        """INSERT INTO approval_steps (approval_id, step_id, claim_token, status, outcome, recorded_at)
-           SELECT id, %(step_id)s, %(claim)s, %(status)s, %(outcome)s, %(now)s FROM approvals
-           WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = 'dispatching'
+        """WITH held AS (
+               UPDATE approvals SET lease_expires_at = %(lease)s
+               WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = 'dispatching' RETURNING id)
+           INSERT INTO approval_steps (approval_id, step_id, claim_token, status, outcome, recorded_at)
+           SELECT id, %(step_id)s, %(claim)s, %(status)s, %(outcome)s, %(now)s FROM held
            ON CONFLICT (approval_id, step_id) DO UPDATE SET claim_token = EXCLUDED.claim_token,
                status = EXCLUDED.status, outcome = EXCLUDED.outcome, recorded_at = EXCLUDED.recorded_at
            RETURNING step_id""",
         {"id": approval_id, "claim": claim_token, "step_id": step_id, "status": status,
-         "outcome": Jsonb(outcome), "now": now})
+         "outcome": Jsonb(outcome), "now": now, "lease": lease_expires_at})
     return await cur.fetchone() is not None
 
 
@@ -336,6 +339,36 @@ async def expire_due(conn: Conn, from_statuses: tuple[str, ...], now: datetime, 
             FROM due WHERE a.id = due.id AND a.approval_status = due.approval_status
             RETURNING {", ".join("a." + c.strip() for c in _COLUMNS.split(","))}, due.approval_status AS prior_status),
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="c.prior_status")})
+        SELECT {_COLUMNS} FROM changed"""
+    async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
+        await cur.execute(query, params)  # type: ignore[arg-type]
+        return await cur.fetchall()
+
+
+async def fail_expired_leases(conn: Conn, to_status: str, now: datetime, batch: int, message: str,
+                              event: EventRecord) -> list[ApprovalRow]:
+    """CAS dispatching -> `to_status` (dispatch_failed) where the claim's lease ran out, with a result
+    listing each step: its checkpoint if it succeeded, else not_run with `lease_expired`."""
+    params = {"batch": batch, "to_status": to_status, "message": message, **_event_params(event, now)}
+    query = f"""
+        WITH due AS (
+            SELECT id FROM approvals
+            WHERE approval_status = 'dispatching' AND lease_expires_at <= %(now)s
+            ORDER BY lease_expires_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED),
+        changed AS (
+            UPDATE approvals a SET approval_status = %(to_status)s, updated_at = %(now)s, finished_at = %(now)s,
+                dispatch_result = (
+                    SELECT jsonb_agg(coalesce(s.outcome, jsonb_build_object(
+                        'stepId', p.value->>'stepId', 'connector', p.value->>'connector',
+                        'operation', p.value->>'operation', 'status', 'not_run', 'attempts', 0,
+                        'error', jsonb_build_object('code', 'lease_expired', 'message', %(message)s::text)))
+                        ORDER BY p.ordinality)
+                    FROM jsonb_array_elements(a.plan) WITH ORDINALITY p
+                    LEFT JOIN approval_steps s ON s.approval_id = a.id AND s.step_id = p.value->>'stepId'
+                                              AND s.status = 'succeeded')
+            FROM due WHERE a.id = due.id AND a.approval_status = 'dispatching'
+            RETURNING {", ".join("a." + c.strip() for c in _COLUMNS.split(","))}),
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="'dispatching'")})
         SELECT {_COLUMNS} FROM changed"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
         await cur.execute(query, params)  # type: ignore[arg-type]

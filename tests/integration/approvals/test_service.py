@@ -345,3 +345,33 @@ async def test_dispatch_plan_is_given_only_for_the_current_claim(make_service: A
     assert plan["completed"] == []
     forged = await svc.dispatch_plan(aid, str(uuid.uuid4()))
     assert forged == {"stale": True, "steps": [], "completed": []}
+
+
+async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
+        make_service: Any, outbox: Any, clock: Any) -> None:
+    svc: ApprovalService = make_service(dispatch_lease_s=60)
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), ExecuteRequest(
+        action_id="environment.create", payload={"name": "env-l"}), "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    first = outbox.orders[-1]
+    done = StepResult(step_id=first.steps[0].step_id, connector="github", operation="create_branch",
+                      status="succeeded", attempts=1)
+    clock.now += timedelta(seconds=50)
+    await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=first.claim_token, step=done,
+                                       plan_status="running"))  # progress renews the lease
+    clock.now += timedelta(seconds=50)
+    assert await svc.fail_expired_leases() == 0
+    clock.now += timedelta(seconds=11)
+    assert await svc.fail_expired_leases() == 1
+    view = await svc.get_approval(admin, aid)
+    assert view["approval_status"] == "dispatch_failed"
+    assert [s["status"] for s in view["dispatch_result"]] == ["succeeded"] + ["not_run"] * 4
+    assert view["dispatch_result"][1]["error"]["code"] == "lease_expired"
+    assert view["audit"][-1]["event"] == "approval.dispatch.failed"
+    assert (await svc.dispatch_plan(aid, first.claim_token))["stale"] is True  # the lost order is dead
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    again = await svc.dispatch_plan(aid, outbox.orders[-1].claim_token)
+    assert [c["stepId"] for c in again["completed"]] == [done.step_id]

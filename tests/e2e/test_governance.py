@@ -7,8 +7,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 
+from pj_common.messages import ApprovalEvent
+from pj_common.topology import Topology
 from tests.support.system import System
 from tests.support.webhook_sink import SinkState
 
@@ -164,3 +167,37 @@ async def test_launch_tier_runs_at_once_and_is_recorded(client: httpx.AsyncClien
     assert again.json()["data"]["approvalStatus"] == "dispatched"
     await asyncio.sleep(0.3)
     assert len([d for d in sink.deliveries if d.body["approvalId"] == aid]) == 1
+
+
+async def test_every_transition_is_published_on_the_events_exchange(client: httpx.AsyncClient, system: System,
+                                                                     amqp_url: str) -> None:
+    prefix = system.env["PJ_AMQP_PREFIX"]
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(Topology(prefix).events, routing_key="approval.#")
+        t = tenant()
+        aid = await execute(client, t, "notify.webhook", {"e": 1})
+        assert (await decide(client, t, aid, "admin", "alice", note="ok")).status_code == 200
+        r = await client.post(f"/api/approvals/{aid}/dispatch", headers=headers("admin", "alice", t), json={})
+        assert r.status_code == 200
+        seen: list[ApprovalEvent] = []
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(seen) < 4 and asyncio.get_running_loop().time() < deadline:
+            message = await queue.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.1)
+                continue
+            await message.ack()
+            event = ApprovalEvent.model_validate_json(message.body)
+            assert message.routing_key == event.type and message.message_id == event.event_id
+            if event.approval_id == aid:
+                seen.append(event)
+    assert [(e.type, e.from_status, e.to_status) for e in seen] == [
+        ("approval.created", None, "pending"), ("approval.decided", "pending", "approved"),
+        ("approval.dispatch.started", "approved", "dispatching"),
+        ("approval.dispatch.completed", "dispatching", "dispatched")]
+    assert [int(e.event_id) for e in seen] == sorted(int(e.event_id) for e in seen)
+    assert seen[1].actor == "alice" and seen[1].note == "ok" and seen[0].action_id == "notify.webhook"
+    assert all(e.tenant_id == t for e in seen)

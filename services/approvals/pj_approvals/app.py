@@ -4,11 +4,11 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
 
@@ -22,6 +22,7 @@ from . import store
 from .catalog import CatalogError, load_catalog
 from .handlers import Handlers
 from .metrics import ApprovalMetrics
+from .relay import publishable
 from .service import ApprovalService
 from .settings import ApprovalsSettings
 
@@ -37,9 +38,6 @@ class Links:
     """Channels of the current broker connection (replaced on every reconnect)."""
 
     confirm: AbstractChannel | None = None
-    # Events go out without waiting for a confirm: they are best effort until the outbox carries them,
-    # and a command's reply should not wait a broker round trip for them.
-    events: AbstractExchange | None = None
 
 
 class ApprovalsApp:
@@ -55,20 +53,19 @@ class ApprovalsApp:
             kwargs={"autocommit": True}, open=False, name="approvals")
         self.links = Links()
         self.service = ApprovalService(self.pool, self.catalog, settings, self.metrics,
-                                       self._publish_order, self._emit_event, utcnow)
+                                       self._publish_order, utcnow)
         verifier = TokenVerifier(settings.jwt_key, settings.jwt_issuer, settings.jwt_audience)
         self.handlers = Handlers(self.service, verifier)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
         self._sweeper: asyncio.Task[None] | None = None
         self._gauge: asyncio.Task[None] | None = None
+        self._relay: asyncio.Task[None] | None = None
         self._metrics_server: WSGIServer | None = None
 
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
         self.links.confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        events = await connection.channel(publisher_confirms=False)
-        self.links.events = await events.get_exchange(self.topology.events, ensure=False)
         self.handlers.reply_channel = await connection.channel(publisher_confirms=False)
         commands = await connection.channel(publisher_confirms=False)
         await consume(commands, self.topology.commands, self.handlers.on_command,
@@ -79,7 +76,6 @@ class ApprovalsApp:
 
     def _lost(self) -> None:
         self.links.confirm = None
-        self.links.events = None
         self.handlers.reply_channel = None
 
     async def _publish_order(self, order: DispatchOrder) -> None:
@@ -91,12 +87,39 @@ class ApprovalsApp:
         await publish_confirmed(channel, self.topology.dispatch,
                                 json_message(order.to_json(), message_id=order.message_id))
 
-    async def _emit_event(self, event: ApprovalEvent) -> None:
-        exchange = self.links.events
-        if exchange is None:
-            raise broker_unavailable()
-        await exchange.publish(json_message(event.to_json(), message_id=event.event_id), routing_key=event.type,
-                               mandatory=False)
+    async def _relay_events_forever(self) -> None:
+        """Publish approval_events in id order to the events exchange, with confirms, then advance the
+        cursor: at-least-once (a consumer dedupes on eventId), and a crash or outage loses nothing."""
+        grace = timedelta(seconds=self.settings.event_relay_grace_s)
+        while True:
+            published = 0
+            try:
+                published = await self._relay_batch(grace)
+            except Exception:
+                log.warning("event relay failed; retrying", exc_info=True, extra={"scope": "events.relay_failed"})
+            if published < self.settings.event_relay_batch:
+                await asyncio.sleep(self.settings.event_relay_interval_s)
+
+    async def _relay_batch(self, grace: timedelta) -> int:
+        channel = self.links.confirm
+        if channel is None:
+            return 0
+        async with self.pool.connection() as conn, conn.transaction():
+            last_id = await store.lock_relay_cursor(conn, "events")
+            if last_id is None:  # another approvals process is relaying
+                return 0
+            rows = await store.events_after(conn, last_id, self.settings.event_relay_batch)
+            ready = publishable(last_id, rows, utcnow(), grace)
+            if not ready:
+                return 0
+            exchange = await channel.get_exchange(self.topology.events, ensure=False)
+            # Publishes in flight together: one confirm round trip for the batch, not one per event.
+            await asyncio.gather(*(
+                exchange.publish(json_message(_event_message(e).to_json(), message_id=str(e.id)),
+                                 routing_key=e.event_type, mandatory=False)
+                for e in ready))
+            await store.advance_relay_cursor(conn, "events", ready[-1].id)
+        return len(ready)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -140,6 +163,7 @@ class ApprovalsApp:
         await self.pool.open(wait=True, timeout=30)
         self.supervisor.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="expiry-sweeper")
+        self._relay = asyncio.create_task(self._relay_events_forever(), name="event-relay")
         if self.settings.approvals_metrics_port:
             self._metrics_server, _ = start_http_server(self.settings.approvals_metrics_port,
                                                         self.settings.approvals_metrics_host,
@@ -147,7 +171,7 @@ class ApprovalsApp:
             self._gauge = asyncio.create_task(self._refresh_pending_forever(), name="pending-gauge")
 
     async def stop(self) -> None:
-        for task in (self._sweeper, self._gauge):
+        for task in (self._sweeper, self._gauge, self._relay):
             if task is not None:
                 task.cancel()
         if self._metrics_server is not None:
@@ -164,3 +188,11 @@ async def serve(settings: ApprovalsSettings) -> None:
     log.info("approvals service started", extra={"scope": "service.started"})
     await wait_for_shutdown()
     await app.stop()
+
+
+def _event_message(event: store.StoredEvent) -> ApprovalEvent:
+    return ApprovalEvent(event_id=str(event.id), type=event.event_type,  # type: ignore[arg-type]
+                         approval_id=str(event.approval_id), tenant_id=event.tenant_id, action_id=event.action_id,
+                         actor=event.actor, from_status=event.from_status,  # type: ignore[arg-type]
+                         to_status=event.to_status,  # type: ignore[arg-type]
+                         occurred_at=event.occurred_at, correlation_id=event.correlation_id, note=event.note)

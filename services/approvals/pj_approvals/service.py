@@ -17,7 +17,6 @@ from psycopg_pool import AsyncConnectionPool
 from pj_common.auth import Principal
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import (
-    ApprovalEvent,
     DecideRequest,
     DispatchOrder,
     DispatchRequest,
@@ -55,7 +54,6 @@ LAUNCH_POLICY = "policy:launch"
 _DECIDE_ATTEMPTS = 5
 
 Publish = Callable[[DispatchOrder], Awaitable[None]]
-Emit = Callable[[ApprovalEvent], Awaitable[None]]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -109,14 +107,13 @@ class DispatchStarted:
 
 class ApprovalService:
     def __init__(self, pool: AsyncConnectionPool[Any], catalog: cat.Catalog, settings: ApprovalsSettings,
-                 metrics: ApprovalMetrics, publish_order: Publish, emit_event: Emit,
+                 metrics: ApprovalMetrics, publish_order: Publish,
                  clock: Callable[[], datetime]) -> None:
         self._pool = pool
         self._catalog = catalog
         self._settings = settings
         self._metrics = metrics
         self._publish_order = publish_order
-        self._emit_event = emit_event
         self._now = clock
 
     # ------------------------------------------------------------ execute
@@ -165,7 +162,6 @@ class ApprovalService:
             "scope": "pj.execute.approval_created", "approvalId": str(created.id), "requestId": created.request_id,
             "actionId": created.action_id, "tenantId": created.tenant_id, "tier": action.tier,
             "correlationId": correlation_id})
-        await self._emit(created, "approval.created", principal.subject, None, correlation_id)
         if not launch:
             return self._created_view(created, created=True)
         async with self._pool.connection() as conn:
@@ -256,7 +252,6 @@ class ApprovalService:
             "scope": "approval.decided", "approvalId": str(row.id), "requestId": row.request_id,
             "decision": req.status, "status": row.approval_status, "stage": outcome.stage_name,
             "approverId": principal.subject, "correlationId": correlation_id})
-        await self._emit(row, "approval.decided", principal.subject, "pending", correlation_id, req.note)
         return approval_view(row)
 
     async def chain(self, principal: Principal, approval_id: str) -> dict[str, Any]:
@@ -322,7 +317,6 @@ class ApprovalService:
         except Exception as exc:
             await self._abandon_dispatch(conn, row, claim, steps, exc)
             raise
-        await self._emit(row, "approval.dispatch.started", principal.subject, seen.approval_status, correlation_id)
         return DispatchStarted({"approvalId": str(row.id), "approvalStatus": "dispatching"})
 
     async def _abandon_dispatch(self, conn: store.Conn, row: store.ApprovalRow, claim: UUID, steps: list[PlanStep],
@@ -427,7 +421,6 @@ class ApprovalService:
         log.log(logging.WARNING if failed else logging.INFO, "dispatch finished", extra={
             "scope": event_type, "approvalId": str(row.id), "requestId": row.request_id,
             "status": row.approval_status, "failedStep": report.step.step_id if failed else None})
-        await self._emit(row, event_type, None, "dispatching", None)
         return row
 
     # ------------------------------------------------------------ expiry, health, metrics
@@ -443,7 +436,6 @@ class ApprovalService:
                 self._metrics.expired.labels("pending" if row.decided_at is None else "approved").inc()
                 log.info("approval expired", extra={"scope": "approval.expired", "approvalId": str(row.id),
                                                     "requestId": row.request_id})
-                await self._emit(row, "approval.expired", None, None, None)
             total += len(rows)
             if len(rows) < batch:
                 return total
@@ -460,7 +452,6 @@ class ApprovalService:
             self._metrics.dispatch_failure.labels(row.action_id).inc()
             log.warning("dispatch lease expired", extra={"scope": "approval.dispatch.lease_expired",
                                                          "approvalId": str(row.id), "requestId": row.request_id})
-            await self._emit(row, "approval.dispatch.failed", None, "dispatching", None, message)
         return len(rows)
 
     async def health(self) -> dict[str, Any]:
@@ -479,14 +470,3 @@ class ApprovalService:
     async def metrics_text(self) -> str:
         await self.refresh_pending_gauge()
         return self._metrics.render().decode()
-
-    async def _emit(self, row: store.ApprovalRow, event_type: Any, actor: str | None, from_status: Any,
-                    correlation_id: str | None, note: str | None = None) -> None:
-        event = ApprovalEvent(type=event_type, approval_id=str(row.id), tenant_id=row.tenant_id,
-                              action_id=row.action_id, actor=actor, from_status=from_status,
-                              to_status=row.approval_status,  # type: ignore[arg-type]
-                              occurred_at=row.updated_at, correlation_id=correlation_id, note=note)
-        try:
-            await self._emit_event(event)
-        except Exception:  # events are best effort until the outbox carries them
-            log.warning("event not published", exc_info=True, extra={"scope": "events.publish_failed"})

@@ -15,6 +15,11 @@ class ApprovalsSettings(CommonSettings):
     sweep_interval_s: float = 300
     # A dispatch that reports no progress for this long is failed by the sweeper (then re-dispatchable).
     dispatch_lease_s: float = 900
+    # The event relay: how often it looks for new events, how many it publishes at once, and how long
+    # it waits on a gap in event ids before deciding the missing id will never commit.
+    event_relay_interval_s: float = 0.2
+    event_relay_batch: int = 500
+    event_relay_grace_s: float = 5.0
     # Commands handled at once by this process; the pool is sized to keep them all busy.
     command_prefetch: int = 64
     db_pool_min: int = 2

@@ -375,6 +375,44 @@ async def fail_expired_leases(conn: Conn, to_status: str, now: datetime, batch: 
         return await cur.fetchall()
 
 
+@dataclass(slots=True)
+class StoredEvent:
+    """One row of approval_events with its approval's action, as the relay publishes it."""
+
+    id: int
+    approval_id: UUID
+    tenant_id: str
+    action_id: str
+    event_type: str
+    actor: str | None
+    from_status: str | None
+    to_status: str
+    note: str | None
+    correlation_id: str | None
+    occurred_at: datetime
+
+
+async def lock_relay_cursor(conn: Conn, name: str) -> int | None:
+    """The relay's cursor, locked for this transaction; None if another approvals process holds it."""
+    cur = await conn.execute("SELECT last_id FROM event_relay WHERE name = %s FOR UPDATE SKIP LOCKED", (name,))
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def events_after(conn: Conn, last_id: int, limit: int) -> list[StoredEvent]:
+    async with conn.cursor(row_factory=class_row(StoredEvent)) as cur:
+        await cur.execute(
+            """SELECT e.id, e.approval_id, e.tenant_id, a.action_id, e.event_type, e.actor, e.from_status,
+                      e.to_status, e.note, e.correlation_id, e.occurred_at
+               FROM approval_events e JOIN approvals a ON a.id = e.approval_id
+               WHERE e.id > %s ORDER BY e.id LIMIT %s""", (last_id, limit))
+        return await cur.fetchall()
+
+
+async def advance_relay_cursor(conn: Conn, name: str, last_id: int) -> None:
+    await conn.execute("UPDATE event_relay SET last_id = %s WHERE name = %s", (last_id, name))
+
+
 async def ping(conn: Conn) -> None:
     await conn.execute("SELECT 1")
 

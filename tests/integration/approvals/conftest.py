@@ -11,7 +11,7 @@ from pj_approvals.catalog import load_catalog
 from pj_approvals.metrics import ApprovalMetrics
 from pj_approvals.service import ApprovalService
 from pj_approvals.settings import DEFAULT_CATALOG, ApprovalsSettings
-from pj_common.messages import ApprovalEvent, DispatchOrder
+from pj_common.messages import DispatchOrder
 
 
 @pytest.fixture
@@ -34,17 +34,13 @@ class Clock:
 
 
 class Outbox:
-    """Collects what the service hands to the broker; the broker itself is exercised end to end."""
+    """Collects the dispatch orders the service hands to the broker; the broker is exercised end to end."""
 
     def __init__(self) -> None:
         self.orders: list[DispatchOrder] = []
-        self.events: list[ApprovalEvent] = []
 
     async def order(self, order: DispatchOrder) -> None:
         self.orders.append(order)
-
-    async def event(self, event: ApprovalEvent) -> None:
-        self.events.append(event)
 
 
 @pytest.fixture
@@ -63,5 +59,5 @@ def make_service(pool: AsyncConnectionPool[Any], clock: Clock, outbox: Outbox
     def build(**overrides: Any) -> ApprovalService:
         settings = ApprovalsSettings(env="dev", **overrides)
         return ApprovalService(pool, load_catalog(DEFAULT_CATALOG), settings, ApprovalMetrics(),
-                               outbox.order, outbox.event, clock)
+                               outbox.order, clock)
     return build

@@ -34,6 +34,15 @@ def webhook_request(request_id: str | None = None, payload: dict[str, Any] | Non
     return ExecuteRequest(action_id="notify.webhook", request_id=request_id, payload=payload or {"n": 1})
 
 
+async def approved(svc: ApprovalService, request: ExecuteRequest) -> tuple[str, Principal, str]:
+    """A new tenant, its admin, and an approval of `request` an operator asked for and the admin approved."""
+    t = tenant()
+    admin = who(Role.ADMIN, t)
+    aid = (await svc.execute(who(Role.OPERATOR, t), request, "c"))["approvalId"]
+    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    return t, admin, aid
+
+
 async def outcome(coro: Any) -> Any:
     """The result, or the GateError code, of one concurrent call."""
     try:
@@ -193,10 +202,7 @@ async def test_sweeper_expires_stale_pending_and_undispatched_approvals(make_ser
 
 async def test_step_reports_finish_the_dispatch_once(make_service: Any, outbox: Any) -> None:
     svc: ApprovalService = make_service()
-    t = tenant()
-    admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
-    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    t, admin, aid = await approved(svc, webhook_request())
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
     order = outbox.orders[-1]
     step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="succeeded",
@@ -218,11 +224,8 @@ async def test_step_reports_finish_the_dispatch_once(make_service: Any, outbox: 
 async def test_failed_dispatch_can_be_redispatched_skipping_done_steps(make_service: Any, outbox: Any,
                                                                        pool: Any) -> None:
     svc: ApprovalService = make_service()
-    t = tenant()
-    admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), ExecuteRequest(
-        action_id="environment.create", payload={"name": "env-b"}), "c"))["approvalId"]
-    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
+                                                       payload={"name": "env-b"}))
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
     order = outbox.orders[-1]
     ok = StepResult(step_id=order.steps[0].step_id, connector="github", operation="create_branch",
@@ -241,10 +244,7 @@ async def test_failed_dispatch_can_be_redispatched_skipping_done_steps(make_serv
 
 async def test_dispatch_refuses_a_plan_changed_since_approval(make_service: Any, pool: Any) -> None:
     svc: ApprovalService = make_service()
-    t = tenant()
-    admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
-    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    t, admin, aid = await approved(svc, webhook_request())
     async with pool.connection() as conn:  # tamper with the stored plan behind the service's back
         await conn.execute("UPDATE approvals SET plan = jsonb_set(plan, '{0,params,body}', '\"evil\"')"
                            " WHERE id = %s", (uuid.UUID(aid),))
@@ -258,11 +258,8 @@ async def test_dispatch_refuses_a_plan_changed_since_approval(make_service: Any,
 async def test_final_report_checkpoints_every_finished_step(make_service: Any, outbox: Any, pool: Any) -> None:
     """Even when a step's own running report was lost, the final report's results checkpoint it."""
     svc: ApprovalService = make_service()
-    t = tenant()
-    admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), ExecuteRequest(
-        action_id="environment.create", payload={"name": "env-c"}), "c"))["approvalId"]
-    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
+                                                       payload={"name": "env-c"}))
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
     order = outbox.orders[-1]
     done = [StepResult(step_id=s.step_id, connector=s.connector, operation=s.operation, status="succeeded",
@@ -318,10 +315,7 @@ async def test_request_id_of_another_requester_conflicts(make_service: Any) -> N
 async def test_failed_dispatch_cannot_be_retried_after_its_window(make_service: Any, outbox: Any,
                                                                   clock: Any) -> None:
     svc: ApprovalService = make_service(dispatch_window_s=60)
-    t = tenant()
-    admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
-    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    t, admin, aid = await approved(svc, webhook_request())
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
     step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="failed", attempts=4)
     await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=outbox.orders[-1].claim_token,
@@ -334,10 +328,7 @@ async def test_failed_dispatch_cannot_be_retried_after_its_window(make_service: 
 
 async def test_dispatch_plan_is_given_only_for_the_current_claim(make_service: Any, outbox: Any) -> None:
     svc: ApprovalService = make_service()
-    t = tenant()
-    admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
-    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    t, admin, aid = await approved(svc, webhook_request())
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
     claim = outbox.orders[-1].claim_token
     plan = await svc.dispatch_plan(aid, claim)
@@ -350,11 +341,8 @@ async def test_dispatch_plan_is_given_only_for_the_current_claim(make_service: A
 async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
         make_service: Any, outbox: Any, clock: Any) -> None:
     svc: ApprovalService = make_service(dispatch_lease_s=60)
-    t = tenant()
-    admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), ExecuteRequest(
-        action_id="environment.create", payload={"name": "env-l"}), "c"))["approvalId"]
-    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
+    t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
+                                                       payload={"name": "env-l"}))
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
     first = outbox.orders[-1]
     done = StepResult(step_id=first.steps[0].step_id, connector="github", operation="create_branch",

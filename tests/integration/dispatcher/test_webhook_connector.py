@@ -36,6 +36,20 @@ def connector(client: httpx.AsyncClient, url: str, allow_private: bool = True) -
     return WebhookConnector(client, url, SecretStr(SECRET), allow_private)
 
 
+async def run_one_step(settings: DispatcherSettings, hook: Any, approval_id: str, body: str) -> StepReport:
+    """Run a one-step webhook plan through the Worker (its retry loop) and return the final report."""
+    reports: list[StepReport] = []
+
+    async def publish(report: StepReport) -> None:
+        reports.append(report)
+
+    order = DispatchOrder(approval_id=approval_id, tenant_id="acme", action_id="notify.webhook", claim_token="c",
+                          steps=[context(body).step])
+    await Worker(settings, {"webhook": hook}, publish, no_redelivery).run_order(order)
+    (final,) = reports
+    return final
+
+
 async def test_posts_a_signed_body_with_the_idempotency_key(sink: SinkState) -> None:
     async with httpx.AsyncClient() as client:
         out = await connector(client, sink.url).run(context({"x": 1}))
@@ -77,16 +91,8 @@ async def test_rate_limit_is_retryable_with_the_servers_delay(sink: SinkState) -
 async def test_worker_retries_server_errors_then_succeeds(sink: SinkState) -> None:
     sink.fail_next, sink.retry_after = [503, 502], "0"
     settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0.01)
-    reports: list[StepReport] = []
-
-    async def publish(report: StepReport) -> None:
-        reports.append(report)
-
-    order = DispatchOrder(approval_id="a-2", tenant_id="acme", action_id="notify.webhook", claim_token="c",
-                          steps=[context("r").step])
     async with httpx.AsyncClient() as client:
-        await Worker(settings, {"webhook": connector(client, sink.url)}, publish, no_redelivery).run_order(order)
-    (final,) = reports
+        final = await run_one_step(settings, connector(client, sink.url), "a-2", "r")
     assert final.plan_status == "dispatched"
     assert final.step.attempts == 3 and final.step.status == "succeeded"
     assert sink.attempts == 3 and len(sink.deliveries) == 1
@@ -137,15 +143,7 @@ async def test_a_crashing_connector_never_leaks_a_secret_into_the_result() -> No
             raise RuntimeError(f"boom with {SECRET} inside")
 
     settings = DispatcherSettings(env="dev", webhook_secret=SECRET)
-    reports: list[StepReport] = []
-
-    async def publish(report: StepReport) -> None:
-        reports.append(report)
-
-    order = DispatchOrder(approval_id="a-3", tenant_id="acme", action_id="notify.webhook", claim_token="c",
-                          steps=[context("x").step])
-    await Worker(settings, {"webhook": Leaky()}, publish, no_redelivery).run_order(order)
-    (final,) = reports
+    final = await run_one_step(settings, Leaky(), "a-3", "x")
     assert final.plan_status == "dispatch_failed" and final.step.error is not None
     assert final.step.error.code == "connector_error"
     assert SECRET not in final.step.error.message and "***" in final.step.error.message
@@ -155,14 +153,6 @@ async def test_per_connector_attempt_limit(sink: SinkState, monkeypatch: pytest.
     monkeypatch.setenv("PJ_CONNECTOR_ATTEMPTS", '{"webhook": 2}')
     settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0.01)
     sink.fail_next, sink.retry_after = [503, 503, 503], "0"
-    reports: list[StepReport] = []
-
-    async def publish(report: StepReport) -> None:
-        reports.append(report)
-
-    order = DispatchOrder(approval_id="a-4", tenant_id="acme", action_id="notify.webhook", claim_token="c",
-                          steps=[context("r").step])
     async with httpx.AsyncClient() as client:
-        await Worker(settings, {"webhook": connector(client, sink.url)}, publish, no_redelivery).run_order(order)
-    (final,) = reports
+        final = await run_one_step(settings, connector(client, sink.url), "a-4", "r")
     assert final.plan_status == "dispatch_failed" and final.step.attempts == 2 and sink.attempts == 2

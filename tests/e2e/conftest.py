@@ -105,6 +105,8 @@ async def system(database_url: str, amqp_url: str, sink: SinkState,
     write_catalog(catalog, EXTRA_ACTIONS)
     env["PJ_CATALOG"] = str(catalog)
     env["PJ_APPROVALS_METRICS_PORT"] = str(free_port())
+    # Both dispatchers are given this port: one serves its metrics, the other logs and works on.
+    env["PJ_DISPATCHER_METRICS_PORT"] = str(free_port())
     sys_ = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path_factory.mktemp("e2e-logs"))
     try:
         sys_.start("approvals", "pj_approvals")

@@ -294,3 +294,20 @@ async def test_approvals_serves_its_own_metrics_for_direct_scrapes(client: httpx
         text = (await direct.get(f"http://127.0.0.1:{port}/metrics")).text
     assert "approvals_created_total" in text and "approval_pending_gauge" in text
     assert "pj_gateway_requests_total" not in text  # this process's metrics only
+
+
+async def test_a_dispatcher_serves_step_metrics_and_a_taken_port_is_not_fatal(
+        client: httpx.AsyncClient, system: System) -> None:
+    t = tenant()
+    approval_id = await create(client, t, payload={"metrics": True})
+    await approve(client, t, approval_id)
+    r = await client.post(f"/api/approvals/{approval_id}/dispatch", headers=headers("admin", "alice", t), json={})
+    assert r.status_code == 200
+    port = system.env["PJ_DISPATCHER_METRICS_PORT"]
+    async with httpx.AsyncClient(timeout=10) as direct:
+        text = (await direct.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert "dispatch_steps_total" in text and "dispatch_orders_in_flight" in text
+    logs = [system.log(name) for name in ("dispatcher-1", "dispatcher-2")]
+    assert sum("metrics.bind_failed" in log for log in logs) == 1  # the other one kept working
+    health = (await client.get("/health")).json()
+    assert health["checks"]["dispatchers"]["consumers"] == 2

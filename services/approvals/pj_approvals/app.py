@@ -9,11 +9,11 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.auth import TokenVerifier
 from pj_common.messages import ApprovalEvent, DispatchOrder
+from pj_common.metrics import serve_metrics
 from pj_common.runtime import wait_for_shutdown
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Supervisor, broker_unavailable, consume, json_message, publish_confirmed
@@ -164,10 +164,9 @@ class ApprovalsApp:
         self.supervisor.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="expiry-sweeper")
         self._relay = asyncio.create_task(self._relay_events_forever(), name="event-relay")
-        if self.settings.approvals_metrics_port:
-            self._metrics_server, _ = start_http_server(self.settings.approvals_metrics_port,
-                                                        self.settings.approvals_metrics_host,
-                                                        registry=self.metrics.registry)
+        self._metrics_server = serve_metrics(self.settings.approvals_metrics_port,
+                                             self.settings.approvals_metrics_host, self.metrics.registry)
+        if self._metrics_server is not None:
             self._gauge = asyncio.create_task(self._refresh_pending_forever(), name="pending-gauge")
 
     async def stop(self) -> None:

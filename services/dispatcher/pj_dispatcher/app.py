@@ -1,17 +1,20 @@
 """The dispatcher process: one HTTP client, the connectors, and the dispatch-queue consumer."""
 
 import logging
+from wsgiref.simple_server import WSGIServer
 
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from pj_common.errors import GateError
 from pj_common.messages import CommandEnvelope, DispatchOrder, GetDispatchPlan, PlanStep, Reply, StepReport, StepResult
+from pj_common.metrics import serve_metrics
 from pj_common.runtime import wait_for_shutdown
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Retryable, RpcClient, Supervisor, consume, json_message, publish_confirmed
 
 from .connectors.registry import build_connectors
+from .metrics import DispatcherMetrics
 from .settings import DispatcherSettings
 from .worker import Worker
 
@@ -31,8 +34,10 @@ class DispatcherApp:
             limits=httpx.Limits(max_connections=max(16, settings.concurrency * 2)),
         )
         self.rpc = RpcClient(self.topology.commands)
+        self.metrics = DispatcherMetrics()
         self.worker = Worker(settings, build_connectors(settings, self.http), self._publish_report,
-                             self._fetch_plan)
+                             self._fetch_plan, self.metrics)
+        self._metrics_server: WSGIServer | None = None
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="dispatcher", on_lost=self._lost)
         self._confirm: AbstractChannel | None = None
 
@@ -73,9 +78,13 @@ class DispatcherApp:
 
     async def start(self) -> None:
         self.supervisor.start()
+        self._metrics_server = serve_metrics(self.settings.dispatcher_metrics_port,
+                                             self.settings.dispatcher_metrics_host, self.metrics.registry)
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         await self.http.aclose()
 
 

@@ -19,6 +19,9 @@ class DispatcherSettings(CommonSettings):
     # How long an order waits for approvals to confirm its plan before it is retried later.
     plan_fetch_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
+    # Serve this process's /metrics on this port (0: off); each dispatcher needs its own port.
+    dispatcher_metrics_port: int = 0
+    dispatcher_metrics_host: str = "127.0.0.1"
     read_timeout_s: float = 30.0
 
     webhook_url: str | None = None

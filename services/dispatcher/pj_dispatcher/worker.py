@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pj_common.messages import DispatchOrder, ErrorBody, PlanStatus, PlanStep, StepReport, StepResult
 
 from .connectors.base import Connector, ConnectorError, StepContext, redact
+from .metrics import DispatcherMetrics
 from .settings import DispatcherSettings
 
 log = logging.getLogger("pj.dispatcher")
@@ -34,12 +35,14 @@ def backoff_s(attempt: int, base: float, cap: float, hint: float | None) -> floa
 
 class Worker:
     def __init__(self, settings: DispatcherSettings, connectors: dict[str, Connector],
-                 publish_report: PublishReport, fetch_plan: FetchPlan) -> None:
+                 publish_report: PublishReport, fetch_plan: FetchPlan,
+                 metrics: DispatcherMetrics | None = None) -> None:
         self._settings = settings
         self._connectors = connectors
         self._publish_report = publish_report
         self._fetch_plan = fetch_plan
         self._secrets = settings.secret_values()
+        self._metrics = metrics or DispatcherMetrics()
 
     async def on_order(self, message: AbstractIncomingMessage) -> None:
         """Confirm the order's claim with approvals, then run the plan approvals returns.
@@ -50,6 +53,7 @@ class Worker:
         order = DispatchOrder.model_validate_json(message.body)
         confirmed = await self._fetch_plan(order)
         if confirmed is None:
+            self._metrics.stale.inc()
             log.warning("stale dispatch order dropped", extra={
                 "scope": "dispatcher.stale_order", "approvalId": order.approval_id,
                 "redelivered": message.redelivered})
@@ -60,7 +64,8 @@ class Worker:
             log.info("order resumes after finished steps", extra={
                 "scope": "dispatcher.resumed", "approvalId": order.approval_id,
                 "done": [c.step_id for c in done]})
-        await self.run_order(order)
+        with self._metrics.in_flight.track_inprogress():
+            await self.run_order(order)
 
     async def run_order(self, order: DispatchOrder) -> None:
         """Run the order's steps in sequence, skipping those already done; stop at the first failure."""
@@ -110,10 +115,13 @@ class Worker:
                 http_status = error.http_status
             elif code is not None:
                 err = ErrorBody(code=code, message=redact(message or code, *self._secrets))
+            elapsed = time.monotonic() - t0
+            self._metrics.steps.labels(step.connector, status).inc()
+            self._metrics.step_seconds.labels(step.connector).observe(elapsed)
             return StepResult(step_id=step.step_id, connector=step.connector, operation=step.operation,
                               status=status,  # type: ignore[arg-type]
                               attempts=attempts, started_at=started_at, finished_at=datetime.now(UTC),
-                              http_status=http_status, duration_ms=round((time.monotonic() - t0) * 1000, 3),
+                              http_status=http_status, duration_ms=round(elapsed * 1000, 3),
                               result=result, error=err)
 
         log.info("step started", extra={"scope": "dispatcher.step_started", "approvalId": order.approval_id,
@@ -138,6 +146,7 @@ class Worker:
                         "scope": "dispatcher.step_failed", "approvalId": order.approval_id,
                         "stepId": step.step_id, "code": exc.code, "attempts": attempt})
                     return outcome("failed", attempt, error=exc)
+                self._metrics.retries.labels(step.connector).inc()
                 delay = backoff_s(attempt, self._settings.retry_base_s, self._settings.retry_max_s, exc.retry_after)
                 log.info("step attempt failed, retrying in %.2fs", delay, extra={
                     "scope": "dispatcher.step_retry", "approvalId": order.approval_id, "stepId": step.step_id,

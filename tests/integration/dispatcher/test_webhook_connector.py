@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from pj_common.messages import DispatchOrder, PlanStep, StepReport
 from pj_dispatcher.connectors.base import ConnectorError, StepContext
 from pj_dispatcher.connectors.webhook import WebhookConnector, refuse_private_target
+from pj_dispatcher.metrics import DispatcherMetrics
 from pj_dispatcher.settings import DispatcherSettings
 from pj_dispatcher.worker import Worker
 from tests.support.orders import no_redelivery
@@ -36,7 +37,8 @@ def connector(client: httpx.AsyncClient, url: str, allow_private: bool = True) -
     return WebhookConnector(client, url, SecretStr(SECRET), allow_private)
 
 
-async def run_one_step(settings: DispatcherSettings, hook: Any, approval_id: str, body: str) -> StepReport:
+async def run_one_step(settings: DispatcherSettings, hook: Any, approval_id: str, body: str,
+                       metrics: DispatcherMetrics | None = None) -> StepReport:
     """Run a one-step webhook plan through the Worker (its retry loop) and return the final report."""
     reports: list[StepReport] = []
 
@@ -45,7 +47,7 @@ async def run_one_step(settings: DispatcherSettings, hook: Any, approval_id: str
 
     order = DispatchOrder(approval_id=approval_id, tenant_id="acme", action_id="notify.webhook", claim_token="c",
                           steps=[context(body).step])
-    await Worker(settings, {"webhook": hook}, publish, no_redelivery).run_order(order)
+    await Worker(settings, {"webhook": hook}, publish, no_redelivery, metrics).run_order(order)
     (final,) = reports
     return final
 
@@ -156,3 +158,16 @@ async def test_per_connector_attempt_limit(sink: SinkState, monkeypatch: pytest.
     async with httpx.AsyncClient() as client:
         final = await run_one_step(settings, connector(client, sink.url), "a-4", "r")
     assert final.plan_status == "dispatch_failed" and final.step.attempts == 2 and sink.attempts == 2
+
+
+async def test_worker_counts_steps_retries_and_durations(sink: SinkState) -> None:
+    sink.fail_next, sink.retry_after = [503], "0"
+    metrics = DispatcherMetrics()
+    settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0.01)
+    async with httpx.AsyncClient() as client:
+        final = await run_one_step(settings, connector(client, sink.url), "a-5", "m", metrics)
+    assert final.plan_status == "dispatched"
+    sample = metrics.registry.get_sample_value
+    assert sample("dispatch_steps_total", {"connector": "webhook", "status": "succeeded"}) == 1
+    assert sample("dispatch_step_retries_total", {"connector": "webhook"}) == 1
+    assert sample("dispatch_step_seconds_count", {"connector": "webhook"}) == 1

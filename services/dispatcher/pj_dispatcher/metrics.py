@@ -1,0 +1,20 @@
+"""What one dispatcher process did, for Prometheus (its own registry; labels stay low-cardinality)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class DispatcherMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.steps = Counter("dispatch_steps", "Plan steps finished, by connector and outcome",
+                             ["connector", "status"], registry=r)
+        self.step_seconds = Histogram("dispatch_step_seconds", "Duration of one step, retries included",
+                                      ["connector"], registry=r,
+                                      buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.retries = Counter("dispatch_step_retries", "Step attempts that failed and were retried",
+                               ["connector"], registry=r)
+        self.in_flight = Gauge("dispatch_orders_in_flight", "Dispatch orders this process is running",
+                               registry=r)
+        self.stale = Counter("dispatch_orders_stale", "Orders dropped: their claim no longer holds (or never did)",
+                             registry=r)

@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -33,13 +32,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
-class Links:
-    """Channels of the current broker connection (replaced on every reconnect)."""
-
-    confirm: AbstractChannel | None = None
-
-
 class ApprovalsApp:
     """Owns every long-lived resource of one approvals process."""
 
@@ -51,7 +43,8 @@ class ApprovalsApp:
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
             kwargs={"autocommit": True}, open=False, name="approvals")
-        self.links = Links()
+        # The publisher-confirm channel of the current broker connection (replaced on every reconnect).
+        self.confirm_channel: AbstractChannel | None = None
         self.service = ApprovalService(self.pool, self.catalog, settings, self.metrics,
                                        self._publish_order, utcnow)
         verifier = TokenVerifier(settings.jwt_key, settings.jwt_issuer, settings.jwt_audience)
@@ -65,7 +58,7 @@ class ApprovalsApp:
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
-        self.links.confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self.confirm_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self.handlers.reply_channel = await connection.channel(publisher_confirms=False)
         commands = await connection.channel(publisher_confirms=False)
         await consume(commands, self.topology.commands, self.handlers.on_command,
@@ -75,11 +68,11 @@ class ApprovalsApp:
                       prefetch=self.settings.command_prefetch)
 
     def _lost(self) -> None:
-        self.links.confirm = None
+        self.confirm_channel = None
         self.handlers.reply_channel = None
 
     async def _publish_order(self, order: DispatchOrder) -> None:
-        channel = self.links.confirm
+        channel = self.confirm_channel
         if channel is None:
             log.error("dispatch order not published: broker unavailable", extra={
                 "scope": "approval.dispatch.publish_failed", "approvalId": order.approval_id})
@@ -101,7 +94,7 @@ class ApprovalsApp:
                 await asyncio.sleep(self.settings.event_relay_interval_s)
 
     async def _relay_batch(self, grace: timedelta) -> int:
-        channel = self.links.confirm
+        channel = self.confirm_channel
         if channel is None:
             return 0
         async with self.pool.connection() as conn, conn.transaction():

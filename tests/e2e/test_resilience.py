@@ -81,3 +81,4 @@ async def test_unreachable_broker_at_start_is_503_within_two_seconds(database_ur
             assert time.monotonic() - started < 2.0
     finally:
         system.stop_all()
+

@@ -57,8 +57,16 @@ class Supervisor:
         self._name = name
         self._on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
         self.connection: AbstractConnection | None = None
         self.ready = asyncio.Event()
+
+    def watch(self, channel: AbstractChannel) -> AbstractChannel:
+        """Start over if this channel closes while its connection lives on (the broker closes a channel
+        on a protocol error or an ack timeout): a consumer on a dead channel would never get a message."""
+        lost = self._lost  # this connection's: a channel of an older one must not end the new one
+        channel.close_callbacks.add(lambda *_: lost.set())
+        return channel
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"amqp-supervisor-{self._name}")
@@ -95,7 +103,7 @@ class Supervisor:
                 delay = min(delay * 2, 5.0)
                 continue
             # A connection the broker drops fires close_callbacks; `closed()` resolves only on our close.
-            lost = asyncio.Event()
+            lost = self._lost = asyncio.Event()
             connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
             try:
                 await self._setup(connection)
@@ -235,14 +243,15 @@ class RpcClient:
     def connected(self) -> bool:
         return self._channel is not None and not self._channel.is_closed
 
-    async def attach(self, connection: AbstractConnection) -> None:
-        """Open the request channel and its reply consumer on a fresh connection."""
+    async def attach(self, connection: AbstractConnection) -> AbstractChannel:
+        """Open the request channel and its reply consumer on a fresh connection; returns the channel."""
         channel = await connection.channel(publisher_confirms=False)
         # Direct reply-to is a pseudo-queue: it is consumed, never declared.
         replies = aio_pika.Queue(channel, DIRECT_REPLY_TO, durable=False, exclusive=False,
                                  auto_delete=False, arguments=None, passive=True)
         await replies.consume(self._on_reply, no_ack=True)
         self._channel = channel
+        return channel
 
     def detach(self) -> None:
         """The connection is gone: every call still waiting will never see its reply."""

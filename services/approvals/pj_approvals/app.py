@@ -58,12 +58,13 @@ class ApprovalsApp:
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
-        self.confirm_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        self.handlers.reply_channel = await connection.channel(publisher_confirms=False)
-        commands = await connection.channel(publisher_confirms=False)
+        watch = self.supervisor.watch
+        self.confirm_channel = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
+        self.handlers.reply_channel = watch(await connection.channel(publisher_confirms=False))
+        commands = watch(await connection.channel(publisher_confirms=False))
         await consume(commands, self.topology.commands, self.handlers.on_command,
                       prefetch=self.settings.command_prefetch)
-        results = await connection.channel(publisher_confirms=False)
+        results = watch(await connection.channel(publisher_confirms=False))
         await consume(results, self.topology.results, self.handlers.on_report,
                       prefetch=self.settings.command_prefetch)
 

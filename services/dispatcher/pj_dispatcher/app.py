@@ -44,9 +44,10 @@ class DispatcherApp:
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
-        self._confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await self.rpc.attach(connection)
-        orders = await connection.channel(publisher_confirms=False)
+        watch = self.supervisor.watch
+        self._confirm = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
+        watch(await self.rpc.attach(connection))
+        orders = watch(await connection.channel(publisher_confirms=False))
         await consume(orders, self.topology.dispatch, self.worker.on_order, prefetch=self.settings.concurrency)
 
     def _lost(self) -> None:

@@ -48,7 +48,7 @@ class GatewayState:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
         self.inspect = channel
-        await self.rpc.attach(connection)
+        self.supervisor.watch(await self.rpc.attach(connection))
 
     async def inspect_channel(self) -> AbstractChannel | None:
         """The health-check channel, reopened if the broker closed it (a failed passive declare does)."""

@@ -97,3 +97,45 @@ async def test_forged_dispatch_order_runs_nothing(client: httpx.AsyncClient, sys
     assert not [d for d in sink.deliveries if d.body.get("approvalId") == aid]
     record = (await client.get(f"/api/approvals/{aid}", headers=headers(tenant=t))).json()["data"]
     assert record["approval_status"] == "pending"
+
+
+async def test_sigterm_drains_the_running_order_before_exit(client: httpx.AsyncClient, system: System,
+                                                            sink: SinkState) -> None:
+    """A dispatcher told to stop (a scale-down) takes no new order but finishes the one it runs."""
+    t = f"drain-{uuid.uuid4().hex[:6]}"
+    r = await client.post("/api/pj/execute", headers=headers("operator", "olga", t),
+                          json={"actionId": "test.three", "payload": {}})
+    aid = r.json()["approvalId"]
+    assert (await client.post(f"/api/approvals/{aid}/decide", headers=headers("admin", "alice", t),
+                              json={"status": "approved"})).status_code == 200
+
+    def keys() -> list[str]:
+        return [d.headers["Idempotency-Key"] for d in sink.deliveries if d.body["approvalId"] == aid]
+
+    sink.delay_s = 0.5
+    dispatch = asyncio.create_task(client.post(f"/api/approvals/{aid}/dispatch",
+                                               headers=headers("admin", "alice", t), json={}))
+    try:
+        runner = None
+        deadline = time.monotonic() + 15
+        while runner is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            runner = next((name for name in ("dispatcher-1", "dispatcher-2")
+                           if aid in system.log(name) and '"stepId": "first"' in system.log(name)), None)
+        assert runner is not None, "no dispatcher started the plan"
+        proc = system.processes[runner]
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 20)
+        response = await asyncio.wait_for(dispatch, 20)
+    finally:
+        sink.delay_s = 0.0
+        for name in ("dispatcher-1", "dispatcher-2"):
+            if system.processes[name].poll() is not None:
+                system.processes.pop(name)
+                system.start(name, "pj_dispatcher")
+    assert response.status_code == 200 and response.json()["data"]["approvalStatus"] == "dispatched"
+    assert sorted(keys()) == sorted(f"{aid}:{s}" for s in ("first", "second", "third"))  # each once
+    assert "dispatcher.drained" in system.log(runner)
+    assert not any("dispatcher.resumed" in line and aid in line
+                   for name in ("dispatcher-1", "dispatcher-2") for line in system.log(name).splitlines())
+    await system.wait_healthy(dispatchers=2)

@@ -202,15 +202,25 @@ async def _quietly(settlement: Awaitable[None]) -> None:
         log.warning("could not settle message: %r", exc, extra={"scope": "amqp.settle_failed"})
 
 
-async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *, prefetch: int) -> None:
-    """Start consuming `queue_name` with manual acks and at most `prefetch` messages in flight."""
+async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *,
+                  prefetch: int) -> Callable[[], Awaitable[None]]:
+    """Start consuming `queue_name` with manual acks and at most `prefetch` messages in flight.
+
+    Returns a function that stops new deliveries (messages already delivered finish as usual).
+    """
     await channel.set_qos(prefetch_count=prefetch)
     queue = await channel.get_queue(queue_name, ensure=False)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
         await settle(handler, message)
 
-    await queue.consume(on_message)
+    tag = await queue.consume(on_message)
+
+    async def stop_consuming() -> None:
+        if not channel.is_closed:
+            await queue.cancel(tag)
+
+    return stop_consuming
 
 
 async def reply(channel: AbstractChannel, request: AbstractIncomingMessage, body: bytes,

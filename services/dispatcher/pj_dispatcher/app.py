@@ -1,6 +1,7 @@
 """The dispatcher process: one HTTP client, the connectors, and the dispatch-queue consumer."""
 
 import logging
+from collections.abc import Awaitable, Callable
 from wsgiref.simple_server import WSGIServer
 
 import httpx
@@ -38,6 +39,7 @@ class DispatcherApp:
         self.worker = Worker(settings, build_connectors(settings, self.http), self._publish_report,
                              self._fetch_plan, self.metrics)
         self._metrics_server: WSGIServer | None = None
+        self._stop_consuming: Callable[[], Awaitable[None]] | None = None
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="dispatcher", on_lost=self._lost)
         self._confirm: AbstractChannel | None = None
 
@@ -48,7 +50,8 @@ class DispatcherApp:
         self._confirm = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
         watch(await self.rpc.attach(connection))
         orders = watch(await connection.channel(publisher_confirms=False))
-        await consume(orders, self.topology.dispatch, self.worker.on_order, prefetch=self.settings.concurrency)
+        self._stop_consuming = await consume(orders, self.topology.dispatch, self.worker.on_order,
+                                             prefetch=self.settings.concurrency)
 
     def _lost(self) -> None:
         self._confirm = None
@@ -83,6 +86,16 @@ class DispatcherApp:
                                              self.settings.dispatcher_metrics_host, self.metrics.registry)
 
     async def stop(self) -> None:
+        """Drain, then disconnect: take no new orders, let the running ones finish (up to
+        PJ_DISPATCHER_DRAIN_S), so a scale-down does not interrupt a step halfway."""
+        if self._stop_consuming is not None:
+            try:
+                await self._stop_consuming()
+            except Exception:  # the connection may already be gone: nothing new can arrive then either
+                log.warning("could not stop consuming", exc_info=True, extra={"scope": "dispatcher.drain"})
+        drained = await self.worker.drain(self.settings.drain_s)
+        scope = "dispatcher.drained" if drained else "dispatcher.drain_timeout"
+        log.info("dispatcher stopping", extra={"scope": scope})
         await self.supervisor.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

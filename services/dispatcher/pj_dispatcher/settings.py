@@ -19,6 +19,8 @@ class DispatcherSettings(CommonSettings):
     # How long an order waits for approvals to confirm its plan before it is retried later.
     plan_fetch_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
+    # On SIGTERM, how long running orders may take to finish before the process disconnects anyway.
+    drain_s: float = Field(default=60.0, ge=0, validation_alias=AliasChoices("PJ_DISPATCHER_DRAIN_S"))
     # Serve this process's /metrics on this port (0: off); each dispatcher needs its own port.
     dispatcher_metrics_port: int = 0
     dispatcher_metrics_host: str = "127.0.0.1"

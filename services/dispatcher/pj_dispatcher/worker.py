@@ -42,9 +42,30 @@ class Worker:
         self._publish_report = publish_report
         self._fetch_plan = fetch_plan
         self._secrets = settings.secret_values()
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._metrics = metrics or DispatcherMetrics()
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no order is running (after consuming stopped); False if `timeout` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def on_order(self, message: AbstractIncomingMessage) -> None:
+        self._running += 1
+        self._idle.clear()
+        try:
+            await self._confirm_and_run(message)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+
+    async def _confirm_and_run(self, message: AbstractIncomingMessage) -> None:
         """Confirm the order's claim with approvals, then run the plan approvals returns.
 
         Nothing runs on the message's word alone: a forged, stale or superseded order is dropped,

@@ -32,6 +32,25 @@ def headers(role: str = "admin", sub: str = "alice", tenant: str = "acme", csrf:
     return {**h, **CSRF} if csrf else h
 
 
+async def request_approval(client: httpx.AsyncClient, tenant: str, action: str = "notify.webhook",
+                           payload: dict[str, Any] | None = None, *, sub: str = "olga",
+                           request_id: str | None = None) -> str:
+    """An operator asks for a governed action; returns the pending approval's id (asserts 202)."""
+    body: dict[str, Any] = {"actionId": action, "payload": payload or {}}
+    if request_id:
+        body["requestId"] = request_id
+    r = await client.post("/api/pj/execute", json=body, headers=headers("operator", sub, tenant))
+    assert r.status_code == 202, r.text
+    return str(r.json()["approvalId"])
+
+
+async def approve(client: httpx.AsyncClient, tenant: str, approval_id: str, sub: str = "alice") -> None:
+    """An admin approves (asserts 200)."""
+    r = await client.post(f"/api/approvals/{approval_id}/decide", json={"status": "approved"},
+                          headers=headers("admin", sub, tenant))
+    assert r.status_code == 200, r.text
+
+
 def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: str) -> dict[str, str]:
     repo = Path(__file__).resolve().parents[2]
     return {

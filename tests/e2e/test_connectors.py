@@ -19,7 +19,7 @@ from tests.support.graph_api import GraphState, start_graph_api, stop_graph_api
 from tests.support.slack_api import SlackState, start_slack_api, stop_slack_api
 from tests.support.system import System, delete_topology, free_port
 
-from .conftest import headers, system_env
+from .conftest import approve, headers, request_approval, system_env
 
 GH_TOKEN, SLACK_TOKEN = "ghp-e2e-token", "xoxb-e2e-token"
 REPO, SITE, LIST, CHANNEL = "acme/environments", "site-1", "Environments", "C0OPS0001"
@@ -80,13 +80,9 @@ async def connected(database_url: str, amqp_url: str, apis: Apis,
 
 
 async def approved_environment(client: httpx.AsyncClient, tenant: str, name: str) -> str:
-    r = await client.post("/api/pj/execute", headers=headers("operator", "olga", tenant), json={
-        "actionId": "environment.create", "payload": {"name": name, "config": {"replicas": 2}}})
-    assert r.status_code == 202, r.text
-    approval_id = str(r.json()["approvalId"])
-    r = await client.post(f"/api/approvals/{approval_id}/decide", headers=headers("admin", "alice", tenant),
-                          json={"status": "approved"})
-    assert r.status_code == 200, r.text
+    approval_id = await request_approval(client, tenant, "environment.create",
+                                         {"name": name, "config": {"replicas": 2}})
+    await approve(client, tenant, approval_id)
     return approval_id
 
 

@@ -14,21 +14,19 @@ from pj_common.topology import Topology
 from tests.support.system import System
 from tests.support.webhook_sink import SinkState
 
-from .conftest import headers
+from .conftest import approve, headers, request_approval
+
+
+def delivered_keys(sink: SinkState, approval_id: str) -> list[str]:
+    """The Idempotency-Key of every delivery the receiver accepted for this approval."""
+    return [d.headers["Idempotency-Key"] for d in sink.deliveries if d.body["approvalId"] == approval_id]
 
 
 async def test_killed_dispatcher_order_resumes_on_the_other(client: httpx.AsyncClient, system: System,
                                                             sink: SinkState) -> None:
     t = f"crash-{uuid.uuid4().hex[:6]}"
-    r = await client.post("/api/pj/execute", headers=headers("operator", "olga", t),
-                          json={"actionId": "test.three", "payload": {}})
-    aid = r.json()["approvalId"]
-    r = await client.post(f"/api/approvals/{aid}/decide", headers=headers("admin", "alice", t),
-                          json={"status": "approved"})
-    assert r.status_code == 200
-
-    def keys() -> list[str]:
-        return [d.headers["Idempotency-Key"] for d in sink.deliveries if d.body["approvalId"] == aid]
+    aid = await request_approval(client, t, "test.three")
+    await approve(client, t, aid)
 
     sink.delay_s = 1.0  # every delivery takes a second: time to kill the worker inside step two
     dispatch = asyncio.create_task(client.post(f"/api/approvals/{aid}/dispatch",
@@ -38,7 +36,7 @@ async def test_killed_dispatcher_order_resumes_on_the_other(client: httpx.AsyncC
         victim = None
         while time.monotonic() < deadline and victim is None:
             await asyncio.sleep(0.05)
-            if f"{aid}:first" in keys():
+            if f"{aid}:first" in delivered_keys(sink, aid):
                 victim = next((name for name in ("dispatcher-1", "dispatcher-2")
                                if '"stepId": "second"' in system.log(name) and aid in system.log(name)), None)
         assert victim is not None, "step two never started"
@@ -59,7 +57,7 @@ async def test_killed_dispatcher_order_resumes_on_the_other(client: httpx.AsyncC
         await asyncio.sleep(0.1)
     assert record["approval_status"] == "dispatched"
     assert [s["status"] for s in record["dispatch_result"]] == ["succeeded"] * 3
-    delivered = keys()
+    delivered = delivered_keys(sink, aid)
     assert delivered.count(f"{aid}:first") == 1  # finished before the crash: never run again
     assert delivered.count(f"{aid}:third") == 1
     # Step two was in flight when its worker died; it may reach the receiver twice, always with the
@@ -75,9 +73,7 @@ async def test_forged_dispatch_order_runs_nothing(client: httpx.AsyncClient, sys
                                                   amqp_url: str) -> None:
     """Whoever can publish to the broker still cannot run a plan approvals did not claim."""
     t = f"forge-{uuid.uuid4().hex[:6]}"
-    r = await client.post("/api/pj/execute", headers=headers("operator", "olga", t),
-                          json={"actionId": "notify.webhook", "payload": {"forged": False}})
-    aid = r.json()["approvalId"]  # pending: never approved
+    aid = await request_approval(client, t, payload={"forged": False})  # pending: never approved
     forged = DispatchOrder(approval_id=aid, tenant_id=t, action_id="notify.webhook", claim_token=str(uuid.uuid4()),
                            steps=[PlanStep(step_id="evil", connector="webhook", operation="post",
                                            params={"body": "pwned"})])
@@ -103,14 +99,8 @@ async def test_sigterm_drains_the_running_order_before_exit(client: httpx.AsyncC
                                                             sink: SinkState) -> None:
     """A dispatcher told to stop (a scale-down) takes no new order but finishes the one it runs."""
     t = f"drain-{uuid.uuid4().hex[:6]}"
-    r = await client.post("/api/pj/execute", headers=headers("operator", "olga", t),
-                          json={"actionId": "test.three", "payload": {}})
-    aid = r.json()["approvalId"]
-    assert (await client.post(f"/api/approvals/{aid}/decide", headers=headers("admin", "alice", t),
-                              json={"status": "approved"})).status_code == 200
-
-    def keys() -> list[str]:
-        return [d.headers["Idempotency-Key"] for d in sink.deliveries if d.body["approvalId"] == aid]
+    aid = await request_approval(client, t, "test.three")
+    await approve(client, t, aid)
 
     sink.delay_s = 0.5
     dispatch = asyncio.create_task(client.post(f"/api/approvals/{aid}/dispatch",
@@ -134,7 +124,7 @@ async def test_sigterm_drains_the_running_order_before_exit(client: httpx.AsyncC
                 system.processes.pop(name)
                 system.start(name, "pj_dispatcher")
     assert response.status_code == 200 and response.json()["data"]["approvalStatus"] == "dispatched"
-    assert sorted(keys()) == sorted(f"{aid}:{s}" for s in ("first", "second", "third"))  # each once
+    assert sorted(delivered_keys(sink, aid)) == sorted(f"{aid}:{s}" for s in ("first", "second", "third"))  # each once
     assert "dispatcher.drained" in system.log(runner)
     assert not any("dispatcher.resumed" in line and aid in line
                    for name in ("dispatcher-1", "dispatcher-2") for line in system.log(name).splitlines())

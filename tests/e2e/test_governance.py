@@ -5,7 +5,6 @@ import asyncio
 import signal
 import uuid
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import httpx
@@ -15,19 +14,11 @@ from pj_common.topology import Topology
 from tests.support.system import System
 from tests.support.webhook_sink import SinkState
 
-from .conftest import EXTRA_ACTIONS, headers, write_catalog
+from .conftest import EXTRA_ACTIONS, headers, request_approval, write_catalog
 
 
 def tenant() -> str:
     return f"gov-{uuid.uuid4().hex[:6]}"
-
-
-async def execute(client: httpx.AsyncClient, t: str, action: str, payload: dict[str, Any] | None = None,
-                  sub: str = "olga") -> str:
-    r = await client.post("/api/pj/execute", headers=headers("operator", sub, t),
-                          json={"actionId": action, "payload": payload or {}})
-    assert r.status_code == 202, r.text
-    return str(r.json()["approvalId"])
 
 
 async def decide(client: httpx.AsyncClient, t: str, approval_id: str, role: str, sub: str,
@@ -38,7 +29,7 @@ async def decide(client: httpx.AsyncClient, t: str, approval_id: str, role: str,
 
 async def test_two_stage_two_approver_chain(client: httpx.AsyncClient, sink: SinkState) -> None:
     t = tenant()
-    aid = await execute(client, t, "release.production", {"version": "1.2.3"})
+    aid = await request_approval(client, t, "release.production", {"version": "1.2.3"})
     r = await decide(client, t, aid, "admin", "olga")  # an admin token for the requester changes nothing
     assert r.status_code == 403 and r.json()["error"]["code"] == "self_approval_forbidden"
     r = await decide(client, t, aid, "operator", "oscar")
@@ -75,7 +66,7 @@ async def test_two_stage_two_approver_chain(client: httpx.AsyncClient, sink: Sin
 
 async def test_one_rejection_rejects_the_chain(client: httpx.AsyncClient) -> None:
     t = tenant()
-    aid = await execute(client, t, "release.production")
+    aid = await request_approval(client, t, "release.production")
     assert (await decide(client, t, aid, "approver", "sam")).status_code == 200
     r = await decide(client, t, aid, "admin", "alice", status="rejected", note="not now")
     assert r.status_code == 200 and r.json()["data"]["approval_status"] == "rejected"
@@ -86,7 +77,7 @@ async def test_one_rejection_rejects_the_chain(client: httpx.AsyncClient) -> Non
 
 async def test_concurrent_approvers_of_one_stage_both_count(client: httpx.AsyncClient) -> None:
     t = tenant()
-    aid = await execute(client, t, "release.production")
+    aid = await request_approval(client, t, "release.production")
     assert (await decide(client, t, aid, "approver", "sam")).status_code == 200
     first, second = await asyncio.gather(decide(client, t, aid, "admin", "alice"),
                                          decide(client, t, aid, "admin", "adam"))
@@ -97,7 +88,7 @@ async def test_concurrent_approvers_of_one_stage_both_count(client: httpx.AsyncC
 
 async def test_every_route_is_scoped_to_the_callers_tenant(client: httpx.AsyncClient) -> None:
     t, other = tenant(), tenant()
-    aid = await execute(client, t, "notify.webhook", {"x": 1})
+    aid = await request_approval(client, t, "notify.webhook", {"x": 1})
     stranger = headers("admin", "alice", other)
     for method, path, body in (
         ("GET", f"/api/approvals/{aid}", None),
@@ -118,7 +109,7 @@ async def test_every_route_is_scoped_to_the_callers_tenant(client: httpx.AsyncCl
 async def test_plan_changed_between_approval_and_dispatch_is_refused(
         client: httpx.AsyncClient, system: System, sink: SinkState) -> None:
     t = tenant()
-    aid = await execute(client, t, "test.replan")
+    aid = await request_approval(client, t, "test.replan")
     assert (await decide(client, t, aid, "admin", "alice")).status_code == 200
     catalog = system.env["PJ_CATALOG"]
     changed = {**EXTRA_ACTIONS, "test.replan": {"plan": [
@@ -139,7 +130,7 @@ async def test_plan_changed_between_approval_and_dispatch_is_refused(
         assert record["approval_status"] == "approved"
         assert len(sink.deliveries) == delivered_before
         # A request made after the reload gets the new plan and dispatches.
-        fresh = await execute(client, t, "test.replan")
+        fresh = await request_approval(client, t, "test.replan")
         assert (await decide(client, t, fresh, "admin", "alice")).status_code == 200
         r = await client.post(f"/api/approvals/{fresh}/dispatch", headers=headers("admin", "alice", t), json={})
         assert r.status_code == 200 and r.json()["data"]["approvalStatus"] == "dispatched"
@@ -178,7 +169,7 @@ async def test_every_transition_is_published_on_the_events_exchange(client: http
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(Topology(prefix).events, routing_key="approval.#")
         t = tenant()
-        aid = await execute(client, t, "notify.webhook", {"e": 1})
+        aid = await request_approval(client, t, "notify.webhook", {"e": 1})
         assert (await decide(client, t, aid, "admin", "alice", note="ok")).status_code == 200
         r = await client.post(f"/api/approvals/{aid}/dispatch", headers=headers("admin", "alice", t), json={})
         assert r.status_code == 200

@@ -3,7 +3,6 @@
 import asyncio
 import time
 import uuid
-from typing import Any
 
 import httpx
 import jwt
@@ -11,27 +10,11 @@ import jwt
 from tests.support.system import System, free_port
 from tests.support.webhook_sink import SinkState
 
-from .conftest import CSRF, SECRET, headers, token
+from .conftest import CSRF, SECRET, approve, headers, request_approval, token
 
 
 def tenant() -> str:
     return f"acme-{uuid.uuid4().hex[:6]}"
-
-
-async def create(client: httpx.AsyncClient, t: str, action: str = "notify.webhook",
-                 payload: dict[str, Any] | None = None, request_id: str | None = None, sub: str = "bob") -> str:
-    body: dict[str, Any] = {"actionId": action, "mode": "execute", "payload": payload or {"n": 1}}
-    if request_id:
-        body["requestId"] = request_id
-    r = await client.post("/api/pj/execute", json=body, headers=headers("operator", sub, t))
-    assert r.status_code == 202, r.text
-    return str(r.json()["approvalId"])
-
-
-async def approve(client: httpx.AsyncClient, t: str, approval_id: str) -> None:
-    r = await client.post(f"/api/approvals/{approval_id}/decide", json={"status": "approved"},
-                          headers=headers("admin", "alice", t))
-    assert r.status_code == 200, r.text
 
 
 async def test_smoke_1_health(client: httpx.AsyncClient) -> None:
@@ -113,7 +96,7 @@ async def test_smoke_2_to_6_full_walk(client: httpx.AsyncClient, sink: SinkState
 
 async def test_same_request_id_returns_the_same_approval(client: httpx.AsyncClient) -> None:
     t = tenant()
-    ids = await asyncio.gather(*(create(client, t, request_id="dup") for _ in range(20)))
+    ids = await asyncio.gather(*(request_approval(client, t, request_id="dup") for _ in range(20)))
     assert len(set(ids)) == 1
     r = await client.get("/api/approvals", headers=headers("admin", "alice", t))
     assert r.json()["data"]["total"] == 1
@@ -122,7 +105,7 @@ async def test_same_request_id_returns_the_same_approval(client: httpx.AsyncClie
 async def test_twenty_concurrent_dispatches_one_winner_one_delivery(client: httpx.AsyncClient,
                                                                      sink: SinkState) -> None:
     t = tenant()
-    approval_id = await create(client, t, payload={"race": True})
+    approval_id = await request_approval(client, t, payload={"race": True})
     await approve(client, t, approval_id)
     admin = headers("admin", "alice", t)
     responses = await asyncio.gather(*(client.post(f"/api/approvals/{approval_id}/dispatch", headers=admin,
@@ -142,7 +125,7 @@ async def test_twenty_concurrent_dispatches_one_winner_one_delivery(client: http
 
 async def test_two_dispatchers_share_the_work(client: httpx.AsyncClient, system: System, sink: SinkState) -> None:
     t = tenant()
-    ids = [await create(client, t, payload={"i": i}) for i in range(12)]
+    ids = [await request_approval(client, t, payload={"i": i}) for i in range(12)]
     for approval_id in ids:
         await approve(client, t, approval_id)
     sink.delay_s = 0.2  # slow deliveries keep each dispatcher busy, so the broker spreads the orders
@@ -159,7 +142,7 @@ async def test_two_dispatchers_share_the_work(client: httpx.AsyncClient, system:
 
 async def test_unconfigured_connector_fails_the_dispatch_naming_the_setting(client: httpx.AsyncClient) -> None:
     t = tenant()
-    approval_id = await create(client, t, action="environment.create", payload={"name": "env-x"})
+    approval_id = await request_approval(client, t, action="environment.create", payload={"name": "env-x"})
     await approve(client, t, approval_id)
     r = await client.post(f"/api/approvals/{approval_id}/dispatch", headers=headers("admin", "alice", t), json={})
     assert r.status_code == 200, r.text
@@ -211,8 +194,8 @@ async def test_correlation_id_is_honoured_and_echoed(client: httpx.AsyncClient) 
 
 async def test_roles_and_visibility(client: httpx.AsyncClient) -> None:
     t = tenant()
-    mine = await create(client, t, sub="bob")
-    theirs = await create(client, t, sub="carol")
+    mine = await request_approval(client, t, sub="bob")
+    theirs = await request_approval(client, t, sub="carol")
     r = await client.get("/api/approvals", headers=headers("operator", "bob", t))
     assert [a["id"] for a in r.json()["data"]["approvals"]] == [mine]
     r = await client.get(f"/api/approvals/{theirs}", headers=headers("operator", "bob", t))
@@ -299,7 +282,7 @@ async def test_approvals_serves_its_own_metrics_for_direct_scrapes(client: httpx
 async def test_a_dispatcher_serves_step_metrics_and_a_taken_port_is_not_fatal(
         client: httpx.AsyncClient, system: System) -> None:
     t = tenant()
-    approval_id = await create(client, t, payload={"metrics": True})
+    approval_id = await request_approval(client, t, payload={"metrics": True})
     await approve(client, t, approval_id)
     r = await client.post(f"/api/approvals/{approval_id}/dispatch", headers=headers("admin", "alice", t), json={})
     assert r.status_code == 200

@@ -39,6 +39,12 @@ class ConnectorError(Exception):
         self.retry_after = retry_after
         self.http_status = http_status
 
+    def redacted(self, *secrets: str | None) -> "ConnectorError":
+        """This error with every secret removed from its message, wherever the text came from."""
+        self.message = redact(self.message, *secrets)
+        self.args = (self.message,)
+        return self
+
 
 def permanent(code: str, message: str, http_status: int | None = None) -> ConnectorError:
     return ConnectorError(code, message, retryable=False, http_status=http_status)

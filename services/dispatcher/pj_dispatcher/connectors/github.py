@@ -36,7 +36,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from .base import ConnectorError, StepContext, StepOutput, permanent, redact, retryable
+from .base import ConnectorError, StepContext, StepOutput, permanent, retryable
 from .http_errors import classify_status, classify_transport, retry_after_s
 
 API_VERSION = "2022-11-28"
@@ -153,9 +153,7 @@ class GitHubConnector:
         try:
             result, status = await operation(ctx)
         except ConnectorError as exc:
-            secret = self._token.get_secret_value() if self._token is not None else None
-            exc.message = redact(exc.message, secret)
-            exc.args = (exc.message,)
+            exc.redacted(self._token.get_secret_value() if self._token is not None else None)
             raise
         return StepOutput(result=result, http_status=status)
 

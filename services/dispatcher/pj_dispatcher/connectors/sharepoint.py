@@ -82,8 +82,7 @@ class SharePointConnector:
         return redact(text, *self._secrets(), *extra)
 
     def _redacted(self, error: ConnectorError, *extra: str | None) -> ConnectorError:
-        return ConnectorError(error.code, self._redact(error.message, *extra), retryable=error.retryable,
-                              retry_after=error.retry_after, http_status=error.http_status)
+        return error.redacted(*self._secrets(), *extra)
 
     def _cached_token(self) -> str | None:
         if self._token is not None and self._clock() < self._token_renew_at:

@@ -137,11 +137,11 @@ class SlackConnector:
         try:
             response = await self._client.request(method, f"{self._api_url}/{api_method}", headers=headers, **kwargs)
         except httpx.HTTPError as exc:
-            raise _scrub(classify_transport(exc, what), secret) from exc
+            raise classify_transport(exc, what).redacted(secret) from exc
         if response.status_code == 429:
             raise retryable("slack_ratelimited", f"{what}: rate limited (HTTP 429)", retry_after_s(response), 429)
         if not response.is_success:
-            raise _scrub(classify_status(response, what), secret)
+            raise classify_status(response, what).redacted(secret)
         try:
             data = response.json()
         except ValueError:
@@ -154,7 +154,7 @@ class SlackConnector:
                             http_status=response.status_code)
         if data.get("ok") is True:
             return response, data
-        raise _scrub(_classify_slack_error(response, data, what, channel), secret)
+        raise _classify_slack_error(response, data, what, channel).redacted(secret)
 
 
 def _classify_slack_error(response: httpx.Response, data: dict[str, Any], what: str, channel: str
@@ -196,9 +196,3 @@ def _details(data: dict[str, Any]) -> str:
         return "; ".join(str(m) for m in messages[:5])[:300]
     return ""
 
-
-def _scrub(error: ConnectorError, secret: str) -> ConnectorError:
-    """The same error with the token removed from its message, wherever the text came from."""
-    error.message = redact(error.message, secret)
-    error.args = (error.message,)
-    return error

@@ -1,23 +1,33 @@
 """The message contract between services: commands, replies, dispatch orders, step reports, events.
 
-Every model is frozen and forbids unknown keys; on the wire they are JSON with camelCase keys.
+Every model is frozen and forbids unknown keys; on the wire they are JSON with camelCase keys, except
+the approval view, which keeps the runbook's snake_case names (`RunbookView`). Each command names the
+model of its reply's `data` (`reply_model`).
 A test compares each model's JSON Schema with the committed files in docs/schemas, so a
 contract change shows in review.
 """
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION = 1
 
-ApprovalStatus = Literal[
-    "pending", "approved", "rejected", "dispatching", "dispatched", "dispatch_failed", "expired"
-]
-APPROVAL_STATUSES: tuple[str, ...] = ApprovalStatus.__args__  # type: ignore[attr-defined]
+
+class ApprovalStatus(StrEnum):
+    """Every status an approval can be in; the transitions between them live in approvals' domain."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    DISPATCHING = "dispatching"
+    DISPATCHED = "dispatched"
+    DISPATCH_FAILED = "dispatch_failed"
+    EXPIRED = "expired"
 
 
 def new_id() -> str:
@@ -37,12 +47,207 @@ class Contract(BaseModel):
         return self.model_dump_json(by_alias=True).encode()
 
 
+# ---------------------------------------------------------------- parts shared by commands, replies and orders
+
+
+class ErrorBody(Contract):
+    code: str
+    message: str
+
+
+class PlanStep(Contract):
+    step_id: str
+    connector: str
+    operation: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+Decision = Literal["approved", "rejected"]
+
+StepStatus = Literal["succeeded", "failed", "skipped", "not_run", "simulated"]
+
+
+class StepResult(Contract):
+    """One step's outcome, as stored in `dispatch_result` and shown to clients."""
+
+    step_id: str
+    connector: str
+    operation: str
+    status: StepStatus
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    http_status: int | None = None
+    duration_ms: float | None = None
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+
+# ---------------------------------------------------------------- replies (approvals -> the caller of a command)
+
+
+class RunbookView(BaseModel):
+    """Base of the views that keep the runbook's snake_case field names on the wire (and nothing else does)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class AuditEntry(Contract):
+    """One row of an approval's audit trail."""
+
+    event: str
+    actor: str | None
+    role: str | None
+    from_status: ApprovalStatus | None = Field(alias="from")
+    to_status: ApprovalStatus = Field(alias="to")
+    note: str | None
+    correlation_id: str | None
+    at: datetime
+
+
+class ApprovalView(RunbookView):
+    """An approval as clients see it, with the runbook's field names; `audit` only where it was read."""
+
+    id: str
+    request_id: str
+    tenant_id: str
+    operator_id: str
+    action_id: str
+    approval_status: ApprovalStatus
+    approver_id: str | None
+    approval_note: str | None
+    payload: dict[str, Any]
+    plan: list[PlanStep]
+    plan_hash: str
+    dispatch_result: list[StepResult] | None
+    created_at: datetime
+    updated_at: datetime
+    decided_at: datetime | None
+    dispatched_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime
+    audit: list[AuditEntry] | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unread_audit(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("audit") is None:
+            data.pop("audit", None)
+        return data
+
+
+class ApprovalPage(Contract):
+    """One page of approvals, newest first, with the number matching and the number pending."""
+
+    approvals: list[ApprovalView]
+    total: int
+    pending_count: int
+    limit: int
+    offset: int
+
+
+class PendingCount(Contract):
+    pending_count: int
+
+
+class ExecuteAccepted(Contract):
+    """A stored request: pending (approvalRequired), or a launch-tier action already dispatching.
+    `created` is false when an earlier request with the same requestId made it."""
+
+    approval_id: str
+    approval_required: bool
+    approval_status: ApprovalStatus
+    plan_hash: str
+    request_id: str
+    created: bool
+
+
+class DryRunPlan(Contract):
+    """What an execute would plan; nothing is stored."""
+
+    approval_required: bool = False
+    action_id: str
+    plan: list[PlanStep]
+    plan_hash: str
+
+
+class DispatchOutcome(Contract):
+    """Where a dispatch stands: started (`dispatching`, no result yet), finished with each step's result,
+    or (dryRun) the steps a dispatch would run or skip."""
+
+    approval_id: str
+    approval_status: ApprovalStatus
+    dispatch_result: list[StepResult] | None = None
+    dry_run: bool = False
+
+
+class ChainDecision(Contract):
+    approver_id: str
+    role: str
+    stage_index: int
+    stage: str
+    decision: Decision
+    note: str | None
+    decided_at: datetime
+
+
+StageState = Literal["approved", "current", "waiting", "rejected", "expired", "not_reached"]
+
+
+class ChainStage(Contract):
+    name: str
+    roles: list[str]
+    approvals_required: int
+    state: StageState
+    approvals: int
+    decisions: list[ChainDecision]
+
+
+class ChainView(Contract):
+    """The approval's stages: who may decide each, who did, when, with what note."""
+
+    approval_id: str
+    approval_status: ApprovalStatus
+    current_stage: str | None
+    stages: list[ChainStage]
+
+
+class ComponentHealth(Contract):
+    status: Literal["ok", "degraded", "error", "unknown"]
+    detail: str | None = None
+
+
+class HealthReport(Contract):
+    """What the approvals service checks behind it."""
+
+    database: ComponentHealth
+
+
+class MetricsText(Contract):
+    """The approvals service's metrics in Prometheus text format."""
+
+    text: str
+
+
+class DispatchPlan(Contract):
+    """The plan a dispatch order's claim may run and the steps already done; `stale` when the claim no
+    longer holds the dispatch (then nothing may run)."""
+
+    stale: bool
+    steps: list[PlanStep] = Field(default_factory=list)
+    completed: list[StepResult] = Field(default_factory=list)
+
+
 # ---------------------------------------------------------------- commands (gateway or any service -> approvals)
 
 
 class ExecuteRequest(Contract):
     """Ask for a governed action; `dry-run` returns the plan without storing anything."""
 
+    reply_model: ClassVar[Any] = ExecuteAccepted | DryRunPlan
     name: Literal["execute"] = "execute"
     action_id: str = Field(min_length=1, max_length=200)
     mode: Literal["execute", "dry-run"] = "execute"
@@ -51,6 +256,7 @@ class ExecuteRequest(Contract):
 
 
 class ListApprovals(Contract):
+    reply_model: ClassVar[Any] = ApprovalPage
     name: Literal["list_approvals"] = "list_approvals"
     status: ApprovalStatus | None = None
     limit: int = Field(default=50, ge=1, le=200)
@@ -58,21 +264,21 @@ class ListApprovals(Contract):
 
 
 class GetApproval(Contract):
+    reply_model: ClassVar[Any] = ApprovalView
     name: Literal["get_approval"] = "get_approval"
     approval_id: str
-
-
-Decision = Literal["approved", "rejected"]
 
 
 class GetChain(Contract):
     """The approval's stages, who decided each, when and with what note."""
 
+    reply_model: ClassVar[Any] = ChainView
     name: Literal["get_chain"] = "get_chain"
     approval_id: str
 
 
 class DecideRequest(Contract):
+    reply_model: ClassVar[Any] = ApprovalView
     name: Literal["decide"] = "decide"
     approval_id: str = ""
     status: Decision
@@ -80,6 +286,7 @@ class DecideRequest(Contract):
 
 
 class DispatchRequest(Contract):
+    reply_model: ClassVar[Any] = DispatchOutcome
     name: Literal["dispatch"] = "dispatch"
     approval_id: str = ""
     dry_run: bool = False
@@ -93,20 +300,24 @@ class GetDispatchPlan(Contract):
     order (unknown claim) is stale, so nothing runs that approvals did not claim.
     """
 
+    reply_model: ClassVar[Any] = DispatchPlan
     name: Literal["get_dispatch_plan"] = "get_dispatch_plan"
     approval_id: str
     claim_token: str
 
 
 class CountPending(Contract):
+    reply_model: ClassVar[Any] = PendingCount
     name: Literal["count_pending"] = "count_pending"
 
 
 class CheckHealth(Contract):
+    reply_model: ClassVar[Any] = HealthReport
     name: Literal["health"] = "health"
 
 
 class ReadMetrics(Contract):
+    reply_model: ClassVar[Any] = MetricsText
     name: Literal["metrics"] = "metrics"
 
 
@@ -135,48 +346,26 @@ class CommandEnvelope(Contract):
     command: Command
 
 
-class ErrorBody(Contract):
-    code: str
-    message: str
+DataT = TypeVar("DataT")
 
 
-class Reply(Contract):
-    """The answer to a command. `followUp` says a final reply comes later on `<correlationId>.done`."""
+class Reply(Contract, Generic[DataT]):
+    """The answer to a command: `data` is the command's `reply_model` when `ok`, else `error` says why.
+
+    `followUp` says a final reply (a `DispatchOutcome`) comes later on `<correlationId>.done`. A
+    reader parses the bytes straight into `Reply[TheModel]`, so no reply crosses the wire as a dict.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     ok: bool
-    data: Any = None
+    data: DataT | None = None
     error: ErrorBody | None = None
     follow_up: bool = False
 
 
+
+
 # ---------------------------------------------------------------- dispatch (approvals -> dispatcher -> approvals)
-
-
-class PlanStep(Contract):
-    step_id: str
-    connector: str
-    operation: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-StepStatus = Literal["succeeded", "failed", "skipped", "not_run", "simulated"]
-
-
-class StepResult(Contract):
-    """One step's outcome, as stored in `dispatch_result` and shown to clients."""
-
-    step_id: str
-    connector: str
-    operation: str
-    status: StepStatus
-    attempts: int = 0
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    http_status: int | None = None
-    duration_ms: float | None = None
-    result: dict[str, Any] | None = None
-    error: ErrorBody | None = None
 
 
 class ReplyAddress(Contract):
@@ -248,10 +437,20 @@ class ApprovalEvent(Contract):
     note: str | None = None
 
 
-CONTRACT_MODELS: tuple[type[Contract], ...] = (
+CONTRACT_MODELS: tuple[type[BaseModel], ...] = (
     CommandEnvelope,
     Reply,
     DispatchOrder,
     StepReport,
     ApprovalEvent,
+    ApprovalView,
+    ApprovalPage,
+    PendingCount,
+    ExecuteAccepted,
+    DryRunPlan,
+    DispatchOutcome,
+    ChainView,
+    HealthReport,
+    MetricsText,
+    DispatchPlan,
 )

@@ -22,7 +22,7 @@ from pj_approvals.domain import (
 )
 from pj_common.auth import Principal, Role
 from pj_common.errors import ErrorCode, GateError
-from pj_common.messages import APPROVAL_STATUSES
+from pj_common.messages import ApprovalStatus
 
 # The state machine written out independently of the module, so a change to TRANSITIONS shows here.
 EXPECTED_EDGES: dict[tuple[str, Transition], str] = {
@@ -36,7 +36,8 @@ EXPECTED_EDGES: dict[tuple[str, Transition], str] = {
     ("dispatching", Transition.FAIL): "dispatch_failed",
 }
 
-ALL_PAIRS = list(itertools.product(APPROVAL_STATUSES, list(Transition)))
+STATUSES = tuple(ApprovalStatus)
+ALL_PAIRS = list(itertools.product(STATUSES, list(Transition)))
 FORBIDDEN_PAIRS = [pair for pair in ALL_PAIRS if pair not in EXPECTED_EDGES]
 
 
@@ -45,7 +46,7 @@ def _pair_id(pair: tuple[str, Transition]) -> str:
 
 
 def test_status_and_transition_universe() -> None:
-    assert APPROVAL_STATUSES == (
+    assert STATUSES == (
         "pending", "approved", "rejected", "dispatching", "dispatched", "dispatch_failed", "expired",
     )
     assert {t.value for t in Transition} == {"approve", "reject", "expire", "dispatch", "complete", "fail"}
@@ -60,8 +61,8 @@ def test_transition_table_is_exactly_the_expected_one() -> None:
 
 def test_every_status_in_the_table_is_a_known_status() -> None:
     for (source, _), target in TRANSITIONS.items():
-        assert source in APPROVAL_STATUSES
-        assert target in APPROVAL_STATUSES
+        assert source in STATUSES
+        assert target in STATUSES
 
 
 @pytest.mark.parametrize(("edge", "target"), list(EXPECTED_EDGES.items()),
@@ -97,7 +98,7 @@ def test_terminal_statuses_have_no_way_out() -> None:
 
 
 def test_every_non_terminal_status_has_a_way_out() -> None:
-    for status in set(APPROVAL_STATUSES) - TERMINAL_STATUSES:
+    for status in set(STATUSES) - TERMINAL_STATUSES:
         assert any((status, t) in TRANSITIONS for t in Transition), status
 
 
@@ -122,7 +123,7 @@ def test_sources_of(transition: Transition, sources: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("transition", list(Transition))
 def test_sources_of_agrees_with_next_status(transition: Transition) -> None:
     allowed = set()
-    for status in APPROVAL_STATUSES:
+    for status in STATUSES:
         try:
             next_status(status, transition)
         except GateError:

@@ -170,7 +170,7 @@ def make_handler(state: GraphState) -> type[BaseHTTPRequestHandler]:
             else:
                 self._error(404, "notFound", f"no route {parts.path}")
 
-        do_GET = do_POST = do_PUT = _handle  # noqa: N815 - the stdlib's names
+        do_GET = do_POST = do_PUT = _handle
 
         # --- identity platform -------------------------------------------------------------------------
 
@@ -337,7 +337,7 @@ def make_handler(state: GraphState) -> type[BaseHTTPRequestHandler]:
                     "file": {"mimeType": self.headers.get("Content-Type", "application/octet-stream"),
                              "hashes": hashes}}
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler

@@ -50,7 +50,7 @@ def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
         # Keep connections open between deliveries, as real receivers do.
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if state.delay_s:
                 time.sleep(state.delay_s)
@@ -79,7 +79,7 @@ def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(answer)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler

@@ -172,7 +172,7 @@ def load_catalog(path: Path) -> Catalog:
     """Parse and validate the catalog file; raise `CatalogError` naming the file and the problem."""
     try:
         text = path.read_text()
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise CatalogError(f"{path}: {exc}") from exc
     try:

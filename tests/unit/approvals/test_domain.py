@@ -89,7 +89,7 @@ def test_unknown_status_is_invalid_state() -> None:
 
 
 def test_terminal_statuses_have_no_way_out() -> None:
-    assert TERMINAL_STATUSES == frozenset({"rejected", "dispatched", "expired"})
+    assert frozenset({"rejected", "dispatched", "expired"}) == TERMINAL_STATUSES
     for status in TERMINAL_STATUSES:
         for transition in Transition:
             with pytest.raises(GateError) as info:

@@ -121,7 +121,7 @@ def _field(data: Any, path: str, kind: type | tuple[type, ...], what: str, statu
         if not isinstance(value, dict) or key not in value:
             raise permanent("bad_response", f"{what}: answer has no {path!r}", status)
         value = value[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise permanent("bad_response", f"{what}: {path!r} in the answer is not a {kind}", status)
     return value
 

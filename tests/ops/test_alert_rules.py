@@ -1,6 +1,10 @@
-"""ops/alerts/approval-alerts.yml: the runbook's six alerts, over metrics the approvals service exposes."""
+"""ops/alerts/approval-alerts.yml: the runbook's six alerts, over metrics the approvals service exposes,
+each one unit-tested with `promtool test rules` (tests/ops/alerts_test.yml), firing and quiet."""
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,8 @@ from pj_approvals.metrics import ApprovalMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "ops" / "alerts" / "approval-alerts.yml"
+PROMTOOL_TESTS = Path(__file__).with_name("alerts_test.yml")
+ENSURE_PROMTOOL = ROOT / "ops" / "dev" / "ensure-promtool.sh"
 
 EXPECTED = {
     "ApprovalsBacklogHigh": "page",
@@ -122,3 +128,50 @@ def test_metric_name_extraction() -> None:
     expr = ('histogram_quantile(0.95, sum by (le) (rate(foo_bucket{job="a", le!="+Inf"}[10m]))) > 600 '
             "and on (instance) (bar_total or vector(0)) == 0")
     assert metric_names(expr) == {"foo_bucket", "bar_total"}
+
+
+# --- promtool: the rules load, and each alert fires (and stays quiet) as its unit tests say ---------
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """promtool's path; installed with apt (ops/dev/ensure-promtool.sh) when missing and we are root."""
+    path = shutil.which("promtool")
+    if path is None and os.geteuid() == 0:
+        subprocess.run(["bash", str(ENSURE_PROMTOOL)], check=False, timeout=900)
+        path = shutil.which("promtool")
+    if path is None:
+        reason = ("promtool is not installed (Debian package prometheus; as root: "
+                  "bash ops/dev/ensure-promtool.sh)")
+        if os.environ.get("CI"):
+            pytest.fail(reason + " and CI is set: the alert rules must be tested")
+        pytest.skip(reason)
+    return path
+
+
+def run_promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_promtool_checks_the_rules(promtool: str) -> None:
+    result = run_promtool(promtool, "check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(EXPECTED)} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass(promtool: str) -> None:
+    result = run_promtool(promtool, "test", "rules", str(PROMTOOL_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_unit_tests_cover_every_alert_firing_and_quiet(rules: dict[str, dict[str, Any]]) -> None:
+    document = yaml.safe_load(PROMTOOL_TESTS.read_text())
+    assert [(PROMTOOL_TESTS.parent / f).resolve() for f in document["rule_files"]] == [RULES.resolve()]
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in document["tests"]:
+        for check in case.get("alert_rule_test", []):
+            assert check["alertname"] in rules, f"a test of an alert that does not exist: {check['alertname']}"
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert not set(rules) - firing, f"alerts never tested firing: {sorted(set(rules) - firing)}"
+    assert not set(rules) - quiet, f"alerts never tested quiet: {sorted(set(rules) - quiet)}"

@@ -335,7 +335,7 @@ def test_keda_scales_the_dispatcher_on_the_dispatch_queue(docs: list[Doc], confi
 
 def test_dispatcher_grace_period_covers_a_step(docs: list[Doc], config: dict[str, str]) -> None:
     def setting(env: str) -> float:
-        name, field = SETTINGS[env]
+        _name, field = SETTINGS[env]
         return float(config.get(env, field.default))
 
     attempts = setting("PJ_CONNECTOR_MAX_ATTEMPTS")

@@ -45,8 +45,8 @@ class ApprovalsApp:
             kwargs={"autocommit": True}, open=False, name="approvals")
         # The publisher-confirm channel of the current broker connection (replaced on every reconnect).
         self.confirm_channel: AbstractChannel | None = None
-        self.service = ApprovalService(self.pool, self.catalog, settings, self.metrics,
-                                       self._publish_order, utcnow)
+        self.service = ApprovalService(self.pool, self.catalog, settings, metrics=self.metrics,
+                                       publish_order=self._publish_order, clock=utcnow)
         verifier = TokenVerifier(settings.jwt_key, settings.jwt_issuer, settings.jwt_audience)
         self.handlers = Handlers(self.service, verifier)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
@@ -103,7 +103,7 @@ class ApprovalsApp:
             if last_id is None:  # another approvals process is relaying
                 return 0
             rows = await store.events_after(conn, last_id, self.settings.event_relay_batch)
-            ready = publishable(last_id, rows, utcnow(), grace)
+            ready = publishable(last_id, rows, now=utcnow(), grace=grace)
             if not ready:
                 return 0
             exchange = await channel.get_exchange(self.topology.events, ensure=False)
@@ -184,8 +184,7 @@ async def serve(settings: ApprovalsSettings) -> None:
 
 
 def _event_message(event: store.StoredEvent) -> ApprovalEvent:
-    return ApprovalEvent(event_id=str(event.id), type=event.event_type,  # type: ignore[arg-type]
+    return ApprovalEvent(event_id=str(event.id), type=event.event_type,
                          approval_id=str(event.approval_id), tenant_id=event.tenant_id, action_id=event.action_id,
-                         actor=event.actor, from_status=event.from_status,  # type: ignore[arg-type]
-                         to_status=event.to_status,  # type: ignore[arg-type]
+                         actor=event.actor, from_status=event.from_status, to_status=event.to_status,
                          occurred_at=event.occurred_at, correlation_id=event.correlation_id, note=event.note)

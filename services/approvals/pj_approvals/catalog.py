@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no type stubs in the locked dependencies
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -128,7 +128,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -256,7 +256,7 @@ def _render(value: Any, context: dict[str, Any]) -> Any:
     return value
 
 
-def build_plan(action_id: str, action: Action, payload: dict[str, Any], tenant: dict[str, Any]) -> list[PlanStep]:
+def build_plan(action_id: str, action: Action, payload: dict[str, Any], *, tenant: dict[str, Any]) -> list[PlanStep]:
     """The ordered steps this request would run; deterministic, so its hash can be re-checked.
 
     `tenant` is `Catalog.tenant_settings(tenant_id)`: steps read targets like `{{ tenant.github.repo }}`.

@@ -1,13 +1,19 @@
 """AMQP message -> service call -> reply. Commands are always answered (and acked); step reports
-are acked only after their effect is committed."""
+are acked only after their effect is committed.
+
+Each command type has one route here, and every answer is checked against the command's
+`reply_model` before it goes out, so no reply leaves with a shape the contract does not name.
+"""
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import psycopg_pool
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pj_common.auth import Principal, TokenVerifier
 from pj_common.errors import ErrorCode, GateError
@@ -16,6 +22,7 @@ from pj_common.messages import (
     CommandEnvelope,
     CountPending,
     DecideRequest,
+    DispatchOutcome,
     DispatchRequest,
     ErrorBody,
     ExecuteRequest,
@@ -35,21 +42,62 @@ from .service import ApprovalService, DispatchStarted
 log = logging.getLogger("pj.approvals.handlers")
 
 
-def error_reply(code: str, message: str) -> Reply:
-    return Reply(ok=False, error=ErrorBody(code=code, message=message))
+def error_reply(code: str, message: str) -> Reply[Any]:
+    return Reply[Any](ok=False, error=ErrorBody(code=code, message=message))
 
 
-def _reply_address(message: AbstractIncomingMessage) -> ReplyAddress | None:
-    """Where a dispatch's final outcome goes: the caller's reply-to, if it is waiting for one."""
-    if message.reply_to and message.correlation_id:
-        return ReplyAddress(reply_to=message.reply_to, correlation_id=message.correlation_id)
-    return None
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One command as a route sees it: who sent it (verified when a route asks) and where a dispatch's
+    final outcome goes."""
+
+    envelope: CommandEnvelope
+    message: AbstractIncomingMessage
+    verifier: TokenVerifier
+
+    @property
+    def principal(self) -> Principal:
+        return self.verifier.verify(self.envelope.token)
+
+    @property
+    def correlation_id(self) -> str:
+        return self.envelope.correlation_id
+
+    @property
+    def notify(self) -> ReplyAddress | None:
+        """The caller's reply-to, if it is waiting for a dispatch's final outcome."""
+        if self.message.reply_to and self.message.correlation_id:
+            return ReplyAddress(reply_to=self.message.reply_to, correlation_id=self.message.correlation_id)
+        return None
+
+
+Result = BaseModel | DispatchStarted
+Route = Callable[[Any, Call], Awaitable[Result]]
+
+
+def routes(svc: ApprovalService) -> dict[type[BaseModel], Route]:
+    """Command type -> the service call that answers it. Health, metrics and the dispatch plan need no
+    token (the plan is authorized by the claim token it carries); every other route verifies one."""
+    return {
+        CheckHealth: lambda _, call: svc.health(),
+        ReadMetrics: lambda _, call: svc.metrics(),
+        GetDispatchPlan: lambda c, call: svc.dispatch_plan(c.approval_id, c.claim_token),
+        ExecuteRequest: lambda c, call: svc.execute(call.principal, c, call.correlation_id, notify=call.notify,
+                                                    message_id=call.envelope.message_id),
+        ListApprovals: lambda c, call: svc.list_approvals(call.principal, c),
+        GetApproval: lambda c, call: svc.get_approval(call.principal, c.approval_id),
+        GetChain: lambda c, call: svc.chain(call.principal, c.approval_id),
+        CountPending: lambda _, call: svc.count_pending(call.principal),
+        DecideRequest: lambda c, call: svc.decide(call.principal, c, call.correlation_id),
+        DispatchRequest: lambda c, call: svc.dispatch(call.principal, c, call.correlation_id, notify=call.notify),
+    }
 
 
 class Handlers:
     def __init__(self, service: ApprovalService, verifier: TokenVerifier) -> None:
         self._service = service
         self._verifier = verifier
+        self._routes = routes(service)
         self.reply_channel: AbstractChannel | None = None
 
     async def on_command(self, message: AbstractIncomingMessage) -> None:
@@ -63,7 +111,7 @@ class Handlers:
         except Exception:  # the effect is committed; a redelivery would only repeat the command
             log.warning("reply not sent", exc_info=True, extra={"scope": "command.reply_failed"})
 
-    async def _answer(self, message: AbstractIncomingMessage) -> Reply:
+    async def _answer(self, message: AbstractIncomingMessage) -> Reply[Any]:
         try:
             envelope = CommandEnvelope.model_validate_json(message.body)
         except ValidationError as exc:
@@ -79,37 +127,21 @@ class Handlers:
             log.exception("command failed", extra={"scope": "command.failed",
                                                    "correlationId": envelope.correlation_id})
             return error_reply(ErrorCode.INTERNAL_ERROR, "internal error")
-        if isinstance(result, DispatchStarted):
-            return Reply(ok=True, data=result.data, follow_up=True)
-        return Reply(ok=True, data=result)
+        data = result.data if isinstance(result, DispatchStarted) else result
+        expected = type(envelope.command).reply_model
+        if not isinstance(data, expected):  # a bug here, never the caller's fault: say so, send no wrong shape
+            log.error("reply does not match the contract", extra={
+                "scope": "command.reply_mismatch", "command": envelope.command.name,
+                "replyType": type(data).__name__, "correlationId": envelope.correlation_id})
+            return error_reply(ErrorCode.INTERNAL_ERROR, "internal error")
+        return Reply[Any](ok=True, data=data, follow_up=isinstance(result, DispatchStarted))
 
-    def _principal(self, envelope: CommandEnvelope) -> Principal:
-        return self._verifier.verify(envelope.token)
-
-    async def _run(self, envelope: CommandEnvelope, message: AbstractIncomingMessage) -> Any:
-        command, cid, svc = envelope.command, envelope.correlation_id, self._service
-        if isinstance(command, CheckHealth):
-            return await svc.health()
-        if isinstance(command, ReadMetrics):
-            return {"text": await svc.metrics_text()}
-        if isinstance(command, GetDispatchPlan):  # authorized by the claim token it carries
-            return await svc.dispatch_plan(command.approval_id, command.claim_token)
-        principal = self._principal(envelope)
-        if isinstance(command, ExecuteRequest):
-            return await svc.execute(principal, command, cid, _reply_address(message), envelope.message_id)
-        if isinstance(command, ListApprovals):
-            return await svc.list_approvals(principal, command)
-        if isinstance(command, GetApproval):
-            return await svc.get_approval(principal, command.approval_id)
-        if isinstance(command, GetChain):
-            return await svc.chain(principal, command.approval_id)
-        if isinstance(command, CountPending):
-            return await svc.count_pending(principal)
-        if isinstance(command, DecideRequest):
-            return await svc.decide(principal, command, cid)
-        if isinstance(command, DispatchRequest):
-            return await svc.dispatch(principal, command, cid, _reply_address(message))
-        raise GateError(ErrorCode.VALIDATION_ERROR, f"unsupported command {command.name}")
+    async def _run(self, envelope: CommandEnvelope, message: AbstractIncomingMessage) -> Result:
+        command = envelope.command
+        route = self._routes.get(type(command))
+        if route is None:
+            raise GateError(ErrorCode.VALIDATION_ERROR, f"unsupported command {command.name}")
+        return await route(command, Call(envelope, message, self._verifier))
 
     async def on_report(self, message: AbstractIncomingMessage) -> None:
         """Record a step report; when it ends the dispatch, tell the waiting caller (if any)."""
@@ -118,8 +150,7 @@ class Handlers:
         channel = self.reply_channel
         if finished is None or report.notify is None or channel is None:
             return
-        final = Reply(ok=True, data={"approvalId": str(finished.id), "approvalStatus": finished.approval_status,
-                                     "dispatchResult": finished.dispatch_result})
+        final = Reply[DispatchOutcome](ok=True, data=finished)
         try:
             await send_reply(channel, report.notify.reply_to, report.notify.correlation_id + ".done",
                              final.to_json())

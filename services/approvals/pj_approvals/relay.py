@@ -18,7 +18,7 @@ class Numbered(Protocol):
 E = TypeVar("E", bound=Numbered)
 
 
-def publishable(last_id: int, rows: Sequence[E], now: datetime, grace: timedelta) -> list[E]:
+def publishable(last_id: int, rows: Sequence[E], *, now: datetime, grace: timedelta) -> list[E]:
     """The leading run of `rows` (ordered by id, all after `last_id`) safe to publish now."""
     ready: list[E] = []
     expected = last_id + 1

@@ -13,10 +13,12 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from pj_common.messages import ApprovalStatus, StepResult
+
 Conn = psycopg.AsyncConnection[Any]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ApprovalRow:
     id: UUID
     tenant_id: str
@@ -25,7 +27,7 @@ class ApprovalRow:
     action_id: str
     payload: dict[str, Any]
     request_hash: str
-    approval_status: str
+    approval_status: ApprovalStatus
     approver_id: str | None
     approval_note: str | None
     plan: list[dict[str, Any]]
@@ -44,17 +46,21 @@ class ApprovalRow:
     audit: list[dict[str, Any]] | None = None
     decisions: list[dict[str, Any]] | None = None
 
+    def __post_init__(self) -> None:
+        self.approval_status = ApprovalStatus(self.approval_status)  # the column is text
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EventRecord:
-    """The audit row written beside a transition."""
+    """The audit row written beside a transition (its from and to are the transition's own), at the
+    transition's time, which the approval's `updated_at` takes too."""
 
     event_type: str
-    actor: str | None
-    actor_role: str | None
-    from_status: str | None
-    note: str | None
-    correlation_id: str | None
+    at: datetime
+    actor: str | None = None
+    actor_role: str | None = None
+    note: str | None = None
+    correlation_id: str | None = None
 
 
 _COLUMNS = (
@@ -83,10 +89,10 @@ _EVENT_FROM_CHANGED = """INSERT INTO approval_events (approval_id, tenant_id, ev
     RETURNING *"""
 
 
-def _event_params(event: EventRecord, now: datetime) -> dict[str, Any]:
+def _event_params(event: EventRecord) -> dict[str, Any]:
     return {
         "event_type": event.event_type, "actor": event.actor, "actor_role": event.actor_role,
-        "note": event.note, "correlation_id": event.correlation_id, "now": now,
+        "note": event.note, "correlation_id": event.correlation_id, "now": event.at,
     }
 
 
@@ -104,7 +110,7 @@ async def insert_approval(conn: Conn, row: ApprovalRow, event: EventRecord) -> A
         "action_id": row.action_id, "payload": Jsonb(row.payload), "request_hash": row.request_hash,
         "plan": Jsonb(row.plan), "plan_hash": row.plan_hash, "expires_at": row.expires_at,
         "approval_rule": Jsonb(row.approval_rule), "status": row.approval_status, "approver_id": row.approver_id,
-        "decided_at": row.decided_at, **_event_params(event, row.created_at),
+        "decided_at": row.decided_at, **_event_params(event),
     }
     query = f"""
         WITH changed AS (
@@ -119,7 +125,7 @@ async def insert_approval(conn: Conn, row: ApprovalRow, event: EventRecord) -> A
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="NULL")})
         SELECT * FROM changed"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(query, params)  # type: ignore[arg-type]
+        await cur.execute(query, params)
         return await cur.fetchone()
 
 
@@ -141,8 +147,8 @@ async def find_by_request(conn: Conn, tenant_id: str, request_id: str) -> Approv
         return await cur.fetchone()
 
 
-async def get_approval(conn: Conn, approval_id: UUID, tenant_id: str, operator_id: str | None,
-                       *, with_audit: bool = True, with_decisions: bool = False) -> ApprovalRow | None:
+async def get_approval(conn: Conn, approval_id: UUID, tenant_id: str, *, operator_id: str | None,
+                       with_audit: bool = True, with_decisions: bool = False) -> ApprovalRow | None:
     """One approval visible to the caller, with its audit trail and/or its decisions if asked."""
     where, params = _visibility(tenant_id, operator_id)
     params["id"] = approval_id
@@ -150,45 +156,42 @@ async def get_approval(conn: Conn, approval_id: UUID, tenant_id: str, operator_i
     if with_decisions:
         extra += f", {_DECISIONS_JSON.format(src='approval_decisions')} AS decisions"
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(f"SELECT {_COLUMNS}{extra} FROM approvals a WHERE a.id = %(id)s AND {where}",  # type: ignore[arg-type]
+        await cur.execute(f"SELECT {_COLUMNS}{extra} FROM approvals a WHERE a.id = %(id)s AND {where}",
                           params)
         return await cur.fetchone()
 
 
-async def list_approvals(conn: Conn, tenant_id: str, operator_id: str | None, status: str | None,
+async def list_approvals(conn: Conn, tenant_id: str, operator_id: str | None, *, status: ApprovalStatus | None,
                          limit: int, offset: int, now: datetime) -> tuple[list[ApprovalRow], int, int]:
     """A page of visible approvals (newest first), the number matching, and the number pending."""
     where, params = _visibility(tenant_id, operator_id)
-    params.update(limit=limit, offset=offset, status=status, now=now)
+    params.update(limit=limit, offset=offset, status=status, now=now, pending=ApprovalStatus.PENDING)
     status_clause = " AND a.approval_status = %(status)s" if status else ""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(  # type: ignore[arg-type]
+        await cur.execute(
             f"SELECT {_COLUMNS} FROM approvals a WHERE {where}{status_clause}"
             " ORDER BY a.created_at DESC, a.id DESC LIMIT %(limit)s OFFSET %(offset)s", params)
         rows = await cur.fetchall()
-    cur2 = await conn.execute(  # type: ignore[arg-type]
+    cur2 = await conn.execute(
         f"""SELECT count(*) FILTER (WHERE true{status_clause}),
-                   count(*) FILTER (WHERE a.approval_status = 'pending' AND a.expires_at > %(now)s)
+                   count(*) FILTER (WHERE a.approval_status = %(pending)s AND a.expires_at > %(now)s)
             FROM approvals a WHERE {where}""", params)
     total, pending = await cur2.fetchone() or (0, 0)
     return rows, total, pending
 
 
-async def count_pending(conn: Conn, tenant_id: str | None, operator_id: str | None, now: datetime) -> int:
+async def count_pending(conn: Conn, tenant_id: str | None, operator_id: str | None, *, now: datetime) -> int:
     """Unexpired pending approvals: of one tenant (scoped like a list), or of all tenants (tenant None)."""
-    if tenant_id is None:
-        where, params = "true", {}
-    else:
-        where, params = _visibility(tenant_id, operator_id)
-    params["now"] = now
-    cur = await conn.execute(  # type: ignore[arg-type]
+    where, params = ("true", {}) if tenant_id is None else _visibility(tenant_id, operator_id)
+    params.update(now=now, pending=ApprovalStatus.PENDING)
+    cur = await conn.execute(
         f"SELECT count(*) FROM approvals a WHERE {where}"
-        " AND a.approval_status = 'pending' AND a.expires_at > %(now)s", params)
+        " AND a.approval_status = %(pending)s AND a.expires_at > %(now)s", params)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """One person's decision and where it leaves the approval (from `domain.evaluate_decision`)."""
 
@@ -197,23 +200,25 @@ class Decision:
     decision: str
     note: str | None
     stage_name: str
-    to_status: str
     to_stage_index: int
     to_stage_approvals: int
     final: bool
+    # Set when the decision approves: the approval then expires at the end of its dispatch window.
+    dispatch_expires_at: datetime | None = None
 
 
-async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, dispatch_expires_at: datetime,
-                          now: datetime, event: EventRecord) -> ApprovalRow | None:
-    """CAS the pending approval from the stage and count it was seen at to the decision's outcome,
-    with the decision row and the event. None if the CAS lost (someone decided in between, or it
-    expired); a person deciding twice at once fails on the decisions' primary key."""
+async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, *, from_status: ApprovalStatus,
+                          to_status: ApprovalStatus, event: EventRecord) -> ApprovalRow | None:
+    """CAS `from_status` (pending) at the stage and count it was seen at -> `to_status`, with the decision
+    row and the event; the decision's `dispatch_expires_at` (if set) replaces the expiry. None if the CAS lost
+    (someone decided in between, or it expired); a person deciding twice at once fails on the decisions'
+    primary key."""
     params = {"id": seen.id, "tenant_id": seen.tenant_id, "seen_stage": seen.stage_index,
-              "seen_count": seen.stage_approvals, "to_status": decision.to_status,
+              "seen_count": seen.stage_approvals, "from_status": from_status, "to_status": to_status,
               "to_stage": decision.to_stage_index, "to_count": decision.to_stage_approvals,
               "final": decision.final, "approver_id": decision.approver_id, "approver_role": decision.approver_role,
               "decision": decision.decision, "approval_note": decision.note, "stage_name": decision.stage_name,
-              "dispatch_expires_at": dispatch_expires_at, **_event_params(event, now)}
+              "dispatch_expires_at": decision.dispatch_expires_at, **_event_params(event)}
     query = f"""
         WITH changed AS (
             UPDATE approvals SET approval_status = %(to_status)s, stage_index = %(to_stage)s,
@@ -221,8 +226,8 @@ async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, dis
                 approver_id = CASE WHEN %(final)s THEN %(approver_id)s ELSE approver_id END,
                 approval_note = CASE WHEN %(final)s THEN %(approval_note)s ELSE approval_note END,
                 decided_at = CASE WHEN %(final)s THEN %(now)s ELSE decided_at END,
-                expires_at = CASE WHEN %(to_status)s = 'approved' THEN %(dispatch_expires_at)s ELSE expires_at END
-            WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = 'pending'
+                expires_at = coalesce(%(dispatch_expires_at)s, expires_at)
+            WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = %(from_status)s
               AND expires_at > %(now)s AND stage_index = %(seen_stage)s AND stage_approvals = %(seen_count)s
             RETURNING {_COLUMNS}),
         decided AS (
@@ -230,23 +235,25 @@ async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, dis
                 decision, note, correlation_id, decided_at)
             SELECT id, %(approver_id)s, %(approver_role)s, %(seen_stage)s, %(stage_name)s, %(decision)s,
                 %(approval_note)s, %(correlation_id)s, %(now)s FROM changed),
-        ev AS ({_EVENT_FROM_CHANGED.format(from_status="'pending'")})
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")})
         {_returning_with_audit(True)}"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(query, params)  # type: ignore[arg-type]
+        await cur.execute(query, params)
         return await cur.fetchone()
 
 
-async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, claim_token: UUID, now: datetime,
-                             lease_expires_at: datetime, event: EventRecord) -> ApprovalRow | None:
-    """CAS `seen.approval_status` (approved or dispatch_failed, within the dispatch window) -> dispatching
-    with a fresh claim token, only if the plan is still exactly the one checked; None if the CAS lost."""
-    params = {"id": seen.id, "tenant_id": seen.tenant_id, "from_status": seen.approval_status,
+async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, *, from_status: ApprovalStatus,
+                             to_status: ApprovalStatus, claim_token: UUID, lease_expires_at: datetime,
+                             event: EventRecord) -> ApprovalRow | None:
+    """CAS `from_status` (approved or dispatch_failed, within the dispatch window) -> `to_status`
+    (dispatching) with a fresh claim token, only if the plan is still exactly the one checked; None if
+    the CAS lost."""
+    params = {"id": seen.id, "tenant_id": seen.tenant_id, "from_status": from_status, "to_status": to_status,
               "plan": Jsonb(seen.plan), "plan_hash": seen.plan_hash, "claim": claim_token,
-              "lease": lease_expires_at, **_event_params(event, now)}
+              "lease": lease_expires_at, **_event_params(event)}
     query = f"""
         WITH changed AS (
-            UPDATE approvals SET approval_status = 'dispatching', claim_token = %(claim)s,
+            UPDATE approvals SET approval_status = %(to_status)s, claim_token = %(claim)s,
                 dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s
             WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = %(from_status)s
               AND plan_hash = %(plan_hash)s AND plan = %(plan)s AND expires_at > %(now)s
@@ -254,7 +261,7 @@ async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, claim_token: UUID, n
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")})
         SELECT * FROM changed"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(query, params)  # type: ignore[arg-type]
+        await cur.execute(query, params)
         return await cur.fetchone()
 
 
@@ -265,49 +272,55 @@ async def completed_steps(conn: Conn, approval_id: UUID) -> list[dict[str, Any]]
     return [row[0] for row in await cur.fetchall()]
 
 
-async def claimed_plan(conn: Conn, approval_id: UUID, claim_token: UUID
+async def claimed_plan(conn: Conn, approval_id: UUID, claim_token: UUID, *, held_status: ApprovalStatus
                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """The approved plan and the outcomes of its succeeded steps while `claim_token` holds the dispatch;
-    None if it does not (the dispatch finished or was claimed again: the order that asks is stale)."""
+    """The approved plan and the outcomes of its succeeded steps while `claim_token` holds the dispatch
+    (the approval is in `held_status`); None if it does not (the dispatch finished or was claimed again:
+    the order that asks is stale)."""
     cur = await conn.execute(
         """SELECT a.plan, coalesce((SELECT json_agg(s.outcome) FROM approval_steps s
                                     WHERE s.approval_id = a.id AND s.status = 'succeeded'), '[]'::json)
            FROM approvals a
-           WHERE a.id = %s AND a.claim_token = %s AND a.approval_status = 'dispatching'""",
-        (approval_id, claim_token))
+           WHERE a.id = %s AND a.claim_token = %s AND a.approval_status = %s""",
+        (approval_id, claim_token, held_status))
     row = await cur.fetchone()
     return (row[0], row[1]) if row else None
 
 
-async def record_step(conn: Conn, approval_id: UUID, claim_token: UUID, step_id: str, status: str,
-                      outcome: dict[str, Any], now: datetime, lease_expires_at: datetime) -> bool:
-    """Checkpoint one step's outcome and renew the claim's lease (the plan is making progress);
-    False if the claim is stale (the dispatch finished or another one owns the approval)."""
+async def record_step(conn: Conn, *, approval_id: UUID, claim_token: UUID, held_status: ApprovalStatus,
+                      step: StepResult, now: datetime, lease_expires_at: datetime) -> bool:
+    """Checkpoint one step's outcome and renew the claim's lease (the plan is making progress) while
+    the claim holds the approval in `held_status`; False if the claim is stale (the dispatch finished
+    or another one owns the approval)."""
     cur = await conn.execute(
         """WITH held AS (
                UPDATE approvals SET lease_expires_at = %(lease)s
-               WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = 'dispatching' RETURNING id)
+               WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = %(held)s RETURNING id)
            INSERT INTO approval_steps (approval_id, step_id, claim_token, status, outcome, recorded_at)
            SELECT id, %(step_id)s, %(claim)s, %(status)s, %(outcome)s, %(now)s FROM held
            ON CONFLICT (approval_id, step_id) DO UPDATE SET claim_token = EXCLUDED.claim_token,
                status = EXCLUDED.status, outcome = EXCLUDED.outcome, recorded_at = EXCLUDED.recorded_at
            RETURNING step_id""",
-        {"id": approval_id, "claim": claim_token, "step_id": step_id, "status": status,
-         "outcome": Jsonb(outcome), "now": now, "lease": lease_expires_at})
+        {"id": approval_id, "claim": claim_token, "held": held_status, "step_id": step.step_id,
+         "status": step.status, "outcome": Jsonb(step.model_dump(by_alias=True, mode="json")), "now": now,
+         "lease": lease_expires_at})
     return await cur.fetchone() is not None
 
 
-async def finish_dispatch(conn: Conn, approval_id: UUID, claim_token: UUID, to_status: str,
-                          results: list[dict[str, Any]], now: datetime, event: EventRecord) -> ApprovalRow | None:
-    """CAS dispatching -> dispatched|dispatch_failed for this claim, with a checkpoint of every finished
-    step, the whole result and the event; None if the claim is stale or the approval already finished."""
-    params = {"id": approval_id, "claim": claim_token, "to_status": to_status, "results": Jsonb(results),
-              **_event_params(event, now)}
+async def finish_dispatch(conn: Conn, approval_id: UUID, claim_token: UUID, *, from_status: ApprovalStatus,
+                          to_status: ApprovalStatus, results: list[dict[str, Any]],
+                          event: EventRecord) -> ApprovalRow | None:
+    """CAS `from_status` (dispatching) -> `to_status` (dispatched|dispatch_failed) for this claim, with a
+    checkpoint of every finished step, the whole result and the event; None if the claim is stale or the
+    approval already finished."""
+    params = {"id": approval_id, "claim": claim_token, "from_status": from_status, "to_status": to_status,
+              "results": Jsonb(results),
+              **_event_params(event)}
     query = f"""
         WITH changed AS (
             UPDATE approvals SET approval_status = %(to_status)s, dispatch_result = %(results)s,
                 finished_at = %(now)s, updated_at = %(now)s
-            WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = 'dispatching'
+            WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = %(from_status)s
             RETURNING {_COLUMNS}),
         -- Every step this run finished is checkpointed here too, in case its own report was lost.
         step AS (
@@ -317,43 +330,45 @@ async def finish_dispatch(conn: Conn, approval_id: UUID, claim_token: UUID, to_s
             WHERE r.value->>'status' IN ('succeeded', 'failed')
             ON CONFLICT (approval_id, step_id) DO UPDATE SET claim_token = EXCLUDED.claim_token,
                 status = EXCLUDED.status, outcome = EXCLUDED.outcome, recorded_at = EXCLUDED.recorded_at),
-        ev AS ({_EVENT_FROM_CHANGED.format(from_status="'dispatching'")})
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")})
         SELECT * FROM changed"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(query, params)  # type: ignore[arg-type]
+        await cur.execute(query, params)
         return await cur.fetchone()
 
 
-async def expire_due(conn: Conn, from_statuses: tuple[str, ...], now: datetime, batch: int,
-                     event: EventRecord) -> list[ApprovalRow]:
-    """CAS `from_statuses` -> expired for rows past `expires_at`, with events; SKIP LOCKED keeps
-    several approvals processes from fighting over the same rows."""
-    params = {"batch": batch, "from_statuses": list(from_statuses), **_event_params(event, now)}
+async def expire_due(conn: Conn, *, from_statuses: tuple[ApprovalStatus, ...], to_status: ApprovalStatus,
+                     batch: int, event: EventRecord) -> list[ApprovalRow]:
+    """CAS `from_statuses` -> `to_status` (expired) for rows past `expires_at`, with events; SKIP LOCKED
+    keeps several approvals processes from fighting over the same rows."""
+    params = {"batch": batch, "from_statuses": list(from_statuses), "to_status": to_status,
+              **_event_params(event)}
     query = f"""
         WITH due AS (
             SELECT id, approval_status FROM approvals
             WHERE approval_status = ANY(%(from_statuses)s) AND expires_at <= %(now)s
             ORDER BY expires_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED),
         changed AS (
-            UPDATE approvals a SET approval_status = 'expired', updated_at = %(now)s
+            UPDATE approvals a SET approval_status = %(to_status)s, updated_at = %(now)s
             FROM due WHERE a.id = due.id AND a.approval_status = due.approval_status
             RETURNING {", ".join("a." + c.strip() for c in _COLUMNS.split(","))}, due.approval_status AS prior_status),
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="c.prior_status")})
         SELECT {_COLUMNS} FROM changed"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(query, params)  # type: ignore[arg-type]
+        await cur.execute(query, params)
         return await cur.fetchall()
 
 
-async def fail_expired_leases(conn: Conn, to_status: str, now: datetime, batch: int, message: str,
-                              event: EventRecord) -> list[ApprovalRow]:
-    """CAS dispatching -> `to_status` (dispatch_failed) where the claim's lease ran out, with a result
-    listing each step: its checkpoint if it succeeded, else not_run with `lease_expired`."""
-    params = {"batch": batch, "to_status": to_status, "message": message, **_event_params(event, now)}
+async def fail_expired_leases(conn: Conn, *, from_status: ApprovalStatus, to_status: ApprovalStatus, batch: int,
+                              message: str, event: EventRecord) -> list[ApprovalRow]:
+    """CAS `from_status` (dispatching) -> `to_status` (dispatch_failed) where the claim's lease ran out,
+    with a result listing each step: its checkpoint if it succeeded, else not_run with `lease_expired`."""
+    params = {"batch": batch, "from_status": from_status, "to_status": to_status, "message": message,
+              **_event_params(event)}
     query = f"""
         WITH due AS (
             SELECT id FROM approvals
-            WHERE approval_status = 'dispatching' AND lease_expires_at <= %(now)s
+            WHERE approval_status = %(from_status)s AND lease_expires_at <= %(now)s
             ORDER BY lease_expires_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED),
         changed AS (
             UPDATE approvals a SET approval_status = %(to_status)s, updated_at = %(now)s, finished_at = %(now)s,
@@ -366,16 +381,16 @@ async def fail_expired_leases(conn: Conn, to_status: str, now: datetime, batch: 
                     FROM jsonb_array_elements(a.plan) WITH ORDINALITY p
                     LEFT JOIN approval_steps s ON s.approval_id = a.id AND s.step_id = p.value->>'stepId'
                                               AND s.status = 'succeeded')
-            FROM due WHERE a.id = due.id AND a.approval_status = 'dispatching'
+            FROM due WHERE a.id = due.id AND a.approval_status = %(from_status)s
             RETURNING {", ".join("a." + c.strip() for c in _COLUMNS.split(","))}),
-        ev AS ({_EVENT_FROM_CHANGED.format(from_status="'dispatching'")})
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")})
         SELECT {_COLUMNS} FROM changed"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(query, params)  # type: ignore[arg-type]
+        await cur.execute(query, params)
         return await cur.fetchall()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class StoredEvent:
     """One row of approval_events with its approval's action, as the relay publishes it."""
 
@@ -385,11 +400,15 @@ class StoredEvent:
     action_id: str
     event_type: str
     actor: str | None
-    from_status: str | None
-    to_status: str
+    from_status: ApprovalStatus | None
+    to_status: ApprovalStatus
     note: str | None
     correlation_id: str | None
     occurred_at: datetime
+
+    def __post_init__(self) -> None:  # the columns are text
+        self.from_status = None if self.from_status is None else ApprovalStatus(self.from_status)
+        self.to_status = ApprovalStatus(self.to_status)
 
 
 async def lock_relay_cursor(conn: Conn, name: str) -> int | None:

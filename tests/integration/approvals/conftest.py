@@ -58,6 +58,6 @@ def make_service(pool: AsyncConnectionPool[Any], clock: Clock, outbox: Outbox
                  ) -> Callable[..., ApprovalService]:
     def build(**overrides: Any) -> ApprovalService:
         settings = ApprovalsSettings(env="dev", **overrides)
-        return ApprovalService(pool, load_catalog(DEFAULT_CATALOG), settings, ApprovalMetrics(),
-                               outbox.order, clock)
+        return ApprovalService(pool, load_catalog(DEFAULT_CATALOG), settings, metrics=ApprovalMetrics(),
+                               publish_order=outbox.order, clock=clock)
     return build

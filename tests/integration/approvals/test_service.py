@@ -13,7 +13,9 @@ from pj_approvals.service import ApprovalService, DispatchStarted
 from pj_common.auth import Principal, Role
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import (
+    ApprovalView,
     DecideRequest,
+    DispatchPlan,
     DispatchRequest,
     ExecuteRequest,
     ListApprovals,
@@ -38,7 +40,7 @@ async def approved(svc: ApprovalService, request: ExecuteRequest) -> tuple[str, 
     """A new tenant, its admin, and an approval of `request` an operator asked for and the admin approved."""
     t = tenant()
     admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), request, "c"))["approvalId"]
+    aid = (await svc.execute(who(Role.OPERATOR, t), request, "c")).approval_id
     await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
     return t, admin, aid
 
@@ -56,13 +58,13 @@ async def test_execute_stores_pending_approval_with_plan_and_audit(make_service:
     t = tenant()
     op, admin = who(Role.OPERATOR, t), who(Role.ADMIN, t)
     created = await svc.execute(op, webhook_request("r-1"), "cid-1")
-    assert created["approvalStatus"] == "pending" and created["created"] is True
-    view = await svc.get_approval(admin, created["approvalId"])
-    assert view["approval_status"] == "pending"
-    assert view["plan_hash"] == created["planHash"]
-    assert view["plan"][0]["connector"] == "webhook"
-    assert [e["event"] for e in view["audit"]] == ["approval.created"]
-    assert view["audit"][0]["correlationId"] == "cid-1"
+    assert created.approval_status == "pending" and created.created is True
+    view = await svc.get_approval(admin, created.approval_id)
+    assert view.approval_status == "pending"
+    assert view.plan_hash == created.plan_hash
+    assert view.plan[0].connector == "webhook"
+    assert [e.event for e in view.audit] == ["approval.created"]
+    assert view.audit[0].correlation_id == "cid-1"
 
 
 async def test_dry_run_stores_nothing(make_service: Any) -> None:
@@ -71,9 +73,9 @@ async def test_dry_run_stores_nothing(make_service: Any) -> None:
     op = who(Role.OPERATOR, t)
     plan = await svc.execute(op, ExecuteRequest(action_id="environment.create", mode="dry-run",
                                                 payload={"name": "env-a"}), "c")
-    assert plan["approvalRequired"] is False and len(plan["planHash"]) == 64
+    assert plan.approval_required is False and len(plan.plan_hash) == 64
     listed = await svc.list_approvals(who(Role.ADMIN, t), ListApprovals())
-    assert listed["total"] == 0
+    assert listed.total == 0
 
 
 async def test_concurrent_duplicate_request_ids_create_one_approval(make_service: Any) -> None:
@@ -81,10 +83,10 @@ async def test_concurrent_duplicate_request_ids_create_one_approval(make_service
     t = tenant()
     op = who(Role.OPERATOR, t)
     results = await asyncio.gather(*(svc.execute(op, webhook_request("same"), f"c{i}") for i in range(20)))
-    assert len({r["approvalId"] for r in results}) == 1
-    assert sum(r["created"] for r in results) == 1
+    assert len({r.approval_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
     listed = await svc.list_approvals(who(Role.ADMIN, t), ListApprovals())
-    assert listed["total"] == 1
+    assert listed.total == 1
 
 
 async def test_reused_request_id_with_other_payload_conflicts(make_service: Any) -> None:
@@ -102,14 +104,14 @@ async def test_fifty_concurrent_decisions_have_one_winner(make_service: Any) -> 
     created = await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c")
     admins = [who(Role.ADMIN, t) for _ in range(50)]
     results = await asyncio.gather(*(outcome(svc.decide(a, DecideRequest(
-        approval_id=created["approvalId"], status="approved" if i % 2 else "rejected"), f"c{i}"))
+        approval_id=created.approval_id, status="approved" if i % 2 else "rejected"), f"c{i}"))
         for i, a in enumerate(admins)))
-    wins = [r for r in results if isinstance(r, dict)]
+    wins = [r for r in results if isinstance(r, ApprovalView)]
     assert len(wins) == 1
-    assert Counter(r for r in results if not isinstance(r, dict)) == {ErrorCode.INVALID_STATE: 49}
-    view = await svc.get_approval(admins[0], created["approvalId"])
-    assert view["approval_status"] == wins[0]["approval_status"]
-    assert [e["event"] for e in view["audit"]] == ["approval.created", "approval.decided"]
+    assert Counter(r for r in results if not isinstance(r, ApprovalView)) == {ErrorCode.INVALID_STATE: 49}
+    view = await svc.get_approval(admins[0], created.approval_id)
+    assert view.approval_status == wins[0].approval_status
+    assert [e.event for e in view.audit] == ["approval.created", "approval.decided"]
 
 
 async def test_fifty_concurrent_dispatches_have_one_winner(make_service: Any, outbox: Any) -> None:
@@ -117,9 +119,9 @@ async def test_fifty_concurrent_dispatches_have_one_winner(make_service: Any, ou
     t = tenant()
     admin = who(Role.ADMIN, t)
     created = await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c")
-    await svc.decide(admin, DecideRequest(approval_id=created["approvalId"], status="approved"), "c")
+    await svc.decide(admin, DecideRequest(approval_id=created.approval_id, status="approved"), "c")
     results = await asyncio.gather(*(outcome(svc.dispatch(admin, DispatchRequest(
-        approval_id=created["approvalId"]), f"c{i}", None)) for i in range(50)))
+        approval_id=created.approval_id), f"c{i}")) for i in range(50)))
     assert sum(isinstance(r, DispatchStarted) for r in results) == 1
     assert results.count(ErrorCode.INVALID_STATE) == 49
     assert len(outbox.orders) == 1
@@ -132,10 +134,10 @@ async def test_requester_cannot_decide_own_request_and_roles_are_enforced(make_s
     admin = who(Role.ADMIN, t)
     created = await svc.execute(admin, webhook_request(), "c")  # an admin may request too
     with pytest.raises(GateError) as err:
-        await svc.decide(admin, DecideRequest(approval_id=created["approvalId"], status="approved"), "c")
+        await svc.decide(admin, DecideRequest(approval_id=created.approval_id, status="approved"), "c")
     assert err.value.code == ErrorCode.SELF_APPROVAL_FORBIDDEN
     with pytest.raises(GateError) as err:
-        await svc.decide(who(Role.OPERATOR, t), DecideRequest(approval_id=created["approvalId"],
+        await svc.decide(who(Role.OPERATOR, t), DecideRequest(approval_id=created.approval_id,
                                                               status="approved"), "c")
     assert err.value.code == ErrorCode.FORBIDDEN
     with pytest.raises(GateError) as err:
@@ -147,16 +149,16 @@ async def test_other_tenants_and_other_operators_see_404(make_service: Any) -> N
     svc: ApprovalService = make_service()
     t = tenant()
     created = await svc.execute(who(Role.OPERATOR, t, "bob"), webhook_request(), "c")
-    aid = created["approvalId"]
+    aid = created.approval_id
     stranger = who(Role.ADMIN, tenant())
     for call in (svc.get_approval(stranger, aid),
                  svc.decide(stranger, DecideRequest(approval_id=aid, status="approved"), "c"),
-                 svc.dispatch(stranger, DispatchRequest(approval_id=aid), "c", None),
+                 svc.dispatch(stranger, DispatchRequest(approval_id=aid), "c"),
                  svc.get_approval(who(Role.OPERATOR, t, "carol"), aid)):
         assert await outcome(call) == ErrorCode.NOT_FOUND
-    assert (await svc.get_approval(who(Role.VIEWER, t), aid))["id"] == aid
-    assert (await svc.count_pending(stranger))["pendingCount"] == 0
-    assert (await svc.count_pending(who(Role.ADMIN, t)))["pendingCount"] == 1
+    assert (await svc.get_approval(who(Role.VIEWER, t), aid)).id == aid
+    assert (await svc.count_pending(stranger)).pending_count == 0
+    assert (await svc.count_pending(who(Role.ADMIN, t))).pending_count == 1
 
 
 async def test_list_is_newest_first_with_total_and_pending_count(make_service: Any, clock: Any) -> None:
@@ -166,44 +168,44 @@ async def test_list_is_newest_first_with_total_and_pending_count(make_service: A
     ids = []
     for i in range(5):
         clock.now += timedelta(seconds=1)
-        ids.append((await svc.execute(op, webhook_request(f"r{i}"), "c"))["approvalId"])
+        ids.append((await svc.execute(op, webhook_request(f"r{i}"), "c")).approval_id)
     admin = who(Role.ADMIN, t)
     await svc.decide(admin, DecideRequest(approval_id=ids[0], status="rejected"), "c")
     page = await svc.list_approvals(admin, ListApprovals(limit=2, offset=1))
-    assert [a["id"] for a in page["approvals"]] == [ids[3], ids[2]]
-    assert page["total"] == 5 and page["pendingCount"] == 4
+    assert [a.id for a in page.approvals] == [ids[3], ids[2]]
+    assert page.total == 5 and page.pending_count == 4
     pending = await svc.list_approvals(admin, ListApprovals(status="pending", limit=200))
-    assert pending["total"] == 4 and ids[0] not in [a["id"] for a in pending["approvals"]]
+    assert pending.total == 4 and ids[0] not in [a.id for a in pending.approvals]
 
 
 async def test_sweeper_expires_stale_pending_and_undispatched_approvals(make_service: Any, clock: Any) -> None:
     svc: ApprovalService = make_service(pending_ttl_s=60, dispatch_window_s=120)
     t = tenant()
     op, admin = who(Role.OPERATOR, t), who(Role.ADMIN, t)
-    stale = (await svc.execute(op, webhook_request(), "c"))["approvalId"]
-    approved = (await svc.execute(op, webhook_request(), "c"))["approvalId"]
+    stale = (await svc.execute(op, webhook_request(), "c")).approval_id
+    approved = (await svc.execute(op, webhook_request(), "c")).approval_id
     await svc.decide(admin, DecideRequest(approval_id=approved, status="approved"), "c")
     clock.now += timedelta(seconds=61)
-    fresh = (await svc.execute(op, webhook_request(), "c"))["approvalId"]
+    fresh = (await svc.execute(op, webhook_request(), "c")).approval_id
     # A pending approval past its TTL can no longer be decided, even before the sweeper runs.
     assert await outcome(svc.decide(admin, DecideRequest(approval_id=stale, status="approved"), "c")) \
         == ErrorCode.INVALID_STATE
     assert await svc.expire_due() >= 1
-    assert (await svc.get_approval(admin, stale))["approval_status"] == "expired"
-    assert (await svc.get_approval(admin, approved))["approval_status"] == "approved"
-    assert (await svc.get_approval(admin, fresh))["approval_status"] == "pending"
+    assert (await svc.get_approval(admin, stale)).approval_status == "expired"
+    assert (await svc.get_approval(admin, approved)).approval_status == "approved"
+    assert (await svc.get_approval(admin, fresh)).approval_status == "pending"
     clock.now += timedelta(seconds=120)
     assert await svc.expire_due() >= 2
-    assert (await svc.get_approval(admin, approved))["approval_status"] == "expired"
+    assert (await svc.get_approval(admin, approved)).approval_status == "expired"
     view = await svc.get_approval(admin, fresh)
-    assert view["approval_status"] == "expired"
-    assert view["audit"][-1]["event"] == "approval.expired"
+    assert view.approval_status == "expired"
+    assert view.audit[-1].event == "approval.expired"
 
 
 async def test_step_reports_finish_the_dispatch_once(make_service: Any, outbox: Any) -> None:
     svc: ApprovalService = make_service()
     t, admin, aid = await approved(svc, webhook_request())
-    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     order = outbox.orders[-1]
     step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="succeeded",
                       attempts=1)
@@ -216,8 +218,8 @@ async def test_step_reports_finish_the_dispatch_once(make_service: Any, outbox: 
     assert finished is not None and finished.approval_status == "dispatched"
     assert await svc.record_report(final) is None  # a redelivered report changes nothing
     view = await svc.get_approval(admin, aid)
-    assert view["dispatch_result"][0]["status"] == "succeeded"
-    assert [e["event"] for e in view["audit"]][-2:] == ["approval.dispatch.started",
+    assert view.dispatch_result[0].status == "succeeded"
+    assert [e.event for e in view.audit][-2:] == ["approval.dispatch.started",
                                                         "approval.dispatch.completed"]
 
 
@@ -226,7 +228,7 @@ async def test_failed_dispatch_can_be_redispatched_skipping_done_steps(make_serv
     svc: ApprovalService = make_service()
     t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
                                                        payload={"name": "env-b"}))
-    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     order = outbox.orders[-1]
     ok = StepResult(step_id=order.steps[0].step_id, connector="github", operation="create_branch",
                     status="succeeded", attempts=1)
@@ -236,21 +238,21 @@ async def test_failed_dispatch_can_be_redispatched_skipping_done_steps(make_serv
                                        plan_status="running"))
     await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=order.claim_token, step=bad,
                                        plan_status="dispatch_failed", results=[ok, bad]))
-    assert (await svc.get_approval(admin, aid))["approval_status"] == "dispatch_failed"
-    again = await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    assert (await svc.get_approval(admin, aid)).approval_status == "dispatch_failed"
+    again = await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     assert isinstance(again, DispatchStarted)
     assert [c.step_id for c in outbox.orders[-1].completed] == [ok.step_id]
 
 
 async def test_dispatch_refuses_a_plan_changed_since_approval(make_service: Any, pool: Any) -> None:
     svc: ApprovalService = make_service()
-    t, admin, aid = await approved(svc, webhook_request())
+    _, admin, aid = await approved(svc, webhook_request())
     async with pool.connection() as conn:  # tamper with the stored plan behind the service's back
         await conn.execute("UPDATE approvals SET plan = jsonb_set(plan, '{0,params,body}', '\"evil\"')"
                            " WHERE id = %s", (uuid.UUID(aid),))
-    assert await outcome(svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)) \
+    assert await outcome(svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")) \
         == ErrorCode.PLAN_CHANGED
-    assert (await svc.get_approval(admin, aid))["approval_status"] == "approved"
+    assert (await svc.get_approval(admin, aid)).approval_status == "approved"
     async with pool.connection() as conn:
         assert await store.completed_steps(conn, uuid.UUID(aid)) == []
 
@@ -260,7 +262,7 @@ async def test_final_report_checkpoints_every_finished_step(make_service: Any, o
     svc: ApprovalService = make_service()
     t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
                                                        payload={"name": "env-c"}))
-    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     order = outbox.orders[-1]
     done = [StepResult(step_id=s.step_id, connector=s.connector, operation=s.operation, status="succeeded",
                        attempts=1) for s in order.steps[:2]]
@@ -282,25 +284,25 @@ async def test_order_that_cannot_be_published_ends_dispatch_failed(make_service:
     svc._publish_order = broker_down  # the broker refusing the order is what this test is about
     t = tenant()
     admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c"))["approvalId"]
+    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c")).approval_id
     await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
     with pytest.raises(ConnectionError):
-        await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+        await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     view = await svc.get_approval(admin, aid)
-    assert view["approval_status"] == "dispatch_failed"
-    assert view["dispatch_result"][0]["status"] == "not_run"
-    assert view["dispatch_result"][0]["error"]["code"] == "order_not_published"
-    assert view["audit"][-1]["event"] == "approval.dispatch.failed"
+    assert view.approval_status == "dispatch_failed"
+    assert view.dispatch_result[0].status == "not_run"
+    assert view.dispatch_result[0].error.code == "order_not_published"
+    assert view.audit[-1].event == "approval.dispatch.failed"
 
 
 async def test_redelivered_execute_without_request_id_finds_its_approval(make_service: Any) -> None:
     svc: ApprovalService = make_service()
     op = who(Role.OPERATOR, tenant())
-    first = await svc.execute(op, webhook_request(), "c", None, "message-1")
-    again = await svc.execute(op, webhook_request(), "c", None, "message-1")
-    other = await svc.execute(op, webhook_request(), "c", None, "message-2")
-    assert first["approvalId"] == again["approvalId"] and again["created"] is False
-    assert other["approvalId"] != first["approvalId"]
+    first = await svc.execute(op, webhook_request(), "c", message_id="message-1")
+    again = await svc.execute(op, webhook_request(), "c", message_id="message-1")
+    other = await svc.execute(op, webhook_request(), "c", message_id="message-2")
+    assert first.approval_id == again.approval_id and again.created is False
+    assert other.approval_id != first.approval_id
 
 
 async def test_request_id_of_another_requester_conflicts(make_service: Any) -> None:
@@ -316,26 +318,26 @@ async def test_failed_dispatch_cannot_be_retried_after_its_window(make_service: 
                                                                   clock: Any) -> None:
     svc: ApprovalService = make_service(dispatch_window_s=60)
     t, admin, aid = await approved(svc, webhook_request())
-    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="failed", attempts=4)
     await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=outbox.orders[-1].claim_token,
                                        step=step, plan_status="dispatch_failed", results=[step]))
     clock.now += timedelta(seconds=61)
-    assert await outcome(svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)) \
+    assert await outcome(svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")) \
         == ErrorCode.INVALID_STATE
-    assert (await svc.get_approval(admin, aid))["approval_status"] == "dispatch_failed"
+    assert (await svc.get_approval(admin, aid)).approval_status == "dispatch_failed"
 
 
 async def test_dispatch_plan_is_given_only_for_the_current_claim(make_service: Any, outbox: Any) -> None:
     svc: ApprovalService = make_service()
-    t, admin, aid = await approved(svc, webhook_request())
-    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    _, admin, aid = await approved(svc, webhook_request())
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     claim = outbox.orders[-1].claim_token
     plan = await svc.dispatch_plan(aid, claim)
-    assert plan["stale"] is False and [s["stepId"] for s in plan["steps"]] == ["post-webhook"]
-    assert plan["completed"] == []
+    assert plan.stale is False and [s.step_id for s in plan.steps] == ["post-webhook"]
+    assert plan.completed == []
     forged = await svc.dispatch_plan(aid, str(uuid.uuid4()))
-    assert forged == {"stale": True, "steps": [], "completed": []}
+    assert forged == DispatchPlan(stale=True, steps=[], completed=[])
 
 
 async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
@@ -343,7 +345,7 @@ async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
     svc: ApprovalService = make_service(dispatch_lease_s=60)
     t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
                                                        payload={"name": "env-l"}))
-    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     first = outbox.orders[-1]
     done = StepResult(step_id=first.steps[0].step_id, connector="github", operation="create_branch",
                       status="succeeded", attempts=1)
@@ -355,11 +357,11 @@ async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
     clock.now += timedelta(seconds=11)
     assert await svc.fail_expired_leases() == 1
     view = await svc.get_approval(admin, aid)
-    assert view["approval_status"] == "dispatch_failed"
-    assert [s["status"] for s in view["dispatch_result"]] == ["succeeded"] + ["not_run"] * 4
-    assert view["dispatch_result"][1]["error"]["code"] == "lease_expired"
-    assert view["audit"][-1]["event"] == "approval.dispatch.failed"
-    assert (await svc.dispatch_plan(aid, first.claim_token))["stale"] is True  # the lost order is dead
-    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c", None)
+    assert view.approval_status == "dispatch_failed"
+    assert [s.status for s in view.dispatch_result] == ["succeeded"] + ["not_run"] * 4
+    assert view.dispatch_result[1].error.code == "lease_expired"
+    assert view.audit[-1].event == "approval.dispatch.failed"
+    assert (await svc.dispatch_plan(aid, first.claim_token)).stale is True  # the lost order is dead
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     again = await svc.dispatch_plan(aid, outbox.orders[-1].claim_token)
-    assert [c["stepId"] for c in again["completed"]] == [done.step_id]
+    assert [c.step_id for c in again.completed] == [done.step_id]

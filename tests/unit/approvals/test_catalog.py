@@ -159,7 +159,7 @@ def _action(params: dict[str, Any], **extra: Any) -> Action:
 
 def _render(params: dict[str, Any], payload: dict[str, Any], tenant: dict[str, Any] | None = None,
             action_id: str = "a.b") -> dict[str, Any]:
-    steps = build_plan(action_id, _action(params), payload, {"id": "acme"} if tenant is None else tenant)
+    steps = build_plan(action_id, _action(params), payload, tenant={"id": "acme"} if tenant is None else tenant)
     assert len(steps) == 1
     return steps[0].params
 
@@ -246,7 +246,7 @@ def test_build_plan_keeps_step_order_and_fields_and_does_not_mutate_inputs() -> 
         ]
     })
     payload = {"name": "dev"}
-    steps = build_plan("environment.create", action, payload, {"id": "acme"})
+    steps = build_plan("environment.create", action, payload, tenant={"id": "acme"})
     assert steps == [
         PlanStep(step_id="one", connector="github", operation="create_branch", params={"branch": "env/dev"}),
         PlanStep(step_id="two", connector="slack", operation="post_message", params={}),
@@ -261,18 +261,18 @@ def test_build_plan_is_deterministic() -> None:
     action = catalog.action("environment.create")
     payload = {"name": "dev", "config": {"b": 1, "a": [1, 2]}}
     acme = catalog.tenant_settings("acme")
-    first = plan_hash(plan_document(build_plan("environment.create", action, payload, acme)))
+    first = plan_hash(plan_document(build_plan("environment.create", action, payload, tenant=acme)))
     second = plan_hash(plan_document(build_plan("environment.create", action, dict(reversed(payload.items())),
-                                                catalog.tenant_settings("acme"))))
+                                                tenant=catalog.tenant_settings("acme"))))
     assert first == second
     other = catalog.tenant_settings("other")
-    assert plan_hash(plan_document(build_plan("environment.create", action, payload, other))) != first
+    assert plan_hash(plan_document(build_plan("environment.create", action, payload, tenant=other))) != first
 
 
 def test_build_plan_on_default_environment_create() -> None:
     catalog = load_catalog(DEFAULT_CATALOG)
     steps = build_plan("environment.create", catalog.action("environment.create"),
-                       {"name": "dev", "config": {"replicas": 2}}, catalog.tenant_settings("acme"))
+                       {"name": "dev", "config": {"replicas": 2}}, tenant=catalog.tenant_settings("acme"))
     by_id = {s.step_id: s for s in steps}
     assert [s.step_id for s in steps] == [
         "create-branch", "write-config", "open-pull-request", "record-in-sharepoint", "announce",
@@ -293,7 +293,7 @@ def test_build_plan_on_default_environment_create() -> None:
 def test_json_filter_renders_a_value_as_a_json_string() -> None:
     catalog = load_catalog(DEFAULT_CATALOG)
     steps = build_plan("environment.update", catalog.action("environment.update"),
-                       {"environmentId": "e1", "patch": {"b": 1, "a": [True]}}, catalog.tenant_settings("acme"))
+                       {"environmentId": "e1", "patch": {"b": 1, "a": [True]}}, tenant=catalog.tenant_settings("acme"))
     assert steps[0].params["inputs"] == {"environmentId": "e1", "patch": '{"a":[true],"b":1}'}
 
 
@@ -659,9 +659,9 @@ def test_build_plan_reads_tenant_settings() -> None:
 def test_build_plan_tenant_settings_change_the_plan_hash() -> None:
     catalog = _tenants({"default": {"github": {"repo": "org/envs"}}, "acme": {"github": {"repo": "acme/envs"}}})
     action = _action({"repo": "{{ tenant.github.repo }}"})
-    acme = plan_hash(plan_document(build_plan("a.b", action, {}, catalog.tenant_settings("acme"))))
-    beta = plan_hash(plan_document(build_plan("a.b", action, {}, catalog.tenant_settings("beta"))))
-    gamma = plan_hash(plan_document(build_plan("a.b", action, {}, catalog.tenant_settings("gamma"))))
+    acme = plan_hash(plan_document(build_plan("a.b", action, {}, tenant=catalog.tenant_settings("acme"))))
+    beta = plan_hash(plan_document(build_plan("a.b", action, {}, tenant=catalog.tenant_settings("beta"))))
+    gamma = plan_hash(plan_document(build_plan("a.b", action, {}, tenant=catalog.tenant_settings("gamma"))))
     assert acme != beta
     # Only what the plan reads counts: beta and gamma differ in id, which this plan does not use.
     assert beta == gamma
@@ -702,7 +702,7 @@ def test_default_catalog_loads_with_expected_actions() -> None:
 
 def test_default_catalog_notify_webhook() -> None:
     action = load_catalog(DEFAULT_CATALOG).action("notify.webhook")
-    steps = build_plan("notify.webhook", action, {"hello": ["world"]}, {"id": "acme"})
+    steps = build_plan("notify.webhook", action, {"hello": ["world"]}, tenant={"id": "acme"})
     assert steps == [PlanStep(step_id="post-webhook", connector="webhook", operation="post",
                               params={"body": {"hello": ["world"]}})]
 
@@ -874,9 +874,9 @@ def test_load_catalog_full(tmp_path: Path) -> None:
                                       dispatch_window_s=99.0)
     assert catalog.tenant_settings("acme") == {"github": {"repo": "acme/envs", "base": "main"},
                                                "slack": {"channel": "#ops"}, "id": "acme"}
-    [step] = build_plan("env.delete", delete, {"name": "dev"}, catalog.tenant_settings("acme"))
+    [step] = build_plan("env.delete", delete, {"name": "dev"}, tenant=catalog.tenant_settings("acme"))
     assert step.params == {"repo": "acme/envs", "branch": "env/dev"}
-    [step] = build_plan("env.restart", restart, {}, catalog.tenant_settings("zeta"))
+    [step] = build_plan("env.restart", restart, {}, tenant=catalog.tenant_settings("zeta"))
     assert step.params == {"channel": "#ops"}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from pj_approvals.domain import (
+    CLAIMED,
     TERMINAL_STATUSES,
     TRANSITIONS,
     DecisionOutcome,
@@ -16,9 +17,11 @@ from pj_approvals.domain import (
     chain_view,
     check_may_dispatch,
     check_may_request,
+    edge,
     evaluate_decision,
     next_status,
     sources_of,
+    target_of,
 )
 from pj_common.auth import Principal, Role
 from pj_common.errors import ErrorCode, GateError
@@ -28,6 +31,7 @@ from pj_common.messages import ApprovalStatus
 EXPECTED_EDGES: dict[tuple[str, Transition], str] = {
     ("pending", Transition.APPROVE): "approved",
     ("pending", Transition.REJECT): "rejected",
+    ("pending", Transition.ADVANCE): "pending",
     ("pending", Transition.EXPIRE): "expired",
     ("approved", Transition.DISPATCH): "dispatching",
     ("approved", Transition.EXPIRE): "expired",
@@ -49,10 +53,11 @@ def test_status_and_transition_universe() -> None:
     assert STATUSES == (
         "pending", "approved", "rejected", "dispatching", "dispatched", "dispatch_failed", "expired",
     )
-    assert {t.value for t in Transition} == {"approve", "reject", "expire", "dispatch", "complete", "fail"}
-    # 7 statuses x 6 transitions, 8 allowed.
-    assert len(ALL_PAIRS) == 42
-    assert len(FORBIDDEN_PAIRS) == 34
+    assert {t.value for t in Transition} == {"approve", "reject", "advance", "expire", "dispatch", "complete",
+                                             "fail"}
+    # 7 statuses x 7 transitions, 9 allowed.
+    assert len(ALL_PAIRS) == 49
+    assert len(FORBIDDEN_PAIRS) == 40
 
 
 def test_transition_table_is_exactly_the_expected_one() -> None:
@@ -107,6 +112,7 @@ def test_every_non_terminal_status_has_a_way_out() -> None:
     [
         (Transition.APPROVE, ("pending",)),
         (Transition.REJECT, ("pending",)),
+        (Transition.ADVANCE, ("pending",)),
         (Transition.EXPIRE, ("approved", "pending")),
         (Transition.DISPATCH, ("approved", "dispatch_failed")),
         (Transition.COMPLETE, ("dispatching",)),
@@ -132,6 +138,35 @@ def test_sources_of_agrees_with_next_status(transition: Transition) -> None:
     assert set(sources_of(transition)) == allowed
 
 
+def test_edge_is_the_one_source_and_its_target() -> None:
+    assert edge(Transition.APPROVE) == (ApprovalStatus.PENDING, ApprovalStatus.APPROVED)
+    assert edge(Transition.REJECT) == (ApprovalStatus.PENDING, ApprovalStatus.REJECTED)
+    assert edge(Transition.ADVANCE) == (ApprovalStatus.PENDING, ApprovalStatus.PENDING)
+    assert edge(Transition.COMPLETE) == (ApprovalStatus.DISPATCHING, ApprovalStatus.DISPATCHED)
+    assert edge(Transition.FAIL) == (ApprovalStatus.DISPATCHING, ApprovalStatus.DISPATCH_FAILED)
+    for several in (Transition.EXPIRE, Transition.DISPATCH):  # more than one source: no single edge
+        with pytest.raises(ValueError):
+            edge(several)
+
+
+def test_target_of_is_the_same_from_every_source() -> None:
+    assert {t: target_of(t) for t in Transition} == {
+        Transition.APPROVE: "approved", Transition.REJECT: "rejected", Transition.ADVANCE: "pending",
+        Transition.EXPIRE: "expired", Transition.DISPATCH: "dispatching", Transition.COMPLETE: "dispatched",
+        Transition.FAIL: "dispatch_failed"}
+
+
+def test_the_claim_holds_in_dispatching() -> None:
+    assert CLAIMED is ApprovalStatus.DISPATCHING
+
+
+def test_table_and_helpers_speak_the_status_enum() -> None:
+    for (source, _), target in TRANSITIONS.items():
+        assert type(source) is ApprovalStatus and type(target) is ApprovalStatus
+    assert all(type(s) is ApprovalStatus for s in TERMINAL_STATUSES)
+    assert type(next_status("pending", Transition.APPROVE)) is ApprovalStatus
+
+
 # ---------------------------------------------------------------- who may do what
 
 ALICE_APPROVER = Principal(subject="alice", tenant="acme", role=Role.APPROVER)
@@ -154,7 +189,8 @@ OVERLAP = Rule(stages=(Stage("first", APPROVERS), Stage("second", frozenset({Rol
 
 def _decide(rule: Rule, principal: Principal, decision: str = "approved", *, stage_index: int = 0,
             stage_approvals: int = 0, requester: str = "carol", prior: tuple[str, ...] = ()) -> DecisionOutcome:
-    return evaluate_decision(rule, stage_index, stage_approvals, requester, prior, principal, decision)
+    return evaluate_decision(rule, principal, decision, stage_index=stage_index, stage_approvals=stage_approvals,
+                             requester=requester, prior_deciders=prior)
 
 
 def _raises(code: ErrorCode, rule: Rule, principal: Principal, decision: str = "approved", **kw: Any) -> GateError:
@@ -172,6 +208,15 @@ def test_decision_outcome_final() -> None:
     assert DecisionOutcome("pending", 0, 1, "s").final is False
     assert DecisionOutcome("approved", 0, 1, "s").final is True
     assert DecisionOutcome("rejected", 0, 0, "s").final is True
+
+
+def test_decision_outcome_names_its_edge_of_the_table() -> None:
+    assert DecisionOutcome(ApprovalStatus.PENDING, 0, 1, "s").transition is Transition.ADVANCE
+    assert DecisionOutcome(ApprovalStatus.APPROVED, 0, 1, "s").transition is Transition.APPROVE
+    assert DecisionOutcome(ApprovalStatus.REJECTED, 0, 0, "s").transition is Transition.REJECT
+    for outcome in (_decide(TWO, ALICE_APPROVER), _decide(ONE, BOB_ADMIN), _decide(ONE, BOB_ADMIN, "rejected")):
+        assert next_status(ApprovalStatus.PENDING, outcome.transition) == outcome.status
+        assert type(outcome.status) is ApprovalStatus
 
 
 # -- evaluate_decision: a single stage (the equivalent of the old check_may_decide rules)
@@ -239,9 +284,11 @@ def test_subjects_are_compared_exactly() -> None:
 def test_prior_deciders_may_be_any_iterable() -> None:
     # The service passes a generator over the stored decisions.
     with pytest.raises(GateError) as info:
-        evaluate_decision(ONE, 0, 0, "carol", (d for d in ["zed", "alice"]), ALICE_APPROVER, "approved")
+        evaluate_decision(ONE, ALICE_APPROVER, "approved", stage_index=0, stage_approvals=0, requester="carol",
+                          prior_deciders=(d for d in ["zed", "alice"]))
     assert info.value.code is ErrorCode.ALREADY_DECIDED
-    assert evaluate_decision(ONE, 0, 0, "carol", iter(["zed"]), ALICE_APPROVER, "approved").status == "approved"
+    assert evaluate_decision(ONE, ALICE_APPROVER, "approved", stage_index=0, stage_approvals=0, requester="carol",
+                             prior_deciders=iter(["zed"])).status == "approved"
 
 
 # -- evaluate_decision: several approvals and several stages
@@ -280,7 +327,8 @@ def test_three_stages_walkthrough() -> None:
                 ("approved", 2, 2, "c")]
     index, count, prior = 0, 0, []
     for (subject, role), want in zip(steps, expected, strict=True):
-        outcome = evaluate_decision(rule, index, count, "req", prior, _p(subject, role), "approved")
+        outcome = evaluate_decision(rule, _p(subject, role), "approved", stage_index=index, stage_approvals=count,
+                                    requester="req", prior_deciders=prior)
         assert (outcome.status, outcome.stage_index, outcome.stage_approvals, outcome.stage_name) == want
         index, count = outcome.stage_index, outcome.stage_approvals
         prior.append(subject)
@@ -382,7 +430,7 @@ def _states(view: list[dict[str, Any]]) -> list[str]:
 
 
 def test_chain_view_fresh_pending() -> None:
-    view = chain_view(TWO, "pending", 0, [])
+    view = chain_view(TWO, "pending", stage_index=0, decisions=[])
     assert view == [
         {"name": "review", "roles": ["approver"], "approvalsRequired": 1, "state": "current", "approvals": 0,
          "decisions": []},
@@ -394,7 +442,7 @@ def test_chain_view_fresh_pending() -> None:
 def test_chain_view_pending_in_second_stage_groups_decisions_by_stage() -> None:
     review = _d("alice", "approver", 0, "review", note="fine")
     signoff = _d("bob", "admin", 1, "signoff")
-    view = chain_view(TWO, "pending", 1, [review, signoff])
+    view = chain_view(TWO, "pending", stage_index=1, decisions=[review, signoff])
     assert _states(view) == ["approved", "current"]
     assert [s["approvals"] for s in view] == [1, 1]
     assert view[0]["decisions"] == [review]
@@ -405,7 +453,7 @@ def test_chain_view_pending_in_second_stage_groups_decisions_by_stage() -> None:
 def test_chain_view_keeps_decision_order_within_a_stage() -> None:
     rule = Rule(stages=(Stage("s", APPROVERS, 3),), dispatch_window_s=1.0)
     ds = [_d("b", "admin", 0, "s"), _d("a", "approver", 0, "s")]
-    view = chain_view(rule, "pending", 0, ds)
+    view = chain_view(rule, "pending", stage_index=0, decisions=ds)
     assert [d["approverId"] for d in view[0]["decisions"]] == ["b", "a"]
     assert view[0]["approvals"] == 2
     assert view[0]["state"] == "current"
@@ -413,20 +461,21 @@ def test_chain_view_keeps_decision_order_within_a_stage() -> None:
 
 def test_chain_view_three_stages_pending_in_the_middle() -> None:
     rule = Rule(stages=(Stage("a", APPROVERS), Stage("b", APPROVERS), Stage("c", APPROVERS)), dispatch_window_s=1.0)
-    assert _states(chain_view(rule, "pending", 1, [_d("x", "admin", 0, "a")])) == ["approved", "current", "waiting"]
+    view = chain_view(rule, "pending", stage_index=1, decisions=[_d("x", "admin", 0, "a")])
+    assert _states(view) == ["approved", "current", "waiting"]
 
 
 @pytest.mark.parametrize("status", ["approved", "dispatching", "dispatched", "dispatch_failed"])
 def test_chain_view_after_approval_every_stage_is_approved(status: str) -> None:
     ds = [_d("alice", "approver", 0, "review"), _d("bob", "admin", 1, "signoff"), _d("dan", "admin", 1, "signoff")]
-    view = chain_view(TWO, status, 1, ds)
+    view = chain_view(TWO, status, stage_index=1, decisions=ds)
     assert _states(view) == ["approved", "approved"]
     assert [s["approvals"] for s in view] == [1, 2]
 
 
 def test_chain_view_rejected_in_first_stage() -> None:
     rejection = _d("alice", "approver", 0, "review", "rejected", "no")
-    view = chain_view(TWO, "rejected", 0, [rejection])
+    view = chain_view(TWO, "rejected", stage_index=0, decisions=[rejection])
     assert _states(view) == ["rejected", "not_reached"]
     assert view[0]["approvals"] == 0  # a rejection is not an approval
     assert view[0]["decisions"] == [rejection]
@@ -436,15 +485,16 @@ def test_chain_view_rejected_in_first_stage() -> None:
 def test_chain_view_rejected_in_second_stage_after_an_approval() -> None:
     ds = [_d("alice", "approver", 0, "review"), _d("bob", "admin", 1, "signoff"),
           _d("dan", "admin", 1, "signoff", "rejected")]
-    view = chain_view(TWO, "rejected", 1, ds)
+    view = chain_view(TWO, "rejected", stage_index=1, decisions=ds)
     assert _states(view) == ["approved", "rejected"]
     assert [s["approvals"] for s in view] == [1, 1]
     assert [d["decision"] for d in view[1]["decisions"]] == ["approved", "rejected"]
 
 
 def test_chain_view_expired_while_pending() -> None:
-    assert _states(chain_view(TWO, "expired", 0, [])) == ["expired", "not_reached"]
-    view = chain_view(TWO, "expired", 1, [_d("alice", "approver", 0, "review"), _d("bob", "admin", 1, "signoff")])
+    assert _states(chain_view(TWO, "expired", stage_index=0, decisions=[])) == ["expired", "not_reached"]
+    view = chain_view(TWO, "expired", stage_index=1,
+                      decisions=[_d("alice", "approver", 0, "review"), _d("bob", "admin", 1, "signoff")])
     assert _states(view) == ["approved", "expired"]
     assert [s["approvals"] for s in view] == [1, 1]
 
@@ -456,15 +506,17 @@ def test_chain_view_expired_after_approval_keeps_the_stages_approved(rule: Rule)
     ds = [_d("alice", "approver", 0, rule.stages[0].name)]
     if len(rule.stages) == 2:
         ds += [_d("bob", "admin", 1, "signoff"), _d("dan", "admin", 1, "signoff")]
-    view = chain_view(rule, "expired", len(rule.stages) - 1, ds)
+    view = chain_view(rule, "expired", stage_index=len(rule.stages) - 1, decisions=ds)
     assert _states(view) == ["approved"] * len(rule.stages)
 
 
 def test_chain_view_single_stage_states() -> None:
-    assert _states(chain_view(ONE, "pending", 0, [])) == ["current"]
-    assert _states(chain_view(ONE, "rejected", 0, [_d("a", "admin", 0, "approval", "rejected")])) == ["rejected"]
-    assert _states(chain_view(ONE, "approved", 0, [_d("a", "admin", 0, "approval")])) == ["approved"]
-    assert _states(chain_view(ONE, "expired", 0, [])) == ["expired"]
+    assert _states(chain_view(ONE, "pending", stage_index=0, decisions=[])) == ["current"]
+    rejected = chain_view(ONE, "rejected", stage_index=0, decisions=[_d("a", "admin", 0, "approval", "rejected")])
+    assert _states(rejected) == ["rejected"]
+    approved = chain_view(ONE, "approved", stage_index=0, decisions=[_d("a", "admin", 0, "approval")])
+    assert _states(approved) == ["approved"]
+    assert _states(chain_view(ONE, "expired", stage_index=0, decisions=[])) == ["expired"]
 
 
 def test_check_may_request() -> None:

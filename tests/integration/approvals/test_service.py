@@ -1,6 +1,7 @@
 """The approvals service against the real PostgreSQL: CAS races, idempotency, rules, expiry."""
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -365,3 +366,42 @@ async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     again = await svc.dispatch_plan(aid, outbox.orders[-1].claim_token)
     assert [c.step_id for c in again.completed] == [done.step_id]
+
+
+def _scoped(caplog: pytest.LogCaptureFixture, scope: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "scope", None) == scope]
+
+
+async def test_order_that_cannot_be_published_counts_as_a_dispatch_failure(
+        make_service: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The runbook's dispatch_failure_total moves and approval.dispatch.failed is logged for it."""
+    svc: ApprovalService = make_service()
+
+    async def broker_down(order: Any) -> None:
+        raise ConnectionError("broker gone")
+
+    svc._publish_order = broker_down  # the broker refusing the order is what this test is about
+    _, admin, aid = await approved(svc, webhook_request())
+    failures = {"action_type": "notify.webhook"}
+    assert svc._metrics.registry.get_sample_value("dispatch_failure_total", failures) is None
+    caplog.set_level(logging.INFO, logger="pj.approvals")
+    with pytest.raises(ConnectionError):
+        await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
+    assert svc._metrics.registry.get_sample_value("dispatch_failure_total", failures) == 1
+    [record] = _scoped(caplog, "approval.dispatch.failed")
+    assert record.levelno == logging.ERROR
+    assert (record.approvalId, record.reason) == (aid, "order_not_published")  # type: ignore[attr-defined]
+
+
+async def test_dispatch_failed_at_its_lease_logs_the_runbook_scope(
+        make_service: Any, clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A lease expiry is a dispatch failure like any other: counted and logged as approval.dispatch.failed."""
+    svc: ApprovalService = make_service(dispatch_lease_s=60)
+    _, admin, aid = await approved(svc, webhook_request())
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
+    clock.now += timedelta(seconds=61)
+    caplog.set_level(logging.INFO, logger="pj.approvals")
+    assert await svc.fail_expired_leases() >= 1
+    mine = [r for r in _scoped(caplog, "approval.dispatch.failed") if r.approvalId == aid]  # type: ignore[attr-defined]
+    assert [(r.levelno, r.reason) for r in mine] == [(logging.WARNING, "lease_expired")]  # type: ignore[attr-defined]
+    assert svc._metrics.registry.get_sample_value("dispatch_failure_total", {"action_type": "notify.webhook"}) == 1

@@ -7,17 +7,18 @@ from wsgiref.simple_server import WSGIServer
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from pj_common.errors import GateError
-from pj_common.messages import CommandEnvelope, DispatchOrder, GetDispatchPlan, PlanStep, Reply, StepReport, StepResult
+from pj_common.messages import StepReport
 from pj_common.metrics import serve_metrics
 from pj_common.runtime import wait_for_shutdown
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Retryable, RpcClient, Supervisor, consume, json_message, publish_confirmed
 
+from .approvals_client import ApprovalsClient
 from .connectors.registry import build_connectors
+from .intake import OrderIntake
 from .metrics import DispatcherMetrics
+from .runner import PlanRunner
 from .settings import DispatcherSettings
-from .worker import Worker
 
 log = logging.getLogger("pj.dispatcher")
 
@@ -36,8 +37,10 @@ class DispatcherApp:
         )
         self.rpc = RpcClient(self.topology.commands)
         self.metrics = DispatcherMetrics()
-        self.worker = Worker(settings, build_connectors(settings, self.http), self._publish_report,
-                             self._fetch_plan, self.metrics)
+        self.approvals = ApprovalsClient(self.rpc, timeout_s=settings.plan_fetch_timeout_s)
+        runner = PlanRunner(settings, build_connectors(settings, self.http), publish_report=self._publish_report,
+                            metrics=self.metrics)
+        self.intake = OrderIntake(confirm_plan=self.approvals.get_dispatch_plan, runner=runner, metrics=self.metrics)
         self._metrics_server: WSGIServer | None = None
         self._stop_consuming: Callable[[], Awaitable[None]] | None = None
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="dispatcher", on_lost=self._lost)
@@ -50,28 +53,12 @@ class DispatcherApp:
         self._confirm = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
         watch(await self.rpc.attach(connection))
         orders = watch(await connection.channel(publisher_confirms=False))
-        self._stop_consuming = await consume(orders, self.topology.dispatch, self.worker.on_order,
+        self._stop_consuming = await consume(orders, self.topology.dispatch, self.intake.on_order,
                                              prefetch=self.settings.concurrency)
 
     def _lost(self) -> None:
         self._confirm = None
         self.rpc.detach()
-
-    async def _fetch_plan(self, order: DispatchOrder) -> tuple[list[PlanStep], list[StepResult]] | None:
-        command = GetDispatchPlan(approval_id=order.approval_id, claim_token=order.claim_token)
-        envelope = CommandEnvelope(command=command)
-        try:
-            body = await self.rpc.call(envelope.to_json(), correlation_id=envelope.message_id,
-                                       timeout=self.settings.plan_fetch_timeout_s)
-        except GateError as exc:  # approvals unreachable: try the order again later, never blind
-            raise Retryable(f"dispatch plan unavailable: {exc.message}") from exc
-        reply = Reply.model_validate_json(body)
-        if not reply.ok:
-            raise Retryable(f"dispatch plan refused: {reply.error}")
-        if reply.data["stale"]:
-            return None
-        return ([PlanStep.model_validate(s) for s in reply.data["steps"]],
-                [StepResult.model_validate(c) for c in reply.data["completed"]])
 
     async def _publish_report(self, report: StepReport) -> None:
         channel = self._confirm
@@ -93,7 +80,7 @@ class DispatcherApp:
                 await self._stop_consuming()
             except Exception:  # the connection may already be gone: nothing new can arrive then either
                 log.warning("could not stop consuming", exc_info=True, extra={"scope": "dispatcher.drain"})
-        drained = await self.worker.drain(self.settings.drain_s)
+        drained = await self.intake.drain(self.settings.drain_s)
         scope = "dispatcher.drained" if drained else "dispatcher.drain_timeout"
         log.info("dispatcher stopping", extra={"scope": scope})
         await self.supervisor.stop()

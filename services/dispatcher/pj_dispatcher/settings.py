@@ -8,7 +8,9 @@ from pj_common.settings import CommonSettings
 
 
 class DispatcherSettings(CommonSettings):
-    # Steps run at once by this process; also its prefetch on the dispatch queue.
+    # Dispatch orders this process runs at once: its prefetch on the dispatch queue. A plan's steps run
+    # one after another, so this is also the most steps running at once. An order waiting for a rate
+    # limit holds its place; the orders beyond this wait in the queue for any dispatcher.
     concurrency: int = Field(default=16, ge=1, validation_alias=AliasChoices("PJ_DISPATCHER_CONCURRENCY"))
     max_attempts: int = Field(default=4, ge=1, validation_alias=AliasChoices("PJ_CONNECTOR_MAX_ATTEMPTS"))
     # Per-connector limits over max_attempts, as JSON: PJ_CONNECTOR_ATTEMPTS='{"github": 6, "slack": 3}'.
@@ -16,6 +18,12 @@ class DispatcherSettings(CommonSettings):
         default_factory=dict, validation_alias=AliasChoices("PJ_CONNECTOR_ATTEMPTS"))
     retry_base_s: float = Field(default=0.5, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_BASE_S"))
     retry_max_s: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_MAX_S"))
+    # The longest a step waits when an API says when it will accept the request again (Retry-After,
+    # X-RateLimit-Reset); a longer wait fails the step at once as `rate_limited`. A wait longer than
+    # retry_max_s is reported first, which renews the dispatch lease; keep this below approvals'
+    # PJ_DISPATCH_LEASE_S (900 s) all the same.
+    rate_limit_max_wait_s: float = Field(default=300.0, ge=0,
+                                         validation_alias=AliasChoices("PJ_RATE_LIMIT_MAX_WAIT_S"))
     # How long an order waits for approvals to confirm its plan before it is retried later.
     plan_fetch_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0

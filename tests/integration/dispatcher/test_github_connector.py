@@ -14,10 +14,9 @@ from pydantic import SecretStr
 from pj_common.messages import DispatchOrder, PlanStep, StepReport
 from pj_dispatcher.connectors.base import ConnectorError, StepContext
 from pj_dispatcher.connectors.github import GitHubConnector, git_blob_sha
+from pj_dispatcher.runner import PlanRunner
 from pj_dispatcher.settings import DispatcherSettings
-from pj_dispatcher.worker import Worker
 from tests.support.github_api import GitHubState, start_github_api
-from tests.support.orders import no_redelivery
 
 TOKEN = "ghp_fake0123456789abcdefTOKEN"
 REPO = "acme/site"
@@ -43,7 +42,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def connector(gh: GitHubState, client: httpx.AsyncClient) -> GitHubConnector:
-    return GitHubConnector(client, gh.url, SecretStr(TOKEN))
+    return GitHubConnector(client, api_url=gh.url, token=SecretStr(TOKEN))
 
 
 def step(operation: str, params: dict[str, Any], step_id: str = "s1", approval: str = "appr-1") -> StepContext:
@@ -76,9 +75,9 @@ def file_on(gh: GitHubState, branch: str, path: str) -> bytes:
 
 
 async def test_missing_token_is_reported(client: httpx.AsyncClient) -> None:
-    assert GitHubConnector(client, "http://127.0.0.1:1", None).missing_settings() == ["GITHUB_DISPATCH_TOKEN"]
-    assert GitHubConnector(client, "http://127.0.0.1:1", SecretStr("")).missing_settings() == ["GITHUB_DISPATCH_TOKEN"]
-    assert GitHubConnector(client, "http://127.0.0.1:1", SecretStr("x")).missing_settings() == []
+    for token, missing in ((None, ["GITHUB_DISPATCH_TOKEN"]), (SecretStr(""), ["GITHUB_DISPATCH_TOKEN"]),
+                           (SecretStr("x"), [])):
+        assert GitHubConnector(client, api_url="http://127.0.0.1:1", token=token).missing_settings() == missing
 
 
 async def test_unknown_operation_is_permanent(connector: GitHubConnector, gh: GitHubState) -> None:
@@ -117,7 +116,7 @@ async def test_invalid_names_are_refused_before_any_call(connector: GitHubConnec
 
 
 async def test_wrong_token_is_auth_failed_and_names_the_scope(gh: GitHubState, client: httpx.AsyncClient) -> None:
-    connector = GitHubConnector(client, gh.url, SecretStr("ghp_wrong_token_value"))
+    connector = GitHubConnector(client, api_url=gh.url, token=SecretStr("ghp_wrong_token_value"))
     error = await fails(connector, step("create_branch", {"repo": REPO, "branch": "feature"}))
     assert (error.code, error.retryable, error.http_status) == ("auth_failed", False, 401)
     assert "`repo` scope" in error.message and "Bad credentials" in error.message
@@ -135,13 +134,13 @@ async def test_token_echoed_by_a_server_is_redacted(connector: GitHubConnector, 
 async def test_non_json_answer_is_bad_response(connector: GitHubConnector, gh: GitHubState) -> None:
     gh.fail_next(200, raw=b"<html>sign in</html>")
     error = await fails(connector, step("create_branch", {"repo": REPO, "branch": "feature"}))
-    assert (error.code, error.retryable) == ("bad_response", False)
+    assert (error.code, error.retryable) == ("bad_response", True)  # one rule for every connector: retried
 
 
 async def test_unexpected_shape_is_bad_response(connector: GitHubConnector, gh: GitHubState) -> None:
     gh.fail_next(200, body={"ref": "refs/heads/feature"})  # no object.sha
     error = await fails(connector, step("create_branch", {"repo": REPO, "branch": "feature"}))
-    assert (error.code, error.retryable) == ("bad_response", False)
+    assert (error.code, error.retryable) == ("bad_response", True)
     gh.fail_next(200, body={"number": "7", "html_url": "x", "state": "open"}, method="GET")
     error = await fails(connector, step("open_pull_request", {"repo": REPO, "head": "feature", "title": "t"}))
     assert error.code == "bad_response"
@@ -217,7 +216,7 @@ async def test_create_branch_primary_rate_limit_waits_for_reset(connector: GitHu
     assert output.result["created"] is True
 
 
-async def test_create_branch_server_errors_retried_by_the_worker(connector: GitHubConnector,
+async def test_create_branch_server_errors_retried_by_the_runner(connector: GitHubConnector,
                                                                  gh: GitHubState) -> None:
     gh.fail_next(502, count=2)
     reports = await run_order(connector, [PlanStep(step_id="s1", connector="github", operation="create_branch",
@@ -233,7 +232,7 @@ async def test_create_branch_slow_answer_times_out_retryable_and_is_not_repeated
     gh.slow(0.6, method="POST")  # GitHub creates the ref, but the answer comes after our timeout
     ctx = step("create_branch", {"repo": REPO, "branch": "feature"})
     async with httpx.AsyncClient(timeout=0.2) as client:
-        connector = GitHubConnector(client, gh.url, SecretStr(TOKEN))
+        connector = GitHubConnector(client, api_url=gh.url, token=SecretStr(TOKEN))
         error = await fails(connector, ctx)
         assert (error.code, error.retryable) == ("network_error", True)
         assert "ReadTimeout" in error.message
@@ -247,7 +246,7 @@ async def test_connection_refused_is_retryable(client: httpx.AsyncClient) -> Non
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    connector = GitHubConnector(client, f"http://127.0.0.1:{port}", SecretStr(TOKEN))
+    connector = GitHubConnector(client, api_url=f"http://127.0.0.1:{port}", token=SecretStr(TOKEN))
     for operation, params in [("create_branch", {"repo": REPO, "branch": "f"}),
                               ("dispatch_workflow", {"repo": REPO, "workflow": "deploy.yml"})]:
         error = await fails(connector, step(operation, params))
@@ -345,7 +344,7 @@ async def test_put_file_slow_answer_times_out_retryable_and_is_not_repeated(gh: 
     ctx = step("put_file", {"repo": REPO, "branch": "main", "path": "a.txt", "content": "a"})
     gh.slow(0.6, method="PUT")
     async with httpx.AsyncClient(timeout=0.2) as client:
-        connector = GitHubConnector(client, gh.url, SecretStr(TOKEN))
+        connector = GitHubConnector(client, api_url=gh.url, token=SecretStr(TOKEN))
         error = await fails(connector, ctx)
         assert (error.code, error.retryable) == ("network_error", True)
         gh.wait_idle()
@@ -428,7 +427,7 @@ async def test_open_pull_request_forbidden_is_auth_failed(connector: GitHubConne
 async def test_open_pull_request_slow_answer_times_out_retryable_and_is_not_repeated(gh: GitHubState) -> None:
     ctx = step("open_pull_request", {"repo": REPO, "head": "feature", "title": "t"})
     async with httpx.AsyncClient(timeout=0.2) as client:
-        connector = GitHubConnector(client, gh.url, SecretStr(TOKEN))
+        connector = GitHubConnector(client, api_url=gh.url, token=SecretStr(TOKEN))
         await branch_with_change(connector)
         gh.slow(0.6, method="POST")
         error = await fails(connector, ctx)
@@ -485,7 +484,7 @@ async def test_dispatch_workflow_429_retry_after_is_honoured(connector: GitHubCo
     assert len(gh.repo(REPO).dispatches) == 1
 
 
-async def test_dispatch_workflow_server_errors_retried_by_the_worker(connector: GitHubConnector,
+async def test_dispatch_workflow_server_errors_retried_by_the_runner(connector: GitHubConnector,
                                                                      gh: GitHubState) -> None:
     gh.fail_next(503, count=2, retry_after=0)
     reports = await run_order(connector, [PlanStep(step_id="deploy", connector="github",
@@ -499,14 +498,14 @@ async def test_dispatch_workflow_unanswered_request_is_not_retried(gh: GitHubSta
     """GitHub may have run the workflow: an earlier dispatch cannot be found, so no blind retry."""
     gh.slow(0.6)
     async with httpx.AsyncClient(timeout=0.2) as client:
-        connector = GitHubConnector(client, gh.url, SecretStr(TOKEN))
+        connector = GitHubConnector(client, api_url=gh.url, token=SecretStr(TOKEN))
         error = await fails(connector, step("dispatch_workflow", {"repo": REPO, "workflow": "deploy.yml"}))
     assert (error.code, error.retryable) == ("outcome_unknown", False)
     gh.wait_idle()
     assert len(gh.repo(REPO).dispatches) == 1
 
 
-# ---------------------------------------------------------------------- a whole plan through the worker
+# ---------------------------------------------------------------------- a whole plan through the runner
 
 
 async def run_order(connector: GitHubConnector, steps: list[PlanStep]) -> list[StepReport]:
@@ -518,11 +517,11 @@ async def run_order(connector: GitHubConnector, steps: list[PlanStep]) -> list[S
 
     order = DispatchOrder(approval_id="appr-9", tenant_id="tenant-1", action_id="act-1", claim_token="claim",
                           steps=steps)
-    await Worker(settings, {"github": connector}, publish, no_redelivery).run_order(order)
+    await PlanRunner(settings, {"github": connector}, publish_report=publish).run_order(order)
     return reports
 
 
-async def test_a_release_plan_runs_end_to_end_through_the_worker(connector: GitHubConnector,
+async def test_a_release_plan_runs_end_to_end_through_the_runner(connector: GitHubConnector,
                                                                  gh: GitHubState) -> None:
     def plan_step(step_id: str, operation: str, **params: Any) -> PlanStep:
         return PlanStep(step_id=step_id, connector="github", operation=operation, params={"repo": REPO, **params})
@@ -533,7 +532,7 @@ async def test_a_release_plan_runs_end_to_end_through_the_worker(connector: GitH
         plan_step("pr", "open_pull_request", head="release-7", title="Release 7"),
         plan_step("deploy", "dispatch_workflow", workflow="deploy.yml", ref="release-7", inputs={"version": "7"}),
     ]
-    gh.secondary_rate_limit(retry_after=0.01, method="PUT")  # honoured (capped by PJ_CONNECTOR_RETRY_MAX_S)
+    gh.secondary_rate_limit(retry_after=0.01, method="PUT")  # the server's wait is honoured
     gh.fail_next(502, method="POST")
     started = time.monotonic()
     reports = await run_order(connector, steps)

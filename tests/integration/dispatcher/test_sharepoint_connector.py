@@ -13,10 +13,9 @@ from pydantic import SecretStr
 from pj_common.messages import DispatchOrder, PlanStep, StepReport
 from pj_dispatcher.connectors.base import ConnectorError, StepContext
 from pj_dispatcher.connectors.sharepoint import SharePointConnector
+from pj_dispatcher.runner import PlanRunner
 from pj_dispatcher.settings import DispatcherSettings
-from pj_dispatcher.worker import Worker
 from tests.support.graph_api import Fault, GraphState, start_graph_api, stop_graph_api
-from tests.support.orders import no_redelivery
 
 SITE = "contoso.sharepoint.com,8f1c0a7e-1111-2222-3333-444455556666,0a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff"
 LIST = "Change Requests"
@@ -52,8 +51,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 def make_connector(client: httpx.AsyncClient, graph: GraphState, *, secret: str | None = None,
                    clock: Any = None) -> SharePointConnector:
     extra = {"clock": clock} if clock is not None else {}
-    return SharePointConnector(client, graph.graph_url, graph.login_url, graph.tenant_id, graph.client_id,
-                               SecretStr(secret if secret is not None else graph.client_secret), **extra)
+    return SharePointConnector(client, graph_url=graph.graph_url, login_url=graph.login_url,
+                               tenant_id=graph.tenant_id, client_id=graph.client_id,
+                               client_secret=SecretStr(secret if secret is not None else graph.client_secret), **extra)
 
 
 def step(operation: str, params: dict[str, Any], step_id: str = "s1", approval_id: str = "apr-1") -> StepContext:
@@ -77,14 +77,12 @@ def assert_no_secrets(graph: GraphState, *texts: str) -> None:
 # --- configuration and validation --------------------------------------------------------------------------
 
 async def test_missing_settings_names_each_absent_setting(client: httpx.AsyncClient) -> None:
-    empty = SharePointConnector(client, "https://graph.microsoft.com/v1.0", "https://login.microsoftonline.com",
-                                None, None, None)
+    urls = {"graph_url": "https://graph.microsoft.com/v1.0", "login_url": "https://login.microsoftonline.com"}
+    empty = SharePointConnector(client, **urls, tenant_id=None, client_id=None, client_secret=None)
     assert empty.missing_settings() == ["MS_TENANT_ID", "MS_CLIENT_ID", "MS_CLIENT_SECRET"]
-    only_secret = SharePointConnector(client, "https://graph.microsoft.com/v1.0",
-                                      "https://login.microsoftonline.com", "t", "c", None)
+    only_secret = SharePointConnector(client, **urls, tenant_id="t", client_id="c", client_secret=None)
     assert only_secret.missing_settings() == ["MS_CLIENT_SECRET"]
-    full = SharePointConnector(client, "https://graph.microsoft.com/v1.0", "https://login.microsoftonline.com",
-                               "t", "c", SecretStr("x"))
+    full = SharePointConnector(client, **urls, tenant_id="t", client_id="c", client_secret=SecretStr("x"))
     assert full.missing_settings() == []
     assert full.name == "sharepoint"
 
@@ -177,8 +175,9 @@ async def test_invalid_client_secret_is_permanent_auth_failed_and_never_shows_th
 
 
 async def test_unknown_tenant_is_permanent_auth_failed(client: httpx.AsyncClient, graph: GraphState) -> None:
-    connector = SharePointConnector(client, graph.graph_url, graph.login_url, "other-tenant", graph.client_id,
-                                    SecretStr(graph.client_secret))
+    connector = SharePointConnector(client, graph_url=graph.graph_url, login_url=graph.login_url,
+                                    tenant_id="other-tenant", client_id=graph.client_id,
+                                    client_secret=SecretStr(graph.client_secret))
     error = await run_error(connector, step("upload_file", FILE_PARAMS))
     assert (error.code, error.retryable, error.http_status) == ("auth_failed", False, 400)
     assert "AADSTS90002" in error.message
@@ -291,7 +290,7 @@ async def test_create_list_item_forbidden_is_permanent(client: httpx.AsyncClient
     assert "accessDenied" in error.message
 
 
-async def test_create_list_item_retries_through_the_worker_until_graph_recovers(
+async def test_create_list_item_retries_through_the_runner_until_graph_recovers(
         client: httpx.AsyncClient, graph: GraphState) -> None:
     graph.graph_faults = [Fault(503, retry_after="0"), Fault(500)]
     reports: list[StepReport] = []
@@ -300,8 +299,8 @@ async def test_create_list_item_retries_through_the_worker_until_graph_recovers(
         reports.append(report)
 
     settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0, PJ_CONNECTOR_MAX_ATTEMPTS=4)
-    worker = Worker(settings, {"sharepoint": make_connector(client, graph)}, publish, no_redelivery)
-    await worker.run_order(DispatchOrder(
+    runner = PlanRunner(settings, {"sharepoint": make_connector(client, graph)}, publish_report=publish)
+    await runner.run_order(DispatchOrder(
         approval_id="apr-9", tenant_id="tenant-a", action_id="act-1", claim_token="claim",
         steps=[PlanStep(step_id="s1", connector="sharepoint", operation="create_list_item", params=ITEM_PARAMS)]))
     [report] = reports
@@ -329,7 +328,8 @@ async def test_upload_file_checks_the_path_then_puts_pretty_sorted_json(
     connector = make_connector(client, graph)
     output = await connector.run(step("upload_file", FILE_PARAMS))
 
-    expected = json.dumps(FILE_PARAMS["content"], indent=2, sort_keys=True, ensure_ascii=False).encode()
+    # One rule for files (connectors/files.py): generated JSON ends with a newline, as on GitHub.
+    expected = (json.dumps(FILE_PARAMS["content"], indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
     assert expected.index(b'"alpha"') < expected.index(b'"zeta"')
     probe, put = graph.graph_requests()
     token = probe.headers["Authorization"].removeprefix("Bearer ")

@@ -11,9 +11,8 @@ from pydantic import SecretStr
 from pj_common.messages import DispatchOrder, PlanStep, StepReport
 from pj_dispatcher.connectors.base import ConnectorError, StepContext
 from pj_dispatcher.connectors.slack import SlackConnector
+from pj_dispatcher.runner import PlanRunner
 from pj_dispatcher.settings import DispatcherSettings
-from pj_dispatcher.worker import Worker
-from tests.support.orders import no_redelivery
 from tests.support.slack_api import SlackState, start_slack_api, stop_slack_api
 
 TOKEN = "xoxb-1111-2222-test-secret-token"
@@ -37,7 +36,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def connector(client: httpx.AsyncClient, slack: SlackState, token: str | None = TOKEN) -> SlackConnector:
-    return SlackConnector(client, slack.url, SecretStr(token) if token is not None else None)
+    return SlackConnector(client, api_url=slack.url, token=SecretStr(token) if token is not None else None)
 
 
 def context(params: dict[str, Any], *, operation: str = "post_message", approval_id: str = "apr_1",
@@ -274,7 +273,7 @@ async def test_slow_post_times_out_retryable_and_the_retry_finds_the_message(sla
     assert again.result == {"channel": OPS, "ts": message["ts"], "created": False}
 
 
-# ---------------------------------------------------------------- through the worker's retry loop
+# ---------------------------------------------------------------- through the runner's retry loop
 
 
 def _order(params: dict[str, Any]) -> DispatchOrder:
@@ -284,24 +283,24 @@ def _order(params: dict[str, Any]) -> DispatchOrder:
                                          params=params)])
 
 
-async def _run_worker(slack_connector: SlackConnector, params: dict[str, Any]) -> StepReport:
+async def _run_runner(slack_connector: SlackConnector, params: dict[str, Any]) -> StepReport:
     reports: list[StepReport] = []
 
     async def publish(report: StepReport) -> None:
         reports.append(report)
 
     settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0, PJ_CONNECTOR_MAX_ATTEMPTS=4)
-    await Worker(settings, {"slack": slack_connector}, publish, no_redelivery).run_order(_order(params))
+    await PlanRunner(settings, {"slack": slack_connector}, publish_report=publish).run_order(_order(params))
     [report] = reports
     return report
 
 
-async def test_worker_retries_5xx_and_rate_limit_then_posts_once(client: httpx.AsyncClient,
+async def test_runner_retries_5xx_and_rate_limit_then_posts_once(client: httpx.AsyncClient,
                                                                 slack: SlackState) -> None:
     slack.fail_next(2, status=502)
     slack.ratelimited_next(1, retry_after="1")
     started = time.monotonic()
-    report = await _run_worker(connector(client, slack), {"channel": OPS, "text": "hi"})
+    report = await _run_runner(connector(client, slack), {"channel": OPS, "text": "hi"})
 
     assert time.monotonic() - started >= 1.0  # the Retry-After was waited out
     assert report.plan_status == "dispatched"
@@ -310,8 +309,8 @@ async def test_worker_retries_5xx_and_rate_limit_then_posts_once(client: httpx.A
     assert report.step.result == {"channel": OPS, "ts": message["ts"], "created": True}
 
 
-async def test_worker_fails_a_permanent_error_at_once(client: httpx.AsyncClient, slack: SlackState) -> None:
-    report = await _run_worker(connector(client, slack, token="xoxb-wrong"), {"channel": OPS, "text": "hi"})
+async def test_runner_fails_a_permanent_error_at_once(client: httpx.AsyncClient, slack: SlackState) -> None:
+    report = await _run_runner(connector(client, slack, token="xoxb-wrong"), {"channel": OPS, "text": "hi"})
     assert report.plan_status == "dispatch_failed"
     assert report.step.status == "failed" and report.step.attempts == 1
     assert report.step.error is not None and report.step.error.code == "slack_invalid_auth"

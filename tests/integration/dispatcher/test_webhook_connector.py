@@ -12,9 +12,8 @@ from pj_common.messages import DispatchOrder, PlanStep, StepReport
 from pj_dispatcher.connectors.base import ConnectorError, StepContext
 from pj_dispatcher.connectors.webhook import WebhookConnector, refuse_private_target
 from pj_dispatcher.metrics import DispatcherMetrics
+from pj_dispatcher.runner import PlanRunner
 from pj_dispatcher.settings import DispatcherSettings
-from pj_dispatcher.worker import Worker
-from tests.support.orders import no_redelivery
 from tests.support.webhook_sink import SinkState, start_sink, verify
 
 SECRET = "webhook-test-secret"
@@ -34,12 +33,12 @@ def context(payload: Any = None, operation: str = "post") -> StepContext:
 
 
 def connector(client: httpx.AsyncClient, url: str, allow_private: bool = True) -> WebhookConnector:
-    return WebhookConnector(client, url, SecretStr(SECRET), allow_private)
+    return WebhookConnector(client, url=url, secret=SecretStr(SECRET), allow_private=allow_private)
 
 
 async def run_one_step(settings: DispatcherSettings, hook: Any, approval_id: str, body: str,
                        metrics: DispatcherMetrics | None = None) -> StepReport:
-    """Run a one-step webhook plan through the Worker (its retry loop) and return the final report."""
+    """Run a one-step webhook plan through the runner (its retry loop) and return the final report."""
     reports: list[StepReport] = []
 
     async def publish(report: StepReport) -> None:
@@ -47,7 +46,7 @@ async def run_one_step(settings: DispatcherSettings, hook: Any, approval_id: str
 
     order = DispatchOrder(approval_id=approval_id, tenant_id="acme", action_id="notify.webhook", claim_token="c",
                           steps=[context(body).step])
-    await Worker(settings, {"webhook": hook}, publish, no_redelivery, metrics).run_order(order)
+    await PlanRunner(settings, {"webhook": hook}, publish_report=publish, metrics=metrics).run_order(order)
     (final,) = reports
     return final
 
@@ -90,7 +89,7 @@ async def test_rate_limit_is_retryable_with_the_servers_delay(sink: SinkState) -
     assert err.value.retryable and err.value.retry_after == 7.0 and err.value.http_status == 429
 
 
-async def test_worker_retries_server_errors_then_succeeds(sink: SinkState) -> None:
+async def test_runner_retries_server_errors_then_succeeds(sink: SinkState) -> None:
     sink.fail_next, sink.retry_after = [503, 502], "0"
     settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0.01)
     async with httpx.AsyncClient() as client:
@@ -130,8 +129,8 @@ async def test_private_targets_are_refused_unless_allowed(sink: SinkState) -> No
 
 async def test_missing_settings_are_named() -> None:
     async with httpx.AsyncClient() as client:
-        assert WebhookConnector(client, None, None, False).missing_settings() == ["PJ_WEBHOOK_URL",
-                                                                                  "PJ_WEBHOOK_SECRET"]
+        unset = WebhookConnector(client, url=None, secret=None, allow_private=False)
+        assert unset.missing_settings() == ["PJ_WEBHOOK_URL", "PJ_WEBHOOK_SECRET"]
 
 
 async def test_a_crashing_connector_never_leaks_a_secret_into_the_result() -> None:
@@ -160,7 +159,7 @@ async def test_per_connector_attempt_limit(sink: SinkState, monkeypatch: pytest.
     assert final.plan_status == "dispatch_failed" and final.step.attempts == 2 and sink.attempts == 2
 
 
-async def test_worker_counts_steps_retries_and_durations(sink: SinkState) -> None:
+async def test_runner_counts_steps_retries_and_durations(sink: SinkState) -> None:
     sink.fail_next, sink.retry_after = [503], "0"
     metrics = DispatcherMetrics()
     settings = DispatcherSettings(env="dev", PJ_CONNECTOR_RETRY_BASE_S=0.01)

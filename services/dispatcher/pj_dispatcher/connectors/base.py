@@ -1,8 +1,10 @@
 """What every connector is: a named client of one external API that runs plan steps and
 classifies its failures as retryable or permanent."""
 
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pj_common.messages import PlanStep
 
@@ -18,6 +20,7 @@ class StepContext:
 
     @property
     def idempotency_key(self) -> str:
+        """`<approvalId>:<stepId>`: the same for every attempt at this step, new for any other."""
         return f"{self.approval_id}:{self.step.step_id}"
 
 
@@ -47,16 +50,31 @@ class ConnectorError(Exception):
 
 
 def permanent(code: str, message: str, http_status: int | None = None) -> ConnectorError:
+    """An error the same request would meet again: the step fails at once."""
     return ConnectorError(code, message, retryable=False, http_status=http_status)
 
 
-def retryable(code: str, message: str, retry_after: float | None = None,
+def retryable(code: str, message: str, *, retry_after: float | None = None,
               http_status: int | None = None) -> ConnectorError:
+    """An error that may pass: the step is tried again, after `retry_after` when the API gave one."""
     return ConnectorError(code, message, retryable=True, retry_after=retry_after, http_status=http_status)
 
 
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every non-empty secret replaced by `***`, for messages, results and logs."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 class Connector(Protocol):
-    name: str
+    """What the plan runner needs of a connector."""
+
+    @property
+    def name(self) -> str:
+        """The name plan steps give as their `connector`."""
+        ...
 
     def missing_settings(self) -> list[str]:
         """Names of the settings this connector still needs; empty when it is configured."""
@@ -67,9 +85,37 @@ class Connector(Protocol):
         ...
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    """`text` with every non-empty secret replaced by `***`, for messages, results and logs."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+Operation = Callable[[StepContext], Awaitable[StepOutput]]
+
+
+class ApiConnector(ABC):
+    """Base of the connectors: picks the step's operation and scrubs the connector's secrets from
+    every error it raises, so no operation has to remember either."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def operations(self) -> Mapping[str, Operation]:
+        """Each operation this connector performs, by the name plan steps use (the catalog's names:
+        `pj_common.connectors.CONNECTOR_OPERATIONS`, checked when the connectors are built)."""
+
+    @abstractmethod
+    def missing_settings(self) -> list[str]:
+        """Names of the settings this connector still needs; empty when it is configured."""
+
+    def secrets(self) -> tuple[str | None, ...]:
+        """Every secret value this connector holds now (settings and tokens it obtained)."""
+        return ()
+
+    async def run(self, ctx: StepContext) -> StepOutput:
+        """Perform the step's operation once, or raise `ConnectorError` (with no secret in it)."""
+        operations = self.operations()
+        operation = operations.get(ctx.step.operation)
+        if operation is None:
+            raise permanent("unsupported_operation", f"{self.name} has no operation {ctx.step.operation!r}; "
+                                                     f"it has {', '.join(sorted(operations))}")
+        try:
+            return await operation(ctx)
+        except ConnectorError as exc:
+            exc.redacted(*self.secrets())
+            raise

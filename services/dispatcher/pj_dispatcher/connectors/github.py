@@ -22,22 +22,25 @@ after a crash between GitHub's answer and the dispatcher's checkpoint does not r
 Errors: 429 and rate-limit 403s (primary: `x-ratelimit-remaining: 0`, wait until `x-ratelimit-reset`;
 secondary: "secondary rate limit" in the message, wait `Retry-After` or 60 s) and 5xx are retryable;
 401 and other 403s are `auth_failed`; 404 is `not_found` (GitHub also answers 404 for a repository
-the token cannot see); 422 is `validation_failed`; a non-JSON or unexpected answer is `bad_response`.
+the token cannot see); 422 is `validation_failed`; a non-JSON or unexpected answer is `bad_response`
+(retried, as with every connector: see `http_errors.bad_response`).
 The token never appears in a result or an error message.
 """
 
 import base64
 import hashlib
-import json
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
-from .base import ConnectorError, StepContext, StepOutput, permanent, retryable
-from .http_errors import classify_status, classify_transport, retry_after_s
+from .base import ApiConnector, ConnectorError, Operation, StepContext, StepOutput, permanent, retryable
+from .files import file_content
+from .http_errors import bad_response, classify_status, classify_transport, json_body, json_field, retry_after_s
+from .params import optional_object, optional_str, required_str, required_value
 
 API_VERSION = "2022-11-28"
 SECONDARY_RATE_LIMIT_WAIT_S = 60.0
@@ -56,13 +59,6 @@ def git_blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
 
 
-def file_bytes(content: Any) -> bytes:
-    """A string is written as is; any other JSON value as pretty JSON with sorted keys and a final newline."""
-    if isinstance(content, str):
-        return content.encode()
-    return (json.dumps(content, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
 def _github_message(response: httpx.Response) -> str:
     """GitHub's `message` (with the messages of its `errors` list), else the start of the body."""
     try:
@@ -71,7 +67,7 @@ def _github_message(response: httpx.Response) -> str:
         return response.text[:300]
     if not isinstance(data, dict) or not isinstance(data.get("message"), str):
         return response.text[:300]
-    message = data["message"]
+    message: str = data["message"]
     errors = data.get("errors")
     if isinstance(errors, list):
         details = [e.get("message") or f"{e.get('field')} {e.get('code')}" if isinstance(e, dict) else str(e)
@@ -81,19 +77,30 @@ def _github_message(response: httpx.Response) -> str:
     return message[:500]
 
 
+def _rate_limit(response: httpx.Response, what: str, message: str) -> ConnectorError | None:
+    """A 429 or rate-limit 403 as `rate_limited` with GitHub's wait; None for any other answer."""
+    status = response.status_code
+    if status not in (403, 429):
+        return None
+    if response.headers.get("x-ratelimit-remaining") == "0":
+        kind = "primary rate limit exhausted"
+    elif status == 429 or "secondary rate limit" in message.lower():
+        kind = "secondary rate limit"
+    else:
+        return None
+    wait = retry_after_s(response)
+    return retryable("rate_limited", f"{what}: HTTP {status}: {kind}: {message}",
+                     retry_after=SECONDARY_RATE_LIMIT_WAIT_S if wait is None else wait, http_status=status)
+
+
 def classify_github(response: httpx.Response, what: str) -> ConnectorError:
     """GitHub's failures: rate limits (429 and some 403s) are retryable, permission problems are not."""
     status = response.status_code
     message = _github_message(response)
-    if status in (403, 429):
-        if response.headers.get("x-ratelimit-remaining") == "0":
-            wait = retry_after_s(response)
-            return retryable("rate_limited", f"{what}: HTTP {status}: primary rate limit exhausted: {message}",
-                             SECONDARY_RATE_LIMIT_WAIT_S if wait is None else wait, status)
-        if status == 429 or "secondary rate limit" in message.lower():
-            wait = retry_after_s(response)
-            return retryable("rate_limited", f"{what}: HTTP {status}: secondary rate limit: {message}",
-                             SECONDARY_RATE_LIMIT_WAIT_S if wait is None else wait, status)
+    limited = _rate_limit(response, what, message)
+    if limited is not None:
+        return limited
+    if status == 403:
         return permanent("auth_failed", f"{what}: HTTP 403: {message}: the token lacks permission; {TOKEN_HELP}",
                          status)
     if status == 401:
@@ -106,56 +113,29 @@ def classify_github(response: httpx.Response, what: str) -> ConnectorError:
     return classify_status(response, what)
 
 
-def _json(response: httpx.Response, what: str) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        raise permanent("bad_response", f"{what}: HTTP {response.status_code} answer is not JSON: "
-                                        f"{response.text[:200]!r}", response.status_code) from None
-
-
-def _field(data: Any, path: str, kind: type | tuple[type, ...], what: str, status: int) -> Any:
-    """`data[a][b]` for `path` "a.b", checked to be of `kind`, else `bad_response`."""
-    value = data
-    for key in path.split("."):
-        if not isinstance(value, dict) or key not in value:
-            raise permanent("bad_response", f"{what}: answer has no {path!r}", status)
-        value = value[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise permanent("bad_response", f"{what}: {path!r} in the answer is not a {kind}", status)
-    return value
-
-
-class GitHubConnector:
+class GitHubConnector(ApiConnector):
     name = "github"
 
-    def __init__(self, client: httpx.AsyncClient, api_url: str, token: SecretStr | None) -> None:
+    def __init__(self, client: httpx.AsyncClient, *, api_url: str, token: SecretStr | None) -> None:
         self._client = client
         self._api_url = api_url.rstrip("/")
         self._token = token
+
+    def operations(self) -> Mapping[str, Operation]:
+        return {
+            "create_branch": self._create_branch,
+            "put_file": self._put_file,
+            "open_pull_request": self._open_pull_request,
+            "dispatch_workflow": self._dispatch_workflow,
+        }
 
     def missing_settings(self) -> list[str]:
         if self._token is None or not self._token.get_secret_value():
             return ["GITHUB_DISPATCH_TOKEN"]
         return []
 
-    async def run(self, ctx: StepContext) -> StepOutput:
-        operations = {
-            "create_branch": self._create_branch,
-            "put_file": self._put_file,
-            "open_pull_request": self._open_pull_request,
-            "dispatch_workflow": self._dispatch_workflow,
-        }
-        operation = operations.get(ctx.step.operation)
-        if operation is None:
-            raise permanent("unsupported_operation", f"github has no operation {ctx.step.operation!r}; "
-                                                     f"it has {', '.join(operations)}")
-        try:
-            result, status = await operation(ctx)
-        except ConnectorError as exc:
-            exc.redacted(self._token.get_secret_value() if self._token is not None else None)
-            raise
-        return StepOutput(result=result, http_status=status)
+    def secrets(self) -> tuple[str | None, ...]:
+        return (self._token.get_secret_value() if self._token is not None else None,)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -188,21 +168,22 @@ class GitHubConnector:
             return None
         if not response.is_success:
             raise classify_github(response, what)
-        data = _json(response, what)
-        ref = _field(data, "ref", str, what, response.status_code)
+        data = json_body(response, what)
+        ref = json_field(data, "ref", str, what=what, http_status=response.status_code)
         if ref != f"refs/heads/{branch}":
-            raise permanent("bad_response", f"{what}: asked for refs/heads/{branch}, got {ref!r}", response.status_code)
-        return _field(data, "object.sha", str, what, response.status_code)
+            raise bad_response(what, f"asked for refs/heads/{branch}, got {ref!r}", response.status_code)
+        sha: str = json_field(data, "object.sha", str, what=what, http_status=response.status_code)
+        return sha
 
     # ------------------------------------------------------------------ operations
 
-    async def _create_branch(self, ctx: StepContext) -> tuple[dict[str, Any], int]:
-        p = ctx.step.params
-        repo, branch, base = _repo(p), _ref_param(p, "branch"), _ref_param(p, "base", "main")
+    async def _create_branch(self, ctx: StepContext) -> StepOutput:
+        p, op = ctx.step.params, "github create_branch"
+        repo, branch, base = _repo(p, op), _ref_param(p, "branch", what=op), _ref_param(p, "base", "main", what=op)
         what = f"github create_branch {repo}:{branch}"
         sha = await self._read_ref(repo, branch, what)
         if sha is not None:
-            return {"branch": branch, "sha": sha, "created": False}, 200
+            return StepOutput({"branch": branch, "sha": sha, "created": False}, 200)
         base_sha = await self._read_ref(repo, base, what)
         if base_sha is None:
             raise permanent("not_found", f"{what}: base branch {base!r} not found in {repo} (or the token cannot "
@@ -212,149 +193,142 @@ class GitHubConnector:
         if response.status_code == 422 and "reference already exists" in _github_message(response).lower():
             sha = await self._read_ref(repo, branch, what)
             if sha is None:
-                raise permanent("bad_response", f"{what}: GitHub says the branch exists but it cannot be read", 422)
-            return {"branch": branch, "sha": sha, "created": False}, 200
+                raise bad_response(what, "GitHub says the branch exists but it cannot be read", 422)
+            return StepOutput({"branch": branch, "sha": sha, "created": False}, 200)
         if not response.is_success:
             raise classify_github(response, what)
-        sha = _field(_json(response, what), "object.sha", str, what, response.status_code)
-        return {"branch": branch, "sha": sha, "created": True}, response.status_code
+        sha = json_field(json_body(response, what), "object.sha", str, what=what, http_status=response.status_code)
+        return StepOutput({"branch": branch, "sha": sha, "created": True}, response.status_code)
 
-    async def _put_file(self, ctx: StepContext) -> tuple[dict[str, Any], int]:
-        p = ctx.step.params
-        repo, branch, path = _repo(p), _ref_param(p, "branch"), _path_param(p)
-        if "content" not in p or p["content"] is None:
-            raise permanent("invalid_params", "github put_file: param 'content' is required")
-        data = file_bytes(p["content"])
-        message = _str_param(p, "message", f"Update {path} (approval {ctx.approval_id})")
+    async def _put_file(self, ctx: StepContext) -> StepOutput:
+        p, op = ctx.step.params, "github put_file"
+        repo, branch, path = _repo(p, op), _ref_param(p, "branch", what=op), _path_param(p, op)
+        data = file_content(required_value(p, "content", what=op)).data
+        message = optional_str(p, "message", what=op) or f"Update {path} (approval {ctx.approval_id})"
         what = f"github put_file {repo}:{branch}:{path}"
         url = f"/repos/{repo}/contents/{quote(path, safe='/')}"
 
-        response = await self._request("GET", url, what, params={"ref": branch})
-        existing_sha: str | None = None
-        if response.status_code != 404:
-            if not response.is_success:
-                raise classify_github(response, what)
-            current = _json(response, what)
-            if isinstance(current, list):
-                raise permanent("invalid_params", f"{what}: {path!r} is a directory", 400)
-            kind = _field(current, "type", str, what, response.status_code)
-            if kind != "file":
-                raise permanent("invalid_params", f"{what}: {path!r} is a {kind}, not a file", 400)
-            existing_sha = _field(current, "sha", str, what, response.status_code)
-            if existing_sha == git_blob_sha(data) or _decoded(current) == data:
-                return {"path": path, "sha": existing_sha, "commitSha": None, "changed": False}, 200
-
         body: dict[str, Any] = {"message": message, "content": base64.b64encode(data).decode(), "branch": branch}
-        if existing_sha is not None:
-            body["sha"] = existing_sha
+        stored = await self._stored_file(url, branch, data, what=what)
+        if stored is not None:
+            sha, unchanged = stored
+            if unchanged:
+                return StepOutput({"path": path, "sha": sha, "commitSha": None, "changed": False}, 200)
+            body["sha"] = sha
         response = await self._request("PUT", url, what, body=body)
         if response.status_code == 409 or (response.status_code == 422
                                            and "wasn't supplied" in _github_message(response)
                                            and '"sha"' in _github_message(response)):
             raise retryable("conflict", f"{what}: the file changed between read and write (HTTP "
                                         f"{response.status_code}: {_github_message(response)}); reading again",
-                            None, response.status_code)
+                            http_status=response.status_code)
         if not response.is_success:
             raise classify_github(response, what)
-        answer = _json(response, what)
-        return {"path": path, "sha": _field(answer, "content.sha", str, what, response.status_code),
-                "commitSha": _field(answer, "commit.sha", str, what, response.status_code),
-                "changed": True}, response.status_code
+        answer = json_body(response, what)
+        status = response.status_code
+        return StepOutput({"path": path, "sha": json_field(answer, "content.sha", str, what=what, http_status=status),
+                           "commitSha": json_field(answer, "commit.sha", str, what=what, http_status=status),
+                           "changed": True}, status)
 
-    async def _open_pull_request(self, ctx: StepContext) -> tuple[dict[str, Any], int]:
-        p = ctx.step.params
-        repo, head, base = _repo(p), _str_param(p, "head"), _ref_param(p, "base", "main")
-        title = _str_param(p, "title")
-        description = p.get("body")
-        if description is not None and not isinstance(description, str):
-            raise permanent("invalid_params", "github open_pull_request: param 'body' must be a string")
+    async def _stored_file(self, url: str, branch: str, data: bytes, *, what: str) -> tuple[str, bool] | None:
+        """The blob sha of the file stored at `url` on `branch`, and whether it holds `data` already;
+        None when there is no such file."""
+        response = await self._request("GET", url, what, params={"ref": branch})
+        if response.status_code == 404:
+            return None
+        if not response.is_success:
+            raise classify_github(response, what)
+        current = json_body(response, what)
+        status = response.status_code
+        if isinstance(current, list):
+            raise permanent("invalid_params", f"{what}: the path is a directory", 400)
+        kind = json_field(current, "type", str, what=what, http_status=status)
+        if kind != "file":
+            raise permanent("invalid_params", f"{what}: the path is a {kind}, not a file", 400)
+        sha: str = json_field(current, "sha", str, what=what, http_status=status)
+        return sha, sha == git_blob_sha(data) or _decoded(current) == data
+
+    async def _open_pull_request(self, ctx: StepContext) -> StepOutput:
+        p, op = ctx.step.params, "github open_pull_request"
+        repo, head, base = _repo(p, op), required_str(p, "head", what=op), _ref_param(p, "base", "main", what=op)
+        title = required_str(p, "title", what=op)
+        description = optional_str(p, "body", what=op)
         owner = repo.split("/")[0]
         qualified_head = head if ":" in head else f"{owner}:{head}"
-        _check_ref(qualified_head.split(":", 1)[1], "head")
+        _check_ref(qualified_head.split(":", 1)[1], "head", what=op)
         what = f"github open_pull_request {repo}:{head}->{base}"
 
-        existing = await self._find_pull(repo, qualified_head, base, what)
+        existing = await self._find_pull(repo, qualified_head, base, what=what)
         if existing is not None:
-            return existing, 200
+            return StepOutput(existing, 200)
         body: dict[str, Any] = {"title": title, "head": head, "base": base}
         if description is not None:
             body["body"] = description
         response = await self._request("POST", f"/repos/{repo}/pulls", what, body=body)
         if response.status_code == 422 and "already exists" in _github_message(response).lower():
-            existing = await self._find_pull(repo, qualified_head, base, what)
+            existing = await self._find_pull(repo, qualified_head, base, what=what)
             if existing is not None:
-                return existing, 200
+                return StepOutput(existing, 200)
         if not response.is_success:
             raise classify_github(response, what)
-        return {**_pull(_json(response, what), what, response.status_code), "created": True}, response.status_code
+        pull = _pull(json_body(response, what), what, response.status_code)
+        return StepOutput({**pull, "created": True}, response.status_code)
 
-    async def _find_pull(self, repo: str, head: str, base: str, what: str) -> dict[str, Any] | None:
+    async def _find_pull(self, repo: str, head: str, base: str, *, what: str) -> dict[str, Any] | None:
         response = await self._request("GET", f"/repos/{repo}/pulls", what,
                                        params={"head": head, "base": base, "state": "all"})
         if not response.is_success:
             raise classify_github(response, what)
-        pulls = _json(response, what)
+        pulls = json_body(response, what)
         if not isinstance(pulls, list):
-            raise permanent("bad_response", f"{what}: the pull request list is not a list", response.status_code)
+            raise bad_response(what, "the pull request list is not a list", response.status_code)
         if not pulls:
             return None
         return {**_pull(pulls[0], what, response.status_code), "created": False}
 
-    async def _dispatch_workflow(self, ctx: StepContext) -> tuple[dict[str, Any], int]:
-        p = ctx.step.params
-        repo, ref = _repo(p), _ref_param(p, "ref", "main")
+    async def _dispatch_workflow(self, ctx: StepContext) -> StepOutput:
+        p, op = ctx.step.params, "github dispatch_workflow"
+        repo, ref = _repo(p, op), _ref_param(p, "ref", "main", what=op)
         workflow = p.get("workflow")
         if isinstance(workflow, bool) or not isinstance(workflow, str | int) or not str(workflow).strip():
-            raise permanent("invalid_params", "github dispatch_workflow: param 'workflow' is required "
+            raise permanent("invalid_params", f"{op}: param 'workflow' is required "
                                               "(a workflow file name such as deploy.yml, or its id)")
-        inputs = p.get("inputs")
-        inputs = {} if inputs is None else inputs
-        if not isinstance(inputs, dict):
-            raise permanent("invalid_params", "github dispatch_workflow: param 'inputs' must be an object")
+        inputs = optional_object(p, "inputs", what=op) or {}
         what = f"github dispatch_workflow {repo}:{workflow}@{ref}"
         response = await self._request("POST", f"/repos/{repo}/actions/workflows/{quote(str(workflow), safe='')}"
                                                 "/dispatches", what, body={"ref": ref, "inputs": inputs},
                                        sent_is_final=True)
         if not response.is_success:
             raise classify_github(response, what)
-        return {"workflow": workflow, "ref": ref, "dispatched": True}, response.status_code
+        return StepOutput({"workflow": workflow, "ref": ref, "dispatched": True}, response.status_code)
 
 
 # ---------------------------------------------------------------------- params and answers
 
 
-def _str_param(params: dict[str, Any], name: str, default: str | None = None) -> str:
-    value = params.get(name)
-    if value is None or value == "":
-        if default is not None:
-            return default
-        raise permanent("invalid_params", f"github: param {name!r} is required")
-    if not isinstance(value, str) or not value.strip():
-        raise permanent("invalid_params", f"github: param {name!r} must be a non-empty string")
-    return value
-
-
-def _repo(params: dict[str, Any]) -> str:
-    repo = _str_param(params, "repo")
+def _repo(params: dict[str, Any], what: str) -> str:
+    repo = required_str(params, "repo", what=what, wanted="'owner/name'")
     if not _REPO.match(repo) or repo.split("/")[1] in (".", ".."):
-        raise permanent("invalid_params", f"github: param 'repo' must be 'owner/name', got {repo!r}")
+        raise permanent("invalid_params", f"{what}: param 'repo' must be 'owner/name', got {repo!r}")
     return repo
 
 
-def _check_ref(value: str, name: str) -> str:
+def _check_ref(value: str, name: str, *, what: str) -> str:
     if not value or _BAD_REF.search(value):
-        raise permanent("invalid_params", f"github: param {name!r} is not a valid branch name: {value!r}")
+        raise permanent("invalid_params", f"{what}: param {name!r} is not a valid branch name: {value!r}")
     return value
 
 
-def _ref_param(params: dict[str, Any], name: str, default: str | None = None) -> str:
-    return _check_ref(_str_param(params, name, default), name)
+def _ref_param(params: dict[str, Any], name: str, default: str | None = None, *, what: str) -> str:
+    if default is None:
+        return _check_ref(required_str(params, name, what=what, wanted="a branch name"), name, what=what)
+    return _check_ref(optional_str(params, name, what=what) or default, name, what=what)
 
 
-def _path_param(params: dict[str, Any]) -> str:
-    path = _str_param(params, "path").strip("/")
+def _path_param(params: dict[str, Any], what: str) -> str:
+    path = required_str(params, "path", what=what, wanted="a file path").strip("/")
     if not path or any(part in ("", ".", "..") for part in path.split("/")):
-        raise permanent("invalid_params", f"github: param 'path' is not a file path: {params.get('path')!r}")
+        raise permanent("invalid_params", f"{what}: param 'path' is not a file path: {params.get('path')!r}")
     return path
 
 
@@ -370,5 +344,6 @@ def _decoded(current: dict[str, Any]) -> bytes | None:
 
 
 def _pull(data: Any, what: str, status: int) -> dict[str, Any]:
-    return {"number": _field(data, "number", int, what, status), "url": _field(data, "html_url", str, what, status),
-            "state": _field(data, "state", str, what, status)}
+    return {"number": json_field(data, "number", int, what=what, http_status=status),
+            "url": json_field(data, "html_url", str, what=what, http_status=status),
+            "state": json_field(data, "state", str, what=what, http_status=status)}

@@ -1,6 +1,7 @@
 """Turning HTTP outcomes into connector errors, the same way for every API."""
 
 import time
+from typing import Any
 
 import httpx
 
@@ -29,7 +30,8 @@ def classify_status(response: httpx.Response, what: str) -> ConnectorError:
     status = response.status_code
     detail = response.text[:300]
     if status == 429 or status >= 500:
-        return retryable("http_retryable", f"{what}: HTTP {status}: {detail}", retry_after_s(response), status)
+        return retryable("http_retryable", f"{what}: HTTP {status}: {detail}", retry_after=retry_after_s(response),
+                         http_status=status)
     return permanent("http_error", f"{what}: HTTP {status}: {detail}", status)
 
 
@@ -38,3 +40,45 @@ def classify_transport(exc: httpx.HTTPError, what: str) -> ConnectorError:
     if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
         return retryable("network_error", f"{what}: {type(exc).__name__}: {exc}")
     return permanent("request_error", f"{what}: {type(exc).__name__}: {exc}")
+
+
+def bad_response(what: str, detail: str, http_status: int | None) -> ConnectorError:
+    """An answer that is not what the API documents (not JSON, or not the expected shape): retryable.
+
+    Such an answer mostly comes from something between us and the API (a proxy's or a sign-in page,
+    a cut-off body, a node mid-deploy) and passes. Another attempt cannot repeat a side effect, as
+    every operation that reads an answer looks for its earlier effect before acting again; and the
+    attempts are bounded (PJ_CONNECTOR_MAX_ATTEMPTS), so an API URL that is plainly wrong still
+    fails the step within seconds.
+    """
+    return retryable("bad_response", f"{what}: {detail}", http_status=http_status)
+
+
+def json_body(response: httpx.Response, what: str) -> Any:
+    """The answer's JSON, or `bad_response`."""
+    try:
+        return response.json()
+    except ValueError:
+        raise bad_response(what, f"HTTP {response.status_code} answer is not JSON: {response.text[:200]!r}",
+                           response.status_code) from None
+
+
+def json_object(response: httpx.Response, what: str) -> dict[str, Any]:
+    """The answer's JSON object, or `bad_response`."""
+    body = json_body(response, what)
+    if not isinstance(body, dict):
+        raise bad_response(what, f"HTTP {response.status_code} answer is JSON but not an object",
+                           response.status_code)
+    return body
+
+
+def json_field(data: Any, path: str, kind: type | tuple[type, ...], *, what: str, http_status: int) -> Any:
+    """`data[a][b]` for `path` "a.b", checked to be of `kind`, or `bad_response`."""
+    value = data
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise bad_response(what, f"answer has no {path!r}", http_status)
+        value = value[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise bad_response(what, f"{path!r} in the answer is not a {kind}", http_status)
+    return value

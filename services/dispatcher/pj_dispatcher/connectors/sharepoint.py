@@ -7,17 +7,18 @@ writing it again writes the same bytes, and it is skipped when the stored item a
 
 import asyncio
 import hashlib
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
-from .base import ConnectorError, StepContext, StepOutput, permanent, redact, retryable
-from .http_errors import classify_status, classify_transport
+from .base import ApiConnector, ConnectorError, Operation, StepContext, StepOutput, permanent, retryable
+from .files import file_content
+from .http_errors import classify_status, classify_transport, json_object
+from .params import required_object, required_str, required_value
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 TOKEN_MARGIN_S = 300.0  # a cached token is renewed this long before it expires
@@ -30,17 +31,10 @@ def _odata_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def file_bytes(content: Any) -> tuple[bytes, str]:
-    """A string is written as UTF-8 text; any other JSON value as pretty JSON with sorted keys."""
-    if isinstance(content, str):
-        return content.encode(), "text/plain; charset=utf-8"
-    return json.dumps(content, indent=2, sort_keys=True, ensure_ascii=False).encode(), "application/json"
-
-
-class SharePointConnector:
+class SharePointConnector(ApiConnector):
     name = "sharepoint"
 
-    def __init__(self, client: httpx.AsyncClient, graph_url: str, login_url: str, tenant_id: str | None,
+    def __init__(self, client: httpx.AsyncClient, *, graph_url: str, login_url: str, tenant_id: str | None,
                  client_id: str | None, client_secret: SecretStr | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
@@ -64,25 +58,14 @@ class SharePointConnector:
             missing.append("MS_CLIENT_SECRET")
         return missing
 
-    async def run(self, ctx: StepContext) -> StepOutput:
-        operation = ctx.step.operation
-        if operation == "create_list_item":
-            return await self._create_list_item(ctx)
-        if operation == "upload_file":
-            return await self._upload_file(ctx)
-        raise permanent("unsupported_operation", f"sharepoint has no operation {operation!r}")
+    def operations(self) -> Mapping[str, Operation]:
+        return {"create_list_item": self._create_list_item, "upload_file": self._upload_file}
 
-    # --- secrets and token ---------------------------------------------------------------------------------
-
-    def _secrets(self) -> tuple[str | None, ...]:
+    def secrets(self) -> tuple[str | None, ...]:
         secret = self._client_secret.get_secret_value() if self._client_secret is not None else None
         return secret, self._token
 
-    def _redact(self, text: str, *extra: str | None) -> str:
-        return redact(text, *self._secrets(), *extra)
-
-    def _redacted(self, error: ConnectorError, *extra: str | None) -> ConnectorError:
-        return error.redacted(*self._secrets(), *extra)
+    # --- token ---------------------------------------------------------------------------------------------
 
     def _cached_token(self) -> str | None:
         if self._token is not None and self._clock() < self._token_renew_at:
@@ -109,12 +92,12 @@ class SharePointConnector:
         try:
             response = await self._client.post(url, data=form)
         except httpx.HTTPError as exc:
-            raise self._redacted(classify_transport(exc, "sharepoint token")) from None
+            raise classify_transport(exc, "sharepoint token") from None
         if response.status_code in (400, 401):
-            raise permanent("auth_failed", self._redact(f"sharepoint token: HTTP {response.status_code}: "
-                                                        f"{_token_error(response)}"), response.status_code)
+            raise permanent("auth_failed", f"sharepoint token: HTTP {response.status_code}: {_token_error(response)}",
+                            response.status_code)
         if not response.is_success:
-            raise self._redacted(classify_status(response, "sharepoint token"))
+            raise classify_status(response, "sharepoint token")
         try:
             body = response.json()
             token = body["access_token"]
@@ -138,29 +121,27 @@ class SharePointConnector:
             response = await self._client.request(
                 method, url, headers={"Authorization": f"Bearer {token}", **(headers or {})}, **kwargs)
         except httpx.HTTPError as exc:
-            raise self._redacted(classify_transport(exc, what), token) from None
+            raise classify_transport(exc, what) from None
         if response.status_code == 401:
-            # The token was revoked or expired early: forget it so the next attempt gets a new one.
+            # The token was revoked or expired early: the next attempt gets a new one. It stays
+            # known (only marked stale) so that `secrets()` still scrubs it from this error.
             if self._token == token:
-                self._token = None
-            raise retryable("auth_expired", self._redact(
-                f"{what}: HTTP 401 {_graph_error_detail(response)}; the token will be renewed", token), None, 401)
+                self._token_renew_at = float("-inf")
+            raise retryable("auth_expired", f"{what}: HTTP 401 {_graph_error_detail(response)}; the token will be "
+                                            "renewed", http_status=401)
         if response.is_success or (ok_404 and response.status_code == 404):
             return response
         error = classify_status(response, what)
-        raise ConnectorError(error.code, self._redact(
-            f"{what}: HTTP {response.status_code} {_graph_error_detail(response)}", token),
-            retryable=error.retryable, retry_after=error.retry_after, http_status=response.status_code)
+        raise ConnectorError(error.code, f"{what}: HTTP {response.status_code} {_graph_error_detail(response)}",
+                             retryable=error.retryable, retry_after=error.retry_after, http_status=response.status_code)
 
     # --- operations ----------------------------------------------------------------------------------------
 
     async def _create_list_item(self, ctx: StepContext) -> StepOutput:
-        params = ctx.step.params
-        site_id = _required_str(params, "siteId")
-        list_id = _required_str(params, "listId")
-        fields = params.get("fields")
-        if not isinstance(fields, dict):
-            raise permanent("invalid_params", "sharepoint create_list_item: param 'fields' must be an object")
+        params, what = ctx.step.params, "sharepoint create_list_item"
+        site_id = required_str(params, "siteId", what=what)
+        list_id = required_str(params, "listId", what=what)
+        fields = required_object(params, "fields", what=what)
         key = ctx.idempotency_key
         items_url = f"{self._graph}/sites/{quote(site_id, safe=',:/')}/lists/{quote(list_id, safe='')}/items"
         odata_filter = f"fields/{STEP_KEY_FIELD} eq {_odata_string(key)}"
@@ -168,30 +149,26 @@ class SharePointConnector:
         found = await self._graph_request(
             "GET", f"{items_url}?{query}", "sharepoint find list item",
             headers={"Prefer": "HonorNonIndexedQueriesWarningMayFailRandomly"})
-        existing = _json(found).get("value") or []
+        existing = json_object(found, "sharepoint find list item").get("value") or []
         if existing:
             item = existing[0]
             return StepOutput(result=_item_result(item, created=False), http_status=found.status_code)
         response = await self._graph_request("POST", items_url, "sharepoint create list item",
                                              json={"fields": {**fields, STEP_KEY_FIELD: key}})
-        return StepOutput(result=_item_result(_json(response), created=True), http_status=response.status_code)
+        return StepOutput(result=_item_result(json_object(response, "sharepoint create list item"), created=True),
+                          http_status=response.status_code)
 
     async def _upload_file(self, ctx: StepContext) -> StepOutput:
-        params = ctx.step.params
-        drive_id = _required_str(params, "driveId")
-        file_name = _required_str(params, "fileName")
+        params, what = ctx.step.params, "sharepoint upload_file"
+        drive_id = required_str(params, "driveId", what=what)
+        file_name = required_str(params, "fileName", what=what)
         if "/" in file_name or "\\" in file_name or file_name in (".", ".."):
-            raise permanent("invalid_params", f"sharepoint upload_file: param 'fileName' must be a plain file name, "
-                                              f"not {file_name!r}")
-        folder = params.get("folder", "")
-        if folder is None:
-            folder = ""
+            raise permanent("invalid_params", f"{what}: param 'fileName' must be a plain file name, not {file_name!r}")
+        folder = params.get("folder") or ""
         if not isinstance(folder, str) or ".." in folder.split("/"):
-            raise permanent("invalid_params", "sharepoint upload_file: param 'folder' must be a path string "
-                                              "without '..'")
-        if params.get("content") is None:
-            raise permanent("invalid_params", "sharepoint upload_file: param 'content' is required")
-        body, content_type = file_bytes(params["content"])
+            raise permanent("invalid_params", f"{what}: param 'folder' must be a path string without '..'")
+        content = file_content(required_value(params, "content", what=what))
+        body, content_type = content.data, content.media_type
         if len(body) > SIMPLE_UPLOAD_MAX_BYTES:
             raise permanent("too_large", f"sharepoint upload_file: {len(body)} bytes is over the "
                                          f"{SIMPLE_UPLOAD_MAX_BYTES}-byte limit of a simple upload")
@@ -201,7 +178,7 @@ class SharePointConnector:
 
         current = await self._graph_request("GET", item_url, "sharepoint get file", ok_404=True)
         if current.status_code != 404:
-            item = _json(current)
+            item = json_object(current, "sharepoint get file")
             hashes = (item.get("file") or {}).get("hashes") or {}
             stored_sha = hashes.get("sha256Hash")
             # Graph gives sha256 only on some drives (business drives have quickXorHash): without it, upload again.
@@ -211,28 +188,9 @@ class SharePointConnector:
 
         response = await self._graph_request("PUT", f"{item_url}:/content", "sharepoint upload file",
                                              content=body, headers={"Content-Type": content_type})
-        return StepOutput(result=_file_result(_json(response), len(body), sha256,
+        return StepOutput(result=_file_result(json_object(response, "sharepoint upload file"), len(body), sha256,
                                               created=response.status_code == 201),
                           http_status=response.status_code)
-
-
-def _required_str(params: dict[str, Any], name: str) -> str:
-    value = params.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise permanent("invalid_params", f"sharepoint: param {name!r} is required (a non-empty string)")
-    return value
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        raise retryable("bad_response", f"sharepoint: Graph answered HTTP {response.status_code} "
-                                        "with a body that is not JSON", None, response.status_code) from None
-    if not isinstance(body, dict):
-        raise retryable("bad_response", "sharepoint: Graph answered with JSON that is not an object",
-                        None, response.status_code)
-    return body
 
 
 def _graph_error_detail(response: httpx.Response) -> str:

@@ -16,17 +16,21 @@ Limits of that lookup, which follow from Slack's API:
   im:history / mpim:history for DMs) for the lookup, and the bot must be a member of the channel.
 
 Slack answers most errors with HTTP 200 and `{"ok": false, "error": "..."}`; those are classified here:
-rate limits and Slack-side failures are retryable, everything else is permanent as `slack_<error>`.
+rate limits and Slack-side failures are retryable, everything else is permanent as `slack_<error>`. An
+answer without Slack's JSON envelope is `bad_response` (retried: whether a post happened is unknown, and
+the next attempt looks for it before posting again).
 """
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from .base import ConnectorError, StepContext, StepOutput, permanent, redact, retryable
-from .http_errors import classify_status, classify_transport, retry_after_s
+from .base import ApiConnector, ConnectorError, Operation, StepContext, StepOutput, permanent, retryable
+from .http_errors import bad_response, classify_status, classify_transport, json_object, retry_after_s
+from .params import optional_list, required_str
 
 EVENT_TYPE = "pj_step"
 HISTORY_LIMIT = 100
@@ -45,36 +49,30 @@ def _looks_like_channel_id(channel: str) -> bool:
     return len(channel) >= 9 and channel[0] in "CGD" and channel.isalnum() and channel.isupper()
 
 
-class SlackConnector:
+class SlackConnector(ApiConnector):
     name = "slack"
 
-    def __init__(self, client: httpx.AsyncClient, api_url: str, token: SecretStr | None) -> None:
+    def __init__(self, client: httpx.AsyncClient, *, api_url: str, token: SecretStr | None) -> None:
         self._client = client
         self._api_url = api_url.rstrip("/")
         self._token = token
 
+    def operations(self) -> Mapping[str, Operation]:
+        return {"post_message": self._post_message}
+
     def missing_settings(self) -> list[str]:
         return [] if self._token is not None and self._token.get_secret_value() else ["SLACK_BOT_TOKEN"]
 
-    async def run(self, ctx: StepContext) -> StepOutput:
-        if ctx.step.operation != "post_message":
-            raise permanent("unsupported_operation", f"slack has no operation {ctx.step.operation!r}")
-        return await self._post_message(ctx)
+    def secrets(self) -> tuple[str | None, ...]:
+        return (self._token.get_secret_value() if self._token is not None else None,)
 
     # ---------------------------------------------------------------- post_message
 
     async def _post_message(self, ctx: StepContext) -> StepOutput:
-        params = ctx.step.params
-        channel = params.get("channel")
-        if not isinstance(channel, str) or not channel.strip():
-            raise permanent("invalid_params", "slack post_message needs param 'channel' (a channel ID, e.g. C0123ABCD)")
-        channel = channel.strip()
-        text = params.get("text")
-        if not isinstance(text, str) or not text:
-            raise permanent("invalid_params", "slack post_message needs param 'text' (a non-empty string)")
-        blocks = params.get("blocks")
-        if blocks is not None and not isinstance(blocks, list):
-            raise permanent("invalid_params", "slack post_message param 'blocks' must be a list of Block Kit blocks")
+        params, what = ctx.step.params, "slack post_message"
+        channel = required_str(params, "channel", what=what, wanted="a channel ID, e.g. C0123ABCD").strip()
+        text = required_str(params, "text", what=what)
+        blocks = optional_list(params, "blocks", what=what)  # Block Kit blocks
 
         key = ctx.idempotency_key
         earlier, status = await self._find_earlier(channel, key)
@@ -94,8 +92,7 @@ class SlackConnector:
                                           headers={"Content-Type": "application/json; charset=utf-8"})
         ts = data.get("ts")
         if not isinstance(ts, str):
-            raise retryable("slack_bad_response", "slack chat.postMessage: ok response without a message ts",
-                            http_status=response.status_code)
+            raise bad_response("slack chat.postMessage", "ok answer without a message ts", response.status_code)
         return StepOutput(result={"channel": str(data.get("channel") or channel), "ts": ts, "created": True},
                           http_status=response.status_code)
 
@@ -131,40 +128,34 @@ class SlackConnector:
                     ) -> tuple[httpx.Response, dict[str, Any]]:
         """One request to `api_method`; the decoded body when Slack says ok, else a classified error."""
         assert self._token is not None  # checked by missing_settings
-        secret = self._token.get_secret_value()
         what = f"slack {api_method}"
-        headers = {"Authorization": f"Bearer {secret}", **kwargs.pop("headers", {})}
+        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}", **kwargs.pop("headers", {})}
         try:
             response = await self._client.request(method, f"{self._api_url}/{api_method}", headers=headers, **kwargs)
         except httpx.HTTPError as exc:
-            raise classify_transport(exc, what).redacted(secret) from exc
+            raise classify_transport(exc, what) from exc
         if response.status_code == 429:
-            raise retryable("slack_ratelimited", f"{what}: rate limited (HTTP 429)", retry_after_s(response), 429)
+            raise retryable("slack_ratelimited", f"{what}: rate limited (HTTP 429)",
+                            retry_after=retry_after_s(response), http_status=429)
         if not response.is_success:
-            raise classify_status(response, what).redacted(secret)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or "ok" not in data:
-            # Not Slack's envelope (a proxy's page?): whether a post happened is unknown, and the next
-            # attempt looks for it before posting again.
-            raise retryable("slack_bad_response", redact(f"{what}: HTTP {response.status_code} without Slack's "
-                                                         f"JSON envelope: {response.text[:200]}", secret),
-                            http_status=response.status_code)
+            raise classify_status(response, what)
+        data = json_object(response, what)
+        if "ok" not in data:
+            raise bad_response(what, f"HTTP {response.status_code} without Slack's JSON envelope: "
+                                     f"{response.text[:200]}", response.status_code)
         if data.get("ok") is True:
             return response, data
-        raise _classify_slack_error(response, data, what, channel).redacted(secret)
+        raise _classify_slack_error(response, data, what=what, channel=channel)
 
 
-def _classify_slack_error(response: httpx.Response, data: dict[str, Any], what: str, channel: str
+def _classify_slack_error(response: httpx.Response, data: dict[str, Any], *, what: str, channel: str
                           ) -> ConnectorError:
     """Slack's `{"ok": false, "error": ...}` as a connector error."""
     error = str(data.get("error") or "unknown_error")
     status = response.status_code
     code = f"slack_{error}"
     if error in RETRYABLE_ERRORS:
-        return retryable(code, f"{what}: {error}", retry_after_s(response), status)
+        return retryable(code, f"{what}: {error}", retry_after=retry_after_s(response), http_status=status)
     if error == "missing_scope":
         needed = data.get("needed") or ("chat:write" if what.endswith("chat.postMessage") else "channels:history")
         provided = data.get("provided")

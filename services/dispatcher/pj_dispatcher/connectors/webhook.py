@@ -7,12 +7,13 @@ import ipaddress
 import json
 import socket
 import time
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
 
-from .base import StepContext, StepOutput, permanent
+from .base import ApiConnector, Operation, StepContext, StepOutput, permanent
 from .http_errors import classify_status, classify_transport
 
 
@@ -45,10 +46,10 @@ async def refuse_private_target(url: str) -> None:
                             "set PJ_WEBHOOK_ALLOW_PRIVATE=1 to allow it")
 
 
-class WebhookConnector:
+class WebhookConnector(ApiConnector):
     name = "webhook"
 
-    def __init__(self, client: httpx.AsyncClient, url: str | None, secret: SecretStr | None,
+    def __init__(self, client: httpx.AsyncClient, *, url: str | None, secret: SecretStr | None,
                  allow_private: bool) -> None:
         self._client = client
         self._url = url
@@ -56,16 +57,21 @@ class WebhookConnector:
         self._allow_private = allow_private
 
     def missing_settings(self) -> list[str]:
-        missing = []
+        missing: list[str] = []
         if not self._url:
             missing.append("PJ_WEBHOOK_URL")
         if self._secret is None:
             missing.append("PJ_WEBHOOK_SECRET")
         return missing
 
-    async def run(self, ctx: StepContext) -> StepOutput:
-        if ctx.step.operation != "post":
-            raise permanent("unsupported_operation", f"webhook has no operation {ctx.step.operation!r}")
+    def operations(self) -> Mapping[str, Operation]:
+        return {"post": self._post}
+
+    def secrets(self) -> tuple[str | None, ...]:
+        # The secret only signs and is never sent, but a receiver might still echo it back.
+        return (self._secret.get_secret_value() if self._secret is not None else None,)
+
+    async def _post(self, ctx: StepContext) -> StepOutput:
         assert self._url is not None and self._secret is not None  # checked by missing_settings
         if not self._allow_private:
             await refuse_private_target(self._url)

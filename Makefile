@@ -21,51 +21,51 @@ ROLE ?= admin
 SUB ?= dev-admin
 TENANT ?= default
 
-.PHONY: help venv migrate run up down token test test-unit lint schemas clean bench
+.PHONY: help venv migrate run up down token test test-unit test-ops lint schemas bench clean
 
-help:
-	@echo "make run [DISPATCHERS=N]   start gateway, approvals, N dispatchers and a dev webhook sink (Ctrl-C stops)"
-	@echo "make up / make down        the same in the background (pid files in .run/)"
-	@echo "make token ROLE= SUB= TENANT=   print a JWT for the running configuration"
-	@echo "make test                  the whole test suite (needs PostgreSQL and RabbitMQ)"
-	@echo "make migrate               create the database if missing and apply migrations"
+# Every target's line carries its `## description`: `make help` lists them all (tests/ops check it).
+help: ## this list
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.synced: uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --frozen --python $(PYTHON) --quiet
 	@touch $@
 
-venv: $(VENV)/.synced
+venv: $(VENV)/.synced ## install the workspace into .venv (uv sync, only when the lock changed)
 
-migrate: venv
+migrate: venv ## create the database if missing and apply migrations
 	$(PY) -m pj_approvals migrate
 
-run: venv migrate
+run: venv migrate ## gateway, approvals, DISPATCHERS=N dispatchers, webhook sink; Ctrl-C stops
 	@bash ops/dev/run.sh foreground $(DISPATCHERS)
 
-up: venv migrate
+up: venv migrate ## the same in the background (logs and pid files in .run/)
 	@bash ops/dev/run.sh background $(DISPATCHERS)
 
-down:
+down: ## stop what `make up` started
 	@bash ops/dev/run.sh stop
 
-token: venv
+token: venv ## print a JWT for the running configuration (ROLE= SUB= TENANT=)
 	@$(PY) -m pj_common.token --role $(ROLE) --sub $(SUB) --tenant $(TENANT)
 
-test: venv lint
+test: venv lint ## lint, then the whole suite (needs PostgreSQL and RabbitMQ)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: venv ## the unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: venv
+test-ops: venv ## tests of ops/ and the docs: alert rules (promtool), compose, k8s, Grafana, make targets
+	$(PY) -m pytest tests/ops $(PYTEST_ARGS)
+
+lint: venv ## ruff over libs, services and tests
 	$(PY) -m ruff check libs services tests
 
-schemas: venv
+schemas: venv ## write the message models' JSON Schemas to docs/schemas
 	$(PY) -m pj_common.schemas docs/schemas
 
-bench: venv
+bench: venv ## throughput and latency figures to bench/results (see bench/README.md)
 	$(PY) bench/run.py
 
-clean:
+clean: ## remove .venv, .run and caches
 	rm -rf $(VENV) .run .pytest_cache

@@ -1,19 +1,38 @@
 #!/usr/bin/env bash
 # Start (foreground or background) or stop the local system: gateway, approvals, N dispatchers and a
-# webhook sink for notify.webhook. Used by `make run`, `make up` and `make down`.
+# webhook sink for notify.webhook. Used by `make run`, `make up` and `make down`; `plan` prints what
+# would be started.
+#
+# Each approvals and dispatcher process serves its own /metrics on the ports ops/prometheus/prometheus.yml
+# scrapes: approvals on PJ_APPROVALS_METRICS_PORT (9101), dispatcher-N on PJ_DISPATCHER_METRICS_PORT + N - 1
+# (9102, 9103, ...); 0 turns them off. `make up` keeps the previous run's logs as .run/logs/<name>.log.1.
+# PJ_RUN_DIR (default .run) holds the pid files and logs; the tests give each run its own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-mode=${1:?foreground|background|stop}
+mode=${1:?foreground|background|stop|plan}
 dispatchers=${2:-1}
 py=.venv/bin/python
-rundir=.run
-mkdir -p "$rundir/logs"
+rundir=${PJ_RUN_DIR:-.run}
+approvals_metrics_port=${PJ_APPROVALS_METRICS_PORT:-9101}
+dispatcher_metrics_port=${PJ_DISPATCHER_METRICS_PORT:-9102}
 
 processes() {
-  echo "approvals $py -m pj_approvals"
-  for i in $(seq 1 "$dispatchers"); do echo "dispatcher-$i $py -m pj_dispatcher"; done
+  echo "approvals env PJ_APPROVALS_METRICS_PORT=$approvals_metrics_port $py -m pj_approvals"
+  for i in $(seq 1 "$dispatchers"); do
+    port=0
+    [ "$dispatcher_metrics_port" -gt 0 ] && port=$((dispatcher_metrics_port + i - 1))
+    echo "dispatcher-$i env PJ_DISPATCHER_METRICS_PORT=$port $py -m pj_dispatcher"
+  done
   echo "webhook-sink $py tests/support/webhook_sink.py --port ${PJ_WEBHOOK_SINK_PORT:-9099}"
   echo "gateway $py -m pj_gateway"
+}
+
+# The previous run's log becomes <name>.log.1 (one generation kept), so a restart loses nothing.
+rotate_logs() {
+  for log in "$rundir"/logs/*.log; do
+    [ -s "$log" ] && mv -f "$log" "$log.1"
+  done
+  return 0
 }
 
 stop_all() {
@@ -39,11 +58,15 @@ wait_healthy() {
 }
 
 case "$mode" in
+  plan)
+    processes ;;
   stop)
     stop_all
     echo "stopped" ;;
   background)
     stop_all
+    mkdir -p "$rundir/logs"
+    rotate_logs
     while read -r name cmd; do
       nohup $cmd >"$rundir/logs/$name.log" 2>&1 &
       echo $! >"$rundir/$name.pid"
@@ -58,6 +81,7 @@ case "$mode" in
     fi ;;
   foreground)
     stop_all
+    mkdir -p "$rundir/logs"
     trap 'stop_all; exit 0' INT TERM
     while read -r name cmd; do
       $cmd > >(sed -u "s/^/[$name] /") 2>&1 &
@@ -69,5 +93,5 @@ case "$mode" in
       echo "[run] not healthy after 60 s; still running, see the logs above" >&2
     fi
     wait ;;
-  *) echo "usage: $0 foreground|background|stop [dispatchers]" >&2; exit 2 ;;
+  *) echo "usage: $0 foreground|background|stop|plan [dispatchers]" >&2; exit 2 ;;
 esac

@@ -175,3 +175,20 @@ def test_the_unit_tests_cover_every_alert_firing_and_quiet(rules: dict[str, dict
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
     assert not set(rules) - firing, f"alerts never tested firing: {sorted(set(rules) - firing)}"
     assert not set(rules) - quiet, f"alerts never tested quiet: {sorted(set(rules) - quiet)}"
+
+
+def test_promtool_checks_the_prometheus_config(promtool: str, tmp_path: Path) -> None:
+    """prometheus.yml loads, rule file included; the metrics token's placeholder path is given a file."""
+    config = ROOT / "ops" / "prometheus" / "prometheus.yml"
+    token = tmp_path / "pj-metrics-token"
+    token.write_text("scrape-token\n")
+    (tmp_path / "ops" / "prometheus").mkdir(parents=True)
+    (tmp_path / "ops" / "alerts").mkdir()
+    (tmp_path / "ops" / "alerts" / RULES.name).write_text(RULES.read_text())
+    text = config.read_text()
+    assert "/etc/prometheus/secrets/pj-metrics-token" in text
+    copy = tmp_path / "ops" / "prometheus" / "prometheus.yml"
+    copy.write_text(text.replace("/etc/prometheus/secrets/pj-metrics-token", str(token)))
+    result = run_promtool(promtool, "check", "config", str(copy))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(EXPECTED)} rules found" in result.stdout

@@ -1,0 +1,315 @@
+"""Every statement of pj_approvals.store against the real PostgreSQL: each compare-and-set wins once
+and answers None (or False) when it loses."""
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from pj_approvals import store
+from pj_approvals.domain import CLAIMED, Transition, edge, next_status, sources_of, target_of
+from pj_common.messages import ApprovalStatus, StepResult
+
+S = ApprovalStatus
+# Later than any other test's clock, so their sweeps never reach the rows made here (the sweeps here do
+# reach theirs, which changes nothing they assert: each test reads only its own approvals).
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+PLAN = [{"stepId": "one", "connector": "webhook", "operation": "post", "params": {}},
+        {"stepId": "two", "connector": "webhook", "operation": "post", "params": {}}]
+
+
+@pytest.fixture
+async def conn(pool: AsyncConnectionPool[Any]) -> AsyncIterator[store.Conn]:
+    async with pool.connection() as c:
+        yield c
+
+
+def new_row(tenant: str, *, status: ApprovalStatus = S.PENDING, request_id: str | None = None,
+            operator: str = "olga", expires_at: datetime = T0 + timedelta(hours=1)) -> store.ApprovalRow:
+    return store.ApprovalRow(
+        id=uuid.uuid4(), tenant_id=tenant, request_id=request_id or uuid.uuid4().hex, operator_id=operator,
+        action_id="notify.webhook", payload={"n": 1}, request_hash="rh", approval_status=status, approver_id=None,
+        approval_note=None, plan=PLAN, plan_hash="ph", dispatch_result=None, claim_token=None, created_at=T0,
+        updated_at=T0, decided_at=None, dispatched_at=None, finished_at=None, expires_at=expires_at,
+        approval_rule={"stages": [{"name": "approval", "roles": ["admin"], "approvalsRequired": 1}],
+                       "dispatchWindowS": 3600})
+
+
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+def created(at: datetime = T0) -> store.EventRecord:
+    return store.EventRecord(event_type="approval.created", at=at, actor="olga", actor_role="operator",
+                             correlation_id="cid")
+
+
+async def insert(conn: store.Conn, row: store.ApprovalRow) -> store.ApprovalRow:
+    inserted = await store.insert_approval(conn, row, created(row.created_at))
+    assert inserted is not None
+    return inserted
+
+
+def decision(approver: str = "adam", *, final: bool = True, window: datetime | None = None) -> store.Decision:
+    return store.Decision(approver_id=approver, approver_role="admin", decision="approved", note="ok",
+                          stage_name="approval", to_stage_index=0, to_stage_approvals=1, final=final,
+                          dispatch_expires_at=window)
+
+
+async def approve(conn: store.Conn, row: store.ApprovalRow, at: datetime = T0) -> store.ApprovalRow:
+    from_status, to_status = edge(Transition.APPROVE)
+    approved = await store.record_decision(
+        conn, row, decision(window=at + timedelta(hours=2)), from_status=from_status, to_status=to_status,
+        event=store.EventRecord(event_type="approval.decided", at=at, actor="adam", actor_role="admin"))
+    assert approved is not None
+    return approved
+
+
+async def claim(conn: store.Conn, row: store.ApprovalRow, *, at: datetime = T0,
+                lease: timedelta = timedelta(minutes=15)) -> tuple[store.ApprovalRow | None, uuid.UUID]:
+    token = uuid.uuid4()
+    claimed = await store.claim_for_dispatch(
+        conn, row, from_status=row.approval_status, to_status=next_status(row.approval_status, Transition.DISPATCH),
+        claim_token=token, lease_expires_at=at + lease,
+        event=store.EventRecord(event_type="approval.dispatch.started", at=at, actor="adam", actor_role="admin"))
+    return claimed, token
+
+
+def step(step_id: str, status: str = "succeeded") -> StepResult:
+    return StepResult(step_id=step_id, connector="webhook", operation="post", status=status,  # type: ignore[arg-type]
+                      attempts=1)
+
+
+async def finish(conn: store.Conn, row: store.ApprovalRow, token: uuid.UUID, transition: Transition,
+                 results: list[StepResult]) -> store.ApprovalRow | None:
+    from_status, to_status = edge(transition)
+    return await store.finish_dispatch(
+        conn, row.id, token, from_status=from_status, to_status=to_status,
+        results=[r.model_dump(by_alias=True, mode="json") for r in results],
+        event=store.EventRecord(event_type="approval.dispatch.completed", at=T0))
+
+
+# ---------------------------------------------------------------- insert and reads
+
+
+async def test_insert_once_per_request_id_with_its_created_event(conn: store.Conn) -> None:
+    t = tenant()
+    row = new_row(t, request_id="r-1")
+    inserted = await insert(conn, row)
+    assert inserted.approval_status is S.PENDING
+    assert (inserted.id, inserted.plan, inserted.expires_at) == (row.id, PLAN, row.expires_at)
+    assert await store.insert_approval(conn, new_row(t, request_id="r-1"), created()) is None
+    found = await store.find_by_request(conn, t, "r-1")
+    assert found is not None and found.id == row.id
+    assert await store.find_by_request(conn, t, "r-2") is None
+    read = await store.get_approval(conn, row.id, t, operator_id=None)
+    assert read is not None and read.audit is not None
+    assert [(e["event"], e["from"], e["to"], e["correlationId"]) for e in read.audit] == [
+        ("approval.created", None, "pending", "cid")]
+
+
+async def test_get_approval_is_scoped_to_tenant_and_owner(conn: store.Conn) -> None:
+    t = tenant()
+    row = await insert(conn, new_row(t, operator="bob"))
+    assert await store.get_approval(conn, row.id, tenant(), operator_id=None) is None
+    assert await store.get_approval(conn, row.id, t, operator_id="carol") is None
+    mine = await store.get_approval(conn, row.id, t, operator_id="bob", with_audit=False, with_decisions=True)
+    assert mine is not None and mine.audit is None and mine.decisions == []
+
+
+async def test_list_and_count_pending(conn: store.Conn) -> None:
+    t = tenant()
+    rows = [await insert(conn, new_row(t, operator="bob" if i else "carol")) for i in range(3)]
+    await insert(conn, new_row(t, expires_at=T0 - timedelta(seconds=1)))  # pending, but past its TTL
+    await approve(conn, rows[0])
+    page, total, pending = await store.list_approvals(conn, t, None, status=S.PENDING, limit=10, offset=0, now=T0)
+    assert {r.id for r in page} >= {rows[1].id, rows[2].id} and total == 3 and pending == 2
+    page, total, pending = await store.list_approvals(conn, t, "bob", status=None, limit=1, offset=0, now=T0)
+    assert len(page) == 1 and total == 2 and pending == 2
+    assert all(type(r.approval_status) is ApprovalStatus for r in page)
+    assert await store.count_pending(conn, t, None, now=T0) == 2
+    assert await store.count_pending(conn, t, "carol", now=T0) == 0
+    assert await store.count_pending(conn, None, None, now=T0) >= 2
+
+
+# ---------------------------------------------------------------- decide
+
+
+async def test_record_decision_wins_once(conn: store.Conn) -> None:
+    t = tenant()
+    row = await insert(conn, new_row(t))
+    approved = await approve(conn, row)
+    assert approved.approval_status is S.APPROVED and approved.approver_id == "adam"
+    assert approved.expires_at == T0 + timedelta(hours=2)  # the dispatch window replaced the TTL
+    assert approved.audit is not None and approved.audit[-1]["from"] == "pending"
+    from_status, to_status = edge(Transition.APPROVE)
+    again = await store.record_decision(  # the same seen row: the approval is no longer pending
+        conn, row, decision("alice"), from_status=from_status, to_status=to_status,
+        event=store.EventRecord(event_type="approval.decided", at=T0))
+    assert again is None
+
+
+async def test_record_decision_loses_to_a_concurrent_stage_change_or_the_ttl(conn: store.Conn) -> None:
+    t = tenant()
+    row = await insert(conn, new_row(t))
+    from_status, to_status = edge(Transition.ADVANCE)
+    advanced = await store.record_decision(
+        conn, row, store.Decision(approver_id="sam", approver_role="admin", decision="approved", note=None,
+                                  stage_name="approval", to_stage_index=0, to_stage_approvals=1, final=False),
+        from_status=from_status, to_status=to_status, event=store.EventRecord(event_type="approval.decided", at=T0))
+    assert advanced is not None and advanced.approval_status is S.PENDING and advanced.stage_approvals == 1
+    assert advanced.approver_id is None and advanced.expires_at == row.expires_at
+    # `row` was seen at count 0; the approval is at 1 now.
+    assert await approve_or_none(conn, row, T0) is None
+    late = T0 + timedelta(hours=2)  # past the TTL
+    assert await approve_or_none(conn, advanced, late) is None
+
+
+async def approve_or_none(conn: store.Conn, seen: store.ApprovalRow, at: datetime) -> store.ApprovalRow | None:
+    from_status, to_status = edge(Transition.APPROVE)
+    return await store.record_decision(conn, seen, decision("zoe"), from_status=from_status, to_status=to_status,
+                                       event=store.EventRecord(event_type="approval.decided", at=at))
+
+
+async def test_one_person_deciding_twice_hits_the_primary_key(conn: store.Conn) -> None:
+    row = await insert(conn, new_row(tenant()))
+    from_status, to_status = edge(Transition.ADVANCE)
+    advance = store.Decision(approver_id="sam", approver_role="admin", decision="approved", note=None,
+                             stage_name="approval", to_stage_index=0, to_stage_approvals=1, final=False)
+    seen = await store.record_decision(conn, row, advance, from_status=from_status, to_status=to_status,
+                                       event=store.EventRecord(event_type="approval.decided", at=T0))
+    assert seen is not None
+    again = store.Decision(approver_id="sam", approver_role="admin", decision="approved", note=None,
+                           stage_name="approval", to_stage_index=0, to_stage_approvals=2, final=False)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await store.record_decision(conn, seen, again, from_status=from_status, to_status=to_status,
+                                    event=store.EventRecord(event_type="approval.decided", at=T0))
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+async def test_claim_for_dispatch_wins_once(conn: store.Conn) -> None:
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    claimed, token = await claim(conn, approved)
+    assert claimed is not None and claimed.approval_status is CLAIMED and claimed.claim_token == token
+    lost, _ = await claim(conn, approved)  # `approved` still says approved; the row is dispatching
+    assert lost is None
+
+
+async def test_claim_for_dispatch_loses_when_the_plan_changed_or_the_window_passed(conn: store.Conn) -> None:
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    tampered = dataclasses.replace(approved, plan=PLAN[:1])
+    assert (await claim(conn, tampered))[0] is None
+    assert (await claim(conn, approved, at=T0 + timedelta(hours=3)))[0] is None  # the window ended at T0 + 2h
+    assert (await claim(conn, approved))[0] is not None
+
+
+async def test_steps_are_checkpointed_only_for_the_current_claim(conn: store.Conn) -> None:
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    claimed, token = await claim(conn, approved)
+    assert claimed is not None
+
+    async def record(claim_token: uuid.UUID, result: StepResult) -> bool:
+        return await store.record_step(conn, approval_id=approved.id, claim_token=claim_token, held_status=CLAIMED,
+                                       step=result, now=T0, lease_expires_at=T0 + timedelta(minutes=30))
+
+    assert await record(token, step("one")) is True
+    assert await record(uuid.uuid4(), step("two")) is False  # a stale claim
+    assert [s["stepId"] for s in await store.completed_steps(conn, approved.id)] == ["one"]
+    plan = await store.claimed_plan(conn, approved.id, token, held_status=CLAIMED)
+    assert plan is not None and plan[0] == PLAN and [c["stepId"] for c in plan[1]] == ["one"]
+    assert await store.claimed_plan(conn, approved.id, uuid.uuid4(), held_status=CLAIMED) is None
+    assert await store.claimed_plan(conn, approved.id, token, held_status=S.APPROVED) is None
+
+
+async def test_finish_dispatch_wins_once_and_checkpoints_every_finished_step(conn: store.Conn) -> None:
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    claimed, token = await claim(conn, approved)
+    assert claimed is not None
+    results = [step("one"), step("two", "failed")]
+    assert await finish(conn, claimed, uuid.uuid4(), Transition.FAIL, results) is None  # not this claim
+    failed = await finish(conn, claimed, token, Transition.FAIL, results)
+    assert failed is not None and failed.approval_status is S.DISPATCH_FAILED
+    assert failed.dispatch_result is not None and [r["status"] for r in failed.dispatch_result] == [
+        "succeeded", "failed"]
+    assert await finish(conn, claimed, token, Transition.COMPLETE, results) is None  # already finished
+    assert [s["stepId"] for s in await store.completed_steps(conn, approved.id)] == ["one"]
+    again, token2 = await claim(conn, failed)  # dispatch_failed may be dispatched again
+    assert again is not None and token2 != token
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+async def test_expire_due_takes_only_the_given_statuses_past_their_expiry(conn: store.Conn) -> None:
+    t = tenant()
+    at = T0 + timedelta(days=1)
+    due = await insert(conn, new_row(t, expires_at=at - timedelta(days=1)))
+    fresh = await insert(conn, new_row(t, expires_at=at + timedelta(days=1)))
+
+    async def sweep(statuses: tuple[ApprovalStatus, ...]) -> set[uuid.UUID]:
+        rows = await store.expire_due(conn, from_statuses=statuses, to_status=target_of(Transition.EXPIRE),
+                                      batch=100_000, event=store.EventRecord(event_type="approval.expired", at=at))
+        return {r.id for r in rows}
+
+    assert due.id not in await sweep((S.APPROVED,))
+    expired = await sweep(sources_of(Transition.EXPIRE))
+    assert due.id in expired and fresh.id not in expired
+    assert due.id not in await sweep(sources_of(Transition.EXPIRE))  # already expired: the CAS does not repeat
+    row = await store.get_approval(conn, due.id, t, operator_id=None)
+    assert row is not None and row.approval_status is S.EXPIRED
+    assert row.audit is not None and (row.audit[-1]["from"], row.audit[-1]["to"]) == ("pending", "expired")
+
+
+async def test_fail_expired_leases_fails_only_dispatches_past_their_lease(conn: store.Conn) -> None:
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    claimed, token = await claim(conn, approved, lease=timedelta(minutes=1))
+    assert claimed is not None
+    await store.record_step(conn, approval_id=approved.id, claim_token=token, held_status=CLAIMED, step=step("one"),
+                            now=T0, lease_expires_at=T0 + timedelta(minutes=1))
+    from_status, to_status = edge(Transition.FAIL)
+
+    async def sweep(at: datetime) -> set[uuid.UUID]:
+        rows = await store.fail_expired_leases(
+            conn, from_status=from_status, to_status=to_status, batch=100_000, message="no progress",
+            event=store.EventRecord(event_type="approval.dispatch.failed", at=at, note="no progress"))
+        return {r.id for r in rows}
+
+    assert approved.id not in await sweep(T0 + timedelta(seconds=30))
+    assert approved.id in await sweep(T0 + timedelta(minutes=2))
+    assert approved.id not in await sweep(T0 + timedelta(minutes=3))  # lost: it is dispatch_failed now
+    row = await store.get_approval(conn, approved.id, approved.tenant_id, operator_id=None)
+    assert row is not None and row.approval_status is S.DISPATCH_FAILED and row.dispatch_result is not None
+    assert [(r["stepId"], r["status"]) for r in row.dispatch_result] == [("one", "succeeded"), ("two", "not_run")]
+    assert row.dispatch_result[1]["error"] == {"code": "lease_expired", "message": "no progress"}
+
+
+# ---------------------------------------------------------------- event relay and schema
+
+
+async def test_events_are_read_in_id_order_with_typed_statuses(conn: store.Conn) -> None:
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    events = [e for e in await store.events_after(conn, 0, 100_000) if e.approval_id == approved.id]
+    assert [(e.event_type, e.from_status, e.to_status) for e in events] == [
+        ("approval.created", None, S.PENDING), ("approval.decided", S.PENDING, S.APPROVED)]
+    assert type(events[1].from_status) is ApprovalStatus and events[0].id < events[1].id
+
+
+async def test_relay_cursor_is_locked_by_one_transaction_at_a_time(pool: AsyncConnectionPool[Any]) -> None:
+    async with pool.connection() as a, pool.connection() as b, a.transaction():
+        last = await store.lock_relay_cursor(a, "events")
+        assert last is not None
+        async with b.transaction():
+            assert await store.lock_relay_cursor(b, "events") is None  # SKIP LOCKED: someone else relays
+        await store.advance_relay_cursor(a, "events", last)  # unchanged: other tests' relays are not disturbed
+
+
+async def test_migrations_are_applied_once(database_url: str, conn: store.Conn) -> None:
+    assert await store.migrate(database_url) == []
+    await store.ping(conn)

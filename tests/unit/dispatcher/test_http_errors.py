@@ -6,7 +6,14 @@ import httpx
 import pytest
 
 from pj_dispatcher.connectors.base import ConnectorError
-from pj_dispatcher.connectors.http_errors import classify_status, classify_transport, retry_after_s
+from pj_dispatcher.connectors.http_errors import (
+    classify_status,
+    classify_transport,
+    json_body,
+    json_field,
+    json_object,
+    retry_after_s,
+)
 
 REQUEST = httpx.Request("POST", "https://api.example.com/hook")
 
@@ -167,3 +174,27 @@ def test_classify_transport_on_a_real_unsupported_protocol() -> None:
     error = classify_transport(info.value, "webhook")
     assert error.retryable is False
     assert error.code == "request_error"
+
+
+# ---------------------------------------------------------------- answers that are not what the API documents
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    ("<html>sign in</html>", json_body),
+    ("[1, 2]", json_object),
+    ('{"ok": tr', json_body),
+], ids=["html", "not-an-object", "cut-off"])
+def test_a_bad_answer_is_retryable_bad_response_in_every_connector(text: str, read: object) -> None:
+    with pytest.raises(ConnectorError) as info:
+        read(_response(200, text=text), "api call")  # type: ignore[operator]
+    assert (info.value.code, info.value.retryable, info.value.http_status) == ("bad_response", True, 200)
+    assert info.value.message.startswith("api call: ")
+
+
+def test_json_field_reads_a_path_of_the_expected_type() -> None:
+    data = {"object": {"sha": "abc", "size": 3, "flag": True}}
+    assert json_field(data, "object.sha", str, what="x", http_status=200) == "abc"
+    for path, kind in (("object.missing", str), ("object.size", str), ("object.flag", int), ("object.sha.x", str)):
+        with pytest.raises(ConnectorError) as info:
+            json_field(data, path, kind, what="x", http_status=201)
+        assert (info.value.code, info.value.retryable, info.value.http_status) == ("bad_response", True, 201)

@@ -92,7 +92,8 @@ class RunbookView(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        """Serialize: its own fields keep their names; the contract models inside use their wire names."""
+        return self.model_dump_json(by_alias=True).encode()
 
 
 class AuditEntry(Contract):

@@ -2,22 +2,40 @@
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, get_args
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pj_common.messages import (
+    CONTRACT_MODELS,
+    ApprovalEvent,
+    ApprovalPage,
+    ApprovalStatus,
+    ApprovalView,
+    AuditEntry,
+    ChainDecision,
+    ChainStage,
+    ChainView,
     CheckHealth,
+    Command,
     CommandEnvelope,
+    ComponentHealth,
     CountPending,
     DecideRequest,
     DispatchOrder,
+    DispatchOutcome,
+    DispatchPlan,
     DispatchRequest,
+    DryRunPlan,
     ErrorBody,
+    ExecuteAccepted,
     ExecuteRequest,
     GetApproval,
+    HealthReport,
     ListApprovals,
+    MetricsText,
+    PendingCount,
     PlanStep,
     ReadMetrics,
     Reply,
@@ -322,3 +340,91 @@ def test_reply_round_trip() -> None:
     assert doc == {"schemaVersion": 1, "ok": False, "data": None,
                    "error": {"code": "not_found", "message": "no such approval"}, "followUp": True}
     assert Reply.model_validate_json(reply.to_json()) == reply
+
+
+# ---------------------------------------------------------------- every contract model
+
+_PLAN = [PlanStep(step_id="s", connector="webhook", operation="post", params={"body": {"a": 1}})]
+_VIEW = ApprovalView(
+    id="ap-1", request_id="r-1", tenant_id="acme", operator_id="olga", action_id="notify.webhook",
+    approval_status=ApprovalStatus.APPROVED, approver_id="adam", approval_note="fine", payload={"snake_key": 1},
+    plan=_PLAN, plan_hash="h" * 64, dispatch_result=None, created_at=T0, updated_at=T1, decided_at=T1,
+    dispatched_at=None, finished_at=None, expires_at=T1 + timedelta(hours=1),
+    audit=[AuditEntry(event="approval.decided", actor="adam", role="admin", from_status=ApprovalStatus.PENDING,
+                      to_status=ApprovalStatus.APPROVED, note="fine", correlation_id="c-1", at=T1)])
+
+# One instance of each model in CONTRACT_MODELS, with every optional part filled in where it has one.
+SAMPLES: dict[type[BaseModel], BaseModel] = {
+    CommandEnvelope: CommandEnvelope(token="tok", command=DispatchRequest(approval_id="ap-1", dry_run=True)),
+    Reply: Reply[PendingCount](ok=True, data=PendingCount(pending_count=2), follow_up=True),
+    DispatchOrder: DispatchOrder(approval_id="ap-1", tenant_id="acme", action_id="notify.webhook", claim_token="c",
+                                 steps=_PLAN, completed=[_step_result()],
+                                 notify=ReplyAddress(reply_to="r", correlation_id="c")),
+    StepReport: StepReport(approval_id="ap-1", tenant_id="acme", claim_token="c", step=_step_result(),
+                           plan_status="dispatched", results=[_step_result()]),
+    ApprovalEvent: ApprovalEvent(type="approval.decided", approval_id="ap-1", tenant_id="acme",
+                                 action_id="notify.webhook", actor="adam", from_status=ApprovalStatus.PENDING,
+                                 to_status=ApprovalStatus.APPROVED, occurred_at=T0, correlation_id="c", note="n"),
+    ApprovalView: _VIEW,
+    ApprovalPage: ApprovalPage(approvals=[_VIEW.model_copy(update={"audit": None})], total=1, pending_count=0,
+                               limit=50, offset=0),
+    PendingCount: PendingCount(pending_count=3),
+    ExecuteAccepted: ExecuteAccepted(approval_id="ap-1", approval_required=True,
+                                     approval_status=ApprovalStatus.PENDING, plan_hash="h", request_id="r",
+                                     created=True),
+    DryRunPlan: DryRunPlan(action_id="notify.webhook", plan=_PLAN, plan_hash="h"),
+    DispatchOutcome: DispatchOutcome(approval_id="ap-1", approval_status=ApprovalStatus.DISPATCHED,
+                                     dispatch_result=[_step_result()]),
+    ChainView: ChainView(approval_id="ap-1", approval_status=ApprovalStatus.PENDING, current_stage="review",
+                         stages=[ChainStage(name="review", roles=["approver"], approvals_required=1, state="current",
+                                            approvals=0, decisions=[ChainDecision(
+                                                approver_id="amy", role="approver", stage_index=0, stage="review",
+                                                decision="approved", note=None, decided_at=T0)])]),
+    HealthReport: HealthReport(database=ComponentHealth(status="error", detail="OperationalError")),
+    MetricsText: MetricsText(text="# HELP x\n"),
+    DispatchPlan: DispatchPlan(stale=False, steps=_PLAN, completed=[_step_result()]),
+}
+
+
+def test_every_contract_model_has_a_sample() -> None:
+    assert set(SAMPLES) == set(CONTRACT_MODELS)
+
+
+def test_every_reply_model_is_a_contract_model() -> None:
+    for command in get_args(get_args(Command)[0]):
+        members = get_args(command.reply_model) or (command.reply_model,)
+        assert set(members) <= set(CONTRACT_MODELS), command
+
+
+@pytest.mark.parametrize("model", CONTRACT_MODELS, ids=[m.__name__ for m in CONTRACT_MODELS])
+def test_contract_model_round_trips_and_is_strict(model: type[BaseModel]) -> None:
+    sample = SAMPLES[model]
+    raw = sample.to_json()  # type: ignore[attr-defined]  # every contract model has to_json
+    parsed = (Reply[PendingCount] if model is Reply else model).model_validate_json(raw)
+    assert parsed == sample
+    doc = json.loads(raw)
+    with pytest.raises(ValidationError):  # unknown keys are refused
+        model.model_validate({**doc, "surprise": 1})
+    with pytest.raises(ValidationError):  # and nothing changes a model once made
+        setattr(parsed, next(iter(model.model_fields)), None)
+
+
+def test_approval_view_keeps_runbook_names_and_leaves_out_unread_audit() -> None:
+    doc = json.loads(_VIEW.to_json())
+    assert {"approval_status", "plan_hash", "request_id", "expires_at"} <= set(doc)
+    assert doc["plan"][0]["stepId"] == "s" and doc["payload"] == {"snake_key": 1}
+    assert doc["audit"][0] == {"event": "approval.decided", "actor": "adam", "role": "admin", "from": "pending",
+                               "to": "approved", "note": "fine", "correlationId": "c-1",
+                               "at": "2024-05-01T12:00:02.123000Z"}
+    assert json.loads(Reply(ok=True, data=_VIEW).to_json())["data"] == doc  # the same inside a reply
+    assert "audit" not in json.loads(_VIEW.model_copy(update={"audit": None}).to_json())
+
+
+def test_a_reply_is_read_straight_into_its_model() -> None:
+    raw = Reply(ok=True, data=DispatchOutcome(approval_id="a", approval_status=ApprovalStatus.DISPATCHING)).to_json()
+    assert json.loads(raw)["data"] == {"approvalId": "a", "approvalStatus": "dispatching", "dispatchResult": None,
+                                       "dryRun": False}
+    parsed = Reply[DispatchOutcome].model_validate_json(raw)
+    assert isinstance(parsed.data, DispatchOutcome) and parsed.data.approval_status is ApprovalStatus.DISPATCHING
+    with pytest.raises(ValidationError):
+        Reply[PendingCount].model_validate_json(raw)

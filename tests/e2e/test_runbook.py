@@ -1,11 +1,15 @@
 """The runbook's smoke tests and its API contract, walked over HTTP against the running system."""
 
 import asyncio
+import os
+import re
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import jwt
+import pytest
 
 from tests.support.system import System, free_port
 from tests.support.webhook_sink import SinkState
@@ -294,3 +298,69 @@ async def test_a_dispatcher_serves_step_metrics_and_a_taken_port_is_not_fatal(
     assert sum("metrics.bind_failed" in log for log in logs) == 1  # the other one kept working
     health = (await client.get("/health")).json()
     assert health["checks"]["dispatchers"]["consumers"] == 2
+
+
+# --- the documented commands themselves, run as written (twice) ---------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+# The tests run from this venv: the documented `make -s token` must not re-sync it under the other tests.
+MAKE_ENV = {"MAKEFLAGS": "-o .venv/.synced"}
+BASE_LINE = "export BASE=http://127.0.0.1:8080"
+
+
+def documented_commands(path: Path, heading: str) -> str:
+    """The ```bash blocks of one section of a markdown file, in order."""
+    text = path.read_text()
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start:] if end < 0 else text[start:end]
+    blocks = re.findall(r"^```bash\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+    assert blocks, f"no bash blocks under {heading} in {path.name}"
+    return "\n".join(blocks)
+
+
+SMOKE_TESTS = {
+    "readme": (ROOT / "README.md", "## Walk-through (the runbook's smoke tests)"),
+    "runbook": (ROOT / "docs" / "runbook.md", "## Smoke Tests (curl)"),
+}
+
+
+def test_documented_requests_use_a_fresh_request_id() -> None:
+    """A literal requestId in a documented command makes its second run find the first run's approval."""
+    for name, (path, heading) in SMOKE_TESTS.items():
+        commands = documented_commands(path, heading)
+        assert '"requestId"' in commands, name
+        literal = re.findall(r'"requestId"\s*:\s*"(?![\'"]*\$)[^"]*"', commands)
+        assert not literal, f"{name}: a fixed requestId in the documented commands: {literal}"
+
+
+async def run_documented(script: str, system: System) -> tuple[int, str]:
+    """Run the commands with bash against the test system (its URL for BASE, its settings for tokens)."""
+    assert BASE_LINE in script
+    script = "set -euo pipefail\n" + script.replace(BASE_LINE, f"export BASE={system.base_url}")
+    env = {**os.environ, **system.env, **MAKE_ENV}
+    proc = await asyncio.create_subprocess_exec("bash", "-c", script, cwd=ROOT, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_TESTS))
+@pytest.mark.timeout(300)
+async def test_the_documented_smoke_tests_run_twice(name: str, system: System, sink: SinkState) -> None:
+    """The README walk-through and the runbook's smoke tests, as written, twice on the same database."""
+    script = documented_commands(*SMOKE_TESTS[name])
+    calls = len(re.findall(r"\bcurl -i\b", script))
+    approvals = []
+    for run in (1, 2):
+        code, out = await run_documented(script, system)
+        assert code == 0, f"run {run} of the {name} commands failed:\n{out}"
+        statuses = [int(s) for s in re.findall(r"^HTTP/[\d.]+ (\d{3})", out, re.MULTILINE)]
+        assert len(statuses) == calls, f"run {run}: {statuses}\n{out}"
+        assert all(200 <= s < 300 for s in statuses), f"run {run}: {statuses}\n{out}"
+        assert '"approvalStatus":"dispatched"' in out, f"run {run} dispatched nothing:\n{out}"
+        approvals += re.findall(r'"approvalId":"([0-9a-f-]{36})"', out)[:1]
+    assert len(set(approvals)) == 2, f"both runs must make their own approval: {approvals}"
+    for approval_id in approvals:
+        assert [d for d in sink.deliveries if d.body["approvalId"] == approval_id], "the webhook got the delivery"

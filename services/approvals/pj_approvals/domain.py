@@ -7,7 +7,7 @@ from typing import Any
 
 from pj_common.auth import Principal, Role
 from pj_common.errors import ErrorCode, GateError
-from pj_common.messages import ApprovalStatus
+from pj_common.messages import ApprovalStatus, StageState
 
 S = ApprovalStatus
 
@@ -165,11 +165,15 @@ _PAST_APPROVAL = frozenset({S.APPROVED, S.DISPATCHING, S.DISPATCHED, S.DISPATCH_
 
 def chain_view(rule: Rule, status: str, *, stage_index: int, decisions: list[dict[str, Any]]
                ) -> list[dict[str, Any]]:
-    """Each stage with its state (approved, current, waiting, rejected, expired) and its decisions."""
+    """Each stage with its state (approved, current, waiting, rejected, expired) and its decisions.
+
+    A stage's state is the contract's `StageState`, its own small vocabulary next to the approval's status.
+    """
     stages = []
     for index, stage in enumerate(rule.stages):
         made = [d for d in decisions if d["stageIndex"] == index]
         approvals = sum(d["decision"] == S.APPROVED for d in made)
+        state: StageState
         if any(d["decision"] == S.REJECTED for d in made):
             state = "rejected"
         elif index < stage_index or status in _PAST_APPROVAL or approvals >= stage.approvals_required:

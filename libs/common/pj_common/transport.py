@@ -7,7 +7,7 @@ Delivery rules live here and nowhere else: a handler that returns is acked (afte
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import aio_pika
 from aio_pika.abc import (
@@ -241,6 +241,13 @@ async def send_reply(channel: AbstractChannel, reply_to: str, correlation_id: st
     await channel.default_exchange.publish(message, routing_key=reply_to, mandatory=False)
 
 
+class RpcAnswer(NamedTuple):
+    """A reply body; `done` when it is the final `<correlation_id>.done` reply of a follow-up."""
+
+    body: bytes
+    done: bool
+
+
 class RpcClient:
     """Request/reply over RabbitMQ direct reply-to, one reply consumer and a correlation-id -> future map."""
 
@@ -276,14 +283,19 @@ class RpcClient:
         if future is not None and not future.done():
             future.set_result(message.body)
 
-    async def call(self, body: bytes, *, correlation_id: str, timeout: float,
-                   follow_up_s: float = 0.0, is_follow_up: Callable[[bytes], bool] | None = None) -> bytes:
-        """Send one request and return its reply body.
+    async def call(self, body: bytes, *, correlation_id: str, timeout: float) -> bytes:
+        """Send one request and return its reply body (see `request`)."""
+        return (await self.request(body, correlation_id=correlation_id, timeout=timeout)).body
+
+    async def request(self, body: bytes, *, correlation_id: str, timeout: float,
+                      follow_up_s: float = 0.0, is_follow_up: Callable[[bytes], bool] | None = None) -> RpcAnswer:
+        """Send one request and return its reply, saying whether it is the final `.done` one.
 
         When `follow_up_s` > 0 and `is_follow_up(first reply)` says so, also wait up to that long
         for the final reply on `<correlation_id>.done` and return it; if it does not come in time,
         the first reply is returned. No reply within `timeout` raises `upstream_timeout`: the
-        outcome is unknown, never "failed".
+        outcome is unknown, never "failed". A command the broker could not take raises
+        `broker_unavailable`.
         """
         channel = self._channel
         if channel is None or channel.is_closed:
@@ -302,7 +314,17 @@ class RpcClient:
             try:
                 await channel.default_exchange.publish(message, routing_key=self._routing_key,
                                                        mandatory=False)
-            except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            except asyncio.CancelledError as exc:
+                # aiormq fails a publish caught by a closing connection with CancelledError; only a
+                # cancellation of this task itself may propagate as one.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                raise broker_unavailable(f"could not publish the command: {exc!r}") from exc
+            except Exception as exc:
+                # AMQPError (ConnectionClosed, ChannelClosed...), ChannelInvalidStateError (a RuntimeError),
+                # OSError, and the bare Exception aiormq sets on futures of a store closed without a reason:
+                # a command the broker did not take, whatever the class.
                 raise broker_unavailable(f"could not publish the command: {exc!r}") from exc
             try:
                 answer = await asyncio.wait_for(first, timeout)
@@ -311,11 +333,11 @@ class RpcClient:
                                 f"no reply from the approvals service within {timeout:g}s; outcome unknown"
                                 ) from exc
             if final is None or is_follow_up is None or not is_follow_up(answer):
-                return answer
+                return RpcAnswer(answer, done=False)
             try:
-                return await asyncio.wait_for(final, follow_up_s)
+                return RpcAnswer(await asyncio.wait_for(final, follow_up_s), done=True)
             except (TimeoutError, GateError):  # still running, or the connection went: the first reply holds
-                return answer
+                return RpcAnswer(answer, done=False)
         finally:
             self._pending.pop(correlation_id, None)
             self._pending.pop(done_key, None)

@@ -1,20 +1,38 @@
 """The gateway: HTTP in, RabbitMQ commands out. It never touches the database."""
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import install_error_handlers
+from .errors import choose_correlation_id, install_error_handlers
 from .routes import approvals, execute, system
 from .settings import GatewaySettings
 from .state import GatewayMetrics, GatewayState
 
+access_log = logging.getLogger("pj.gateway.access")
+
+_CORRELATION_HEADER = b"x-correlation-id"  # ASGI header names are lower-case
+
+
+def _correlation_header(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == _CORRELATION_HEADER:
+            return bytes(value).decode("latin-1")
+    return ""
+
 
 class MetricsMiddleware:
-    """Counts requests by route template (not raw path, which would explode cardinality)."""
+    """Per request: the correlation id, the counters by route template (not raw path, which would explode
+    cardinality) and one access-log line (scope `gateway.access`), refusals included.
+
+    Pure ASGI: BaseHTTPMiddleware would cost CPU on every request.
+    """
 
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
@@ -26,6 +44,9 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        # Chosen here so that every line about this request, this one included, carries the same id.
+        request_state: dict[str, Any] = scope.setdefault("state", {})
+        request_state["correlation_id"] = choose_correlation_id(_correlation_header(scope))
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -36,9 +57,25 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(route).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access(scope, request_state, route=route, status=status, elapsed=elapsed)
+
+
+def _log_access(scope: Scope, request_state: dict[str, Any], *, route: str, status: int, elapsed: float) -> None:
+    fields: dict[str, Any] = {
+        "scope": "gateway.access", "method": scope["method"], "route": route, "path": scope["path"],
+        "status": status, "durationMs": round(elapsed * 1000, 3),
+        "correlationId": request_state["correlation_id"],
+    }
+    caller = request_state.get("caller")  # set by deps.get_caller once the token verified
+    if caller is not None:
+        fields["sub"] = caller.principal.subject
+        fields["tenant"] = caller.principal.tenant
+    access_log.info("%s %s %d", scope["method"], route, status, extra=fields)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -54,8 +91,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         yield
         await state.supervisor.stop()
 
-    app = FastAPI(title="PuddleJumper approval gate", version="0.1.0", lifespan=lifespan,
-                  description="Governed actions: nothing with side effects runs until a human approves it.")
+    # FastAPIOffline: /docs and /redoc load their scripts from the gateway, not from a CDN.
+    # One schema per model for input and output: the reply models are the contract both ways.
+    app = FastAPIOffline(
+        title="PuddleJumper approval gate", version="0.1.0", lifespan=lifespan,
+        description="Governed actions: nothing with side effects runs until a human approves it.",
+        separate_input_output_schemas=False)
     app.state.gateway = state
     install_error_handlers(app)
     app.include_router(execute.router)

@@ -1,9 +1,10 @@
-"""Request dependencies, named once: the state, and the authenticated caller."""
+"""Request dependencies, named once: the state, the authenticated caller, and the CSRF check."""
 
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pj_common.auth import Principal
 from pj_common.errors import ErrorCode, GateError
@@ -12,7 +13,9 @@ from .errors import correlation_id
 from .state import GatewayState
 
 CSRF_HEADER = "X-PuddleJumper-Request"
-_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# auto_error=False: a missing token is our `unauthorized` envelope, not FastAPI's own 401 body.
+bearer = HTTPBearer(auto_error=False, description="A JWT signed with PJ_JWT_SECRET (`make token`)")
 
 
 async def get_state(request: Request) -> GatewayState:
@@ -29,17 +32,32 @@ class Caller:
     correlation_id: str
 
 
-async def get_caller(request: Request, state: Annotated[GatewayState, Depends(get_state)]) -> Caller:
-    """Verify the bearer token, then (for state-changing methods) the CSRF header."""
-    cid = correlation_id(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+async def get_caller(
+    request: Request,
+    state: Annotated[GatewayState, Depends(get_state)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """Verify the bearer token."""
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token:
         raise GateError(ErrorCode.UNAUTHORIZED, "missing bearer token")
-    principal = state.verifier.verify(token.strip())
-    if request.method in _UNSAFE and request.headers.get(CSRF_HEADER) != "true":
+    caller = Caller(state.verifier.verify(token), token, correlation_id(request))
+    request.state.caller = caller  # for the access log line
+    return caller
+
+
+async def get_writer(
+    caller: Annotated[Caller, Depends(get_caller)],
+    csrf: Annotated[str | None, Header(alias=CSRF_HEADER, examples=["true"],
+                                       description="Must be `true` on every state-changing request")] = None,
+) -> Caller:
+    """A caller allowed to change state: verified token first, then the CSRF header (a browser form
+    cannot set it)."""
+    if csrf != "true":
         raise GateError(ErrorCode.CSRF_REQUIRED, f"header {CSRF_HEADER}: true is required")
-    return Caller(principal, token.strip(), cid)
+    return caller
 
 
 State = Annotated[GatewayState, Depends(get_state)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
+WriterDep = Annotated[Caller, Depends(get_writer)]

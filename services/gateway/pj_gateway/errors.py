@@ -1,15 +1,19 @@
-"""The one place where error codes become HTTP statuses and the error envelope is written."""
+"""The one place where error codes become HTTP statuses and the envelopes are written."""
 
 import logging
 import uuid
 from typing import Any
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pj_common.errors import ErrorCode, GateError
+
+from .envelope import ErrorEnvelope
 
 STATUS_BY_CODE: dict[str, int] = {
     ErrorCode.UNAUTHORIZED: 401,
@@ -33,30 +37,49 @@ STATUS_BY_CODE: dict[str, int] = {
 
 _CODE_BY_HTTP_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
 
+_STATUS_MEANING = {
+    401: "No valid bearer token",
+    403: "The caller may not do this",
+    404: "No such approval visible to the caller",
+    409: "The approval's state does not allow it",
+    422: "The request does not match the contract",
+    500: "Unexpected error (logged with the correlation id)",
+    503: "A backend is unavailable",
+    504: "No reply in time: the outcome is unknown, not failed",
+}
+
 CORRELATION_HEADER = "X-Correlation-Id"
+JSON_REQUIRED = "Content-Type must be application/json"
 
 log = logging.getLogger("pj.gateway")
 
 
+def choose_correlation_id(given: str) -> str:
+    """The client's correlation id if sane (1-128 printable characters), else a new one."""
+    return given if 0 < len(given) <= 128 and given.isprintable() else str(uuid.uuid4())
+
+
 def correlation_id(request: Request) -> str:
-    """The request's correlation id: the client's `X-Correlation-Id` if sane, else a new one."""
+    """The request's correlation id (chosen once per request, by the middleware or here)."""
     cached = getattr(request.state, "correlation_id", None)
     if cached is not None:
         return str(cached)
-    given = request.headers.get(CORRELATION_HEADER, "")
-    value = given if 0 < len(given) <= 128 and given.isprintable() else str(uuid.uuid4())
+    value = choose_correlation_id(request.headers.get(CORRELATION_HEADER, ""))
     request.state.correlation_id = value
     return value
 
 
-def success(request: Request, data: Any, status_code: int = 200, **top_level: Any) -> JSONResponse:
-    """`{"success": true, "correlationId", "data"}` (plus any top-level fields old clients read)."""
+def success(request: Request, data: BaseModel, *, status_code: int = 200, **top_level: str | bool) -> Response:
+    """`{"success": true, "correlationId", "data"}` (plus any top-level fields old clients read),
+    serialized once, straight from the reply model."""
     cid = correlation_id(request)
-    body = {"success": True, "correlationId": cid, "data": data, **top_level}
-    return JSONResponse(body, status_code=status_code, headers={CORRELATION_HEADER: cid})
+    body = pydantic_core.to_json({"success": True, "correlationId": cid, "data": data, **top_level}, by_alias=True)
+    return Response(body, status_code=status_code, media_type="application/json",
+                    headers={CORRELATION_HEADER: cid})
 
 
-def failure(request: Request, code: str, message: str, status_code: int | None = None) -> JSONResponse:
+def failure(request: Request, code: str, message: str, *, status_code: int | None = None) -> JSONResponse:
+    """`{"success": false, "correlationId", "error": {code, message}}` with the code's status."""
     cid = correlation_id(request)
     status = status_code or STATUS_BY_CODE.get(code, 500)
     body = {"success": False, "correlationId": cid, "error": {"code": code, "message": message}}
@@ -66,22 +89,53 @@ def failure(request: Request, code: str, message: str, status_code: int | None =
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _describe(exc: RequestValidationError) -> str:
+def error_responses(*statuses: int, by_reference: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses: the error envelope, and which codes each carries.
+
+    `by_reference` for a route whose own responses are not JSON (its response class would otherwise
+    be taken for the errors' media type too).
+    """
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        codes = ", ".join(f"`{code}`" for code, mapped in STATUS_BY_CODE.items() if mapped == status)
+        response: dict[str, Any] = {"description": f"{_STATUS_MEANING[status]}: {codes}"}
+        if by_reference:
+            response["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+        else:
+            response["model"] = ErrorEnvelope
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}
+        responses[status] = response
+    return responses
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _describe(request: Request, exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    # FastAPI hands a body it did not parse as JSON (no or another Content-Type) to validation as bytes.
+    if isinstance(exc.body, bytes | bytearray) and not _is_json(request.headers.get("content-type")):
+        return JSON_REQUIRED
     parts = []
-    for err in exc.errors()[:5]:
+    for err in errors[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{where or 'body'}: {err.get('msg')}")
     return "; ".join(parts) or "invalid request"
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves the gateway as the error envelope, with the status its code maps to."""
+
     @app.exception_handler(GateError)
     async def on_gate_error(request: Request, exc: GateError) -> JSONResponse:
         return failure(request, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return failure(request, ErrorCode.VALIDATION_ERROR, _describe(exc))
+        return failure(request, ErrorCode.VALIDATION_ERROR, _describe(request, exc))
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -93,4 +147,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODE_BY_HTTP_STATUS.get(exc.status_code, "http_error")
-        return failure(request, code, str(exc.detail), exc.status_code)
+        return failure(request, code, str(exc.detail), status_code=exc.status_code)

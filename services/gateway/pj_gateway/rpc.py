@@ -1,34 +1,90 @@
-"""Commands over RabbitMQ: build the envelope, send it, turn the reply into data or a GateError."""
+"""Commands over RabbitMQ: build the envelope, send it, parse the reply into its model or raise its GateError."""
 
-from typing import Any
+import logging
+from dataclasses import dataclass
+from functools import cache
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from pj_common.errors import ErrorCode, GateError
-from pj_common.messages import Command, CommandEnvelope, Reply
+from pj_common.messages import Command, CommandEnvelope, DispatchOutcome, Reply
 
 from .state import GatewayState
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
-def _has_follow_up(body: bytes) -> bool:
-    return Reply.model_validate_json(body).follow_up
+log = logging.getLogger("pj.gateway")
 
 
-async def send_command(state: GatewayState, command: Command, *, token: str | None, correlation_id: str,
-                       timeout: float | None = None, follow_up_s: float = 0.0) -> Reply:
-    """Send one command and return its (final) reply; an error reply raises its GateError."""
-    envelope = CommandEnvelope(command=command, token=token, correlation_id=correlation_id)
-    body = await state.rpc.call(
-        envelope.to_json(), correlation_id=envelope.message_id,
-        timeout=timeout if timeout is not None else state.settings.rpc_timeout_s,
-        follow_up_s=follow_up_s, is_follow_up=_has_follow_up if follow_up_s else None)
-    reply = Reply.model_validate_json(body)
+@cache
+def _reply_type(model: type[ModelT]) -> type[Reply[ModelT]]:
+    # Parametrizing a generic model is not free; each reply model is parametrized once.
+    return Reply[model]  # type: ignore[valid-type]
+
+
+def _parse(model: type[ModelT], body: bytes) -> Reply[ModelT]:
+    """The reply as `Reply[model]`, straight from its bytes; one outside the contract is an internal error."""
+    try:
+        return _reply_type(model).model_validate_json(body)
+    except ValidationError as exc:
+        log.error("reply outside the contract: %s", exc.errors(include_url=False, include_input=False)[:5],
+                  extra={"scope": "gateway.invalid_reply", "model": model.__name__})
+        raise GateError(ErrorCode.INTERNAL_ERROR, "the approvals service replied outside the contract") from exc
+
+
+def _data(reply: Reply[ModelT]) -> ModelT:
+    """The reply's data, or its error raised as the GateError it names."""
     if not reply.ok:
         error = reply.error
         code = error.code if error else ErrorCode.INTERNAL_ERROR
         raise GateError(ErrorCode(code) if code in ErrorCode._value2member_map_ else ErrorCode.INTERNAL_ERROR,
                         error.message if error else "command failed")
-    return reply
+    if reply.data is None:
+        raise GateError(ErrorCode.INTERNAL_ERROR, "the approvals service replied without data")
+    return reply.data
 
 
-async def call(state: GatewayState, command: Command, *, token: str | None, correlation_id: str) -> Any:
-    """Send a command and return its reply's data."""
-    return (await send_command(state, command, token=token, correlation_id=correlation_id)).data
+def _envelope(command: Command, token: str | None, correlation_id: str) -> CommandEnvelope:
+    return CommandEnvelope(command=command, token=token, correlation_id=correlation_id)
+
+
+async def call(state: GatewayState, command: Command, model: type[ModelT], *, token: str | None,
+               correlation_id: str, timeout: float | None = None) -> ModelT:
+    """Send one command and return its reply's data as `model` (the command's `reply_model`)."""
+    envelope = _envelope(command, token, correlation_id)
+    body = await state.rpc.call(envelope.to_json(), correlation_id=envelope.message_id,
+                                timeout=timeout if timeout is not None else state.settings.rpc_timeout_s)
+    return _data(_parse(model, body))
+
+
+@dataclass(frozen=True, slots=True)
+class Started(Generic[ModelT]):
+    """A command that may start a dispatch: its first reply's data, and the dispatch's outcome if it
+    finished within the wait."""
+
+    data: ModelT
+    outcome: DispatchOutcome | None
+    # The first reply promised a final one that did not come in time: the dispatch still runs.
+    still_running: bool
+
+
+async def call_and_wait(state: GatewayState, command: Command, model: type[ModelT], *, token: str | None,
+                        correlation_id: str, wait_s: float) -> Started[ModelT]:
+    """Send a command whose reply may promise a follow-up, and wait up to `wait_s` for that final reply."""
+    envelope = _envelope(command, token, correlation_id)
+    first: list[Reply[ModelT]] = []
+
+    def promises_follow_up(body: bytes) -> bool:
+        first.append(_parse(model, body))  # parsed once, kept for below
+        return first[0].follow_up
+
+    answer = await state.rpc.request(envelope.to_json(), correlation_id=envelope.message_id,
+                                     timeout=state.settings.rpc_timeout_s, follow_up_s=wait_s,
+                                     is_follow_up=promises_follow_up)
+    reply = first[0] if first else _parse(model, answer.body)
+    data = _data(reply)
+    if answer.done:
+        return Started(data, _data(_parse(DispatchOutcome, answer.body)), False)
+    return Started(data, None, reply.follow_up)
+

@@ -1,6 +1,6 @@
 """Gateway settings (`PJ_*`)."""
 
-from pydantic import SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 
 from pj_common.settings import CommonSettings
 
@@ -8,7 +8,10 @@ from pj_common.settings import CommonSettings
 class GatewaySettings(CommonSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
-    metrics_token: SecretStr | None = None
+    # The runbook calls it METRICS_TOKEN: an operator following it must not leave /metrics open.
+    # Either name may also come from a file (`PJ_METRICS_TOKEN_FILE`, `METRICS_TOKEN_FILE`).
+    metrics_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("PJ_METRICS_TOKEN", "METRICS_TOKEN"))
     # How long one command may take before the gateway answers 504 (outcome unknown).
     rpc_timeout_s: float = 5.0
     # How long POST /dispatch waits for the plan to finish before answering 202 (still running).

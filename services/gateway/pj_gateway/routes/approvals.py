@@ -1,27 +1,35 @@
-"""The approvals API of the runbook: list, get, count pending, decide, dispatch."""
+"""The approvals API of the runbook: list, get, chain, count pending, decide, dispatch."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pj_common.messages import (
+    ApprovalPage,
     ApprovalStatus,
+    ApprovalView,
+    ChainView,
     CountPending,
     DecideRequest,
     Decision,
+    DispatchOutcome,
     DispatchRequest,
     GetApproval,
     GetChain,
     ListApprovals,
+    PendingCount,
 )
 
-from ..deps import CallerDep, State
-from ..errors import success
-from ..rpc import call, send_command
+from ..deps import CallerDep, State, WriterDep
+from ..envelope import Envelope
+from ..errors import error_responses, success
+from ..rpc import call, call_and_wait
 
 router = APIRouter(prefix="/api/approvals", tags=["approvals"])
+
+_READ_ERRORS = (401, 500, 503, 504)  # and 422 where the request has parameters
+_WRITE_ERRORS = (401, 403, 404, 409, 422, 500, 503, 504)
 
 
 class DecideBody(BaseModel):
@@ -37,56 +45,72 @@ class DispatchBody(BaseModel):
     dryRun: bool = False
 
 
-@router.get("")
+@router.get("", response_model=Envelope[ApprovalPage], responses=error_responses(*_READ_ERRORS, 422))
 async def list_approvals(
-    request: Request, caller: CallerDep, state: State,
+    *, request: Request, caller: CallerDep, state: State,
     status: ApprovalStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> JSONResponse:
-    """Newest first; admins and viewers see their tenant, others their own requests."""
-    data = await call(state, ListApprovals(status=status, limit=limit, offset=offset),
+) -> Response:
+    """Newest first; admins, approvers and viewers see their tenant, operators their own requests."""
+    page = await call(state, ListApprovals(status=status, limit=limit, offset=offset), ApprovalPage,
                       token=caller.token, correlation_id=caller.correlation_id)
-    return success(request, data)
+    return success(request, page)
 
 
-@router.get("/count/pending")
-async def count_pending(request: Request, caller: CallerDep, state: State) -> JSONResponse:
-    data = await call(state, CountPending(), token=caller.token, correlation_id=caller.correlation_id)
-    return success(request, data)
+@router.get("/count/pending", response_model=Envelope[PendingCount], responses=error_responses(*_READ_ERRORS))
+async def count_pending(*, request: Request, caller: CallerDep, state: State) -> Response:
+    """Unexpired pending approvals visible to the caller."""
+    count = await call(state, CountPending(), PendingCount, token=caller.token,
+                       correlation_id=caller.correlation_id)
+    return success(request, count)
 
 
-@router.get("/{approval_id}")
-async def get_approval(approval_id: str, request: Request, caller: CallerDep, state: State) -> JSONResponse:
-    data = await call(state, GetApproval(approval_id=approval_id), token=caller.token,
-                      correlation_id=caller.correlation_id)
-    return success(request, data)
+@router.get("/{approval_id}", response_model=Envelope[ApprovalView],
+            responses=error_responses(*_READ_ERRORS, 404, 422))
+async def get_approval(*, approval_id: str, request: Request, caller: CallerDep, state: State) -> Response:
+    """One approval with its plan, audit trail and dispatch result."""
+    approval = await call(state, GetApproval(approval_id=approval_id), ApprovalView, token=caller.token,
+                          correlation_id=caller.correlation_id)
+    return success(request, approval)
 
 
-@router.get("/{approval_id}/chain")
-async def get_chain(approval_id: str, request: Request, caller: CallerDep, state: State) -> JSONResponse:
+@router.get("/{approval_id}/chain", response_model=Envelope[ChainView],
+            responses=error_responses(*_READ_ERRORS, 404, 422))
+async def get_chain(*, approval_id: str, request: Request, caller: CallerDep, state: State) -> Response:
     """The approval's stages: who may decide each, who did, when, with what note."""
-    data = await call(state, GetChain(approval_id=approval_id), token=caller.token,
-                      correlation_id=caller.correlation_id)
-    return success(request, data)
+    chain = await call(state, GetChain(approval_id=approval_id), ChainView, token=caller.token,
+                       correlation_id=caller.correlation_id)
+    return success(request, chain)
 
 
-@router.post("/{approval_id}/decide")
-async def decide(approval_id: str, body: DecideBody, request: Request, caller: CallerDep,
-                 state: State) -> JSONResponse:
-    """pending -> approved | rejected (admin; never the requester)."""
+@router.post("/{approval_id}/decide", response_model=Envelope[ApprovalView],
+             responses=error_responses(*_WRITE_ERRORS))
+async def decide(*, approval_id: str, body: DecideBody, request: Request, caller: WriterDep,
+                 state: State) -> Response:
+    """Record a decision; the approval stays pending while later stages or approvals are due."""
     command = DecideRequest(approval_id=approval_id, status=body.status, note=body.note)
-    data = await call(state, command, token=caller.token, correlation_id=caller.correlation_id)
-    return success(request, data)
+    approval = await call(state, command, ApprovalView, token=caller.token, correlation_id=caller.correlation_id)
+    return success(request, approval)
 
 
-@router.post("/{approval_id}/dispatch")
-async def dispatch(approval_id: str, request: Request, caller: CallerDep, state: State,
-                   body: DispatchBody | None = None) -> JSONResponse:
-    """approved -> dispatching; waits up to PJ_DISPATCH_WAIT_S for the outcome (200), else 202."""
+@router.post("/{approval_id}/dispatch", response_model=Envelope[DispatchOutcome],
+             responses={202: {"model": Envelope[DispatchOutcome],
+                              "description": "still dispatching after PJ_DISPATCH_WAIT_S (approvalStatus "
+                                             "`dispatching`); read the outcome with GET /api/approvals/{id}"},
+                        **error_responses(*_WRITE_ERRORS)})
+async def dispatch(*, approval_id: str, request: Request, caller: WriterDep, state: State,
+                   body: DispatchBody | None = None) -> Response:
+    """approved -> dispatching; waits up to PJ_DISPATCH_WAIT_S for the outcome (200), else 202.
+    dryRun: every step as it would run, nothing changes (200)."""
     dry_run = body.dryRun if body is not None else False
-    reply = await send_command(state, DispatchRequest(approval_id=approval_id, dry_run=dry_run),
-                               token=caller.token, correlation_id=caller.correlation_id,
-                               follow_up_s=0.0 if dry_run else state.settings.dispatch_wait_s)
-    still_running = reply.follow_up
-    return success(request, reply.data, 202 if still_running else 200)
+    command = DispatchRequest(approval_id=approval_id, dry_run=dry_run)
+    if dry_run:
+        preview = await call(state, command, DispatchOutcome, token=caller.token,
+                             correlation_id=caller.correlation_id)
+        return success(request, preview)
+    started = await call_and_wait(state, command, DispatchOutcome, token=caller.token,
+                                  correlation_id=caller.correlation_id, wait_s=state.settings.dispatch_wait_s)
+    if started.outcome is not None:
+        return success(request, started.outcome)
+    return success(request, started.data, status_code=202 if started.still_running else 200)

@@ -2,15 +2,15 @@
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from pj_common.messages import ExecuteRequest
+from pj_common.messages import DispatchOutcome, DryRunPlan, ExecuteAccepted, ExecuteRequest
 
-from ..deps import CallerDep, State
-from ..errors import success
-from ..rpc import send_command
+from ..deps import State, WriterDep
+from ..envelope import Envelope, ExecuteEnvelope
+from ..errors import error_responses, success
+from ..rpc import call, call_and_wait
 
 router = APIRouter(prefix="/api/pj", tags=["execute"])
 
@@ -24,20 +24,28 @@ class ExecuteBody(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
-@router.post("/execute", status_code=202)
-async def execute(body: ExecuteBody, request: Request, caller: CallerDep, state: State) -> JSONResponse:
+@router.post(
+    "/execute", status_code=202, response_model=ExecuteEnvelope[ExecuteAccepted],
+    responses={
+        200: {"model": Envelope[DryRunPlan] | ExecuteEnvelope[DispatchOutcome],
+              "description": "dry-run: the plan, nothing stored; or a launch-tier action that finished "
+                             "within PJ_DISPATCH_WAIT_S, with its dispatch result"},
+        202: {"description": "a pending approval (approvalRequired), or a launch-tier action still dispatching"},
+        **error_responses(401, 403, 409, 422, 500, 503, 504),
+    })
+async def execute(*, body: ExecuteBody, request: Request, caller: WriterDep, state: State) -> Response:
     """Governed action -> 202 with a pending approval; dry-run -> 200 with the plan, nothing stored;
     launch-tier action -> run at once: 200 with its outcome, or 202 while it still runs."""
     command = ExecuteRequest(action_id=body.actionId, mode=body.mode, request_id=body.requestId,
                              payload=body.payload)
-    # A launch-tier action is dispatched at once: wait for its outcome as POST /dispatch does.
-    wait = state.settings.dispatch_wait_s if body.mode == "execute" else 0.0
-    reply = await send_command(state, command, token=caller.token, correlation_id=caller.correlation_id,
-                               follow_up_s=wait)
-    data = reply.data
     if body.mode == "dry-run":
-        return success(request, data, 200)
-    if "dispatchResult" in data:  # a launch-tier action that finished within the wait
-        return success(request, data, 200, approvalId=data["approvalId"], approvalRequired=False)
-    required = data.get("approvalRequired", True)
-    return success(request, data, 202, approvalId=data["approvalId"], approvalRequired=required)
+        plan = await call(state, command, DryRunPlan, token=caller.token, correlation_id=caller.correlation_id)
+        return success(request, plan)
+    # A launch-tier action is dispatched at once: wait for its outcome as POST /dispatch does.
+    started = await call_and_wait(state, command, ExecuteAccepted, token=caller.token,
+                                  correlation_id=caller.correlation_id, wait_s=state.settings.dispatch_wait_s)
+    if started.outcome is not None:
+        return success(request, started.outcome, approvalId=started.outcome.approval_id, approvalRequired=False)
+    accepted = started.data
+    return success(request, accepted, status_code=202, approvalId=accepted.approval_id,
+                   approvalRequired=accepted.approval_required)

@@ -2,69 +2,123 @@
 
 import asyncio
 import hmac
-from typing import Any
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+import pydantic_core
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import generate_latest
+from pydantic import BaseModel, ConfigDict
 
-from pj_common.errors import GateError
-from pj_common.messages import CheckHealth, ReadMetrics
+from pj_common.errors import ErrorCode, GateError
+from pj_common.messages import CheckHealth, ComponentHealth, HealthReport, MetricsText, ReadMetrics
 
 from ..deps import State
-from ..errors import failure
-from ..rpc import send_command
+from ..errors import error_responses, failure
+from ..rpc import call
 
 router = APIRouter(tags=["system"])
 
+metrics_bearer = HTTPBearer(auto_error=False, scheme_name="metricsToken",
+                            description="PJ_METRICS_TOKEN (alias METRICS_TOKEN), required when set")
 
-async def _check_approvals(state: State) -> dict[str, Any]:
+
+class DispatcherHealth(BaseModel):
+    """The dispatch queue as the broker sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok", "degraded", "error", "unknown"]
+    detail: str | None = None
+    consumers: int | None = None
+    queueDepth: int | None = None
+
+
+class HealthChecks(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    broker: ComponentHealth
+    approvals: ComponentHealth
+    database: ComponentHealth
+    dispatchers: DispatcherHealth
+
+
+class GatewayHealth(BaseModel):
+    """ok: everything answers; degraded: the broker is up but something behind it is not; error: no broker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok", "degraded", "error"]
+    checks: HealthChecks
+
+
+_OK = ComponentHealth(status="ok")
+
+
+async def _check_approvals(state: State) -> tuple[ComponentHealth, ComponentHealth]:
+    """The approvals service, and the database as that service reached it."""
     try:
-        reply = await send_command(state, CheckHealth(), token=None, correlation_id="health",
-                                   timeout=state.settings.health_timeout_s)
+        report = await call(state, CheckHealth(), HealthReport, token=None, correlation_id="health",
+                            timeout=state.settings.health_timeout_s)
     except GateError as exc:
-        return {"approvals": {"status": "error", "detail": exc.message}}
-    return {"approvals": {"status": "ok"}, **reply.data}
+        unknown = ComponentHealth(status="unknown", detail=f"approvals did not answer ({exc.code})")
+        return ComponentHealth(status="error", detail=exc.message), unknown
+    return _OK, report.database
 
 
-async def _check_dispatchers(state: State) -> dict[str, Any]:
+async def _check_dispatchers(state: State) -> DispatcherHealth:
     channel = await state.inspect_channel()
     if channel is None:
-        return {"status": "error", "detail": "broker unavailable"}
+        return DispatcherHealth(status="error", detail="broker unavailable")
     try:
         queue = await channel.declare_queue(state.topology.dispatch, passive=True)
     except Exception as exc:  # the channel may have just closed; report, do not raise
-        return {"status": "error", "detail": type(exc).__name__}
+        return DispatcherHealth(status="error", detail=type(exc).__name__)
     result = queue.declaration_result
     consumers, depth = result.consumer_count, result.message_count
-    return {"status": "ok" if consumers else "degraded", "consumers": consumers, "queueDepth": depth}
+    return DispatcherHealth(status="ok" if consumers else "degraded", consumers=consumers, queueDepth=depth)
 
 
-@router.get("/health")
-async def health(state: State) -> JSONResponse:
-    """ok: everything answers; degraded: the broker is up but something behind it is not; error: no broker."""
+def _health_response(health: GatewayHealth, status_code: int) -> Response:
+    return Response(pydantic_core.to_json(health, by_alias=True, exclude_none=True), status_code=status_code,
+                    media_type="application/json")
+
+
+@router.get("/health", response_model=GatewayHealth,
+            responses={503: {"model": GatewayHealth, "description": "no broker connection (status `error`)"}})
+async def health(state: State) -> Response:
+    """ok: everything answers; degraded: the broker is up but something behind it is not; error: no broker.
+    Every check is listed; one that could not be made is `unknown`."""
     if not state.rpc.connected:
-        checks: dict[str, Any] = {"broker": {"status": "error", "detail": "not connected"}}
-        return JSONResponse({"status": "error", "checks": checks}, status_code=503)
-    behind, dispatchers = await asyncio.gather(_check_approvals(state), _check_dispatchers(state))
-    checks = {"broker": {"status": "ok"}, **behind, "dispatchers": dispatchers}
-    status = "ok" if all(c.get("status") == "ok" for c in checks.values()) else "degraded"
-    return JSONResponse({"status": status, "checks": checks})
+        unknown = ComponentHealth(status="unknown", detail="broker unavailable")
+        checks = HealthChecks(broker=ComponentHealth(status="error", detail="not connected"), approvals=unknown,
+                              database=unknown, dispatchers=DispatcherHealth(status="unknown",
+                                                                             detail="broker unavailable"))
+        return _health_response(GatewayHealth(status="error", checks=checks), 503)
+    (approvals, database), dispatchers = await asyncio.gather(_check_approvals(state), _check_dispatchers(state))
+    checks = HealthChecks(broker=_OK, approvals=approvals, database=database, dispatchers=dispatchers)
+    everything_ok = all(c.status == "ok" for c in (approvals, database, dispatchers))
+    return _health_response(GatewayHealth(status="ok" if everything_ok else "degraded", checks=checks), 200)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request, state: State) -> Response:
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus text: the gateway's metrics, then the approvals service's"},
+                       **error_responses(401, by_reference=True)})
+async def metrics(*, request: Request, state: State,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(metrics_bearer)]) -> Response:
     """The gateway's own metrics plus the approvals service's (the runbook's approval metrics)."""
     expected = state.settings.metrics_token
     if expected is not None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {expected.get_secret_value()}".encode()):
-            return failure(request, "unauthorized", "metrics token required", 401)
+        given = credentials.credentials.strip() if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            return failure(request, ErrorCode.UNAUTHORIZED, "metrics token required", status_code=401)
     text = generate_latest(state.metrics.registry).decode()
     try:
-        reply = await send_command(state, ReadMetrics(), token=None, correlation_id="metrics",
-                                   timeout=state.settings.health_timeout_s)
-        text += reply.data["text"]
+        approvals = await call(state, ReadMetrics(), MetricsText, token=None, correlation_id="metrics",
+                               timeout=state.settings.health_timeout_s)
+        text += approvals.text
     except GateError as exc:
         text += f"# approvals metrics unavailable: {exc.code}\n"
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

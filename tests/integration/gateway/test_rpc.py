@@ -1,0 +1,56 @@
+"""Commands the broker does not take answer 503 broker_unavailable, whatever aio-pika or aiormq raised."""
+
+import asyncio
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+import pytest
+
+from .conftest import FakeApprovals, Gateway, auth
+
+# What a publish on a channel that looked open really raises when the broker or the connection goes:
+# a channel closed under us, a connection closed by the broker or by us, a dropped socket; aiormq fails
+# futures of a closing connection with CancelledError, or with a bare Exception when it gave no reason.
+PUBLISH_ERRORS = [
+    aiormq.exceptions.ChannelInvalidStateError("channel closed"),
+    aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED"),
+    aiormq.exceptions.ChannelClosed(406, "PRECONDITION_FAILED"),
+    aiormq.exceptions.AMQPConnectionError("Server connection unexpectedly closed"),
+    ConnectionResetError(104, "Connection reset by peer"),
+    asyncio.CancelledError(),
+    Exception(),
+]
+
+
+@pytest.mark.parametrize("error", PUBLISH_ERRORS, ids=lambda e: type(e).__name__)
+async def test_a_publish_error_on_a_live_channel_is_503_broker_unavailable(
+        gateway: Gateway, approvals: FakeApprovals, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    async def publish(*_: Any, **__: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(aio_pika.Exchange, "publish", publish)
+    r = await gateway.client.get("/api/approvals/count/pending", headers=auth(csrf=False))
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "broker_unavailable"
+    assert approvals.received == []
+
+
+async def test_a_connection_closing_under_a_publish_is_503_not_a_cancelled_request(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real thing behind the CancelledError case: aiormq closes while the command is being written."""
+    connection = gateway.state.supervisor.connection
+    assert connection is not None
+    real_publish = aio_pika.Exchange.publish
+
+    async def publish_while_closing(self: aio_pika.Exchange, *args: Any, **kwargs: Any) -> Any:
+        closing = asyncio.ensure_future(connection.transport.connection.close())
+        try:
+            return await real_publish(self, *args, **kwargs)
+        finally:
+            await asyncio.gather(closing, return_exceptions=True)
+
+    monkeypatch.setattr(aio_pika.Exchange, "publish", publish_while_closing)
+    r = await gateway.client.get("/api/approvals/count/pending", headers=auth(csrf=False))
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "broker_unavailable"

@@ -1,0 +1,74 @@
+"""GET /health, GET /metrics and the offline /docs, through the gateway."""
+
+import re
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+
+from pj_common.messages import ComponentHealth, HealthReport, MetricsText
+
+from .conftest import FakeApprovals, Gateway, GatewayFactory, ok
+
+
+async def test_health_is_ok_when_everything_answers(gateway: Gateway, approvals: FakeApprovals) -> None:
+    approvals.answer("health", ok(HealthReport(database=ComponentHealth(status="ok"))))
+    body = (await gateway.client.get("/health")).json()
+    checks = body["checks"]
+    assert checks["broker"] == {"status": "ok"} and checks["approvals"] == {"status": "ok"}
+    assert checks["database"] == {"status": "ok"}
+    assert checks["dispatchers"]["status"] == "degraded" and checks["dispatchers"]["consumers"] == 0
+    assert body["status"] == "degraded"  # no dispatcher consumes in this test
+
+
+async def test_health_lists_the_database_as_unknown_when_approvals_does_not_answer(gateway: Gateway) -> None:
+    r = await gateway.client.get("/health")
+    assert r.status_code == 200
+    checks = r.json()["checks"]
+    assert checks["approvals"]["status"] == "error"
+    assert checks["database"]["status"] == "unknown"
+    assert set(checks) == {"broker", "approvals", "database", "dispatchers"}
+
+
+async def test_health_lists_every_check_when_the_broker_is_gone(gateway: Gateway) -> None:
+    gateway.state.rpc.detach()
+    r = await gateway.client.get("/health")
+    assert r.status_code == 503 and r.json()["status"] == "error"
+    checks = r.json()["checks"]
+    assert checks["broker"]["status"] == "error"
+    assert {checks[name]["status"] for name in ("approvals", "database", "dispatchers")} == {"unknown"}
+
+
+async def test_metrics_token_from_the_runbooks_name_closes_metrics(
+        approvals: FakeApprovals, gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    approvals.answer("metrics", ok(MetricsText(text="approvals_created_total 0\n")))
+    monkeypatch.setenv("METRICS_TOKEN", "scrape-me")
+    monkeypatch.delenv("PJ_METRICS_TOKEN", raising=False)
+    async with gateway_factory() as gateway:
+        r = await gateway.client.get("/metrics")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        r = await gateway.client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert r.status_code == 200 and "approvals_created_total 0" in r.text
+        assert "pj_gateway_requests_total" in r.text
+
+
+ASSET = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""")
+
+
+def _asset_urls(html: str) -> list[str]:
+    """Every URL a docs page loads: scripts, styles, icons, and the OpenAPI document it reads."""
+    return [tag or spec for tag, spec in ASSET.findall(html) if not (tag or spec).startswith(("#", "data:"))]
+
+
+async def test_docs_load_every_asset_from_the_gateway(gateway: Gateway) -> None:
+    for page in ("/docs", "/redoc"):
+        r = await gateway.client.get(page)
+        assert r.status_code == 200
+        urls = _asset_urls(r.text)
+        assert any(u.endswith(".js") for u in urls), urls
+        for url in urls:
+            absolute = urljoin(f"http://gateway{page}", url)
+            assert urlsplit(absolute).netloc == "gateway", f"{page} loads {url} from elsewhere"
+            asset = await gateway.client.get(absolute)
+            assert asset.status_code == 200, url
+            assert asset.content, url

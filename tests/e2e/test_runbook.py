@@ -295,7 +295,9 @@ async def test_a_dispatcher_serves_step_metrics_and_a_taken_port_is_not_fatal(
         text = (await direct.get(f"http://127.0.0.1:{port}/metrics")).text
     assert "dispatch_steps_total" in text and "dispatch_orders_in_flight" in text
     logs = [system.log(name) for name in ("dispatcher-1", "dispatcher-2")]
-    assert sum("metrics.bind_failed" in log for log in logs) == 1  # the other one kept working
+    # At least the one that started second could not bind (the logs also hold dispatchers test_crash.py
+    # restarted, which may have met the port taken again); every one of them kept working.
+    assert any("metrics.bind_failed" in log for log in logs)
     health = (await client.get("/health")).json()
     assert health["checks"]["dispatchers"]["consumers"] == 2
 

@@ -79,7 +79,8 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub or not isinstance(tenant, str) or not tenant:
             raise GateError(ErrorCode.UNAUTHORIZED, "token lacks the sub or tenant claim")
         try:
-            return Principal(subject=sub, tenant=tenant, role=Role(role)), float(claims["exp"])
+            # A missing or non-string role is as unknown as a misspelt one.
+            return Principal(subject=sub, tenant=tenant, role=Role(str(role))), float(claims["exp"])
         except ValueError as exc:
             raise GateError(ErrorCode.UNAUTHORIZED, f"token has unknown role {role!r}") from exc
 

@@ -18,7 +18,9 @@ from aio_pika.abc import (
 )
 from pydantic import ValidationError
 
+from .backoff import backoff_s
 from .errors import ErrorCode, GateError
+from .runtime import cancel_and_wait
 
 log = logging.getLogger("pj.transport")
 
@@ -38,7 +40,23 @@ class Retryable(Exception):
 
 
 def broker_unavailable(detail: str = "message broker unavailable") -> GateError:
+    """The error for "no broker connection right now" (a 503 at the gateway)."""
     return GateError(ErrorCode.BROKER_UNAVAILABLE, detail)
+
+
+def reconnect_delay_s(attempt: int) -> float:
+    """Seconds before reconnect number `attempt`: 0.2 s doubling to 5 s, jittered so that many
+    processes losing the broker together do not all come back at the same instant."""
+    return backoff_s(attempt, base=0.2, cap=5.0)
+
+
+def redelivery_delay_s(delivery_count: int, hint: float | None = None) -> float:
+    """Seconds to hold a failed message before it goes back to its queue.
+
+    0.1 s doubling per earlier delivery up to 10 s, so a dead database is not hammered by a hot loop;
+    a handler's own `retry_after` wins, up to 30 s.
+    """
+    return backoff_s(delivery_count + 1, base=0.1, cap=10.0, hint=hint, hint_cap=30.0)
 
 
 class Supervisor:
@@ -69,6 +87,7 @@ class Supervisor:
         return channel
 
     def start(self) -> None:
+        """Connect in the background and keep reconnecting until `stop`."""
         self._task = asyncio.create_task(self._run(), name=f"amqp-supervisor-{self._name}")
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -80,27 +99,25 @@ class Supervisor:
         return True
 
     async def stop(self) -> None:
+        """Stop reconnecting and close the connection."""
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
         if self.connection is not None:
             await self.connection.close()
 
     async def _run(self) -> None:
-        delay = 0.2
+        attempt = 1
         while True:
             try:
                 connection = await aio_pika.connect(self._url, timeout=5, client_properties={
                     "connection_name": self._name
                 })
             except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
+                delay = reconnect_delay_s(attempt)
                 log.warning("amqp connect failed (%s); retrying in %.1fs", exc, delay,
                             extra={"scope": "amqp.connect_failed"})
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                attempt += 1
                 continue
             # A connection the broker drops fires close_callbacks; `closed()` resolves only on our close.
             lost = self._lost = asyncio.Event()
@@ -109,7 +126,7 @@ class Supervisor:
                 await self._setup(connection)
                 self.connection = connection
                 self.ready.set()
-                delay = 0.2
+                attempt = 1
                 log.info("amqp connected", extra={"scope": "amqp.connected", "component": self._name})
                 await lost.wait()
             except asyncio.CancelledError:
@@ -123,8 +140,11 @@ class Supervisor:
                     self._on_lost()
                 if not connection.is_closed:
                     await asyncio.shield(connection.close())
-            log.warning("amqp connection lost; reconnecting", extra={"scope": "amqp.connection_lost"})
+            delay = reconnect_delay_s(attempt)
+            log.warning("amqp connection lost; reconnecting in %.1fs", delay,
+                        extra={"scope": "amqp.connection_lost"})
             await asyncio.sleep(delay)
+            attempt += 1
 
 
 def json_message(
@@ -165,12 +185,10 @@ async def publish_confirmed(
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
-def _retry_delay(message: AbstractIncomingMessage, hint: float | None) -> float:
-    if hint is not None:
-        return min(hint, 30.0)
-    # Quorum queues count deliveries; back off so a dead database is not hammered by a hot loop.
-    count = int((message.headers or {}).get("x-delivery-count", 0) or 0)
-    return min(0.1 * 2**count, 10.0)
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """How many times the broker delivered `message` before (quorum queues count; 0 when unknown)."""
+    count = (message.headers or {}).get("x-delivery-count")
+    return count if isinstance(count, int) and count > 0 else 0
 
 
 async def settle(handler: Handler, message: AbstractIncomingMessage) -> None:
@@ -184,7 +202,7 @@ async def settle(handler: Handler, message: AbstractIncomingMessage) -> None:
         })
         await _quietly(message.reject(requeue=False))
     except Exception as exc:
-        delay = _retry_delay(message, exc.retry_after if isinstance(exc, Retryable) else None)
+        delay = redelivery_delay_s(delivery_count(message), exc.retry_after if isinstance(exc, Retryable) else None)
         log.warning("message processing failed, retrying in %.2fs: %r", delay, exc, extra={
             "scope": "amqp.retry", "routing_key": message.routing_key, "message_id": message.message_id,
         })
@@ -232,10 +250,10 @@ async def reply(channel: AbstractChannel, request: AbstractIncomingMessage, body
     """
     if not request.reply_to:
         return
-    await send_reply(channel, request.reply_to, correlation_id or request.correlation_id or "", body)
+    await send_reply(channel, request.reply_to, body, correlation_id=correlation_id or request.correlation_id or "")
 
 
-async def send_reply(channel: AbstractChannel, reply_to: str, correlation_id: str, body: bytes) -> None:
+async def send_reply(channel: AbstractChannel, reply_to: str, body: bytes, *, correlation_id: str) -> None:
     """Publish a reply to a direct reply-to address (which may belong to another process's request)."""
     message = json_message(body, correlation_id=correlation_id, persistent=False)
     await channel.default_exchange.publish(message, routing_key=reply_to, mandatory=False)

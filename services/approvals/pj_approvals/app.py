@@ -2,18 +2,16 @@
 
 import asyncio
 import logging
-import signal
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.auth import TokenVerifier
 from pj_common.messages import ApprovalEvent, DispatchOrder
-from pj_common.metrics import serve_metrics
-from pj_common.runtime import wait_for_shutdown
+from pj_common.metrics import MetricsServer
+from pj_common.runtime import Periodic
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Supervisor, broker_unavailable, consume, json_message, publish_confirmed
 
@@ -50,10 +48,15 @@ class ApprovalsApp:
         verifier = TokenVerifier(settings.jwt_key, settings.jwt_issuer, settings.jwt_audience)
         self.handlers = Handlers(self.service, verifier)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
-        self._sweeper: asyncio.Task[None] | None = None
-        self._gauge: asyncio.Task[None] | None = None
-        self._relay: asyncio.Task[None] | None = None
-        self._metrics_server: WSGIServer | None = None
+        self._sweeper = Periodic(self._sweep, settings.sweep_interval_s, name="expiry-sweeper",
+                                 scope="sweeper.failed", logger=log, level=logging.ERROR)
+        self._relay = Periodic(self._relay_events, settings.event_relay_interval_s, name="event-relay",
+                               scope="events.relay_failed", logger=log)
+        # Keeps approval_pending_gauge current for direct scrapes (the RPC path refreshes it on demand).
+        self._gauge = Periodic(self.service.refresh_pending_gauge, settings.pending_gauge_interval_s,
+                               name="pending-gauge", scope="metrics.refresh_failed", logger=log)
+        self._metrics_server = MetricsServer(self.metrics.registry, host=settings.approvals_metrics_host,
+                                             port=settings.approvals_metrics_port)
 
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
@@ -81,18 +84,12 @@ class ApprovalsApp:
         await publish_confirmed(channel, self.topology.dispatch,
                                 json_message(order.to_json(), message_id=order.message_id))
 
-    async def _relay_events_forever(self) -> None:
+    async def _relay_events(self) -> bool:
         """Publish approval_events in id order to the events exchange, with confirms, then advance the
-        cursor: at-least-once (a consumer dedupes on eventId), and a crash or outage loses nothing."""
-        grace = timedelta(seconds=self.settings.event_relay_grace_s)
-        while True:
-            published = 0
-            try:
-                published = await self._relay_batch(grace)
-            except Exception:
-                log.warning("event relay failed; retrying", exc_info=True, extra={"scope": "events.relay_failed"})
-            if published < self.settings.event_relay_batch:
-                await asyncio.sleep(self.settings.event_relay_interval_s)
+        cursor: at-least-once (a consumer dedupes on eventId), and a crash or outage loses nothing.
+        True when a full batch went out: more may be waiting, so the relay runs again at once."""
+        published = await self._relay_batch(timedelta(seconds=self.settings.event_relay_grace_s))
+        return published >= self.settings.event_relay_batch
 
     async def _relay_batch(self, grace: timedelta) -> int:
         channel = self.confirm_channel
@@ -115,18 +112,14 @@ class ApprovalsApp:
             await store.advance_relay_cursor(conn, "events", ready[-1].id)
         return len(ready)
 
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                expired = await self.service.expire_due()
-                if expired:
-                    log.info("expired %d approvals", expired, extra={"scope": "sweeper.expired"})
-                failed = await self.service.fail_expired_leases()
-                if failed:
-                    log.warning("failed %d dispatches past their lease", failed, extra={"scope": "sweeper.leases"})
-            except Exception:
-                log.exception("expiry sweep failed", extra={"scope": "sweeper.failed"})
-            await asyncio.sleep(self.settings.sweep_interval_s)
+    async def _sweep(self) -> None:
+        """Expire approvals past their TTL or dispatch window; fail dispatches past their lease."""
+        expired = await self.service.expire_due()
+        if expired:
+            log.info("expired %d approvals", expired, extra={"scope": "sweeper.expired"})
+        failed = await self.service.fail_expired_leases()
+        if failed:
+            log.warning("failed %d dispatches past their lease", failed, extra={"scope": "sweeper.leases"})
 
     def reload_catalog(self) -> None:
         """SIGHUP: load the catalog file again; a broken file keeps the current catalog in force."""
@@ -139,15 +132,6 @@ class ApprovalsApp:
         self.service.reload_catalog(catalog)
         log.info("catalog reloaded", extra={"scope": "catalog.reloaded", "actions": len(catalog.actions)})
 
-    async def _refresh_pending_forever(self) -> None:
-        """Keep approval_pending_gauge current for direct scrapes (the RPC path refreshes it on demand)."""
-        while True:
-            try:
-                await self.service.refresh_pending_gauge()
-            except Exception:
-                log.warning("pending gauge refresh failed", exc_info=True, extra={"scope": "metrics.refresh_failed"})
-            await asyncio.sleep(self.settings.pending_gauge_interval_s)
-
     async def start(self) -> None:
         if self.settings.create_database:
             await store.ensure_database(self.settings.database_url)
@@ -156,31 +140,17 @@ class ApprovalsApp:
             log.info("migrations applied: %s", ", ".join(applied), extra={"scope": "db.migrated"})
         await self.pool.open(wait=True, timeout=30)
         self.supervisor.start()
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="expiry-sweeper")
-        self._relay = asyncio.create_task(self._relay_events_forever(), name="event-relay")
-        self._metrics_server = serve_metrics(self.settings.approvals_metrics_port,
-                                             self.settings.approvals_metrics_host, self.metrics.registry)
-        if self._metrics_server is not None:
-            self._gauge = asyncio.create_task(self._refresh_pending_forever(), name="pending-gauge")
+        self._sweeper.start()
+        self._relay.start()
+        if self._metrics_server.start():
+            self._gauge.start()
 
     async def stop(self) -> None:
-        for task in (self._sweeper, self._gauge, self._relay):
-            if task is not None:
-                task.cancel()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+        for periodic in (self._sweeper, self._gauge, self._relay):
+            await periodic.stop()
+        self._metrics_server.stop()
         await self.supervisor.stop()
         await self.pool.close()
-
-
-async def serve(settings: ApprovalsSettings) -> None:
-    """Run until SIGINT or SIGTERM."""
-    app = ApprovalsApp(settings)
-    await app.start()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.reload_catalog)
-    log.info("approvals service started", extra={"scope": "service.started"})
-    await wait_for_shutdown()
-    await app.stop()
 
 
 def _event_message(event: store.StoredEvent) -> ApprovalEvent:

@@ -152,8 +152,8 @@ class Handlers:
             return
         final = Reply[DispatchOutcome](ok=True, data=finished)
         try:
-            await send_reply(channel, report.notify.reply_to, report.notify.correlation_id + ".done",
-                             final.to_json())
+            await send_reply(channel, report.notify.reply_to, final.to_json(),
+                             correlation_id=report.notify.correlation_id + ".done")
         except Exception:  # the caller may be gone; the outcome is stored either way
             log.warning("could not notify the dispatch caller", exc_info=True,
                         extra={"scope": "approval.dispatch.notify_failed"})

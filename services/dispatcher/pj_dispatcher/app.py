@@ -2,14 +2,12 @@
 
 import logging
 from collections.abc import Awaitable, Callable
-from wsgiref.simple_server import WSGIServer
 
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from pj_common.messages import StepReport
-from pj_common.metrics import serve_metrics
-from pj_common.runtime import wait_for_shutdown
+from pj_common.metrics import MetricsServer
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Retryable, RpcClient, Supervisor, consume, json_message, publish_confirmed
 
@@ -41,7 +39,8 @@ class DispatcherApp:
         runner = PlanRunner(settings, build_connectors(settings, self.http), publish_report=self._publish_report,
                             metrics=self.metrics)
         self.intake = OrderIntake(confirm_plan=self.approvals.get_dispatch_plan, runner=runner, metrics=self.metrics)
-        self._metrics_server: WSGIServer | None = None
+        self._metrics_server = MetricsServer(self.metrics.registry, host=settings.dispatcher_metrics_host,
+                                             port=settings.dispatcher_metrics_port)
         self._stop_consuming: Callable[[], Awaitable[None]] | None = None
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="dispatcher", on_lost=self._lost)
         self._confirm: AbstractChannel | None = None
@@ -69,8 +68,7 @@ class DispatcherApp:
 
     async def start(self) -> None:
         self.supervisor.start()
-        self._metrics_server = serve_metrics(self.settings.dispatcher_metrics_port,
-                                             self.settings.dispatcher_metrics_host, self.metrics.registry)
+        self._metrics_server.start()
 
     async def stop(self) -> None:
         """Drain, then disconnect: take no new orders, let the running ones finish (up to
@@ -84,15 +82,5 @@ class DispatcherApp:
         scope = "dispatcher.drained" if drained else "dispatcher.drain_timeout"
         log.info("dispatcher stopping", extra={"scope": scope})
         await self.supervisor.stop()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+        self._metrics_server.stop()
         await self.http.aclose()
-
-
-async def serve(settings: DispatcherSettings) -> None:
-    """Run until SIGINT or SIGTERM."""
-    app = DispatcherApp(settings)
-    await app.start()
-    log.info("dispatcher started", extra={"scope": "service.started", "concurrency": settings.concurrency})
-    await wait_for_shutdown()
-    await app.stop()

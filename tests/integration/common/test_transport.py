@@ -66,3 +66,30 @@ async def test_rpc_round_trip_and_timeout(amqp_url: str, topology: Topology) -> 
     with pytest.raises(GateError) as err:
         await rpc.call(b"late", correlation_id="late", timeout=1)
     assert err.value.code == ErrorCode.BROKER_UNAVAILABLE
+
+
+async def test_a_dropped_connection_forgets_the_session_and_sets_up_a_new_one(amqp_url: str) -> None:
+    connections: list[AbstractConnection] = []
+    events: list[str] = []
+
+    async def setup(connection: AbstractConnection) -> None:
+        supervisor.watch(await connection.channel())
+        connections.append(connection)
+        events.append("setup")
+
+    supervisor = Supervisor(amqp_url, setup, name="test-reconnect", on_lost=lambda: events.append("lost"))
+    supervisor.start()
+    try:
+        assert await supervisor.wait_ready(10)
+        assert supervisor.connection is connections[0]
+        await connections[0].close()  # as if the broker went away
+        for _ in range(100):
+            if len(connections) > 1 and supervisor.ready.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert events == ["setup", "lost", "setup"]
+        assert supervisor.connection is connections[1]
+        assert not connections[1].is_closed
+    finally:
+        await supervisor.stop()
+    assert connections[1].is_closed

@@ -145,7 +145,7 @@ def test_unknown_command_key_rejected(command: dict[str, Any]) -> None:
 
 def test_unknown_key_rejected_in_direct_construction() -> None:
     with pytest.raises(ValidationError):
-        ExecuteRequest(action_id="a.b", surprise=1)  # type: ignore[call-arg]
+        ExecuteRequest(action_id="a.b", surprise=1)  # type: ignore[call-arg]  # the unknown key under test
 
 
 def test_schema_version_other_than_1_rejected() -> None:
@@ -156,7 +156,7 @@ def test_schema_version_other_than_1_rejected() -> None:
 def test_models_are_frozen() -> None:
     request = ExecuteRequest(action_id="a.b")
     with pytest.raises(ValidationError):
-        request.action_id = "c.d"  # type: ignore[misc]
+        request.action_id = "c.d"  # type: ignore[misc]  # the frozen assignment under test
 
 
 # ---------------------------------------------------------------- ExecuteRequest validation
@@ -189,7 +189,7 @@ def test_execute_request_mode() -> None:
     assert ExecuteRequest(action_id="a", mode="dry-run").mode == "dry-run"
     for bad in ("dry_run", "run", "EXECUTE"):
         with pytest.raises(ValidationError):
-            ExecuteRequest(action_id="a", mode=bad)  # type: ignore[arg-type]
+            ExecuteRequest(action_id="a", mode=bad)
 
 
 def test_execute_request_payload_must_be_an_object() -> None:
@@ -222,12 +222,12 @@ def test_list_approvals_offset_and_status() -> None:
     with pytest.raises(ValidationError):
         ListApprovals(offset=-1)
     with pytest.raises(ValidationError):
-        ListApprovals(status="done")  # type: ignore[arg-type]
+        ListApprovals(status="done")
 
 
 def test_decide_request_validation() -> None:
     with pytest.raises(ValidationError):
-        DecideRequest(status="pending")  # type: ignore[arg-type]
+        DecideRequest(status="pending")
     with pytest.raises(ValidationError):
         DecideRequest.model_validate({"approvalId": "x"})  # status is required
     assert DecideRequest(status="approved", note="n" * 4000).note == "n" * 4000
@@ -249,7 +249,7 @@ T1 = T0 + timedelta(seconds=2)
 
 def _step_result(status: str = "succeeded") -> StepResult:
     return StepResult(
-        step_id="post-webhook", connector="webhook", operation="post", status=status,  # type: ignore[arg-type]
+        step_id="post-webhook", connector="webhook", operation="post", status=status,
         attempts=2, started_at=T0, finished_at=T1, http_status=200, duration_ms=2000.5,
         result={"status": 200}, error=None,
     )
@@ -329,13 +329,14 @@ def test_step_report_keeps_timezone_offsets() -> None:
 def test_step_report_rejects_bad_statuses() -> None:
     with pytest.raises(ValidationError):
         StepReport(approval_id="a", tenant_id="t", claim_token="c", step=_step_result(),
-                   plan_status="done")  # type: ignore[arg-type]
+                   plan_status="done")
     with pytest.raises(ValidationError):
         _step_result(status="crashed")
 
 
 def test_reply_round_trip() -> None:
-    reply = Reply(ok=False, error=ErrorBody(code="not_found", message="no such approval"), follow_up=True)
+    reply: Reply[None] = Reply(ok=False, error=ErrorBody(code="not_found", message="no such approval"),
+                               follow_up=True)
     doc = json.loads(reply.to_json())
     assert doc == {"schemaVersion": 1, "ok": False, "data": None,
                    "error": {"code": "not_found", "message": "no such approval"}, "followUp": True}

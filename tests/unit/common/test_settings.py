@@ -110,7 +110,8 @@ def test_secrets_can_come_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert settings.github_token is not None and settings.github_token.get_secret_value() == "ghp-from-file"
     assert "ghp-from-file" not in repr(settings)  # SecretStr keeps it out of logs and reprs
     monkeypatch.setenv("GITHUB_DISPATCH_TOKEN", "direct")  # a value given directly wins over the file
-    assert DispatcherSettings().github_token.get_secret_value() == "direct"  # type: ignore[union-attr]
+    token = DispatcherSettings().github_token
+    assert token is not None and token.get_secret_value() == "direct"
 
 
 def test_unreadable_secret_file_stops_with_its_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

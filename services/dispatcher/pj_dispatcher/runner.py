@@ -8,6 +8,7 @@ failed step; the last report of a plan carries every step's result.
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -142,7 +143,10 @@ class PlanRunner:
                     return failed
                 continue
             except Exception as exc:  # a bug in a connector fails the step, never the dispatcher
-                log.exception("connector crashed", extra={"scope": "dispatcher.connector_crashed", **run.log_fields})
+                # The traceback goes in `exc` as the log formatter writes it, but scrubbed of secrets first.
+                trace = redact("".join(traceback.format_exception(exc)), *self._secrets)
+                log.error("connector crashed", extra={"scope": "dispatcher.connector_crashed", **run.log_fields,
+                                                      "exc": trace})
                 return run.failed(attempt, code="connector_error", message=f"{type(exc).__name__}: {exc}")
             return run.succeeded(attempt, output)
 

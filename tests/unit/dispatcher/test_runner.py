@@ -176,5 +176,7 @@ async def test_secrets_never_leave_in_a_failed_result(caplog: pytest.LogCaptureF
     fake = Scripted(RuntimeError("token s3cr3t-value leaked"))
     (final,) = await run(order(plan_step("a")), fake, config=settings(webhook_secret="s3cr3t-value"))
     assert final.step.error is not None and "s3cr3t-value" not in final.step.error.message
-    assert all("s3cr3t-value" not in r.getMessage() for r in caplog.records
-               if getattr(r, "scope", None) == "dispatcher.step_failed")
+    assert caplog.records and all("s3cr3t-value" not in r.getMessage() for r in caplog.records)
+    (crash,) = [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.connector_crashed"]
+    trace = crash.exc  # type: ignore[attr-defined]
+    assert "Traceback" in trace and "RuntimeError: token *** leaked" in trace and "s3cr3t-value" not in trace

@@ -45,6 +45,7 @@ class SharePointConnector(ApiConnector):
         self._client_secret = client_secret
         self._clock = clock
         self._token: str | None = None
+        self._previous_token: str | None = None
         self._token_renew_at = 0.0  # clock value after which the cached token is no longer used
         self._token_lock = asyncio.Lock()
 
@@ -63,7 +64,8 @@ class SharePointConnector(ApiConnector):
 
     def secrets(self) -> tuple[str | None, ...]:
         secret = self._client_secret.get_secret_value() if self._client_secret is not None else None
-        return secret, self._token
+        # The token before the current one too: a request that used it may fail after a renewal.
+        return secret, self._token, self._previous_token
 
     # --- token ---------------------------------------------------------------------------------------------
 
@@ -107,7 +109,7 @@ class SharePointConnector(ApiConnector):
                                            "access_token", response.status_code) from None
         if not isinstance(token, str) or not token:
             raise permanent("auth_failed", "sharepoint token: empty access_token", response.status_code)
-        self._token = token
+        self._previous_token, self._token = self._token, token
         self._token_renew_at = requested_at + expires_in - TOKEN_MARGIN_S
         return token
 

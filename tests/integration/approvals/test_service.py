@@ -390,7 +390,7 @@ async def test_order_that_cannot_be_published_counts_as_a_dispatch_failure(
     assert svc._metrics.registry.get_sample_value("dispatch_failure_total", failures) == 1
     [record] = _scoped(caplog, "approval.dispatch.failed")
     assert record.levelno == logging.ERROR
-    assert (record.approvalId, record.reason) == (aid, "order_not_published")  # type: ignore[attr-defined]
+    assert (record.__dict__["approvalId"], record.__dict__["reason"]) == (aid, "order_not_published")
 
 
 async def test_dispatch_failed_at_its_lease_logs_the_runbook_scope(
@@ -402,6 +402,6 @@ async def test_dispatch_failed_at_its_lease_logs_the_runbook_scope(
     clock.now += timedelta(seconds=61)
     caplog.set_level(logging.INFO, logger="pj.approvals")
     assert await svc.fail_expired_leases() >= 1
-    mine = [r for r in _scoped(caplog, "approval.dispatch.failed") if r.approvalId == aid]  # type: ignore[attr-defined]
-    assert [(r.levelno, r.reason) for r in mine] == [(logging.WARNING, "lease_expired")]  # type: ignore[attr-defined]
+    mine = [r for r in _scoped(caplog, "approval.dispatch.failed") if r.__dict__["approvalId"] == aid]
+    assert [(r.levelno, r.__dict__["reason"]) for r in mine] == [(logging.WARNING, "lease_expired")]
     assert svc._metrics.registry.get_sample_value("dispatch_failure_total", {"action_type": "notify.webhook"}) == 1

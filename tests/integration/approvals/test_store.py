@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pj_approvals import store
 from pj_approvals.domain import CLAIMED, Transition, edge, next_status, sources_of, target_of
-from pj_common.messages import ApprovalStatus, StepResult
+from pj_common.messages import ApprovalStatus, StepResult, StepStatus
 
 S = ApprovalStatus
 # Later than any other test's clock, so their sweeps never reach the rows made here (the sweeps here do
@@ -80,9 +80,8 @@ async def claim(conn: store.Conn, row: store.ApprovalRow, *, at: datetime = T0,
     return claimed, token
 
 
-def step(step_id: str, status: str = "succeeded") -> StepResult:
-    return StepResult(step_id=step_id, connector="webhook", operation="post", status=status,  # type: ignore[arg-type]
-                      attempts=1)
+def step(step_id: str, status: StepStatus = "succeeded") -> StepResult:
+    return StepResult(step_id=step_id, connector="webhook", operation="post", status=status, attempts=1)
 
 
 async def finish(conn: store.Conn, row: store.ApprovalRow, token: uuid.UUID, transition: Transition,

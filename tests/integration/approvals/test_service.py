@@ -15,9 +15,12 @@ from pj_common.auth import Principal, Role
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import (
     ApprovalView,
+    AuditEntry,
     DecideRequest,
     DispatchPlan,
     DispatchRequest,
+    DryRunPlan,
+    ExecuteAccepted,
     ExecuteRequest,
     ListApprovals,
     StepReport,
@@ -37,11 +40,34 @@ def webhook_request(request_id: str | None = None, payload: dict[str, Any] | Non
     return ExecuteRequest(action_id="notify.webhook", request_id=request_id, payload=payload or {"n": 1})
 
 
+async def create(svc: ApprovalService, principal: Principal, request: ExecuteRequest, correlation_id: str, *,
+                 message_id: str | None = None) -> ExecuteAccepted:
+    """Execute a governed request and return the stored approval's summary."""
+    created = await svc.execute(principal, request, correlation_id, message_id=message_id)
+    assert isinstance(created, ExecuteAccepted)
+    return created
+
+
+def audit_of(view: ApprovalView) -> list[AuditEntry]:
+    assert view.audit is not None, "the audit trail was read"
+    return view.audit
+
+
+def results_of(view: ApprovalView) -> list[StepResult]:
+    assert view.dispatch_result is not None, "the dispatch finished"
+    return view.dispatch_result
+
+
+def error_code(result: StepResult) -> str:
+    assert result.error is not None, result
+    return result.error.code
+
+
 async def approved(svc: ApprovalService, request: ExecuteRequest) -> tuple[str, Principal, str]:
     """A new tenant, its admin, and an approval of `request` an operator asked for and the admin approved."""
     t = tenant()
     admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), request, "c")).approval_id
+    aid = (await create(svc, who(Role.OPERATOR, t), request, "c")).approval_id
     await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
     return t, admin, aid
 
@@ -58,14 +84,14 @@ async def test_execute_stores_pending_approval_with_plan_and_audit(make_service:
     svc: ApprovalService = make_service()
     t = tenant()
     op, admin = who(Role.OPERATOR, t), who(Role.ADMIN, t)
-    created = await svc.execute(op, webhook_request("r-1"), "cid-1")
+    created = await create(svc, op, webhook_request("r-1"), "cid-1")
     assert created.approval_status == "pending" and created.created is True
     view = await svc.get_approval(admin, created.approval_id)
     assert view.approval_status == "pending"
     assert view.plan_hash == created.plan_hash
     assert view.plan[0].connector == "webhook"
-    assert [e.event for e in view.audit] == ["approval.created"]
-    assert view.audit[0].correlation_id == "cid-1"
+    assert [e.event for e in audit_of(view)] == ["approval.created"]
+    assert audit_of(view)[0].correlation_id == "cid-1"
 
 
 async def test_dry_run_stores_nothing(make_service: Any) -> None:
@@ -74,6 +100,7 @@ async def test_dry_run_stores_nothing(make_service: Any) -> None:
     op = who(Role.OPERATOR, t)
     plan = await svc.execute(op, ExecuteRequest(action_id="environment.create", mode="dry-run",
                                                 payload={"name": "env-a"}), "c")
+    assert isinstance(plan, DryRunPlan)
     assert plan.approval_required is False and len(plan.plan_hash) == 64
     listed = await svc.list_approvals(who(Role.ADMIN, t), ListApprovals())
     assert listed.total == 0
@@ -83,7 +110,7 @@ async def test_concurrent_duplicate_request_ids_create_one_approval(make_service
     svc: ApprovalService = make_service()
     t = tenant()
     op = who(Role.OPERATOR, t)
-    results = await asyncio.gather(*(svc.execute(op, webhook_request("same"), f"c{i}") for i in range(20)))
+    results = await asyncio.gather(*(create(svc, op, webhook_request("same"), f"c{i}") for i in range(20)))
     assert len({r.approval_id for r in results}) == 1
     assert sum(r.created for r in results) == 1
     listed = await svc.list_approvals(who(Role.ADMIN, t), ListApprovals())
@@ -93,16 +120,16 @@ async def test_concurrent_duplicate_request_ids_create_one_approval(make_service
 async def test_reused_request_id_with_other_payload_conflicts(make_service: Any) -> None:
     svc: ApprovalService = make_service()
     op = who(Role.OPERATOR, tenant())
-    await svc.execute(op, webhook_request("r", {"a": 1}), "c")
+    await create(svc, op, webhook_request("r", {"a": 1}), "c")
     with pytest.raises(GateError) as err:
-        await svc.execute(op, webhook_request("r", {"a": 2}), "c")
+        await create(svc, op, webhook_request("r", {"a": 2}), "c")
     assert err.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
 
 
 async def test_fifty_concurrent_decisions_have_one_winner(make_service: Any) -> None:
     svc: ApprovalService = make_service()
     t = tenant()
-    created = await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c")
+    created = await create(svc, who(Role.OPERATOR, t), webhook_request(), "c")
     admins = [who(Role.ADMIN, t) for _ in range(50)]
     results = await asyncio.gather(*(outcome(svc.decide(a, DecideRequest(
         approval_id=created.approval_id, status="approved" if i % 2 else "rejected"), f"c{i}"))
@@ -112,14 +139,14 @@ async def test_fifty_concurrent_decisions_have_one_winner(make_service: Any) -> 
     assert Counter(r for r in results if not isinstance(r, ApprovalView)) == {ErrorCode.INVALID_STATE: 49}
     view = await svc.get_approval(admins[0], created.approval_id)
     assert view.approval_status == wins[0].approval_status
-    assert [e.event for e in view.audit] == ["approval.created", "approval.decided"]
+    assert [e.event for e in audit_of(view)] == ["approval.created", "approval.decided"]
 
 
 async def test_fifty_concurrent_dispatches_have_one_winner(make_service: Any, outbox: Any) -> None:
     svc: ApprovalService = make_service()
     t = tenant()
     admin = who(Role.ADMIN, t)
-    created = await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c")
+    created = await create(svc, who(Role.OPERATOR, t), webhook_request(), "c")
     await svc.decide(admin, DecideRequest(approval_id=created.approval_id, status="approved"), "c")
     results = await asyncio.gather(*(outcome(svc.dispatch(admin, DispatchRequest(
         approval_id=created.approval_id), f"c{i}")) for i in range(50)))
@@ -133,7 +160,7 @@ async def test_requester_cannot_decide_own_request_and_roles_are_enforced(make_s
     svc: ApprovalService = make_service()
     t = tenant()
     admin = who(Role.ADMIN, t)
-    created = await svc.execute(admin, webhook_request(), "c")  # an admin may request too
+    created = await create(svc, admin, webhook_request(), "c")  # an admin may request too
     with pytest.raises(GateError) as err:
         await svc.decide(admin, DecideRequest(approval_id=created.approval_id, status="approved"), "c")
     assert err.value.code == ErrorCode.SELF_APPROVAL_FORBIDDEN
@@ -142,14 +169,14 @@ async def test_requester_cannot_decide_own_request_and_roles_are_enforced(make_s
                                                               status="approved"), "c")
     assert err.value.code == ErrorCode.FORBIDDEN
     with pytest.raises(GateError) as err:
-        await svc.execute(who(Role.VIEWER, t), webhook_request(), "c")
+        await create(svc, who(Role.VIEWER, t), webhook_request(), "c")
     assert err.value.code == ErrorCode.FORBIDDEN
 
 
 async def test_other_tenants_and_other_operators_see_404(make_service: Any) -> None:
     svc: ApprovalService = make_service()
     t = tenant()
-    created = await svc.execute(who(Role.OPERATOR, t, "bob"), webhook_request(), "c")
+    created = await create(svc, who(Role.OPERATOR, t, "bob"), webhook_request(), "c")
     aid = created.approval_id
     stranger = who(Role.ADMIN, tenant())
     for call in (svc.get_approval(stranger, aid),
@@ -169,7 +196,7 @@ async def test_list_is_newest_first_with_total_and_pending_count(make_service: A
     ids = []
     for i in range(5):
         clock.now += timedelta(seconds=1)
-        ids.append((await svc.execute(op, webhook_request(f"r{i}"), "c")).approval_id)
+        ids.append((await create(svc, op, webhook_request(f"r{i}"), "c")).approval_id)
     admin = who(Role.ADMIN, t)
     await svc.decide(admin, DecideRequest(approval_id=ids[0], status="rejected"), "c")
     page = await svc.list_approvals(admin, ListApprovals(limit=2, offset=1))
@@ -183,11 +210,11 @@ async def test_sweeper_expires_stale_pending_and_undispatched_approvals(make_ser
     svc: ApprovalService = make_service(pending_ttl_s=60, dispatch_window_s=120)
     t = tenant()
     op, admin = who(Role.OPERATOR, t), who(Role.ADMIN, t)
-    stale = (await svc.execute(op, webhook_request(), "c")).approval_id
-    approved = (await svc.execute(op, webhook_request(), "c")).approval_id
+    stale = (await create(svc, op, webhook_request(), "c")).approval_id
+    approved = (await create(svc, op, webhook_request(), "c")).approval_id
     await svc.decide(admin, DecideRequest(approval_id=approved, status="approved"), "c")
     clock.now += timedelta(seconds=61)
-    fresh = (await svc.execute(op, webhook_request(), "c")).approval_id
+    fresh = (await create(svc, op, webhook_request(), "c")).approval_id
     # A pending approval past its TTL can no longer be decided, even before the sweeper runs.
     assert await outcome(svc.decide(admin, DecideRequest(approval_id=stale, status="approved"), "c")) \
         == ErrorCode.INVALID_STATE
@@ -200,7 +227,7 @@ async def test_sweeper_expires_stale_pending_and_undispatched_approvals(make_ser
     assert (await svc.get_approval(admin, approved)).approval_status == "expired"
     view = await svc.get_approval(admin, fresh)
     assert view.approval_status == "expired"
-    assert view.audit[-1].event == "approval.expired"
+    assert audit_of(view)[-1].event == "approval.expired"
 
 
 async def test_step_reports_finish_the_dispatch_once(make_service: Any, outbox: Any) -> None:
@@ -219,8 +246,8 @@ async def test_step_reports_finish_the_dispatch_once(make_service: Any, outbox: 
     assert finished is not None and finished.approval_status == "dispatched"
     assert await svc.record_report(final) is None  # a redelivered report changes nothing
     view = await svc.get_approval(admin, aid)
-    assert view.dispatch_result[0].status == "succeeded"
-    assert [e.event for e in view.audit][-2:] == ["approval.dispatch.started",
+    assert results_of(view)[0].status == "succeeded"
+    assert [e.event for e in audit_of(view)][-2:] == ["approval.dispatch.started",
                                                         "approval.dispatch.completed"]
 
 
@@ -285,23 +312,23 @@ async def test_order_that_cannot_be_published_ends_dispatch_failed(make_service:
     svc._publish_order = broker_down  # the broker refusing the order is what this test is about
     t = tenant()
     admin = who(Role.ADMIN, t)
-    aid = (await svc.execute(who(Role.OPERATOR, t), webhook_request(), "c")).approval_id
+    aid = (await create(svc, who(Role.OPERATOR, t), webhook_request(), "c")).approval_id
     await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
     with pytest.raises(ConnectionError):
         await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     view = await svc.get_approval(admin, aid)
     assert view.approval_status == "dispatch_failed"
-    assert view.dispatch_result[0].status == "not_run"
-    assert view.dispatch_result[0].error.code == "order_not_published"
-    assert view.audit[-1].event == "approval.dispatch.failed"
+    assert results_of(view)[0].status == "not_run"
+    assert error_code(results_of(view)[0]) == "order_not_published"
+    assert audit_of(view)[-1].event == "approval.dispatch.failed"
 
 
 async def test_redelivered_execute_without_request_id_finds_its_approval(make_service: Any) -> None:
     svc: ApprovalService = make_service()
     op = who(Role.OPERATOR, tenant())
-    first = await svc.execute(op, webhook_request(), "c", message_id="message-1")
-    again = await svc.execute(op, webhook_request(), "c", message_id="message-1")
-    other = await svc.execute(op, webhook_request(), "c", message_id="message-2")
+    first = await create(svc, op, webhook_request(), "c", message_id="message-1")
+    again = await create(svc, op, webhook_request(), "c", message_id="message-1")
+    other = await create(svc, op, webhook_request(), "c", message_id="message-2")
     assert first.approval_id == again.approval_id and again.created is False
     assert other.approval_id != first.approval_id
 
@@ -309,9 +336,9 @@ async def test_redelivered_execute_without_request_id_finds_its_approval(make_se
 async def test_request_id_of_another_requester_conflicts(make_service: Any) -> None:
     svc: ApprovalService = make_service()
     t = tenant()
-    await svc.execute(who(Role.OPERATOR, t, "bob"), webhook_request("shared-id"), "c")
+    await create(svc, who(Role.OPERATOR, t, "bob"), webhook_request("shared-id"), "c")
     with pytest.raises(GateError) as err:
-        await svc.execute(who(Role.OPERATOR, t, "carol"), webhook_request("shared-id"), "c")
+        await create(svc, who(Role.OPERATOR, t, "carol"), webhook_request("shared-id"), "c")
     assert err.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
 
 
@@ -359,9 +386,9 @@ async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
     assert await svc.fail_expired_leases() == 1
     view = await svc.get_approval(admin, aid)
     assert view.approval_status == "dispatch_failed"
-    assert [s.status for s in view.dispatch_result] == ["succeeded"] + ["not_run"] * 4
-    assert view.dispatch_result[1].error.code == "lease_expired"
-    assert view.audit[-1].event == "approval.dispatch.failed"
+    assert [s.status for s in results_of(view)] == ["succeeded"] + ["not_run"] * 4
+    assert error_code(results_of(view)[1]) == "lease_expired"
+    assert audit_of(view)[-1].event == "approval.dispatch.failed"
     assert (await svc.dispatch_plan(aid, first.claim_token)).stale is True  # the lost order is dead
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     again = await svc.dispatch_plan(aid, outbox.orders[-1].claim_token)

@@ -359,3 +359,9 @@ class RpcClient:
         finally:
             self._pending.pop(correlation_id, None)
             self._pending.pop(done_key, None)
+            # A future failed by `detach` while this call was elsewhere (a publish failing as the
+            # connection closed) has an exception nobody will await: read it, so asyncio does not
+            # log "Future exception was never retrieved".
+            for future in (first, final):
+                if future is not None and future.done() and not future.cancelled():
+                    future.exception()

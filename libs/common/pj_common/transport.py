@@ -329,21 +329,7 @@ class RpcClient:
         try:
             message = json_message(body, correlation_id=correlation_id, reply_to=DIRECT_REPLY_TO,
                                    persistent=False, expiration_s=timeout)
-            try:
-                await channel.default_exchange.publish(message, routing_key=self._routing_key,
-                                                       mandatory=False)
-            except asyncio.CancelledError as exc:
-                # aiormq fails a publish caught by a closing connection with CancelledError; only a
-                # cancellation of this task itself may propagate as one.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                raise broker_unavailable(f"could not publish the command: {exc!r}") from exc
-            except Exception as exc:
-                # AMQPError (ConnectionClosed, ChannelClosed...), ChannelInvalidStateError (a RuntimeError),
-                # OSError, and the bare Exception aiormq sets on futures of a store closed without a reason:
-                # a command the broker did not take, whatever the class.
-                raise broker_unavailable(f"could not publish the command: {exc!r}") from exc
+            await self._publish(channel, message)
             try:
                 answer = await asyncio.wait_for(first, timeout)
             except TimeoutError as exc:
@@ -359,9 +345,31 @@ class RpcClient:
         finally:
             self._pending.pop(correlation_id, None)
             self._pending.pop(done_key, None)
-            # A future failed by `detach` while this call was elsewhere (a publish failing as the
-            # connection closed) has an exception nobody will await: read it, so asyncio does not
-            # log "Future exception was never retrieved".
-            for future in (first, final):
-                if future is not None and future.done() and not future.cancelled():
-                    future.exception()
+            _retrieve_exception(first)
+            if final is not None:
+                _retrieve_exception(final)
+
+    async def _publish(self, channel: AbstractChannel, message: aio_pika.Message) -> None:
+        """Hand a command to the broker; any failure to do so is `broker_unavailable`."""
+        try:
+            await channel.default_exchange.publish(message, routing_key=self._routing_key, mandatory=False)
+        except asyncio.CancelledError as exc:
+            # aiormq fails a publish caught by a closing connection with CancelledError; only a
+            # cancellation of this task itself may propagate as one.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise broker_unavailable(f"could not publish the command: {exc!r}") from exc
+        except Exception as exc:
+            # AMQPError (ConnectionClosed, ChannelClosed...), ChannelInvalidStateError (a RuntimeError),
+            # OSError, and the bare Exception aiormq sets on futures of a store closed without a reason:
+            # a command the broker did not take, whatever the class.
+            raise broker_unavailable(f"could not publish the command: {exc!r}") from exc
+
+
+def _retrieve_exception(future: asyncio.Future[bytes]) -> None:
+    # A future failed by `detach` while its call was elsewhere (a publish failing as the connection
+    # closed) has an exception nobody will await: read it, so asyncio does not log "Future exception
+    # was never retrieved".
+    if future.done() and not future.cancelled():
+        future.exception()

@@ -41,11 +41,12 @@ async def test_a_connection_closing_under_a_publish_is_503_not_a_cancelled_reque
         gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real thing behind the CancelledError case: aiormq closes while the command is being written."""
     connection = gateway.state.supervisor.connection
-    assert connection is not None
+    assert connection is not None and connection.transport is not None
+    underlay = connection.transport.connection
     real_publish = aio_pika.Exchange.publish
 
     async def publish_while_closing(self: aio_pika.Exchange, *args: Any, **kwargs: Any) -> Any:
-        closing = asyncio.ensure_future(connection.transport.connection.close())
+        closing = asyncio.ensure_future(underlay.close())
         try:
             return await real_publish(self, *args, **kwargs)
         finally:

@@ -4,6 +4,7 @@ each one unit-tested with `promtool test rules` (tests/ops/alerts_test.yml), fir
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,9 @@ def promtool() -> str:
     if path is None and os.geteuid() == 0:
         subprocess.run(["bash", str(ENSURE_PROMTOOL)], check=False, timeout=900)
         path = shutil.which("promtool")
+        # The package ships a Prometheus server; installing promtool must not have started it.
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", 9090)) != 0, "installing promtool started a server on 9090"
     if path is None:
         reason = ("promtool is not installed (Debian package prometheus; as root: "
                   "bash ops/dev/ensure-promtool.sh)")

@@ -37,12 +37,20 @@ def _data(reply: Reply[ModelT]) -> ModelT:
     """The reply's data, or its error raised as the GateError it names."""
     if not reply.ok:
         error = reply.error
-        code = error.code if error else ErrorCode.INTERNAL_ERROR
-        raise GateError(ErrorCode(code) if code in ErrorCode._value2member_map_ else ErrorCode.INTERNAL_ERROR,
-                        error.message if error else "command failed")
+        if error is None:
+            raise GateError(ErrorCode.INTERNAL_ERROR, "command failed")
+        raise GateError(_known_code(error.code), error.message)
     if reply.data is None:
         raise GateError(ErrorCode.INTERNAL_ERROR, "the approvals service replied without data")
     return reply.data
+
+
+def _known_code(code: str) -> ErrorCode:
+    """The reply's error code; one this gateway does not know is an internal error (500), as documented."""
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.INTERNAL_ERROR
 
 
 def _envelope(command: Command, token: str | None, correlation_id: str) -> CommandEnvelope:

@@ -78,12 +78,11 @@ def exposed() -> set[str]:
     for collector in vars(metrics).values():
         if not isinstance(collector, Counter | Gauge | Histogram):
             continue
-        labelnames = getattr(collector, "_labelnames", ())
-        child = collector.labels(*["x"] * len(labelnames)) if labelnames else collector
+        labels = ["x"] * len(getattr(collector, "_labelnames", ()))
         if isinstance(collector, Histogram):
-            child.observe(1.0)
+            (collector.labels(*labels) if labels else collector).observe(1.0)
         else:
-            child.inc()
+            (collector.labels(*labels) if labels else collector).inc()
     text = metrics.render().decode()
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 

@@ -28,12 +28,14 @@ MODULE_DIRS = {"pj_gateway": "services/gateway", "pj_approvals": "services/appro
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return document
 
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,8 @@ def squash(expr: str) -> str:
 
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    document: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return document
 
 
 @pytest.fixture(scope="module")

@@ -118,13 +118,15 @@ def workloads(docs: list[Doc]) -> dict[str, Doc]:
 
 
 def pod_spec(workload: Doc) -> Doc:
-    return workload["spec"]["template"]["spec"]
+    spec: Doc = workload["spec"]["template"]["spec"]
+    return spec
 
 
 def only_container(workload: Doc) -> Doc:
     containers = pod_spec(workload)["containers"]
     assert len(containers) == 1, workload["metadata"]["name"]
-    return containers[0]
+    container: Doc = containers[0]
+    return container
 
 
 def argv(container: Doc) -> list[str]:
@@ -160,7 +162,7 @@ def walk_strings(node: Any) -> list[str]:
 def config(docs: list[Doc]) -> dict[str, str]:
     configmaps = of_kind(docs, "ConfigMap")
     assert list(configmaps) == ["pj-config"]
-    data = configmaps["pj-config"]["data"]
+    data: dict[str, str] = configmaps["pj-config"]["data"]
     assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings (quote numbers)"
     return data
 
@@ -174,7 +176,7 @@ def secret(docs_by_file: dict[str, list[Doc]]) -> Doc:
 
 def compose_image() -> str:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    images = {svc["image"] for svc in compose["services"].values() if "build" in svc}
+    images: set[str] = {svc["image"] for svc in compose["services"].values() if "build" in svc}
     assert len(images) == 1, f"docker-compose.yml builds several images: {images}"
     return images.pop()
 

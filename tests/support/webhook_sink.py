@@ -5,6 +5,7 @@ start it in a thread and read `deliveries`. `fail_next` makes it answer errors, 
 """
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -105,10 +106,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = ThreadingHTTPServer((args.host, args.port), make_handler(state))
     print(json.dumps({"listening": f"http://{args.host}:{args.port}"}), file=sys.stderr, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

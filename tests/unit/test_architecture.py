@@ -69,3 +69,25 @@ def test_contract_schemas_match_the_committed_files(name: str) -> None:
 async def test_dispatcher_has_exactly_the_connectors_the_catalog_may_name() -> None:
     async with httpx.AsyncClient() as client:
         assert set(build_connectors(DispatcherSettings(env="dev"), client)) == set(CONNECTOR_OPERATIONS)
+
+
+# Paths whose tests belong in tests/ops (the deployment files), however a test spells them.
+OPS_FILES = {"ops", "docker-compose.yml", "Dockerfile", "Makefile"}
+
+
+def _reads_ops_files(path: Path) -> bool:
+    """`ROOT / "ops"`-style path joins or "ops/..." strings in a test module."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        joined = (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+                  and isinstance(node.right, ast.Constant) and node.right.value in OPS_FILES)
+        spelled = (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                   and node.value.startswith(("ops/", "docker-compose.yml", "Dockerfile")))
+        if joined or spelled:
+            return True
+    return False
+
+
+def test_tests_of_ops_files_live_in_tests_ops() -> None:
+    elsewhere = [path.relative_to(ROOT) for path in _sources("tests/**/*.py")
+                 if path.parent.name != "ops" and path != Path(__file__).resolve() and _reads_ops_files(path)]
+    assert not elsewhere, f"tests of ops/, Compose, the Dockerfile or the Makefile belong in tests/ops: {elsewhere}"

@@ -37,7 +37,7 @@ venv: $(VENV)/.synced ## install the workspace into .venv (uv sync, only when th
 migrate: venv ## create the database if missing and apply migrations
 	$(PY) -m pj_approvals migrate
 
-run: venv migrate ## gateway, approvals, DISPATCHERS=N dispatchers, webhook sink; Ctrl-C stops
+run: venv migrate ## gateway :8080, approvals (/metrics :9101), DISPATCHERS=N dispatchers (:9102…), webhook sink :9099
 	@bash ops/dev/run.sh foreground $(DISPATCHERS)
 
 up: venv migrate ## the same in the background (logs and pid files in .run/)

@@ -16,9 +16,11 @@ from pj_approvals.domain import CLAIMED, Transition, edge, next_status, sources_
 from pj_common.messages import ApprovalStatus, StepResult, StepStatus
 
 S = ApprovalStatus
-# Later than any other test's clock, so their sweeps never reach the rows made here (the sweeps here do
-# reach theirs, which changes nothing they assert: each test reads only its own approvals).
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+# The real time, give or take the session's length: the end-to-end system may share this database, and
+# its event relay waits at a gap in event ids while the event after it is younger than the grace period,
+# so an event stamped in the future would hold it up. Every sweep here runs at T0 as the real sweeper
+# would (due rows of other tests may be swept too, which changes nothing they assert).
+T0 = datetime.now(UTC)
 PLAN = [{"stepId": "one", "connector": "webhook", "operation": "post", "params": {}},
         {"stepId": "two", "connector": "webhook", "operation": "post", "params": {}}]
 
@@ -248,9 +250,9 @@ async def test_finish_dispatch_wins_once_and_checkpoints_every_finished_step(con
 
 async def test_expire_due_takes_only_the_given_statuses_past_their_expiry(conn: store.Conn) -> None:
     t = tenant()
-    at = T0 + timedelta(days=1)
-    due = await insert(conn, new_row(t, expires_at=at - timedelta(days=1)))
-    fresh = await insert(conn, new_row(t, expires_at=at + timedelta(days=1)))
+    at = T0
+    due = await insert(conn, new_row(t, expires_at=at - timedelta(minutes=1)))
+    fresh = await insert(conn, new_row(t, expires_at=at + timedelta(hours=1)))
 
     async def sweep(statuses: tuple[ApprovalStatus, ...]) -> set[uuid.UUID]:
         rows = await store.expire_due(conn, from_statuses=statuses, to_status=target_of(Transition.EXPIRE),
@@ -267,23 +269,27 @@ async def test_expire_due_takes_only_the_given_statuses_past_their_expiry(conn: 
 
 
 async def test_fail_expired_leases_fails_only_dispatches_past_their_lease(conn: store.Conn) -> None:
-    approved = await approve(conn, await insert(conn, new_row(tenant())))
-    claimed, token = await claim(conn, approved, lease=timedelta(minutes=1))
+    t = tenant()
+    lapsed = await approve(conn, await insert(conn, new_row(t)))
+    claimed, token = await claim(conn, lapsed)
     assert claimed is not None
-    await store.record_step(conn, approval_id=approved.id, claim_token=token, held_status=CLAIMED, step=step("one"),
-                            now=T0, lease_expires_at=T0 + timedelta(minutes=1))
+    # The last step report set the lease; it ran out a minute ago.
+    await store.record_step(conn, approval_id=lapsed.id, claim_token=token, held_status=CLAIMED, step=step("one"),
+                            now=T0, lease_expires_at=T0 - timedelta(minutes=1))
+    running = await approve(conn, await insert(conn, new_row(t)))
+    assert (await claim(conn, running, lease=timedelta(hours=1)))[0] is not None
     from_status, to_status = edge(Transition.FAIL)
 
-    async def sweep(at: datetime) -> set[uuid.UUID]:
+    async def sweep() -> set[uuid.UUID]:
         rows = await store.fail_expired_leases(
             conn, from_status=from_status, to_status=to_status, batch=100_000, message="no progress",
-            event=store.EventRecord(event_type="approval.dispatch.failed", at=at, note="no progress"))
+            event=store.EventRecord(event_type="approval.dispatch.failed", at=T0, note="no progress"))
         return {r.id for r in rows}
 
-    assert approved.id not in await sweep(T0 + timedelta(seconds=30))
-    assert approved.id in await sweep(T0 + timedelta(minutes=2))
-    assert approved.id not in await sweep(T0 + timedelta(minutes=3))  # lost: it is dispatch_failed now
-    row = await store.get_approval(conn, approved.id, approved.tenant_id, operator_id=None)
+    failed = await sweep()
+    assert lapsed.id in failed and running.id not in failed
+    assert lapsed.id not in await sweep()  # lost: it is dispatch_failed now
+    row = await store.get_approval(conn, lapsed.id, t, operator_id=None)
     assert row is not None and row.approval_status is S.DISPATCH_FAILED and row.dispatch_result is not None
     assert [(r["stepId"], r["status"]) for r in row.dispatch_result] == [("one", "succeeded"), ("two", "not_run")]
     assert row.dispatch_result[1]["error"] == {"code": "lease_expired", "message": "no progress"}

@@ -235,11 +235,22 @@ class MetricsText(Contract):
 
 class DispatchPlan(Contract):
     """The plan a dispatch order's claim may run and the steps already done; `stale` when the claim no
-    longer holds the dispatch (then nothing may run)."""
+    longer holds the dispatch (then nothing may run). `leaseExpiresAt` is the claim's lease: its holder
+    may start work only while it holds."""
 
     stale: bool
     steps: list[PlanStep] = Field(default_factory=list)
     completed: list[StepResult] = Field(default_factory=list)
+    lease_expires_at: datetime | None = None
+
+
+class LeaseGrant(Contract):
+    """The answer to a lease renewal: renewed until `leaseExpiresAt`, or not granted (the claim is
+    stale: the dispatch finished, failed, or was re-issued to another holder), and then the holder
+    stops before its next step."""
+
+    granted: bool
+    lease_expires_at: datetime | None = None
 
 
 # ---------------------------------------------------------------- commands (gateway or any service -> approvals)
@@ -307,6 +318,18 @@ class GetDispatchPlan(Contract):
     claim_token: str
 
 
+class RenewLease(Contract):
+    """Sent by the dispatcher holding a dispatch, every PJ_LEASE_RENEW_S while it runs: keep my claim.
+
+    Authorized by the claim token, like get_dispatch_plan.
+    """
+
+    reply_model: ClassVar[Any] = LeaseGrant
+    name: Literal["renew_lease"] = "renew_lease"
+    approval_id: str
+    claim_token: str
+
+
 class CountPending(Contract):
     reply_model: ClassVar[Any] = PendingCount
     name: Literal["count_pending"] = "count_pending"
@@ -328,6 +351,7 @@ Command = Annotated[
     | GetApproval
     | GetChain
     | GetDispatchPlan
+    | RenewLease
     | DecideRequest
     | DispatchRequest
     | CountPending
@@ -377,9 +401,14 @@ class ReplyAddress(Contract):
 
 
 class DispatchOrder(Contract):
-    """Run this approval's plan. `claimToken` names the winning CAS; the dispatcher confirms it with
-    approvals (get_dispatch_plan) and runs the plan approvals returns, so `steps` and `completed` here
-    are informational (what the plan was when the order was sent)."""
+    """Run this approval's plan under claim `claimToken` (attempt `attempt` of the dispatch).
+
+    Approvals signs the message body (AMQP header `x-pj-signature`, see pj_common.signing). A dispatcher
+    may run a correctly signed order's `steps`, skipping `completed`, without asking approvals first, as
+    long as the claim's lease (`leaseExpiresAt`) still holds by its own clock with a safety margin: the
+    reaper re-issues a dispatch only after its lease ran out, so until then nobody else holds it. A
+    redelivered, unsigned or nearly expired order is confirmed with approvals (get_dispatch_plan) first.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     message_id: str = Field(default_factory=new_id)
@@ -387,6 +416,8 @@ class DispatchOrder(Contract):
     tenant_id: str
     action_id: str
     claim_token: str
+    attempt: int = Field(default=1, ge=1)
+    lease_expires_at: datetime | None = None
     steps: list[PlanStep]
     completed: list[StepResult] = Field(default_factory=list)
     notify: ReplyAddress | None = None
@@ -454,4 +485,5 @@ CONTRACT_MODELS: tuple[type[BaseModel], ...] = (
     HealthReport,
     MetricsText,
     DispatchPlan,
+    LeaseGrant,
 )

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Only ever used when PJ_ENV=dev, so a developer machine runs with no setup at all.
 MIN_SECRET_LENGTH = 32
 DEV_JWT_SECRET = "pj-dev-secret-do-not-use-in-production-0123456789"
+DEV_DISPATCH_SIGNING_KEY = "pj-dev-dispatch-signing-key-not-for-production-0123"
 
 
 def describe_settings_error(exc: ValidationError) -> str:
@@ -76,3 +77,30 @@ class CommonSettings(BaseSettings):
         """The HMAC key that signs and verifies tokens."""
         assert self.jwt_secret is not None  # set by the validator
         return self.jwt_secret.get_secret_value()
+
+
+class DispatchSigningSettings(CommonSettings):
+    """Settings of the processes that sign dispatch orders (approvals) or check them (dispatchers).
+
+    The gateway does not inherit these: it never holds the key.
+    """
+
+    dispatch_signing_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _require_signing_key_outside_dev(self) -> "DispatchSigningSettings":
+        key = self.dispatch_signing_key
+        if key is not None and len(key.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"PJ_DISPATCH_SIGNING_KEY must be at least {MIN_SECRET_LENGTH} characters")
+        if key is None:
+            if self.env != "dev":
+                raise ValueError("PJ_DISPATCH_SIGNING_KEY is not set: it is required unless PJ_ENV=dev "
+                                 "(approvals signs dispatch orders with it and dispatchers check them)")
+            self.dispatch_signing_key = SecretStr(DEV_DISPATCH_SIGNING_KEY)
+        return self
+
+    @property
+    def signing_key(self) -> str:
+        """The HMAC key of dispatch-order signatures."""
+        assert self.dispatch_signing_key is not None  # set by the validator
+        return self.dispatch_signing_key.get_secret_value()

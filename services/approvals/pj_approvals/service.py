@@ -35,6 +35,7 @@ from pj_common.messages import (
     ExecuteAccepted,
     ExecuteRequest,
     HealthReport,
+    LeaseGrant,
     ListApprovals,
     MetricsText,
     PendingCount,
@@ -92,6 +93,13 @@ def approval_view(row: store.ApprovalRow) -> ApprovalView:
 
 def _step_results(stored: list[dict[str, Any]] | None) -> list[StepResult] | None:
     return None if stored is None else [StepResult.model_validate(r) for r in stored]
+
+
+def _parse_claim(claim_token: str) -> UUID:
+    try:
+        return UUID(claim_token)
+    except ValueError:
+        raise GateError(ErrorCode.VALIDATION_ERROR, "claimToken is not a UUID") from None
 
 
 def _parse_id(approval_id: str) -> UUID:
@@ -416,18 +424,24 @@ class ApprovalService:
                 for s in steps]
 
     async def dispatch_plan(self, approval_id: str, claim_token: str) -> DispatchPlan:
-        """The plan a dispatch order's claim may run and the steps already done, or stale."""
-        try:
-            claim = UUID(claim_token)
-        except ValueError:
-            raise GateError(ErrorCode.VALIDATION_ERROR, "claimToken is not a UUID") from None
+        """The plan a dispatch order's claim may run, the steps already done and the lease, or stale."""
+        claim = _parse_claim(claim_token)
         async with self._pool.connection() as conn:
             found = await store.claimed_plan(conn, _parse_id(approval_id), claim, held_status=CLAIMED)
         if found is None:
             return DispatchPlan(stale=True)
-        steps, completed = found
-        return DispatchPlan(stale=False, steps=[PlanStep.model_validate(s) for s in steps],
-                            completed=[StepResult.model_validate(c) for c in completed])
+        return DispatchPlan(stale=False, steps=[PlanStep.model_validate(s) for s in found.plan],
+                            completed=[StepResult.model_validate(c) for c in found.completed],
+                            lease_expires_at=found.lease_expires_at)
+
+    async def renew_lease(self, approval_id: str, claim_token: str) -> LeaseGrant:
+        """Keep a running dispatch's claim for another PJ_DISPATCH_LEASE_S; not granted once it is stale."""
+        claim = _parse_claim(claim_token)
+        lease = self._now() + timedelta(seconds=self._settings.dispatch_lease_s)
+        async with self._pool.connection() as conn:
+            held = await store.renew_lease(conn, approval_id=_parse_id(approval_id), claim_token=claim,
+                                           held_status=CLAIMED, lease_expires_at=lease)
+        return LeaseGrant(granted=held is not None, lease_expires_at=held)
 
     async def record_report(self, report: StepReport) -> DispatchOutcome | None:
         """Checkpoint a step; on the plan's last report, CAS dispatching -> dispatched|dispatch_failed.

@@ -272,19 +272,42 @@ async def completed_steps(conn: Conn, approval_id: UUID) -> list[dict[str, Any]]
     return [row[0] for row in await cur.fetchall()]
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedPlan:
+    """What a dispatch's claim holds: the approved plan, its succeeded steps' outcomes and the lease."""
+
+    plan: list[dict[str, Any]]
+    completed: list[dict[str, Any]]
+    lease_expires_at: datetime | None
+
+
 async def claimed_plan(conn: Conn, approval_id: UUID, claim_token: UUID, *, held_status: ApprovalStatus
-                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """The approved plan and the outcomes of its succeeded steps while `claim_token` holds the dispatch
-    (the approval is in `held_status`); None if it does not (the dispatch finished or was claimed again:
-    the order that asks is stale)."""
+                       ) -> ClaimedPlan | None:
+    """The approved plan, the outcomes of its succeeded steps and the lease while `claim_token` holds the
+    dispatch (the approval is in `held_status`); None if it does not (the dispatch finished or was
+    claimed again: the order that asks is stale)."""
     cur = await conn.execute(
         """SELECT a.plan, coalesce((SELECT json_agg(s.outcome) FROM approval_steps s
-                                    WHERE s.approval_id = a.id AND s.status = 'succeeded'), '[]'::json)
+                                    WHERE s.approval_id = a.id AND s.status = 'succeeded'), '[]'::json),
+                  a.lease_expires_at
            FROM approvals a
            WHERE a.id = %s AND a.claim_token = %s AND a.approval_status = %s""",
         (approval_id, claim_token, held_status))
     row = await cur.fetchone()
-    return (row[0], row[1]) if row else None
+    return ClaimedPlan(plan=row[0], completed=row[1], lease_expires_at=row[2]) if row else None
+
+
+async def renew_lease(conn: Conn, *, approval_id: UUID, claim_token: UUID, held_status: ApprovalStatus,
+                      lease_expires_at: datetime) -> datetime | None:
+    """Extend the claim's lease to `lease_expires_at` (never shorten it) while the claim holds the
+    approval in `held_status`; the lease now in force, or None if the claim is stale."""
+    cur = await conn.execute(
+        """UPDATE approvals SET lease_expires_at = greatest(lease_expires_at, %(lease)s)
+           WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = %(held)s
+           RETURNING lease_expires_at""",
+        {"id": approval_id, "claim": claim_token, "held": held_status, "lease": lease_expires_at})
+    row = await cur.fetchone()
+    return row[0] if row else None
 
 
 async def record_step(conn: Conn, *, approval_id: UUID, claim_token: UUID, held_status: ApprovalStatus,

@@ -4,10 +4,10 @@ from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr
 
-from pj_common.settings import CommonSettings
+from pj_common.settings import DispatchSigningSettings
 
 
-class DispatcherSettings(CommonSettings):
+class DispatcherSettings(DispatchSigningSettings):
     # Dispatch orders this process runs at once: its prefetch on the dispatch queue. A plan's steps run
     # one after another, so this is also the most steps running at once. An order waiting for a rate
     # limit holds its place; the orders beyond this wait in the queue for any dispatcher.

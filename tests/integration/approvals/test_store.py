@@ -224,9 +224,25 @@ async def test_steps_are_checkpointed_only_for_the_current_claim(conn: store.Con
     assert await record(uuid.uuid4(), step("two")) is False  # a stale claim
     assert [s["stepId"] for s in await store.completed_steps(conn, approved.id)] == ["one"]
     plan = await store.claimed_plan(conn, approved.id, token, held_status=CLAIMED)
-    assert plan is not None and plan[0] == PLAN and [c["stepId"] for c in plan[1]] == ["one"]
+    assert plan is not None and plan.plan == PLAN and [c["stepId"] for c in plan.completed] == ["one"]
+    assert plan.lease_expires_at == T0 + timedelta(minutes=30)  # renewed by the checkpoint
     assert await store.claimed_plan(conn, approved.id, uuid.uuid4(), held_status=CLAIMED) is None
     assert await store.claimed_plan(conn, approved.id, token, held_status=S.APPROVED) is None
+
+
+async def test_renew_lease_extends_only_the_holding_claim_and_never_shortens(conn: store.Conn) -> None:
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    claimed, token = await claim(conn, approved)
+    assert claimed is not None
+
+    async def renew(claim_token: uuid.UUID, until: datetime) -> datetime | None:
+        return await store.renew_lease(conn, approval_id=approved.id, claim_token=claim_token,
+                                       held_status=CLAIMED, lease_expires_at=until)
+
+    later = T0 + timedelta(hours=2)
+    assert await renew(token, later) == later
+    assert await renew(token, T0) == later  # a late, shorter renewal does not cut the lease
+    assert await renew(uuid.uuid4(), later + timedelta(hours=1)) is None  # a stale claim renews nothing
 
 
 async def test_finish_dispatch_wins_once_and_checkpoints_every_finished_step(conn: store.Conn) -> None:

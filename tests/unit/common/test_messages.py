@@ -33,6 +33,7 @@ from pj_common.messages import (
     ExecuteRequest,
     GetApproval,
     HealthReport,
+    LeaseGrant,
     ListApprovals,
     MetricsText,
     PendingCount,
@@ -267,7 +268,7 @@ def test_dispatch_order_round_trip() -> None:
     raw = order.to_json()
     doc = json.loads(raw)
     assert set(doc) == {"schemaVersion", "messageId", "approvalId", "tenantId", "actionId", "claimToken",
-                        "steps", "completed", "notify"}
+                        "attempt", "leaseExpiresAt", "steps", "completed", "notify"}
     assert doc["steps"][0] == {"stepId": "post-webhook", "connector": "webhook", "operation": "post",
                                "params": {"body": {"a": 1}}}
     assert doc["steps"][1]["params"] == {}
@@ -383,7 +384,8 @@ SAMPLES: dict[type[BaseModel], BaseModel] = {
                                                 decision="approved", note=None, decided_at=T0)])]),
     HealthReport: HealthReport(database=ComponentHealth(status="error", detail="OperationalError")),
     MetricsText: MetricsText(text="# HELP x\n"),
-    DispatchPlan: DispatchPlan(stale=False, steps=_PLAN, completed=[_step_result()]),
+    DispatchPlan: DispatchPlan(stale=False, steps=_PLAN, completed=[_step_result()], lease_expires_at=T1),
+    LeaseGrant: LeaseGrant(granted=True, lease_expires_at=T1),
 }
 
 

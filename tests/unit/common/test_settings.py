@@ -102,11 +102,14 @@ def test_secrets_can_come_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "jwt").write_text("j" * 40 + "\n")
     (tmp_path / "gh").write_text("ghp-from-file\n")
+    (tmp_path / "signing").write_text("d" * 40 + "\n")
     monkeypatch.setenv("PJ_ENV", "prod")
+    monkeypatch.setenv("PJ_DISPATCH_SIGNING_KEY_FILE", str(tmp_path / "signing"))
     monkeypatch.setenv("PJ_JWT_SECRET_FILE", str(tmp_path / "jwt"))
     monkeypatch.setenv("GITHUB_DISPATCH_TOKEN_FILE", str(tmp_path / "gh"))
     settings = DispatcherSettings()
     assert settings.jwt_key == "j" * 40
+    assert settings.signing_key == "d" * 40
     assert settings.github_token is not None and settings.github_token.get_secret_value() == "ghp-from-file"
     assert "ghp-from-file" not in repr(settings)  # SecretStr keeps it out of logs and reprs
     monkeypatch.setenv("GITHUB_DISPATCH_TOKEN", "direct")  # a value given directly wins over the file
@@ -136,3 +139,18 @@ def test_configuration_errors_never_print_secret_values(monkeypatch: pytest.Monk
     text = describe_settings_error(err.value)
     assert "at least 32" in text
     assert "short-but-secret" not in text and "ghp_SUPERSECRET" not in text
+
+
+def test_dispatch_signing_key_is_required_outside_dev(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pj_common.settings import DEV_DISPATCH_SIGNING_KEY, DispatchSigningSettings
+
+    monkeypatch.setenv("PJ_JWT_SECRET", "s" * 32)
+    monkeypatch.delenv("PJ_DISPATCH_SIGNING_KEY", raising=False)
+    monkeypatch.setenv("PJ_ENV", "prod")
+    with pytest.raises(ValidationError, match="PJ_DISPATCH_SIGNING_KEY"):
+        DispatchSigningSettings()
+    monkeypatch.setenv("PJ_ENV", "dev")
+    assert DispatchSigningSettings().signing_key == DEV_DISPATCH_SIGNING_KEY
+    monkeypatch.setenv("PJ_DISPATCH_SIGNING_KEY", "short")
+    with pytest.raises(ValidationError, match="at least"):
+        DispatchSigningSettings()

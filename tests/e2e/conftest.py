@@ -18,6 +18,7 @@ from tests.support.system import System, delete_topology, free_port
 from tests.support.webhook_sink import SinkState, start_sink
 
 SECRET = "e2e-jwt-secret-0123456789abcdef0123456789"
+SIGNING_KEY = "e2e-dispatch-signing-key-0123456789abcdef"
 WEBHOOK_SECRET = "e2e-webhook-secret"
 ISSUER, AUDIENCE = "puddlejumper", "pj-approval-gate"
 CSRF = {"X-PuddleJumper-Request": "true"}
@@ -58,6 +59,7 @@ def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook
         "PYTHONPATH": str(repo),
         "PJ_ENV": "prod",
         "PJ_JWT_SECRET": SECRET,
+        "PJ_DISPATCH_SIGNING_KEY": SIGNING_KEY,
         "PJ_DATABASE_URL": database_url,
         "PJ_AMQP_URL": amqp_url,
         "PJ_AMQP_PREFIX": prefix,

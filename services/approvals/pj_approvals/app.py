@@ -9,17 +9,17 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.auth import TokenVerifier
-from pj_common.messages import ApprovalEvent, DispatchOrder
+from pj_common.messages import ApprovalEvent
 from pj_common.metrics import MetricsServer
 from pj_common.runtime import Periodic
 from pj_common.topology import Topology, declare_topology
-from pj_common.transport import Supervisor, broker_unavailable, consume, json_message, publish_confirmed
+from pj_common.transport import Supervisor, consume, json_message
 
 from . import store
 from .catalog import CatalogError, load_catalog
 from .handlers import Handlers
 from .metrics import ApprovalMetrics
-from .relay import publishable
+from .relay import OrderRelay, OutboxListener, WakeableLoop, publishable
 from .service import ApprovalService
 from .settings import ApprovalsSettings
 
@@ -43,8 +43,15 @@ class ApprovalsApp:
             kwargs={"autocommit": True}, open=False, name="approvals")
         # The publisher-confirm channel of the current broker connection (replaced on every reconnect).
         self.confirm_channel: AbstractChannel | None = None
+        self.order_relay = OrderRelay(self.pool, lambda: self.confirm_channel, queue=self.topology.dispatch,
+                                      signing_key=settings.signing_key, batch=settings.outbox_batch,
+                                      confirm_timeout_s=settings.publish_confirm_timeout_s)
+        self._orders = WakeableLoop(self.order_relay.step, settings.outbox_poll_interval_s, name="order-relay",
+                                    scope="approval.dispatch.relay_failed")
+        self._listener = OutboxListener(settings.database_url, self._orders.wake)
         self.service = ApprovalService(self.pool, self.catalog, settings, metrics=self.metrics,
-                                       publish_order=self._publish_order, clock=utcnow)
+                                       order_queue=self.topology.dispatch, on_order_queued=self._orders.wake,
+                                       clock=utcnow)
         verifier = TokenVerifier(settings.jwt_key, settings.jwt_issuer, settings.jwt_audience)
         self.handlers = Handlers(self.service, verifier)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
@@ -70,19 +77,11 @@ class ApprovalsApp:
         results = watch(await connection.channel(publisher_confirms=False))
         await consume(results, self.topology.results, self.handlers.on_report,
                       prefetch=self.settings.command_prefetch)
+        self._orders.wake()  # orders queued while the broker was away go out now
 
     def _lost(self) -> None:
         self.confirm_channel = None
         self.handlers.reply_channel = None
-
-    async def _publish_order(self, order: DispatchOrder) -> None:
-        channel = self.confirm_channel
-        if channel is None:
-            log.error("dispatch order not published: broker unavailable", extra={
-                "scope": "approval.dispatch.publish_failed", "approvalId": order.approval_id})
-            raise broker_unavailable("dispatch claimed but its order could not be published")
-        await publish_confirmed(channel, self.topology.dispatch,
-                                json_message(order.to_json(), message_id=order.message_id))
 
     async def _relay_events(self) -> bool:
         """Publish approval_events in id order to the events exchange, with confirms, then advance the
@@ -140,6 +139,8 @@ class ApprovalsApp:
             log.info("migrations applied: %s", ", ".join(applied), extra={"scope": "db.migrated"})
         await self.pool.open(wait=True, timeout=30)
         self.supervisor.start()
+        self._orders.start()
+        self._listener.start()
         self._sweeper.start()
         self._relay.start()
         if self._metrics_server.start():
@@ -148,6 +149,8 @@ class ApprovalsApp:
     async def stop(self) -> None:
         for periodic in (self._sweeper, self._gauge, self._relay):
             await periodic.stop()
+        await self._listener.stop()
+        await self._orders.stop()
         self._metrics_server.stop()
         await self.supervisor.stop()
         await self.pool.close()

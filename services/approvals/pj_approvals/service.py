@@ -6,7 +6,7 @@ table; what the service publishes it publishes after commit. Every answer is a c
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -31,7 +31,6 @@ from pj_common.messages import (
     DispatchPlan,
     DispatchRequest,
     DryRunPlan,
-    ErrorBody,
     ExecuteAccepted,
     ExecuteRequest,
     HealthReport,
@@ -75,7 +74,8 @@ LAUNCH_POLICY = "policy:launch"
 # A decision that loses its compare-and-set to a concurrent one re-reads and tries again this often.
 _DECIDE_ATTEMPTS = 5
 
-Publish = Callable[[DispatchOrder], Awaitable[None]]
+# Called after a commit that queued a dispatch order: wakes this process's order relay at once.
+OrderQueued = Callable[[], None]
 
 
 def approval_view(row: store.ApprovalRow) -> ApprovalView:
@@ -122,12 +122,15 @@ class DispatchStarted:
 
 class ApprovalService:
     def __init__(self, pool: AsyncConnectionPool[Any], catalog: cat.Catalog, settings: ApprovalsSettings, *,
-                 metrics: ApprovalMetrics, publish_order: Publish, clock: Callable[[], datetime]) -> None:
+                 metrics: ApprovalMetrics, order_queue: str, on_order_queued: OrderQueued,
+                 clock: Callable[[], datetime]) -> None:
         self._pool = pool
         self._catalog = catalog
         self._settings = settings
         self._metrics = metrics
-        self._publish_order = publish_order
+        # The dispatch queue this process's orders go to, and the relay's wake-up.
+        self._order_queue = order_queue
+        self._order_queued = on_order_queued
         self._now = clock
 
     # ------------------------------------------------------------ execute
@@ -160,30 +163,60 @@ class ApprovalService:
         row = store.ApprovalRow(
             id=uuid.uuid4(), tenant_id=principal.tenant, request_id=req.request_id or message_id or str(uuid.uuid4()),
             operator_id=principal.subject, action_id=req.action_id, payload=req.payload,
-            request_hash=cat.request_hash(req.action_id, req.payload),
-            approval_status=S.APPROVED if launch else S.PENDING, approver_id=LAUNCH_POLICY if launch else None,
-            approval_note=None, plan=plan, plan_hash=plan_hash, dispatch_result=None, claim_token=None,
-            created_at=now, updated_at=now, decided_at=now if launch else None, dispatched_at=None,
-            finished_at=None, expires_at=now + timedelta(seconds=ttl), approval_rule=rule.to_json())
+            request_hash=cat.request_hash(req.action_id, req.payload), approval_status=S.PENDING,
+            approver_id=LAUNCH_POLICY if launch else None, approval_note=None, plan=plan, plan_hash=plan_hash,
+            dispatch_result=None, claim_token=None, created_at=now, updated_at=now,
+            decided_at=now if launch else None, dispatched_at=None, finished_at=None,
+            expires_at=now + timedelta(seconds=ttl), approval_rule=rule.to_json())
         event = store.EventRecord(event_type="approval.created", at=now, actor=principal.subject,
                                   actor_role=principal.role, correlation_id=correlation_id)
+        # A launch-tier action is approved by policy and claimed for dispatch in the insert itself.
+        started = self._launch(row, now=now, notify=notify) if launch else None
         async with self._pool.connection() as conn:
-            created = await store.insert_approval(conn, row, event)
+            created = await store.insert_approval(conn, row, event, launch=started)
             if created is None:
                 existing = await store.find_by_request(conn, principal.tenant, row.request_id)
         if created is None:
-            return self._created_view(self._same_request(existing, row, correlation_id), created=False)
+            return await self._existing(self._same_request(existing, row, correlation_id), principal,
+                                        correlation_id=correlation_id, notify=notify)
         self._metrics.created.labels(req.action_id).inc()
         log.info("approval created", extra={
             "scope": "pj.execute.approval_created", "approvalId": str(created.id), "requestId": created.request_id,
             "actionId": created.action_id, "tenantId": created.tenant_id, "tier": action.tier,
             "correlationId": correlation_id})
-        if not launch:
+        if started is None:
             return self._created_view(created, created=True)
+        self._order_queued()
+        self._dispatch_started(created, correlation_id)
+        return DispatchStarted(self._created_view(created, created=True))
+
+    def _launch(self, row: store.ApprovalRow, *, now: datetime, notify: ReplyAddress | None) -> store.Launch:
+        """Make `row` a launch-tier approval claimed for dispatch: approved by policy, then dispatching
+        under a fresh claim whose order goes into the outbox with it."""
+        approved = next_status(S.PENDING, Transition.APPROVE)
+        row.approval_status = next_status(approved, Transition.DISPATCH)
+        row.dispatched_at = now
+        order = self._queued_order(row, now=now, completed=[], notify=notify)
+        row.claim_token = order.claim_token
+        return store.Launch(approved_status=approved, order=order)
+
+    async def _existing(self, existing: store.ApprovalRow, principal: Principal, *, correlation_id: str,
+                        notify: ReplyAddress | None) -> ExecuteAccepted | DispatchStarted:
+        """The answer to a retried execute. A launch-tier approval that an older version left approved
+        (its process died between the insert and the claim) is dispatched now instead of waiting for good."""
+        now = self._now()
+        stranded = (existing.approver_id == LAUNCH_POLICY and existing.approval_status == S.APPROVED
+                    and existing.expires_at > now)
+        if not stranded:
+            return self._created_view(existing, created=False)
         async with self._pool.connection() as conn:
-            started = await self._start_dispatch(conn, created, principal, completed=[], now=now,
-                                                 correlation_id=correlation_id, notify=notify)
-        return DispatchStarted(self._created_view(created, created=True).model_copy(
+            try:
+                started = await self._start_dispatch(conn, existing, principal, completed=[], now=now,
+                                                     correlation_id=correlation_id, notify=notify)
+            except GateError:  # a concurrent retry dispatched it (or it just expired): answer what it is now
+                again = await store.find_by_request(conn, existing.tenant_id, existing.request_id)
+                return self._created_view(again or existing, created=False)
+        return DispatchStarted(self._created_view(existing, created=False).model_copy(
             update={"approval_status": started.data.approval_status}))
 
     def _same_request(self, existing: store.ApprovalRow | None, row: store.ApprovalRow,
@@ -341,46 +374,38 @@ class ApprovalService:
     async def _start_dispatch(self, conn: store.Conn, seen: store.ApprovalRow, principal: Principal, *,
                               completed: list[StepResult], now: datetime, correlation_id: str,
                               notify: ReplyAddress | None) -> DispatchStarted:
-        """CAS the approval to dispatching with a fresh claim token, then publish its dispatch order."""
-        claim = uuid.uuid4()
+        """CAS the approval to dispatching under a fresh claim, its order queued in the outbox by the same
+        statement. The answer does not wait for the broker: the order relay publishes the order after
+        the commit, and an order the broker cannot take now waits in the outbox until it can."""
+        order = self._queued_order(seen, now=now, completed=completed, notify=notify)
         event = store.EventRecord(event_type="approval.dispatch.started", at=now, actor=principal.subject,
                                   actor_role=principal.role, correlation_id=correlation_id)
         row = await store.claim_for_dispatch(
             conn, seen, from_status=seen.approval_status,
-            to_status=next_status(seen.approval_status, Transition.DISPATCH), claim_token=claim,
-            lease_expires_at=now + timedelta(seconds=self._settings.dispatch_lease_s), event=event)
+            to_status=next_status(seen.approval_status, Transition.DISPATCH), order=order, event=event)
         if row is None:
             self._conflict(str(seen.id), correlation_id)
+        self._order_queued()
+        self._dispatch_started(row, correlation_id)
+        return DispatchStarted(DispatchOutcome(approval_id=str(row.id), approval_status=row.approval_status))
+
+    def _queued_order(self, row: store.ApprovalRow, *, now: datetime, completed: list[StepResult],
+                      notify: ReplyAddress | None, attempt: int = 1) -> store.QueuedOrder:
+        """The first (or `attempt`-th) order of a dispatch of `row` under a fresh claim and lease."""
+        claim = uuid.uuid4()
+        lease = now + timedelta(seconds=self._settings.dispatch_lease_s)
+        order = DispatchOrder(approval_id=str(row.id), tenant_id=row.tenant_id, action_id=row.action_id,
+                              claim_token=str(claim), attempt=attempt, lease_expires_at=lease,
+                              steps=[PlanStep.model_validate(s) for s in row.plan], completed=completed,
+                              notify=notify)
+        return store.QueuedOrder(claim_token=claim, attempt=attempt, lease_expires_at=lease,
+                                 queue=self._order_queue, body=order.to_json())
+
+    def _dispatch_started(self, row: store.ApprovalRow, correlation_id: str) -> None:
         self._metrics.consume_success.inc()
         log.info("dispatch started", extra={
             "scope": "approval.dispatch.started", "approvalId": str(row.id), "requestId": row.request_id,
             "correlationId": correlation_id})
-        steps = [PlanStep.model_validate(s) for s in row.plan]
-        order = DispatchOrder(approval_id=str(row.id), tenant_id=row.tenant_id, action_id=row.action_id,
-                              claim_token=str(claim), steps=steps, completed=completed, notify=notify)
-        try:
-            await self._publish_order(order)
-        except Exception as exc:
-            await self._abandon_dispatch(conn, row, claim=claim, steps=steps, exc=exc)
-            raise
-        return DispatchStarted(DispatchOutcome(approval_id=str(row.id), approval_status=row.approval_status))
-
-    async def _abandon_dispatch(self, conn: store.Conn, row: store.ApprovalRow, *, claim: UUID,
-                                steps: list[PlanStep], exc: Exception) -> None:
-        """The order never reached the broker: end the claim as dispatch_failed (nothing ran), so an
-        admin can dispatch again instead of the approval waiting in dispatching for good."""
-        error = ErrorBody(code="order_not_published", message=f"the dispatch order could not be published: {exc!r}")
-        results = [StepResult(step_id=s.step_id, connector=s.connector, operation=s.operation, status="not_run",
-                              error=error).model_dump(by_alias=True, mode="json") for s in steps]
-        from_status, to_status = edge(Transition.FAIL)
-        abandoned = await store.finish_dispatch(
-            conn, row.id, claim, from_status=from_status, to_status=to_status, results=results,
-            event=store.EventRecord(event_type="approval.dispatch.failed", at=self._now(), note=error.message))
-        if abandoned is not None:  # else another path (the lease sweeper) ended it and counted it
-            self._metrics.dispatch_failure.labels(row.action_id).inc()
-        log.error("dispatch order not published; approval set to dispatch_failed", extra={
-            "scope": "approval.dispatch.failed", "reason": error.code, "approvalId": str(row.id),
-            "requestId": row.request_id, "recorded": abandoned is not None})
 
     def _conflict(self, approval_id: str, correlation_id: str) -> NoReturn:
         """Another dispatch holds (or finished) this approval: a double dispatch was prevented."""

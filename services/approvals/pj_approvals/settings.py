@@ -15,6 +15,13 @@ class ApprovalsSettings(DispatchSigningSettings):
     sweep_interval_s: float = 300
     # A dispatch that reports no progress for this long is failed by the sweeper (then re-dispatchable).
     dispatch_lease_s: float = 900
+    # The order relay: it publishes the dispatch outbox at once when woken after a commit (this
+    # process's, or another's by LISTEN/NOTIFY), else every PJ_OUTBOX_POLL_INTERVAL_S; at most
+    # PJ_OUTBOX_BATCH orders in flight together, each confirmed by the broker within
+    # PJ_PUBLISH_CONFIRM_TIMEOUT_S or tried again.
+    outbox_poll_interval_s: float = 1.0
+    outbox_batch: int = 100
+    publish_confirm_timeout_s: float = 5.0
     # The event relay: how often it looks for new events, how many it publishes at once, and how long
     # it waits on a gap in event ids before deciding the missing id will never commit.
     event_relay_interval_s: float = 0.2

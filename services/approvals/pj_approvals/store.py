@@ -102,27 +102,85 @@ def _returning_with_audit(transitioned: bool) -> str:
     return f"SELECT a.*, {_AUDIT_JSON.format(src=src)} AS audit FROM changed a"
 
 
-async def insert_approval(conn: Conn, row: ApprovalRow, event: EventRecord) -> ApprovalRow | None:
-    """Insert a new approval (pending, or approved by policy for a launch-tier action) and its
-    `approval.created` event; None if its requestId exists."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedOrder:
+    """A dispatch order and the claim it runs under, written to the outbox by the very statement that
+    claims the dispatch: the order exists exactly when its claim committed."""
+
+    claim_token: UUID
+    attempt: int
+    lease_expires_at: datetime
+    queue: str
+    body: bytes  # the exact bytes the relay publishes and signs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Launch:
+    """A launch-tier approval is inserted already claimed: approved by policy (its created event goes
+    to `approved_status`) and dispatching under `order`'s claim (an `event_type` event), all in one
+    statement, so no crash can leave it approved with nobody dispatching it."""
+
+    approved_status: ApprovalStatus
+    order: QueuedOrder
+    event_type: str = "approval.dispatch.started"
+
+
+# Queues the order of every row of the CTE `changed`.
+_ORDER_FROM_CHANGED = """INSERT INTO dispatch_outbox (approval_id, queue, body, created_at)
+    SELECT c.id, %(queue)s, %(body)s, %(now)s FROM changed c"""
+
+
+def _order_params(order: QueuedOrder | None) -> dict[str, Any]:
+    if order is None:  # nothing claimed: the claim columns stay empty and no order is queued
+        return {"claim": None, "attempt": 0, "lease": None, "queue": None, "body": None}
+    return {"claim": order.claim_token, "attempt": order.attempt, "lease": order.lease_expires_at,
+            "queue": order.queue, "body": order.body}
+
+
+async def insert_approval(conn: Conn, row: ApprovalRow, event: EventRecord, *,
+                          launch: Launch | None = None) -> ApprovalRow | None:
+    """Insert a new approval and its `approval.created` event; None if its requestId exists.
+
+    A governed action is inserted pending. A launch-tier one (`launch`) is inserted dispatching, with
+    its claim, lease, both events (created as approved by policy, then dispatch started) and its order
+    in the outbox.
+    """
+    created_to = launch.approved_status if launch else row.approval_status
+    types: list[str] = ["approval.created"]
+    froms: list[ApprovalStatus | None] = [None]
+    tos: list[ApprovalStatus] = [created_to]
+    if launch is not None:
+        types.append(launch.event_type)
+        froms.append(launch.approved_status)
+        tos.append(row.approval_status)
     params = {
         "id": row.id, "tenant_id": row.tenant_id, "request_id": row.request_id, "operator_id": row.operator_id,
         "action_id": row.action_id, "payload": Jsonb(row.payload), "request_hash": row.request_hash,
         "plan": Jsonb(row.plan), "plan_hash": row.plan_hash, "expires_at": row.expires_at,
         "approval_rule": Jsonb(row.approval_rule), "status": row.approval_status, "approver_id": row.approver_id,
-        "decided_at": row.decided_at, **_event_params(event),
+        "decided_at": row.decided_at, "dispatched_at": row.dispatched_at, "types": types, "froms": froms,
+        "tos": tos, **_event_params(event), **_order_params(launch.order if launch else None),
     }
+    queued = f", queued AS ({_ORDER_FROM_CHANGED})" if launch else ""
     query = f"""
         WITH changed AS (
             INSERT INTO approvals (id, tenant_id, request_id, operator_id, action_id, payload, request_hash,
                 approval_status, plan, plan_hash, created_at, updated_at, expires_at, approval_rule, approver_id,
-                decided_at)
+                decided_at, dispatched_at, claim_token, lease_expires_at, dispatch_attempt)
             VALUES (%(id)s, %(tenant_id)s, %(request_id)s, %(operator_id)s, %(action_id)s, %(payload)s,
                 %(request_hash)s, %(status)s, %(plan)s, %(plan_hash)s, %(now)s, %(now)s, %(expires_at)s,
-                %(approval_rule)s, %(approver_id)s, %(decided_at)s)
+                %(approval_rule)s, %(approver_id)s, %(decided_at)s, %(dispatched_at)s, %(claim)s, %(lease)s,
+                %(attempt)s)
             ON CONFLICT (tenant_id, request_id) DO NOTHING
             RETURNING {_COLUMNS}),
-        ev AS ({_EVENT_FROM_CHANGED.format(from_status="NULL")})
+        ev AS (
+            INSERT INTO approval_events (approval_id, tenant_id, event_type, actor, actor_role, from_status,
+                to_status, note, correlation_id, occurred_at)
+            SELECT c.id, c.tenant_id, t.event_type, %(actor)s, %(actor_role)s, t.from_status, t.to_status,
+                %(note)s, %(correlation_id)s, %(now)s
+            FROM changed c, unnest(%(types)s::text[], %(froms)s::text[], %(tos)s::text[])
+                WITH ORDINALITY t(event_type, from_status, to_status, n)
+            ORDER BY t.n){queued}
         SELECT * FROM changed"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
         await cur.execute(query, params)
@@ -243,22 +301,24 @@ async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, *, 
 
 
 async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, *, from_status: ApprovalStatus,
-                             to_status: ApprovalStatus, claim_token: UUID, lease_expires_at: datetime,
-                             event: EventRecord) -> ApprovalRow | None:
+                             to_status: ApprovalStatus, order: QueuedOrder, event: EventRecord) -> ApprovalRow | None:
     """CAS `from_status` (approved or dispatch_failed, within the dispatch window) -> `to_status`
-    (dispatching) with a fresh claim token, only if the plan is still exactly the one checked; None if
-    the CAS lost."""
+    (dispatching) under `order`'s fresh claim token and lease, only if the plan is still exactly the one
+    checked, with the event and the order queued in the outbox; None if the CAS lost (and nothing is
+    queued)."""
     params = {"id": seen.id, "tenant_id": seen.tenant_id, "from_status": from_status, "to_status": to_status,
-              "plan": Jsonb(seen.plan), "plan_hash": seen.plan_hash, "claim": claim_token,
-              "lease": lease_expires_at, **_event_params(event)}
+              "plan": Jsonb(seen.plan), "plan_hash": seen.plan_hash, **_order_params(order),
+              **_event_params(event)}
     query = f"""
         WITH changed AS (
             UPDATE approvals SET approval_status = %(to_status)s, claim_token = %(claim)s,
-                dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s
+                dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s,
+                dispatch_attempt = %(attempt)s
             WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = %(from_status)s
               AND plan_hash = %(plan_hash)s AND plan = %(plan)s AND expires_at > %(now)s
             RETURNING {_COLUMNS}),
-        ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")})
+        ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")}),
+        queued AS ({_ORDER_FROM_CHANGED})
         SELECT * FROM changed"""
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
         await cur.execute(query, params)
@@ -411,6 +471,56 @@ async def fail_expired_leases(conn: Conn, *, from_status: ApprovalStatus, to_sta
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()
+
+
+# ---------------------------------------------------------------- dispatch outbox
+
+# The channel the outbox's trigger notifies at each commit that queued orders (migration 0007).
+OUTBOX_CHANNEL = "pj_dispatch_outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    approval_id: UUID
+    body: bytes
+
+
+async def take_outbox(conn: Conn, *, queue: str, batch: int, hold_s: float) -> list[OutboxRow]:
+    """Claim up to `batch` unclaimed orders of `queue` (oldest first) for `hold_s` seconds, in one short
+    statement: the relay publishes them after it returns, holding no transaction. SKIP LOCKED and the
+    claim keep relays of several processes off each other's rows; rows whose claim ran out (their relay
+    died mid-publish) are taken again. The database's clock judges claims, so hosts' clocks never matter."""
+    cur = await conn.execute(
+        """UPDATE dispatch_outbox o SET claimed_until = clock_timestamp() + make_interval(secs => %(hold)s)
+           FROM (SELECT id FROM dispatch_outbox
+                 WHERE queue = %(queue)s AND (claimed_until IS NULL OR claimed_until < clock_timestamp())
+                 ORDER BY id LIMIT %(batch)s FOR UPDATE SKIP LOCKED) due
+           WHERE o.id = due.id
+           RETURNING o.id, o.approval_id, o.body""",
+        {"queue": queue, "batch": batch, "hold": hold_s})
+    return sorted((OutboxRow(*row) for row in await cur.fetchall()), key=lambda r: r.id)
+
+
+async def delete_outbox(conn: Conn, ids: list[int]) -> None:
+    """Forget orders the broker confirmed."""
+    await conn.execute("DELETE FROM dispatch_outbox WHERE id = ANY(%s)", (ids,))
+
+
+async def release_outbox(conn: Conn, ids: list[int]) -> None:
+    """Hand back orders that could not be published, for the next pass of any relay."""
+    await conn.execute("UPDATE dispatch_outbox SET claimed_until = NULL WHERE id = ANY(%s)", (ids,))
+
+
+async def queued_orders(conn: Conn, approval_id: UUID) -> list[bytes]:
+    """The order bodies still waiting in the outbox for one approval, oldest first."""
+    cur = await conn.execute("SELECT body FROM dispatch_outbox WHERE approval_id = %s ORDER BY id", (approval_id,))
+    return [bytes(row[0]) for row in await cur.fetchall()]
+
+
+async def listen_for_orders(conn: Conn) -> None:
+    """Subscribe `conn` to the outbox's commit notices (read them with `conn.notifies()`)."""
+    await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
 
 
 @dataclass(slots=True, kw_only=True)

@@ -3,15 +3,22 @@
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from pj_approvals import store
 from pj_approvals.catalog import load_catalog
 from pj_approvals.metrics import ApprovalMetrics
 from pj_approvals.service import ApprovalService
 from pj_approvals.settings import DEFAULT_CATALOG, ApprovalsSettings
 from pj_common.messages import DispatchOrder
+from pj_common.topology import Topology
+
+# The queue the service's orders are meant for: no relay publishes them in these tests (a relay test
+# uses a queue of its own).
+ORDER_QUEUE = Topology("pj").dispatch
 
 
 @pytest.fixture
@@ -34,13 +41,26 @@ class Clock:
 
 
 class Outbox:
-    """Collects the dispatch orders the service hands to the broker; the broker is exercised end to end."""
+    """Reads the dispatch orders the service queued in the outbox, and counts the relay wake-ups it asked
+    for (the relay, and the broker, are tested on their own)."""
 
-    def __init__(self) -> None:
-        self.orders: list[DispatchOrder] = []
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+        self.wakes = 0
 
-    async def order(self, order: DispatchOrder) -> None:
-        self.orders.append(order)
+    def wake(self) -> None:
+        self.wakes += 1
+
+    async def orders_of(self, approval_id: str) -> list[DispatchOrder]:
+        """The orders of one approval still in the outbox, oldest first."""
+        async with self._pool.connection() as conn:
+            bodies = await store.queued_orders(conn, UUID(approval_id))
+        return [DispatchOrder.model_validate_json(b) for b in bodies]
+
+    async def last(self, approval_id: str) -> DispatchOrder:
+        orders = await self.orders_of(approval_id)
+        assert orders, f"no order queued for {approval_id}"
+        return orders[-1]
 
 
 @pytest.fixture
@@ -49,15 +69,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def outbox() -> Outbox:
-    return Outbox()
+def outbox(pool: AsyncConnectionPool[Any]) -> Outbox:
+    return Outbox(pool)
 
 
 @pytest.fixture
 def make_service(pool: AsyncConnectionPool[Any], clock: Clock, outbox: Outbox
                  ) -> Callable[..., ApprovalService]:
-    def build(**overrides: Any) -> ApprovalService:
+    def build(*, order_queue: str = ORDER_QUEUE, **overrides: Any) -> ApprovalService:
         settings = ApprovalsSettings(env="dev", **overrides)
         return ApprovalService(pool, load_catalog(DEFAULT_CATALOG), settings, metrics=ApprovalMetrics(),
-                               publish_order=outbox.order, clock=clock)
+                               order_queue=order_queue, on_order_queued=outbox.wake, clock=clock)
     return build

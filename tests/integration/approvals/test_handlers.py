@@ -211,7 +211,7 @@ async def test_the_report_that_ends_a_dispatch_notifies_the_waiting_caller(
     command = CommandEnvelope(command=DispatchRequest(approval_id=created.approval_id), token=admin)
     message = await incoming(channel, inbox, command.to_json(), reply_to=waiting.name, correlation_id="call-1")
     assert (await handlers._answer(message)).follow_up
-    order = outbox.orders[-1]
+    order = await outbox.last(created.approval_id)
     assert order.notify == ReplyAddress(reply_to=waiting.name, correlation_id="call-1")
     handlers.reply_channel = channel
     done = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="succeeded", attempts=1)

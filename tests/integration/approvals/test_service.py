@@ -5,12 +5,16 @@ import logging
 import uuid
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pj_approvals import store
+from pj_approvals.catalog import load_catalog
 from pj_approvals.service import ApprovalService, DispatchStarted
+from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import Principal, Role
 from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import (
@@ -152,7 +156,8 @@ async def test_fifty_concurrent_dispatches_have_one_winner(make_service: Any, ou
         approval_id=created.approval_id), f"c{i}")) for i in range(50)))
     assert sum(isinstance(r, DispatchStarted) for r in results) == 1
     assert results.count(ErrorCode.INVALID_STATE) == 49
-    assert len(outbox.orders) == 1
+    assert len(await outbox.orders_of(created.approval_id)) == 1
+    assert outbox.wakes == 1  # the relay was woken after the one commit that queued an order
     assert svc._metrics.consume_conflict._value.get() == 49  # the runbook's conflict counter
 
 
@@ -234,7 +239,7 @@ async def test_step_reports_finish_the_dispatch_once(make_service: Any, outbox: 
     svc: ApprovalService = make_service()
     t, admin, aid = await approved(svc, webhook_request())
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
-    order = outbox.orders[-1]
+    order = await outbox.last(aid)
     step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="succeeded",
                       attempts=1)
     stale = StepReport(approval_id=aid, tenant_id=t, claim_token=str(uuid.uuid4()), step=step,
@@ -257,7 +262,7 @@ async def test_failed_dispatch_can_be_redispatched_skipping_done_steps(make_serv
     t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
                                                        payload={"name": "env-b"}))
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
-    order = outbox.orders[-1]
+    order = await outbox.last(aid)
     ok = StepResult(step_id=order.steps[0].step_id, connector="github", operation="create_branch",
                     status="succeeded", attempts=1)
     bad = StepResult(step_id=order.steps[1].step_id, connector="github", operation="put_file",
@@ -269,7 +274,7 @@ async def test_failed_dispatch_can_be_redispatched_skipping_done_steps(make_serv
     assert (await svc.get_approval(admin, aid)).approval_status == "dispatch_failed"
     again = await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     assert isinstance(again, DispatchStarted)
-    assert [c.step_id for c in outbox.orders[-1].completed] == [ok.step_id]
+    assert [c.step_id for c in (await outbox.last(aid)).completed] == [ok.step_id]
 
 
 async def test_dispatch_refuses_a_plan_changed_since_approval(make_service: Any, pool: Any) -> None:
@@ -291,7 +296,7 @@ async def test_final_report_checkpoints_every_finished_step(make_service: Any, o
     t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
                                                        payload={"name": "env-c"}))
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
-    order = outbox.orders[-1]
+    order = await outbox.last(aid)
     done = [StepResult(step_id=s.step_id, connector=s.connector, operation=s.operation, status="succeeded",
                        attempts=1) for s in order.steps[:2]]
     failed = StepResult(step_id=order.steps[2].step_id, connector="github", operation="open_pull_request",
@@ -303,24 +308,74 @@ async def test_final_report_checkpoints_every_finished_step(make_service: Any, o
     assert sorted(c["stepId"] for c in checkpointed) == sorted(d.step_id for d in done)
 
 
-async def test_order_that_cannot_be_published_ends_dispatch_failed(make_service: Any, pool: Any) -> None:
+async def test_dispatch_answers_after_the_commit_with_its_order_in_the_outbox(
+        make_service: Any, outbox: Any, clock: Any, pool: Any) -> None:
+    """The order is written by the claim's own statement; the broker is not asked before the answer."""
+    svc: ApprovalService = make_service(dispatch_lease_s=60)
+    _, admin, aid = await approved(svc, webhook_request())
+    wakes = outbox.wakes
+    started = await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
+    assert isinstance(started, DispatchStarted) and started.data.approval_status == "dispatching"
+    assert outbox.wakes == wakes + 1  # the relay is woken after the commit
+    [order] = await outbox.orders_of(aid)
+    async with pool.connection() as conn:
+        row = await store.get_approval(conn, uuid.UUID(aid), order.tenant_id, operator_id=None, with_audit=False)
+    assert row is not None and str(row.claim_token) == order.claim_token
+    assert (order.attempt, order.lease_expires_at) == (1, clock.now + timedelta(seconds=60))
+    assert [s.step_id for s in order.steps] == ["post-webhook"] and order.completed == []
+    plan = await svc.dispatch_plan(aid, order.claim_token)
+    assert plan.lease_expires_at == order.lease_expires_at
+
+
+def launch_service(make_service: Any, tmp_path: Path) -> ApprovalService:
+    """A service whose catalog has a launch-tier action, `notify.now`."""
+    data = yaml.safe_load(DEFAULT_CATALOG.read_text())
+    data["actions"]["notify.now"] = {**data["actions"]["notify.webhook"], "tier": "launch"}
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data))
     svc: ApprovalService = make_service()
+    svc.reload_catalog(load_catalog(path))
+    return svc
 
-    async def broker_down(order: Any) -> None:
-        raise ConnectionError("broker gone")
 
-    svc._publish_order = broker_down  # the broker refusing the order is what this test is about
+async def test_launch_tier_execute_is_stored_claimed_with_its_order(
+        make_service: Any, outbox: Any, tmp_path: Path) -> None:
+    svc = launch_service(make_service, tmp_path)
     t = tenant()
-    admin = who(Role.ADMIN, t)
-    aid = (await create(svc, who(Role.OPERATOR, t), webhook_request(), "c")).approval_id
-    await svc.decide(admin, DecideRequest(approval_id=aid, status="approved"), "c")
-    with pytest.raises(ConnectionError):
-        await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
-    view = await svc.get_approval(admin, aid)
-    assert view.approval_status == "dispatch_failed"
-    assert results_of(view)[0].status == "not_run"
-    assert error_code(results_of(view)[0]) == "order_not_published"
-    assert audit_of(view)[-1].event == "approval.dispatch.failed"
+    started = await svc.execute(who(Role.OPERATOR, t), ExecuteRequest(action_id="notify.now", request_id="l-1"), "c")
+    assert isinstance(started, DispatchStarted) and isinstance(started.data, ExecuteAccepted)
+    assert started.data.approval_status == "dispatching" and started.data.approval_required is False
+    aid = started.data.approval_id
+    order = await outbox.last(aid)
+    assert (await svc.dispatch_plan(aid, order.claim_token)).stale is False
+    view = await svc.get_approval(who(Role.ADMIN, t), aid)
+    assert [(e.event, e.from_status, e.to_status) for e in audit_of(view)] == [
+        ("approval.created", None, "approved"), ("approval.dispatch.started", "approved", "dispatching")]
+    assert view.approver_id == "policy:launch" and view.dispatched_at == view.created_at
+
+
+async def test_launch_tier_execute_that_dies_after_its_insert_still_dispatches(
+        make_service: Any, outbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies right after the insert commits: the approval must not stay approved with nobody
+    dispatching it, and the retry with the same requestId finds it dispatching with its order queued."""
+    svc = launch_service(make_service, tmp_path)
+    real_insert = store.insert_approval
+
+    async def insert_then_die(*args: Any, **kwargs: Any) -> Any:
+        await real_insert(*args, **kwargs)
+        raise ConnectionResetError("the approvals process died here")
+
+    monkeypatch.setattr(store, "insert_approval", insert_then_die)
+    op = who(Role.OPERATOR, tenant())
+    request = ExecuteRequest(action_id="notify.now", request_id="launch-crash")
+    with pytest.raises(ConnectionResetError):
+        await svc.execute(op, request, "c")
+    monkeypatch.setattr(store, "insert_approval", real_insert)
+    retried = await svc.execute(op, request, "c")
+    data = retried.data if isinstance(retried, DispatchStarted) else retried
+    assert isinstance(data, ExecuteAccepted) and data.created is False
+    assert data.approval_status == "dispatching"
+    assert len(await outbox.orders_of(data.approval_id)) == 1
 
 
 async def test_redelivered_execute_without_request_id_finds_its_approval(make_service: Any) -> None:
@@ -348,7 +403,7 @@ async def test_failed_dispatch_cannot_be_retried_after_its_window(make_service: 
     t, admin, aid = await approved(svc, webhook_request())
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="failed", attempts=4)
-    await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=outbox.orders[-1].claim_token,
+    await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=(await outbox.last(aid)).claim_token,
                                        step=step, plan_status="dispatch_failed", results=[step]))
     clock.now += timedelta(seconds=61)
     assert await outcome(svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")) \
@@ -360,7 +415,7 @@ async def test_dispatch_plan_is_given_only_for_the_current_claim(make_service: A
     svc: ApprovalService = make_service()
     _, admin, aid = await approved(svc, webhook_request())
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
-    claim = outbox.orders[-1].claim_token
+    claim = (await outbox.last(aid)).claim_token
     plan = await svc.dispatch_plan(aid, claim)
     assert plan.stale is False and [s.step_id for s in plan.steps] == ["post-webhook"]
     assert plan.completed == []
@@ -374,16 +429,17 @@ async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
     t, admin, aid = await approved(svc, ExecuteRequest(action_id="environment.create",
                                                        payload={"name": "env-l"}))
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
-    first = outbox.orders[-1]
+    first = await outbox.last(aid)
     done = StepResult(step_id=first.steps[0].step_id, connector="github", operation="create_branch",
                       status="succeeded", attempts=1)
     clock.now += timedelta(seconds=50)
     await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=first.claim_token, step=done,
                                        plan_status="running"))  # progress renews the lease
     clock.now += timedelta(seconds=50)
-    assert await svc.fail_expired_leases() == 0
+    await svc.fail_expired_leases()  # other tests' dispatches in this database may be past their lease
+    assert (await svc.get_approval(admin, aid)).approval_status == "dispatching"
     clock.now += timedelta(seconds=11)
-    assert await svc.fail_expired_leases() == 1
+    assert await svc.fail_expired_leases() >= 1
     view = await svc.get_approval(admin, aid)
     assert view.approval_status == "dispatch_failed"
     assert [s.status for s in results_of(view)] == ["succeeded"] + ["not_run"] * 4
@@ -391,33 +447,12 @@ async def test_dispatch_without_progress_fails_at_its_lease_and_can_run_again(
     assert audit_of(view)[-1].event == "approval.dispatch.failed"
     assert (await svc.dispatch_plan(aid, first.claim_token)).stale is True  # the lost order is dead
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
-    again = await svc.dispatch_plan(aid, outbox.orders[-1].claim_token)
+    again = await svc.dispatch_plan(aid, (await outbox.last(aid)).claim_token)
     assert [c.step_id for c in again.completed] == [done.step_id]
 
 
 def _scoped(caplog: pytest.LogCaptureFixture, scope: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "scope", None) == scope]
-
-
-async def test_order_that_cannot_be_published_counts_as_a_dispatch_failure(
-        make_service: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """The runbook's dispatch_failure_total moves and approval.dispatch.failed is logged for it."""
-    svc: ApprovalService = make_service()
-
-    async def broker_down(order: Any) -> None:
-        raise ConnectionError("broker gone")
-
-    svc._publish_order = broker_down  # the broker refusing the order is what this test is about
-    _, admin, aid = await approved(svc, webhook_request())
-    failures = {"action_type": "notify.webhook"}
-    assert svc._metrics.registry.get_sample_value("dispatch_failure_total", failures) is None
-    caplog.set_level(logging.INFO, logger="pj.approvals")
-    with pytest.raises(ConnectionError):
-        await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
-    assert svc._metrics.registry.get_sample_value("dispatch_failure_total", failures) == 1
-    [record] = _scoped(caplog, "approval.dispatch.failed")
-    assert record.levelno == logging.ERROR
-    assert (record.__dict__["approvalId"], record.__dict__["reason"]) == (aid, "order_not_published")
 
 
 async def test_dispatch_failed_at_its_lease_logs_the_runbook_scope(

@@ -77,9 +77,18 @@ async def claim(conn: store.Conn, row: store.ApprovalRow, *, at: datetime = T0,
     token = uuid.uuid4()
     claimed = await store.claim_for_dispatch(
         conn, row, from_status=row.approval_status, to_status=next_status(row.approval_status, Transition.DISPATCH),
-        claim_token=token, lease_expires_at=at + lease,
+        order=order(token, at + lease),
         event=store.EventRecord(event_type="approval.dispatch.started", at=at, actor="adam", actor_role="admin"))
     return claimed, token
+
+
+# No relay publishes this queue: the orders the tests here queue stay in the outbox to be looked at.
+QUEUE = "pj-store-tests.dispatch"
+
+
+def order(token: uuid.UUID, lease: datetime, attempt: int = 1) -> store.QueuedOrder:
+    return store.QueuedOrder(claim_token=token, attempt=attempt, lease_expires_at=lease, queue=QUEUE,
+                             body=f'{{"claimToken": "{token}"}}'.encode())
 
 
 def step(step_id: str, status: StepStatus = "succeeded") -> StepResult:
@@ -195,12 +204,51 @@ async def test_one_person_deciding_twice_hits_the_primary_key(conn: store.Conn) 
 # ---------------------------------------------------------------- dispatch
 
 
-async def test_claim_for_dispatch_wins_once(conn: store.Conn) -> None:
+async def test_claim_for_dispatch_wins_once_with_its_one_order(conn: store.Conn) -> None:
     approved = await approve(conn, await insert(conn, new_row(tenant())))
     claimed, token = await claim(conn, approved)
     assert claimed is not None and claimed.approval_status is CLAIMED and claimed.claim_token == token
     lost, _ = await claim(conn, approved)  # `approved` still says approved; the row is dispatching
     assert lost is None
+    # The order was queued by the winning statement, and by it alone.
+    assert await store.queued_orders(conn, approved.id) == [f'{{"claimToken": "{token}"}}'.encode()]
+
+
+async def test_insert_of_a_launch_tier_approval_claims_it_and_queues_its_order(conn: store.Conn) -> None:
+    t = tenant()
+    token = uuid.uuid4()
+    row = dataclasses.replace(new_row(t, request_id="launch-1"), approval_status=CLAIMED, approver_id="policy",
+                              decided_at=T0, dispatched_at=T0, claim_token=token)
+    launch = store.Launch(approved_status=S.APPROVED, order=order(token, T0 + timedelta(minutes=1)))
+    inserted = await store.insert_approval(conn, row, created(), launch=launch)
+    assert inserted is not None and inserted.approval_status is CLAIMED and inserted.claim_token == token
+    assert await store.queued_orders(conn, row.id) == [launch.order.body]
+    plan = await store.claimed_plan(conn, row.id, token, held_status=CLAIMED)
+    assert plan is not None and plan.lease_expires_at == T0 + timedelta(minutes=1)
+    again = dataclasses.replace(row, id=uuid.uuid4())  # the same requestId: nothing inserted, nothing queued
+    assert await store.insert_approval(conn, again, created(), launch=launch) is None
+    assert await store.queued_orders(conn, again.id) == []
+    read = await store.get_approval(conn, row.id, t, operator_id=None)
+    assert read is not None and read.audit is not None
+    assert [(e["event"], e["from"], e["to"]) for e in read.audit] == [
+        ("approval.created", None, "approved"), ("approval.dispatch.started", "approved", "dispatching")]
+
+
+async def test_outbox_rows_are_taken_by_one_relay_until_their_claim_runs_out(conn: store.Conn) -> None:
+    queue = f"pj-take-{uuid.uuid4().hex[:8]}.dispatch"
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    token = uuid.uuid4()
+    queued_order = dataclasses.replace(order(token, T0 + timedelta(minutes=1)), queue=queue)
+    assert await store.claim_for_dispatch(
+        conn, approved, from_status=S.APPROVED, to_status=CLAIMED, order=queued_order,
+        event=store.EventRecord(event_type="approval.dispatch.started", at=T0)) is not None
+    [taken] = await store.take_outbox(conn, queue=queue, batch=10, hold_s=0.3)
+    assert (taken.approval_id, taken.body) == (approved.id, queued_order.body)
+    assert await store.take_outbox(conn, queue=queue, batch=10, hold_s=0.3) == []  # claimed
+    await store.release_outbox(conn, [taken.id])  # the publish failed: free again at once
+    assert [r.id for r in await store.take_outbox(conn, queue=queue, batch=10, hold_s=0.3)] == [taken.id]
+    await store.delete_outbox(conn, [taken.id])  # the broker confirmed it
+    assert await store.queued_orders(conn, approved.id) == []
 
 
 async def test_claim_for_dispatch_loses_when_the_plan_changed_or_the_window_passed(conn: store.Conn) -> None:

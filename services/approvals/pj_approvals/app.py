@@ -26,6 +26,10 @@ from .settings import ApprovalsSettings
 log = logging.getLogger("pj.approvals")
 
 
+# Dispatches one pass of the lease reaper handles in one short transaction.
+_REAP_BATCH = 100
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -57,6 +61,9 @@ class ApprovalsApp:
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
         self._sweeper = Periodic(self._sweep, settings.sweep_interval_s, name="expiry-sweeper",
                                  scope="sweeper.failed", logger=log, level=logging.ERROR)
+        # Re-issues (or, after the last attempt, fails) dispatches whose lease ran out.
+        self._reaper = Periodic(self._reap, settings.reaper_interval_s, name="lease-reaper",
+                                scope="reaper.failed", logger=log, level=logging.ERROR)
         self._relay = Periodic(self._relay_events, settings.event_relay_interval_s, name="event-relay",
                                scope="events.relay_failed", logger=log)
         # Keeps approval_pending_gauge current for direct scrapes (the RPC path refreshes it on demand).
@@ -112,13 +119,18 @@ class ApprovalsApp:
         return len(ready)
 
     async def _sweep(self) -> None:
-        """Expire approvals past their TTL or dispatch window; fail dispatches past their lease."""
+        """Expire approvals past their TTL or dispatch window."""
         expired = await self.service.expire_due()
         if expired:
             log.info("expired %d approvals", expired, extra={"scope": "sweeper.expired"})
-        failed = await self.service.fail_expired_leases()
-        if failed:
-            log.warning("failed %d dispatches past their lease", failed, extra={"scope": "sweeper.leases"})
+
+    async def _reap(self) -> bool:
+        """Re-issue or fail dispatches past their lease; True when a full batch was handled."""
+        reaped = await self.service.reap_expired_leases(batch=_REAP_BATCH)
+        if reaped:
+            log.warning("re-issued or failed %d dispatches past their lease", reaped,
+                        extra={"scope": "sweeper.leases"})
+        return reaped >= _REAP_BATCH
 
     def reload_catalog(self) -> None:
         """SIGHUP: load the catalog file again; a broken file keeps the current catalog in force."""
@@ -142,12 +154,13 @@ class ApprovalsApp:
         self._orders.start()
         self._listener.start()
         self._sweeper.start()
+        self._reaper.start()
         self._relay.start()
         if self._metrics_server.start():
             self._gauge.start()
 
     async def stop(self) -> None:
-        for periodic in (self._sweeper, self._gauge, self._relay):
+        for periodic in (self._sweeper, self._reaper, self._gauge, self._relay):
             await periodic.stop()
         await self._listener.stop()
         await self._orders.stop()

@@ -22,6 +22,9 @@ class Transition(StrEnum):
     DISPATCH = "dispatch"
     COMPLETE = "complete"
     FAIL = "fail"
+    # The reaper hands a dispatch whose lease ran out to a new claim (the next attempt): the approval
+    # stays dispatching, but the claim token changes by compare-and-set, so the table names it.
+    REISSUE = "reissue"
 
 
 # (from status, transition) -> to status. Anything not listed is forbidden. Every compare-and-set in
@@ -36,6 +39,7 @@ TRANSITIONS: dict[tuple[ApprovalStatus, Transition], ApprovalStatus] = {
     (S.DISPATCH_FAILED, Transition.DISPATCH): S.DISPATCHING,
     (S.DISPATCHING, Transition.COMPLETE): S.DISPATCHED,
     (S.DISPATCHING, Transition.FAIL): S.DISPATCH_FAILED,
+    (S.DISPATCHING, Transition.REISSUE): S.DISPATCHING,
 }
 
 TERMINAL_STATUSES = frozenset({S.REJECTED, S.DISPATCHED, S.EXPIRED})

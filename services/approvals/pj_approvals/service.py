@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 from uuid import UUID
 
 import psycopg
@@ -111,6 +111,19 @@ def _parse_id(approval_id: str) -> UUID:
 
 def _owner_filter(principal: Principal) -> str | None:
     return None if principal.sees_whole_tenant else principal.subject
+
+
+class OrderSource(Protocol):
+    """What a dispatch order is made of: the approval's identity and its approved plan."""
+
+    @property
+    def id(self) -> UUID: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def action_id(self) -> str: ...
+    @property
+    def plan(self) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +402,7 @@ class ApprovalService:
         self._dispatch_started(row, correlation_id)
         return DispatchStarted(DispatchOutcome(approval_id=str(row.id), approval_status=row.approval_status))
 
-    def _queued_order(self, row: store.ApprovalRow, *, now: datetime, completed: list[StepResult],
+    def _queued_order(self, row: OrderSource, *, now: datetime, completed: list[StepResult],
                       notify: ReplyAddress | None, attempt: int = 1) -> store.QueuedOrder:
         """The first (or `attempt`-th) order of a dispatch of `row` under a fresh claim and lease."""
         claim = uuid.uuid4()
@@ -532,21 +545,55 @@ class ApprovalService:
             if len(rows) < batch:
                 return total
 
-    async def fail_expired_leases(self, batch: int = 500) -> int:
-        """Fail dispatches whose lease ran out (order lost, dispatchers gone): an admin may dispatch
-        again and the steps already done are skipped; a late order or report for the old claim is stale."""
-        from_status, to_status = edge(Transition.FAIL)
-        message = f"no progress within the dispatch lease ({self._settings.dispatch_lease_s:g}s); dispatch again"
-        event = store.EventRecord(event_type="approval.dispatch.failed", at=self._now(), note=message)
-        async with self._pool.connection() as conn:
-            rows = await store.fail_expired_leases(conn, from_status=from_status, to_status=to_status,
-                                                   batch=batch, message=message, event=event)
-        for row in rows:
+    async def reap_expired_leases(self, batch: int = 100) -> int:
+        """Hand each dispatch whose lease ran out (its dispatcher died, its order was lost) to a new
+        claim, the next attempt, whose order carries the steps already done; after the last of
+        PJ_MAX_DISPATCH_ATTEMPTS attempts, fail it. A late report or renewal of the old claim is stale.
+        Returns how many dispatches it re-issued or failed."""
+        now = self._now()
+        async with self._pool.connection() as conn, conn.transaction():
+            lapsed = await store.lock_lapsed_dispatches(conn, held_status=CLAIMED, now=now, batch=batch)
+            last = [d for d in lapsed if d.dispatch_attempt >= self._settings.max_dispatch_attempts]
+            reissued = [row for d in lapsed if d not in last
+                        if (row := await self._reissue(conn, d, now=now)) is not None]
+            failed = await self._fail_lapsed(conn, last, now=now) if last else []
+        if reissued:
+            self._order_queued()
+        for row in reissued:
+            log.warning("dispatch lease expired; re-issued to a new claim", extra={
+                "scope": "approval.dispatch.reissued", "reason": "lease_expired", "approvalId": str(row.id),
+                "requestId": row.request_id})
+        for row in failed:
             self._metrics.dispatch_failure.labels(row.action_id).inc()
-            log.warning("dispatch lease expired", extra={
+            log.warning("dispatch lease expired after its last attempt", extra={
                 "scope": "approval.dispatch.failed", "reason": "lease_expired", "approvalId": str(row.id),
                 "requestId": row.request_id})
-        return len(rows)
+        return len(reissued) + len(failed)
+
+    async def _reissue(self, conn: store.Conn, lapsed: store.LapsedDispatch, *, now: datetime
+                       ) -> store.ApprovalRow | None:
+        attempt = lapsed.dispatch_attempt + 1
+        order = self._queued_order(lapsed, now=now, notify=None, attempt=attempt,
+                                   completed=[StepResult.model_validate(c) for c in lapsed.completed])
+        from_status, to_status = edge(Transition.REISSUE)
+        note = (f"no lease renewal within {self._settings.dispatch_lease_s:g}s; "
+                f"re-issued as attempt {attempt} of {self._settings.max_dispatch_attempts}")
+        return await store.reissue_dispatch(
+            conn, lapsed, from_status=from_status, to_status=to_status, order=order,
+            event=store.EventRecord(event_type="approval.dispatch.started", at=now, note=note))
+
+    async def _fail_lapsed(self, conn: store.Conn, lapsed: list[store.LapsedDispatch], *, now: datetime
+                           ) -> list[store.ApprovalRow]:
+        from_status, to_status = edge(Transition.FAIL)
+        attempts = self._settings.max_dispatch_attempts
+        lease = f"{self._settings.dispatch_lease_s:g}s"
+        outcome = store.LapsedOutcome(
+            unknown_message=(f"the dispatch lost its lease ({lease}) on each of its {attempts} attempts while this "
+                             "step may have been running: check its target before dispatching again"),
+            not_run_message=f"not started: the dispatch lost its lease ({lease}) on each of its {attempts} attempts")
+        return await store.fail_lapsed_dispatches(
+            conn, lapsed, from_status=from_status, to_status=to_status, outcome=outcome,
+            event=store.EventRecord(event_type="approval.dispatch.failed", at=now, note=outcome.not_run_message))
 
     async def health(self) -> HealthReport:
         try:

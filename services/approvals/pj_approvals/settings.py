@@ -12,9 +12,15 @@ class ApprovalsSettings(DispatchSigningSettings):
     catalog: Path = DEFAULT_CATALOG
     pending_ttl_s: float = 48 * 3600
     dispatch_window_s: float = 24 * 3600
+    # The expiry sweep (pending and approved approvals past their expiry).
     sweep_interval_s: float = 300
-    # A dispatch that reports no progress for this long is failed by the sweeper (then re-dispatchable).
-    dispatch_lease_s: float = 900
+    # A dispatch's claim holds for this long; its dispatcher renews it while running (every
+    # PJ_LEASE_RENEW_S, 15 s) and each step report renews it too. The lease reaper re-issues a dispatch
+    # whose lease ran out to a new claim (the next attempt), up to PJ_MAX_DISPATCH_ATTEMPTS attempts in
+    # all, then fails it. It looks every PJ_REAPER_INTERVAL_S.
+    dispatch_lease_s: float = 60
+    reaper_interval_s: float = 5
+    max_dispatch_attempts: int = 3
     # The order relay: it publishes the dispatch outbox at once when woken after a commit (this
     # process's, or another's by LISTEN/NOTIFY), else every PJ_OUTBOX_POLL_INTERVAL_S; at most
     # PJ_OUTBOX_BATCH orders in flight together, each confirmed by the broker within

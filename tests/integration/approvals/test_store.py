@@ -332,7 +332,14 @@ async def test_expire_due_takes_only_the_given_statuses_past_their_expiry(conn: 
     assert row.audit is not None and (row.audit[-1]["from"], row.audit[-1]["to"]) == ("pending", "expired")
 
 
-async def test_fail_expired_leases_fails_only_dispatches_past_their_lease(conn: store.Conn) -> None:
+async def lapsed_now(conn: store.Conn, *ids: uuid.UUID) -> dict[uuid.UUID, store.LapsedDispatch]:
+    """Of `ids`, those past their lease at T0, as the reaper locks them (the transaction ends at once)."""
+    async with conn.transaction():
+        due = await store.lock_lapsed_dispatches(conn, held_status=CLAIMED, now=T0, batch=100_000)
+    return {d.id: d for d in due if d.id in ids}
+
+
+async def test_a_lapsed_dispatch_is_reissued_to_a_new_claim_once(conn: store.Conn) -> None:
     t = tenant()
     lapsed = await approve(conn, await insert(conn, new_row(t)))
     claimed, token = await claim(conn, lapsed)
@@ -342,21 +349,63 @@ async def test_fail_expired_leases_fails_only_dispatches_past_their_lease(conn: 
                             now=T0, lease_expires_at=T0 - timedelta(minutes=1))
     running = await approve(conn, await insert(conn, new_row(t)))
     assert (await claim(conn, running, lease=timedelta(hours=1)))[0] is not None
+    due = await lapsed_now(conn, lapsed.id, running.id)
+    assert list(due) == [lapsed.id]
+    found = due[lapsed.id]
+    assert (found.claim_token, found.dispatch_attempt, found.plan) == (token, 1, PLAN)
+    assert [c["stepId"] for c in found.completed] == ["one"]
+    new_token = uuid.uuid4()
+    from_status, to_status = edge(Transition.REISSUE)
+
+    async def reissue() -> store.ApprovalRow | None:
+        return await store.reissue_dispatch(
+            conn, found, from_status=from_status, to_status=to_status,
+            order=order(new_token, T0 + timedelta(minutes=1), attempt=2),
+            event=store.EventRecord(event_type="approval.dispatch.started", at=T0, note="re-issued"))
+
+    reissued = await reissue()
+    assert reissued is not None and reissued.claim_token == new_token and reissued.approval_status is CLAIMED
+    assert await reissue() is None  # the lapsed claim no longer holds: no second order
+    assert await store.queued_orders(conn, lapsed.id) == [order(token, T0).body, order(new_token, T0).body]
+    assert await store.claimed_plan(conn, lapsed.id, token, held_status=CLAIMED) is None  # the old claim is stale
+    assert not await store.record_step(conn, approval_id=lapsed.id, claim_token=token, held_status=CLAIMED,
+                                       step=step("two"), now=T0, lease_expires_at=T0 + timedelta(hours=1))
+    assert lapsed.id not in await lapsed_now(conn, lapsed.id)  # its new lease holds
+    row = await store.get_approval(conn, lapsed.id, t, operator_id=None)
+    assert row is not None and row.audit is not None
+    assert (row.audit[-1]["event"], row.audit[-1]["from"], row.audit[-1]["to"]) == (
+        "approval.dispatch.started", "dispatching", "dispatching")
+
+
+async def test_a_lapsed_dispatch_fails_with_outcome_unknown_on_the_step_that_may_have_started(
+        conn: store.Conn) -> None:
+    t = tenant()
+    halfway = await approve(conn, await insert(conn, new_row(t)))
+    _, token = await claim(conn, halfway)
+    await store.record_step(conn, approval_id=halfway.id, claim_token=token, held_status=CLAIMED, step=step("one"),
+                            now=T0, lease_expires_at=T0 - timedelta(minutes=1))
+    untouched = await approve(conn, await insert(conn, new_row(t)))
+    await claim(conn, untouched, lease=-timedelta(minutes=1))
+    due = await lapsed_now(conn, halfway.id, untouched.id)
     from_status, to_status = edge(Transition.FAIL)
 
-    async def sweep() -> set[uuid.UUID]:
-        rows = await store.fail_expired_leases(
-            conn, from_status=from_status, to_status=to_status, batch=100_000, message="no progress",
-            event=store.EventRecord(event_type="approval.dispatch.failed", at=T0, note="no progress"))
+    async def fail() -> set[uuid.UUID]:
+        rows = await store.fail_lapsed_dispatches(
+            conn, list(due.values()), from_status=from_status, to_status=to_status,
+            outcome=store.LapsedOutcome(unknown_message="may have run", not_run_message="never started"),
+            event=store.EventRecord(event_type="approval.dispatch.failed", at=T0, note="no lease"))
         return {r.id for r in rows}
 
-    failed = await sweep()
-    assert lapsed.id in failed and running.id not in failed
-    assert lapsed.id not in await sweep()  # lost: it is dispatch_failed now
-    row = await store.get_approval(conn, lapsed.id, t, operator_id=None)
-    assert row is not None and row.approval_status is S.DISPATCH_FAILED and row.dispatch_result is not None
-    assert [(r["stepId"], r["status"]) for r in row.dispatch_result] == [("one", "succeeded"), ("two", "not_run")]
-    assert row.dispatch_result[1]["error"] == {"code": "lease_expired", "message": "no progress"}
+    assert await fail() == {halfway.id, untouched.id}
+    assert await fail() == set()  # lost: they are dispatch_failed now
+
+    async def result(approval_id: uuid.UUID) -> list[tuple[str, str, str | None]]:
+        row = await store.get_approval(conn, approval_id, t, operator_id=None)
+        assert row is not None and row.approval_status is S.DISPATCH_FAILED and row.dispatch_result is not None
+        return [(r["stepId"], r["status"], (r.get("error") or {}).get("code")) for r in row.dispatch_result]
+
+    assert await result(halfway.id) == [("one", "succeeded", None), ("two", "failed", "outcome_unknown")]
+    assert await result(untouched.id) == [("one", "failed", "outcome_unknown"), ("two", "not_run", "lease_expired")]
 
 
 # ---------------------------------------------------------------- event relay and schema

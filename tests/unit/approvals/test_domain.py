@@ -38,6 +38,7 @@ EXPECTED_EDGES: dict[tuple[str, Transition], str] = {
     ("dispatch_failed", Transition.DISPATCH): "dispatching",
     ("dispatching", Transition.COMPLETE): "dispatched",
     ("dispatching", Transition.FAIL): "dispatch_failed",
+    ("dispatching", Transition.REISSUE): "dispatching",
 }
 
 STATUSES = tuple(ApprovalStatus)
@@ -54,10 +55,10 @@ def test_status_and_transition_universe() -> None:
         "pending", "approved", "rejected", "dispatching", "dispatched", "dispatch_failed", "expired",
     )
     assert {t.value for t in Transition} == {"approve", "reject", "advance", "expire", "dispatch", "complete",
-                                             "fail"}
-    # 7 statuses x 7 transitions, 9 allowed.
-    assert len(ALL_PAIRS) == 49
-    assert len(FORBIDDEN_PAIRS) == 40
+                                             "fail", "reissue"}
+    # 7 statuses x 8 transitions, 10 allowed.
+    assert len(ALL_PAIRS) == 56
+    assert len(FORBIDDEN_PAIRS) == 46
 
 
 def test_transition_table_is_exactly_the_expected_one() -> None:
@@ -117,6 +118,7 @@ def test_every_non_terminal_status_has_a_way_out() -> None:
         (Transition.DISPATCH, ("approved", "dispatch_failed")),
         (Transition.COMPLETE, ("dispatching",)),
         (Transition.FAIL, ("dispatching",)),
+        (Transition.REISSUE, ("dispatching",)),
     ],
 )
 def test_sources_of(transition: Transition, sources: tuple[str, ...]) -> None:
@@ -144,6 +146,7 @@ def test_edge_is_the_one_source_and_its_target() -> None:
     assert edge(Transition.ADVANCE) == (ApprovalStatus.PENDING, ApprovalStatus.PENDING)
     assert edge(Transition.COMPLETE) == (ApprovalStatus.DISPATCHING, ApprovalStatus.DISPATCHED)
     assert edge(Transition.FAIL) == (ApprovalStatus.DISPATCHING, ApprovalStatus.DISPATCH_FAILED)
+    assert edge(Transition.REISSUE) == (ApprovalStatus.DISPATCHING, ApprovalStatus.DISPATCHING)
     for several in (Transition.EXPIRE, Transition.DISPATCH):  # more than one source: no single edge
         with pytest.raises(ValueError):
             edge(several)
@@ -153,7 +156,7 @@ def test_target_of_is_the_same_from_every_source() -> None:
     assert {t: target_of(t) for t in Transition} == {
         Transition.APPROVE: "approved", Transition.REJECT: "rejected", Transition.ADVANCE: "pending",
         Transition.EXPIRE: "expired", Transition.DISPATCH: "dispatching", Transition.COMPLETE: "dispatched",
-        Transition.FAIL: "dispatch_failed"}
+        Transition.FAIL: "dispatch_failed", Transition.REISSUE: "dispatching"}
 
 
 def test_the_claim_holds_in_dispatching() -> None:

@@ -2,6 +2,8 @@
 compare-and-set and its audit row together), so it runs atomically in autocommit mode with a
 single round trip."""
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -208,15 +210,16 @@ async def find_by_request(conn: Conn, tenant_id: str, request_id: str) -> Approv
 async def get_approval(conn: Conn, approval_id: UUID, tenant_id: str, *, operator_id: str | None,
                        with_audit: bool = True, with_decisions: bool = False) -> ApprovalRow | None:
     """One approval visible to the caller, with its audit trail and/or its decisions if asked."""
-    where, params = _visibility(tenant_id, operator_id)
-    params["id"] = approval_id
     extra = f", {_AUDIT_JSON.format(src='approval_events')} AS audit" if with_audit else ""
     if with_decisions:
         extra += f", {_DECISIONS_JSON.format(src='approval_decisions')} AS decisions"
+    # By id alone, and the caller's visibility checked on the row: a condition on the tenant would let
+    # the planner pick a tenant index over the primary key when it misjudges how many rows match.
     async with conn.cursor(row_factory=class_row(ApprovalRow)) as cur:
-        await cur.execute(f"SELECT {_COLUMNS}{extra} FROM approvals a WHERE a.id = %(id)s AND {where}",
-                          params)
-        return await cur.fetchone()
+        await cur.execute(f"SELECT {_COLUMNS}{extra} FROM approvals a WHERE a.id = %(id)s", {"id": approval_id})
+        row = await cur.fetchone()
+    visible = row is not None and row.tenant_id == tenant_id and operator_id in (None, row.operator_id)
+    return row if visible else None
 
 
 async def list_approvals(conn: Conn, tenant_id: str, operator_id: str | None, *, status: ApprovalStatus | None,
@@ -240,11 +243,15 @@ async def list_approvals(conn: Conn, tenant_id: str, operator_id: str | None, *,
 
 async def count_pending(conn: Conn, tenant_id: str | None, operator_id: str | None, *, now: datetime) -> int:
     """Unexpired pending approvals: of one tenant (scoped like a list), or of all tenants (tenant None)."""
-    where, params = ("true", {}) if tenant_id is None else _visibility(tenant_id, operator_id)
+    params: dict[str, Any]
+    if tenant_id is None:  # the sweeper's index holds every unexpired pending approval, with its status
+        where, params = "a.expiry_due_at > %(now)s", {}
+    else:  # the tenant's status index, with expires_at in it
+        where, params = _visibility(tenant_id, operator_id)
+        where += " AND a.expires_at > %(now)s"
     params.update(now=now, pending=ApprovalStatus.PENDING)
-    cur = await conn.execute(
-        f"SELECT count(*) FROM approvals a WHERE {where}"
-        " AND a.approval_status = %(pending)s AND a.expires_at > %(now)s", params)
+    cur = await conn.execute(f"SELECT count(*) FROM approvals a WHERE {where} AND a.approval_status = %(pending)s",
+                             params)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -271,12 +278,14 @@ async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, *, 
     row and the event; the decision's `dispatch_expires_at` (if set) replaces the expiry. None if the CAS lost
     (someone decided in between, or it expired); a person deciding twice at once fails on the decisions'
     primary key."""
-    params = {"id": seen.id, "tenant_id": seen.tenant_id, "seen_stage": seen.stage_index,
+    params = {"id": seen.id, "seen_stage": seen.stage_index,
               "seen_count": seen.stage_approvals, "from_status": from_status, "to_status": to_status,
               "to_stage": decision.to_stage_index, "to_count": decision.to_stage_approvals,
               "final": decision.final, "approver_id": decision.approver_id, "approver_role": decision.approver_role,
               "decision": decision.decision, "approval_note": decision.note, "stage_name": decision.stage_name,
               "dispatch_expires_at": decision.dispatch_expires_at, **_event_params(event)}
+    # `seen` was read as visible to the decider and an approval never changes tenant, so the CAS finds
+    # the row by id alone: no tenant condition for the planner to match with a tenant's status index.
     query = f"""
         WITH changed AS (
             UPDATE approvals SET approval_status = %(to_status)s, stage_index = %(to_stage)s,
@@ -285,7 +294,7 @@ async def record_decision(conn: Conn, seen: ApprovalRow, decision: Decision, *, 
                 approval_note = CASE WHEN %(final)s THEN %(approval_note)s ELSE approval_note END,
                 decided_at = CASE WHEN %(final)s THEN %(now)s ELSE decided_at END,
                 expires_at = coalesce(%(dispatch_expires_at)s, expires_at)
-            WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = %(from_status)s
+            WHERE id = %(id)s AND approval_status = %(from_status)s
               AND expires_at > %(now)s AND stage_index = %(seen_stage)s AND stage_approvals = %(seen_count)s
             RETURNING {_COLUMNS}),
         decided AS (
@@ -314,7 +323,7 @@ async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, *, from_status: Appr
             UPDATE approvals SET approval_status = %(to_status)s, claim_token = %(claim)s,
                 dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s,
                 dispatch_attempt = %(attempt)s
-            WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND approval_status = %(from_status)s
+            WHERE id = %(id)s AND approval_status = %(from_status)s
               AND plan_hash = %(plan_hash)s AND plan = %(plan)s AND expires_at > %(now)s
             RETURNING {_COLUMNS}),
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")}),
@@ -426,11 +435,13 @@ async def expire_due(conn: Conn, *, from_statuses: tuple[ApprovalStatus, ...], t
     keeps several approvals processes from fighting over the same rows."""
     params = {"batch": batch, "from_statuses": list(from_statuses), "to_status": to_status,
               **_event_params(event)}
+    # expiry_due_at is expires_at while the approval is pending or approved (migration 0009), the
+    # statuses the domain expires: the sweeper's own index, which no other statement can pick.
     query = f"""
         WITH due AS (
             SELECT id, approval_status FROM approvals
-            WHERE approval_status = ANY(%(from_statuses)s) AND expires_at <= %(now)s
-            ORDER BY expires_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED),
+            WHERE expiry_due_at <= %(now)s AND approval_status = ANY(%(from_statuses)s)
+            ORDER BY expiry_due_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED),
         changed AS (
             UPDATE approvals a SET approval_status = %(to_status)s, updated_at = %(now)s
             FROM due WHERE a.id = due.id AND a.approval_status = due.approval_status
@@ -638,6 +649,76 @@ async def advance_relay_cursor(conn: Conn, name: str, last_id: int) -> None:
 
 async def ping(conn: Conn) -> None:
     await conn.execute("SELECT 1")
+
+
+# ---------------------------------------------------------------- plans
+
+
+_COPIED = ("id", "tenant_id", "request_id", "operator_id", "action_id", "payload", "request_hash", "approval_status",
+           "plan", "plan_hash", "created_at", "updated_at", "expires_at", "approval_rule")
+
+
+async def copy_approvals(conn: Conn, rows: list[ApprovalRow]) -> None:
+    """Bulk-load approvals as they are, without events: for tests and benchmarks that need a big table."""
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in _COPIED)
+    async with conn.cursor() as cur, cur.copy(sql.SQL("COPY approvals ({}) FROM STDIN").format(columns)) as copy:
+        for row in rows:
+            await copy.write_row([Jsonb(v) if isinstance(v, dict | list) else v
+                                  for v in (getattr(row, c) for c in _COPIED)])
+
+
+async def analyze(conn: Conn) -> None:
+    """Collect the approvals table's statistics now (autovacuum would, in its own time)."""
+    await conn.execute("ANALYZE approvals")
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
+
+
+def _numbered(query: str, params: Mapping[str, Any] | Sequence[Any]) -> tuple[str, list[Any]]:
+    """`query` with psycopg's placeholders as PostgreSQL's $1, $2... (a name used twice is one
+    parameter, as psycopg sends it) and the values in that order."""
+    names: list[str] = []
+    values: list[Any] = []
+    positional = iter(params) if not isinstance(params, Mapping) else None
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if match.group(0) == "%%":
+            return "%"
+        if name is None:
+            assert positional is not None, "a %s placeholder needs a sequence of parameters"
+            values.append(next(positional))
+            return f"${len(values)}"
+        assert isinstance(params, Mapping), "a %(name)s placeholder needs a mapping of parameters"
+        if name not in names:
+            names.append(name)
+            values.append(params[name])
+        return f"${names.index(name) + 1}"
+
+    return _PLACEHOLDER.sub(number, query), values
+
+
+async def explain(conn: Conn, query: str, params: Mapping[str, Any] | Sequence[Any], *,
+                  generic: bool = False) -> dict[str, Any]:
+    """The plan (EXPLAIN, FORMAT JSON, not run) PostgreSQL picks for one of this module's statements:
+    the custom plan for these values, or with `generic` the plan a prepared statement reuses for any
+    values (psycopg prepares a statement from its 5th run, and PostgreSQL may then plan it generically)."""
+    if not generic:
+        cur = await conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query), params)
+        row = await cur.fetchone()
+        return dict(row[0][0]["Plan"]) if row else {}
+    numbered, values = _numbered(query, params)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(b"PREPARE pj_explained AS " + numbered.encode())
+        try:
+            cur = await conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE pj_explained ({})").format(
+                sql.SQL(", ").join(sql.Literal(v) for v in values)))
+            row = await cur.fetchone()
+        finally:
+            await conn.execute("DEALLOCATE pj_explained")
+    return dict(row[0][0]["Plan"]) if row else {}
 
 
 # ---------------------------------------------------------------- schema

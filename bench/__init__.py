@@ -1,1 +1,0 @@
-"""`make bench`: the load generator, the webhook receiver and the instruments that measure the system."""

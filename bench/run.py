@@ -1,10 +1,11 @@
 """`make bench`: start an isolated system, drive HTTP load at it, write figures as JSON and a chart.
 
-The driver starts its own gateway, approvals service and N dispatchers (like `make up`, but with its
-own database, broker prefix, port, JWT secret and webhook receiver), runs each scenario for a bounded
-time after a warm-up, records throughput, latency percentiles, errors by status and the CPU seconds
-each process used, then stops everything and deletes its queues and exchanges, even on failure.
-See bench/README.md for what each figure means.
+The driver starts its own gateway, approvals service and dispatchers (like `make up`, but with its own
+database, RabbitMQ vhost, port, JWT secret and webhook receiver), runs one scenario per performance target
+for a bounded time (or count) after a warm-up, and records throughput, latency percentiles, errors, the
+CPU seconds and memory of each process, and what one lifecycle costs in SQL statements, transactions,
+AMQP messages, RPC round trips, HTTP requests and log lines. It stops everything and deletes its vhost
+even on failure. See bench/README.md for what each figure means, docs/performance.md for the results.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import os
 import platform
 import random
@@ -32,49 +32,51 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # tests.support.webhook_sink and the workspace packages
+if str(REPO) not in sys.path:  # bench.*, tests.support.system and the workspace packages
     sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
+from bench import bulk, counts  # noqa: E402
+from bench.chart import render_chart  # noqa: E402
+from bench.httpclient import CLIENT_KINDS, Client, HttpFailure, Response, make_clients, skip_failed_sniffio_import  # noqa: E402
+from bench.receiver import Receiver  # noqa: E402
 from pj_approvals import store  # noqa: E402
 from pj_common.auth import mint_token  # noqa: E402
 from pj_common.topology import Topology  # noqa: E402
 from tests.support.system import System, delete_topology, free_port, with_dbname  # noqa: E402
 
-
-def _skip_failed_sniffio_import() -> bool:
-    """Spare the driver httpcore's failed `import sniffio` on every request (this process only).
-
-    httpcore 1.0's `current_async_library()` runs `import sniffio` each time it makes a lock or event and
-    answers "asyncio" when that fails; anyio 4.x no longer installs sniffio, so every call scans sys.path
-    for it (a quarter of the driver's CPU at 32 connections). Give the fallback's answer directly. The
-    services are started as installed (the dispatcher's httpx pays the same cost: see bench/README.md).
-    """
-    try:
-        import sniffio  # noqa: F401
-    except ImportError:
-        from httpcore import _synchronization
-
-        if callable(getattr(_synchronization, "current_async_library", None)):
-            _synchronization.current_async_library = lambda: "asyncio"  # type: ignore[assignment]
-            return True
-    return False
-
-
-SNIFFIO_FALLBACK_PATCHED = _skip_failed_sniffio_import()
-SCENARIOS = ("execute", "lifecycle", "read")
-# The original system's figures on 2 cores (ARCHITECTURE.md): what this one is compared with.
-TARGETS = {"lifecycle_per_s": 420, "execute_per_s": 850}
-TARGET_BY_SCENARIO = {"execute": "execute_per_s", "lifecycle": "lifecycle_per_s"}
+SNIFFIO_FALLBACK_PATCHED = skip_failed_sniffio_import()  # for httpx in this process (--client httpx, health checks)
+SCENARIOS = ("counts", "lifecycle", "execute", "execute_p99", "lifecycle_1", "read", "scaling", "sweep", "soak")
+DEFAULT_SCENARIOS = ("counts", "lifecycle", "execute", "execute_p99", "lifecycle_1", "read", "scaling", "sweep")
+# What each scenario is held against. The original system's figures on 2 cores (ARCHITECTURE.md) are the
+# throughput targets; `None` is a target the issue names without a figure here: fill it in when it is set.
+TARGETS: dict[str, dict[str, Any]] = {
+    "lifecycle": {"metric": "rate_per_s", "target": 420, "better": "higher", "unit": "lifecycles/s",
+                  "what": "lifecycles/s at 32 in flight (original system: 420/s)"},
+    "execute": {"metric": "rate_per_s", "target": 850, "better": "higher", "unit": "executes/s",
+                "what": "executes/s at 32 in flight (original system: 850/s)"},
+    "execute_p99": {"metric": "latency_ms.p99", "target": None, "better": "lower", "unit": "ms",
+                    "what": "execute p99 latency at 8 in flight"},
+    "lifecycle_1": {"metric": "latency_ms.p50", "target": None, "better": "lower", "unit": "ms",
+                    "what": "one lifecycle at 1 in flight, p50"},
+    "scaling": {"metric": "steps_per_s", "target": "0.9 * N * C * 10", "better": "higher", "unit": "steps/s",
+                "what": "dispatch steps/s, N dispatchers x C, 100 ms a call"},
+    "read": {"metric": "rate_per_s", "target": None, "better": "higher", "unit": "reads/s",
+             "what": "reads/s at 32 in flight with 100,000 approvals stored"},
+    "sweep": {"metric": "sweep_s", "target": None, "better": "lower", "unit": "s",
+              "what": "seconds to expire 100,000 overdue approvals"},
+    "soak": {"metric": "rss_growth_mb", "target": None, "better": "lower", "unit": "MB",
+             "what": "RSS growth of the services over the soak"},
+}
 CSRF = {"X-PuddleJumper-Request": "true"}
 ISSUER, AUDIENCE = "puddlejumper", "pj-approval-gate"
 TENANT = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HTTP_TIMEOUT_S = 30.0  # longer than PJ_DISPATCH_WAIT_S (10 s), so a slow dispatch shows as 202, not a timeout
 MAX_OPS_PER_WORKER = 1_000_000  # every load loop is bounded in count as well as in time
-READ_POOL_MIN = 200  # approvals the read scenario picks from; topped up with executes if fewer exist
+READ_POOL_MIN = 200  # approvals the read scenario picks from when no bulk rows were made
+SWEEP_INTERVAL_S = "1"  # the sweep scenario's approvals run their sweeper every second (default: 300 s)
 
 
 def env_default(name: str, default: str) -> str:
@@ -82,21 +84,63 @@ def env_default(name: str, default: str) -> str:
     return value if value.strip() else default
 
 
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve the scenario list and refuse options outside their bounds (every load loop is bounded)."""
+    names = [s.strip() for s in args.scenarios.split(",") if s.strip()] or list(DEFAULT_SCENARIOS)
+    if args.soak > 0 and "soak" not in names:
+        names.append("soak")
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {','.join(SCENARIOS)}")
+    args.scenarios = names
+    try:
+        args.scaling_dispatchers = [int(n) for n in args.scaling_dispatchers.split(",") if n.strip()]
+    except ValueError:
+        parser.error("--scaling-dispatchers is a comma-separated list of counts, e.g. 1,2,4")
+    if args.seconds <= 0 or args.seconds > 600 or args.warmup < 0 or args.warmup > 120:
+        parser.error("--seconds must be in (0, 600] and --warmup in [0, 120]")
+    if not 1 <= args.concurrency <= 1024 or not 1 <= args.dispatchers <= 32:
+        parser.error("--concurrency must be in 1..1024 and --dispatchers in 1..32")
+    if not 1 <= args.scaling_concurrency <= 256 or not all(1 <= n <= 16 for n in args.scaling_dispatchers):
+        parser.error("--scaling-concurrency must be in 1..256 and each scaling dispatcher count in 1..16")
+    if not 0 <= args.soak <= 3600 or not 1 <= args.rows <= 1_000_000 or not 1 <= args.count_lifecycles <= 10_000:
+        parser.error("SOAK must be in [0, 3600] s, --rows in 1..1000000, --count-lifecycles in 1..10000")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    quick_env = env_default("QUICK", "0") not in ("0", "", "false", "no")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=float(env_default("BENCH_SECONDS", "10")),
-                        help="measured duration of each scenario (BENCH_SECONDS, default 10)")
-    parser.add_argument("--warmup", type=float, default=float(env_default("BENCH_WARMUP", "2")),
-                        help="unmeasured load before each scenario's measurement (BENCH_WARMUP, default 2)")
+    parser.add_argument("--quick", action="store_true", default=quick_env,
+                        help="QUICK=1: a smoke run of every scenario, under a minute: 2 s each, 10,000 rows instead of "
+                             "100,000, 30 counted lifecycles, scaling with 1 and 2 dispatchers of concurrency 4")
+    parser.add_argument("--soak", type=float, default=float(env_default("SOAK", "0")),
+                        help="SOAK=<seconds>: add the soak scenario (lifecycles at 32 in flight, memory watched)")
+    parser.add_argument("--seconds", type=float, default=None, help="measured duration of each scenario "
+                        "(BENCH_SECONDS, default 10; 3 with --quick)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="unmeasured load before each measurement (BENCH_WARMUP, default 2; 1 with --quick)")
     parser.add_argument("--concurrency", type=int, default=int(env_default("BENCH_CONCURRENCY", "32")),
-                        help="HTTP requests in flight (BENCH_CONCURRENCY, default 32)")
+                        help="requests in flight in lifecycle, execute, read and soak (BENCH_CONCURRENCY, default 32)")
     parser.add_argument("--dispatchers", type=int, default=int(env_default("BENCH_DISPATCHERS", "1")),
-                        help="dispatcher processes (BENCH_DISPATCHERS, default 1)")
-    parser.add_argument("--scenarios", default=env_default("BENCH_SCENARIOS", ",".join(SCENARIOS)),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)} (BENCH_SCENARIOS)")
-    parser.add_argument("--client", choices=("per-worker", "shared"), default=env_default("BENCH_CLIENT", "per-worker"),
-                        help="one keep-alive connection per worker, or one shared pool of --concurrency connections"
-                             " (BENCH_CLIENT, default per-worker)")
+                        help="dispatcher processes outside the scaling scenario (BENCH_DISPATCHERS, default 1)")
+    parser.add_argument("--scenarios", default=env_default("BENCH_SCENARIOS", ""),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (BENCH_SCENARIOS; default all but "
+                             "soak, which SOAK= adds)")
+    parser.add_argument("--client", choices=CLIENT_KINDS, default=env_default("BENCH_CLIENT", "lean"),
+                        help="load generator: lean (asyncio, default), httpx (a client of one connection per "
+                             "worker) or httpx-shared (one pool) (BENCH_CLIENT)")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="approvals stored for read and sweep (BENCH_ROWS, default 100000; 10000 with --quick)")
+    parser.add_argument("--count-lifecycles", type=int, default=None,
+                        help="lifecycles the counts scenario runs (default 200; 50 with --quick)")
+    parser.add_argument("--scaling-concurrency", type=int, default=None,
+                        help="C: PJ_DISPATCHER_CONCURRENCY of each dispatcher in the scaling scenario "
+                             "(BENCH_SCALING_CONCURRENCY, default 8; 4 with --quick)")
+    parser.add_argument("--scaling-dispatchers", default=None,
+                        help="dispatcher counts the scaling scenario steps through (BENCH_SCALING_DISPATCHERS, "
+                             "default 1,2,4; 1,2 with --quick)")
+    parser.add_argument("--scaling-delay", type=float, default=0.1,
+                        help="seconds the receiver adds to every call in the scaling scenario (default 0.1)")
     parser.add_argument("--database", default=env_default("BENCH_DATABASE", "pj_bench"),
                         help="database to drop and recreate (BENCH_DATABASE, default pj_bench)")
     parser.add_argument("--log-level", default=env_default("BENCH_LOG_LEVEL", "INFO"),
@@ -104,14 +148,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path(env_default("BENCH_OUT", str(REPO / "bench" / "results"))),
                         help="results directory (BENCH_OUT, default bench/results)")
     args = parser.parse_args(argv)
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
-    if unknown or not args.scenarios:
-        parser.error(f"unknown scenario(s) {unknown}; choose from {','.join(SCENARIOS)}")
-    if args.seconds <= 0 or args.seconds > 600 or args.warmup < 0 or args.warmup > 120:
-        parser.error("--seconds must be in (0, 600] and --warmup in [0, 120]")
-    if not 1 <= args.concurrency <= 1024 or not 1 <= args.dispatchers <= 32:
-        parser.error("--concurrency must be in 1..1024 and --dispatchers in 1..32")
+    q = args.quick
+    if args.seconds is None:
+        args.seconds = float(env_default("BENCH_SECONDS", "2" if q else "10"))
+    if args.warmup is None:
+        args.warmup = float(env_default("BENCH_WARMUP", "0.5" if q else "2"))
+    if args.rows is None:
+        args.rows = int(env_default("BENCH_ROWS", "10000" if q else "100000"))
+    if args.count_lifecycles is None:
+        args.count_lifecycles = 30 if q else 200
+    if args.scaling_concurrency is None:
+        args.scaling_concurrency = int(env_default("BENCH_SCALING_CONCURRENCY", "4" if q else "8"))
+    if args.scaling_dispatchers is None:
+        args.scaling_dispatchers = env_default("BENCH_SCALING_DISPATCHERS", "1,2" if q else "1,2,4")
+    _check(parser, args)
     return args
 
 
@@ -128,31 +178,72 @@ def proc_ticks(pid: int | str) -> tuple[int, int, str, int]:
     return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]), comm, int(fields[1])
 
 
-def server_cpu_ticks(comm_name: str) -> int | None:
-    """Machine-wide CPU of every process named `comm_name` (PostgreSQL, RabbitMQ), children included.
-
-    Live processes count their own time; processes that exited meanwhile (a backend that closed) have
-    been added to their parent's cutime/cstime when it reaped them, so the root's cutime counts them.
-    """
-    total, found = 0, False
+def listener_pid(port: int) -> int | None:
+    """The process listening on TCP `port` of this machine (the PostgreSQL or RabbitMQ server), if visible."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(fields[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            own, children, comm, ppid = proc_ticks(entry.name)
-        except (OSError, ValueError, IndexError):
-            continue
-        if comm != comm_name:
-            continue
-        found = True
-        total += own
-        try:
-            parent_comm = proc_ticks(ppid)[2] if ppid > 1 else ""
-        except (OSError, ValueError, IndexError):
-            parent_comm = ""
-        if parent_comm != comm_name:  # the root of this server's process tree reaps its children
-            total += children
-    return total if found else None
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path) in wanted:
+                        return int(entry.name)
+    return None
+
+
+def server_cpu_ticks(root: int | None, comm_name: str) -> int | None:
+    """CPU of one server's process tree (PostgreSQL, RabbitMQ): its root and every descendant.
+
+    Each live process counts its own time plus its reaped children's (cutime), so a backend that exited
+    in the window still counts, through its parent. With no root (the server's listener not visible),
+    every process named `comm_name` counts: then another server of that name (a test's own PostgreSQL,
+    a `rabbitmqctl` run) adds noise and can even make a figure negative when it exits.
+    """
+    stats: dict[int, tuple[int, int, str, int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stats[int(entry.name)] = proc_ticks(entry.name)
+    if root is not None and root in stats:
+        tree, frontier = {root}, [root]
+        children: dict[int, list[int]] = {}
+        for pid, (_, _, _, ppid) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        while frontier:
+            for child in children.get(frontier.pop(), []):
+                if child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+        return sum(stats[pid][0] + stats[pid][1] for pid in tree)
+    named = {pid: st for pid, st in stats.items() if st[2] == comm_name}
+    if not named:
+        return None
+    # Roots of same-named trees reap their children: count their cutime once.
+    return sum(own + (children if stats.get(ppid, (0, 0, "", 0))[2] != comm_name else 0)
+               for own, children, _, ppid in named.values())
+
+
+SERVER_ROOTS: dict[str, int | None] = {}  # "postgres"/"rabbitmq" -> pid of the server listening on its port
+
+
+def find_servers(database_url: str, amqp_url: str) -> dict[str, int | None]:
+    """The PostgreSQL and RabbitMQ servers the system talks to, by the port each listens on."""
+    from urllib.parse import urlsplit
+
+    pg_port = int(psycopg.conninfo.conninfo_to_dict(database_url).get("port") or 5432)
+    amqp_port = urlsplit(amqp_url).port or 5672
+    SERVER_ROOTS.update(postgres=listener_pid(pg_port), rabbitmq=listener_pid(amqp_port))
+    return dict(SERVER_ROOTS)
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -178,8 +269,8 @@ def cpu_snapshot(pids: dict[str, int]) -> CpuSnapshot:
             ticks[name] = proc_ticks(pid)[0]
         except (OSError, ValueError, IndexError):
             ticks[name] = None
-    ticks["postgres"] = server_cpu_ticks("postgres")
-    ticks["rabbitmq"] = server_cpu_ticks("beam.smp")
+    ticks["postgres"] = server_cpu_ticks(SERVER_ROOTS.get("postgres"), "postgres")
+    ticks["rabbitmq"] = server_cpu_ticks(SERVER_ROOTS.get("rabbitmq"), "beam.smp")
     return CpuSnapshot(time.monotonic(), ticks, machine_ticks())
 
 
@@ -200,61 +291,89 @@ def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> tuple[dict[str, floa
 
 
 # ---------------------------------------------------------------------------------------------------
-# The system under test
+# Memory from /proc
 
 
-def _serve_sink(conn: Any, secret: str) -> None:
-    """The webhook receiver in a process of its own, so its CPU is not counted as the driver's."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops it
-    from http.server import ThreadingHTTPServer
-
-    from tests.support.webhook_sink import start_sink
-
-    # socketserver listens with a backlog of 5; the sink answers HTTP/1.0 (a connection per delivery),
-    # so 16 deliveries at once overflowed it and the dropped SYNs came back a second later as 1 s stalls.
-    ThreadingHTTPServer.request_queue_size = 128
-
-    server, state = start_sink(secret)
-    conn.send(state.url)
+def rss_kb(pid: int) -> int | None:
     try:
-        while True:
-            message = conn.recv()
-            if message == "stats":
-                with state.lock:
-                    conn.send({"deliveries": len(state.deliveries),
-                               "signature_failures": sum(not d.signature_ok for d in state.deliveries)})
-            elif message == "stop":
-                break
-    except (EOFError, OSError):  # the driver went away
-        pass
-    finally:
-        server.shutdown()
-        server.server_close()
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
-class Sink:
-    def __init__(self, secret: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve_sink, args=(child, secret), name="bench-webhook-sink", daemon=True)
-        self.process.start()
-        if not self._conn.poll(20):
-            raise RuntimeError("the webhook sink did not start within 20 s")
-        self.url: str = self._conn.recv()
+def server_pss_kb(root: int | None, comm_name: str) -> int | None:
+    """Memory of one server's processes (PostgreSQL, RabbitMQ): the sum of their PSS, so shared memory
+    (PostgreSQL's shared buffers) counts once, not once per backend. The tree under `root` if known,
+    else every process named `comm_name`."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                _, _, names[int(entry.name)], parents[int(entry.name)] = proc_ticks(entry.name)
+    if root is not None and root in parents:
+        members, changed = {root}, True
+        while changed:
+            grown = members | {pid for pid, ppid in parents.items() if ppid in members}
+            changed, members = grown != members, grown
+    else:
+        members = {pid for pid, name in names.items() if name == comm_name}
+    total = 0
+    for pid in members:
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total if members else None
 
-    def stats(self) -> dict[str, int]:
-        self._conn.send("stats")
-        if not self._conn.poll(10):
-            raise RuntimeError("the webhook sink did not answer")
-        return dict(self._conn.recv())
 
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.send("stop")
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
+class Memory:
+    """RSS of each process, sampled every second; PostgreSQL and RabbitMQ (PSS, ~60 ms of CPU) every 30th."""
+
+    def __init__(self, pids: Callable[[], dict[str, int]]) -> None:
+        self._pids = pids
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self, servers: bool) -> None:
+        values = {name: kb for name, pid in self._pids().items() if (kb := rss_kb(pid)) is not None}
+        if servers:
+            for name, comm in (("postgres", "postgres"), ("rabbitmq", "beam.smp")):
+                kb = server_pss_kb(SERVER_ROOTS.get(name), comm)
+                if kb is not None:
+                    values[name] = kb
+        self.samples.append((time.monotonic(), values))
+
+    async def _run(self) -> None:
+        for n in range(10_000_000):  # bounded; cancelled at the end of the run
+            self.sample(servers=n % 30 == 0)
+            await asyncio.sleep(1.0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def summary(self, start: float | None = None, end: float | None = None) -> dict[str, dict[str, float]]:
+        """{process: {start_mb, end_mb, max_mb}} over the samples taken in [start, end]."""
+        chosen = [v for t, v in self.samples if (start is None or t >= start) and (end is None or t <= end)]
+        names: dict[str, None] = {}
+        for values in chosen:
+            names.update(dict.fromkeys(values))
+        out: dict[str, dict[str, float]] = {}
+        for name in names:
+            series = [v[name] for v in chosen if name in v]
+            out[name] = {"start_mb": round(series[0] / 1024, 1), "end_mb": round(series[-1] / 1024, 1),
+                         "max_mb": round(max(series) / 1024, 1), "samples": len(series)}
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -281,6 +400,7 @@ class Window:
         self.start = now + warmup
         self.end = self.start + seconds
         self.ops = 0
+        self.requests = 0
         self.latencies: list[float] = []
         self.phases: dict[str, list[float]] = {}
         self.errors: Counter[str] = Counter()
@@ -289,9 +409,10 @@ class Window:
     def inside(self, t: float) -> bool:
         return self.start <= t <= self.end
 
-    def phase(self, name: str, started: float, finished: float) -> None:
+    def request(self, phase: str, started: float, finished: float) -> None:
         if self.inside(finished):
-            self.phases.setdefault(name, []).append(finished - started)
+            self.requests += 1
+            self.phases.setdefault(phase, []).append(finished - started)
 
     def done(self, started: float, finished: float) -> None:
         if self.inside(finished):
@@ -312,109 +433,174 @@ class Failed(Exception):
 
 @dataclass
 class Load:
-    clients: list[httpx.AsyncClient]
+    clients: list[Client]
     operator: dict[str, str]
     admin: dict[str, str]
     reader: dict[str, str]
     pending_ids: list[str] = field(default_factory=list)
     dispatched_ids: list[str] = field(default_factory=list)
     read_ids: list[str] = field(default_factory=list)
+    approved_ids: list[str] = field(default_factory=list)  # the scaling scenario's, used once each
 
     def remember(self, pool: list[str], approval_id: str) -> None:
         if len(pool) < 2000:
             pool.append(approval_id)
 
 
-def http_clients(base_url: str, concurrency: int, mode: str) -> list[httpx.AsyncClient]:
-    """HTTP/1.1 keep-alive clients whose pools add up to `concurrency` connections.
+@dataclass
+class Worker:
+    """What one in-flight worker works with: the shared load state, its own client, the window."""
 
-    per-worker (default): one client of one connection per worker. shared: one client whose pool has
-    `concurrency` connections; httpcore 1.0 checks every idle connection of a pool (a poll(2) each) on
-    every request, so at 32 connections the driver spends ~4x the CPU per request (see bench/README.md).
-    """
-    def client(connections: int) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=HTTP_TIMEOUT_S, http1=True, http2=False,
-                                 trust_env=False, verify=False)  # plain http to 127.0.0.1: no TLS context
+    load: Load
+    client: Client
+    window: Window | None
 
-    return [client(concurrency)] if mode == "shared" else [client(1) for _ in range(concurrency)]
-
-
-async def request(client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str],
-                  body: Any = None, expect: int = 200) -> httpx.Response:
-    try:
-        response = await client.request(method, url, headers=headers, json=body)
-    except httpx.HTTPError as exc:
-        raise Failed(type(exc).__name__) from exc
-    if response.status_code != expect:
-        raise Failed(str(response.status_code))
-    return response
-
-
-async def timed(window: Window, phase: str | None, call: Awaitable[httpx.Response]) -> httpx.Response:
-    started = time.monotonic()
-    try:
-        response = await call
-    except Failed as exc:
-        raise Failed(f"{phase}:{exc.key}" if phase else exc.key) from exc
-    if phase:
-        window.phase(phase, started, time.monotonic())
-    return response
+    async def call(self, phase: str, method: str, path: str, *, headers: dict[str, str], body: Any = None,
+                   expect: int = 200) -> Response:
+        """One request, timed and counted as `phase` when it ends inside the window."""
+        started = time.monotonic()
+        try:
+            response = await self.client.request(method, path, headers=headers, body=body)
+        except HttpFailure as exc:
+            raise Failed(f"{phase}:{str(exc).split(':')[0]}") from exc
+        if self.window is not None:
+            self.window.request(phase, started, time.monotonic())
+        if response.status != expect:
+            raise Failed(f"{phase}:{response.status}")
+        return response
 
 
 def execute_body(i: int) -> dict[str, Any]:
     return {"actionId": "notify.webhook", "mode": "execute", "payload": {"message": "bench", "n": i}}
 
 
-async def op_execute(load: Load, client: httpx.AsyncClient, window: Window, i: int) -> None:
-    response = await request(client, "POST", "/api/pj/execute", load.operator, execute_body(i), expect=202)
-    load.remember(load.pending_ids, response.json()["approvalId"])
+async def op_execute(w: Worker, i: int) -> None:
+    response = await w.call("execute", "POST", "/api/pj/execute", headers=w.load.operator, body=execute_body(i),
+                            expect=202)
+    w.load.remember(w.load.pending_ids, response.json()["approvalId"])
 
 
-async def op_lifecycle(load: Load, client: httpx.AsyncClient, window: Window, i: int) -> None:
-    response = await timed(window, "execute", request(
-        client, "POST", "/api/pj/execute", load.operator, execute_body(i), expect=202))
-    approval_id = response.json()["approvalId"]
-    await timed(window, "decide", request(
-        client, "POST", f"/api/approvals/{approval_id}/decide", load.admin,
-        {"status": "approved", "note": "bench"}))
-    response = await timed(window, "dispatch", request(
-        client, "POST", f"/api/approvals/{approval_id}/dispatch", load.admin, {}))
+async def execute_and_decide(w: Worker, i: int) -> str:
+    response = await w.call("execute", "POST", "/api/pj/execute", headers=w.load.operator, body=execute_body(i),
+                            expect=202)
+    approval_id = str(response.json()["approvalId"])
+    await w.call("decide", "POST", f"/api/approvals/{approval_id}/decide", headers=w.load.admin,
+                 body={"status": "approved", "note": "bench"})
+    return approval_id
+
+
+async def dispatch(w: Worker, approval_id: str) -> None:
+    response = await w.call("dispatch", "POST", f"/api/approvals/{approval_id}/dispatch", headers=w.load.admin,
+                            body={})
     status = response.json()["data"].get("approvalStatus")
     if status != "dispatched":  # dispatch_failed, or still running: not a completed lifecycle
         raise Failed(f"dispatch:200:{status}")
-    load.remember(load.dispatched_ids, approval_id)
+    w.load.remember(w.load.dispatched_ids, approval_id)
 
 
-async def op_read(load: Load, client: httpx.AsyncClient, window: Window, i: int) -> None:
-    if i % 2:
-        await timed(window, "count_pending", request(client, "GET", "/api/approvals/count/pending", load.reader))
+async def op_lifecycle(w: Worker, i: int) -> None:
+    await dispatch(w, await execute_and_decide(w, i))
+
+
+async def op_dispatch_only(w: Worker, i: int) -> None:
+    if not w.load.approved_ids:
+        raise Failed("no_approved_approval_left")
+    await dispatch(w, w.load.approved_ids.pop())
+
+
+async def op_read(w: Worker, i: int) -> None:
+    kind = i % 4
+    if kind == 1:
+        await w.call("count_pending", "GET", "/api/approvals/count/pending", headers=w.load.reader)
+    elif kind == 3:
+        await w.call("list", "GET", "/api/approvals?limit=50", headers=w.load.reader)
     else:
-        approval_id = random.choice(load.read_ids)
-        await timed(window, "get", request(client, "GET", f"/api/approvals/{approval_id}", load.reader))
+        await w.call("get", "GET", f"/api/approvals/{random.choice(w.load.read_ids)}", headers=w.load.reader)
 
 
-OPS: dict[str, Callable[[Load, httpx.AsyncClient, Window, int], Awaitable[None]]] = {
-    "execute": op_execute, "lifecycle": op_lifecycle, "read": op_read,
-}
+Op = Callable[[Worker, int], Awaitable[None]]
 
 
-async def run_load(name: str, load: Load, args: argparse.Namespace, pids: dict[str, int],
-                   system: System, sink: Sink) -> dict[str, Any]:
-    """`concurrency` workers, each running `name`'s operation back to back; measure the window."""
-    op = OPS[name]
-    window = Window(args.warmup, args.seconds)
-    snapshots: dict[str, CpuSnapshot] = {}
-    deliveries: dict[str, int] = {}
+@dataclass
+class Bench:
+    """Everything a scenario needs: options, the running system, the receiver, the clients."""
 
-    async def worker(w: int) -> None:
-        client = load.clients[w % len(load.clients)]
-        for n in range(MAX_OPS_PER_WORKER):
+    args: argparse.Namespace
+    system: System
+    receiver: Receiver
+    load: Load
+    database_url: str
+    admin_url: str
+    logdir: Path
+    amqp_url: str
+    vhost: str  # "" when the bench could not make a vhost of its own
+    names: dict[str, str]  # broker names of this run -> what they are ("commands", "dispatch", ...)
+    dispatcher_names: list[str] = field(default_factory=list)
+    memory: Memory | None = None
+    later: list[str] = field(default_factory=list)  # the scenarios still to run after this one
+    dispatcher_env: dict[str, str] = field(default_factory=dict)  # what the running dispatchers were started with
+
+    def pids(self) -> dict[str, int]:
+        pids = {name: proc.pid for name, proc in self.system.processes.items()}
+        pids["webhook-receiver"] = self.receiver.pid
+        pids["driver"] = os.getpid()
+        return pids
+
+    def log_names(self) -> list[str]:
+        return list(self.system.processes)
+
+    async def restart(self, name: str, module: str, **extra_env: str) -> None:
+        """Stop a service process and start it again (new settings, or new database sessions)."""
+        if name in self.system.processes:
+            self.system.stop(name)
+        self.system.start(name, module, **extra_env)
+        await self.system.wait_healthy(timeout=60, dispatchers=len(self.dispatcher_names))
+
+    async def set_dispatchers(self, count: int, **extra_env: str) -> None:
+        """Exactly `count` dispatcher processes, all started with `extra_env` (only the missing ones are
+        started when the running ones already have it)."""
+        if extra_env != self.dispatcher_env:
+            for name in self.dispatcher_names:
+                self.system.stop(name)
+            self.dispatcher_names = []
+            self.dispatcher_env = dict(extra_env)
+        for name in self.dispatcher_names[count:]:
+            self.system.stop(name)
+        self.dispatcher_names = [f"dispatcher-{i}" for i in range(1, count + 1)]
+        for name in self.dispatcher_names:
+            if name not in self.system.processes:
+                self.system.start(name, "pj_dispatcher", **extra_env)
+        await self.system.wait_healthy(timeout=60, dispatchers=count)
+
+
+class LoadRun:
+    """`concurrency` workers, each running `op` back to back, and the measured window's two edges.
+
+    With `max_ops`, the workers stop after that many operations in all (the window still bounds the time)
+    and the window ends when the last one does.
+    """
+
+    def __init__(self, bench: Bench, op: Op, *, concurrency: int, window: Window, max_ops: int | None) -> None:
+        self.bench = bench
+        self.op = op
+        self.concurrency = concurrency
+        self.window = window
+        self.max_ops = max_ops
+        self.budget = max_ops if max_ops is not None else concurrency * MAX_OPS_PER_WORKER
+        self.started_ops = 0
+        self.edges: dict[str, Any] = {}
+        self.workers: list[asyncio.Task[None]] = []
+
+    async def worker(self, n: int) -> None:
+        window = self.window
+        w = Worker(self.bench.load, self.bench.load.clients[n % len(self.bench.load.clients)], window)
+        for k in range(MAX_OPS_PER_WORKER):
             started = time.monotonic()
-            if started >= window.end:
+            if started >= window.end or self.started_ops >= self.budget:
                 return
+            self.started_ops += 1
             try:
-                await op(load, client, window, w * MAX_OPS_PER_WORKER + n)
+                await self.op(w, n * MAX_OPS_PER_WORKER + k)
             except Failed as exc:
                 window.error(exc.key, time.monotonic())
             except (KeyError, ValueError, TypeError) as exc:  # an answer of an unexpected shape
@@ -422,35 +608,62 @@ async def run_load(name: str, load: Load, args: argparse.Namespace, pids: dict[s
             else:
                 window.done(started, time.monotonic())
 
-    async def sampler() -> None:
+    async def edge(self, label: str) -> None:
+        # The CPU snapshot is the window's edge: taken last at the start and first at the end, so the
+        # driver's own bookkeeping (a /proc scan, a database query) falls outside the window.
+        bench = self.bench
+        cpu = cpu_snapshot(bench.pids()) if label == "end" else None
+        self.edges[label] = {"receiver": bench.receiver.stats(),
+                             "logs": counts.log_offsets(bench.logdir, bench.log_names()),
+                             "db": await counts.pg_database_stats(bench.admin_url, bench.args.database)}
+        self.edges[label]["cpu"] = cpu or cpu_snapshot(bench.pids())
+
+    async def sampler(self) -> None:
+        window = self.window
         await asyncio.sleep(max(0.0, window.start - time.monotonic()))
-        snapshots["start"] = cpu_snapshot(pids)
-        deliveries["start"] = sink.stats()["deliveries"]
-        await asyncio.sleep(max(0.0, window.end - time.monotonic()))
-        snapshots["end"] = cpu_snapshot(pids)
-        deliveries["end"] = sink.stats()["deliveries"]
+        await self.edge("start")
+        remaining = max(0.0, window.end - time.monotonic())
+        if self.max_ops is not None:  # a counted run ends when its last operation does
+            await asyncio.wait(self.workers, timeout=remaining)
+            window.end = min(window.end, time.monotonic())
+        else:
+            await asyncio.sleep(remaining)
+        await self.edge("end")
 
-    print(f"[bench] {name}: {args.warmup:g} s warm-up, {args.seconds:g} s measured, "
-          f"{args.concurrency} in flight", flush=True)
-    sampling = asyncio.create_task(sampler())
-    workers = [asyncio.create_task(worker(w)) for w in range(args.concurrency)]
-    # Workers stop starting operations at the window's end; the ones in flight finish (each bounded by
-    # the HTTP timeout) and are not counted.
-    tasks = [sampling, *workers]
-    try:
-        _, unfinished = await asyncio.wait(tasks, timeout=args.warmup + args.seconds + 3 * HTTP_TIMEOUT_S + 10)
-        if unfinished:
-            raise RuntimeError(f"{name}: {len(unfinished)} load task(s) still running long after the window")
-        for task in tasks:
-            task.result()  # a bug in the driver surfaces here
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    system.check_alive()
+    async def run(self, name: str) -> dict[str, Any]:
+        self.workers = [asyncio.create_task(self.worker(n)) for n in range(self.concurrency)]
+        tasks = [asyncio.create_task(self.sampler()), *self.workers]
+        limit = self.window.end - time.monotonic() + 3 * HTTP_TIMEOUT_S + 10
+        try:
+            _, unfinished = await asyncio.wait(tasks, timeout=limit)
+            if unfinished:
+                raise RuntimeError(f"{name}: {len(unfinished)} load task(s) still running long after the window")
+            for task in tasks:
+                task.result()  # a bug in the driver surfaces here
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.bench.system.check_alive()
+        return summarize(self.window, self.edges["start"], self.edges["end"], concurrency=self.concurrency,
+                         logdir=self.bench.logdir)
 
-    cpu, machine = cpu_between(snapshots["start"], snapshots["end"])
-    seconds = snapshots["end"].at - snapshots["start"].at
+
+async def run_load(bench: Bench, name: str, op: Op, *, concurrency: int, warmup: float | None = None,
+                   seconds: float | None = None, max_ops: int | None = None) -> dict[str, Any]:
+    """Run `op` with `concurrency` in flight for the warm-up, then measure `seconds` (or `max_ops`)."""
+    warmup = bench.args.warmup if warmup is None else warmup
+    seconds = bench.args.seconds if seconds is None else seconds
+    print(f"[bench] {name}: {warmup:g} s warm-up, {seconds:g} s measured, {concurrency} in flight"
+          + (f", at most {max_ops} operations" if max_ops is not None else ""), flush=True)
+    run = LoadRun(bench, op, concurrency=concurrency, window=Window(warmup, seconds), max_ops=max_ops)
+    return await run.run(name)
+
+
+def summarize(window: Window, start: dict[str, Any], end: dict[str, Any], *, concurrency: int,
+              logdir: Path) -> dict[str, Any]:
+    cpu, machine = cpu_between(start["cpu"], end["cpu"])
+    seconds = end["cpu"].at - start["cpu"].at
     ops = window.ops
     services = [k for k in cpu if k in ("gateway", "approvals") or k.startswith("dispatcher-")]
     groups = {
@@ -459,38 +672,299 @@ async def run_load(name: str, load: Load, args: argparse.Namespace, pids: dict[s
     }
     cpu_ms_per_op = {k: (round(v * 1000 / ops, 3) if ops and v is not None else None)
                      for k, v in {**cpu, **groups}.items()}
+    driver = cpu.get("driver")
+    log_lines = counts.log_lines(logdir, start["logs"], end["logs"])
+    db = counts.pg_delta(start["db"], end["db"])
     result: dict[str, Any] = {
         "ops": ops,
         "seconds": round(seconds, 3),
         "rate_per_s": round(ops / seconds, 1) if seconds else 0.0,
+        "concurrency": concurrency,
         "latency_ms": percentiles(window.latencies),
         "errors": dict(sorted(window.errors.items())),
         "error_count": sum(window.errors.values()),
         "errors_outside_window": dict(sorted(window.errors_outside.items())),
+        "http_requests": window.requests,
+        "driver_cpu_ms_per_request": round(driver * 1000 / window.requests, 3) if driver and window.requests else None,
         "cpu_s": {**cpu, **{k: round(v, 3) for k, v in groups.items()}},
         "cpu_ms_per_op": cpu_ms_per_op,
         "machine": machine,
-        "concurrency": args.concurrency,
-        "webhook_deliveries": deliveries["end"] - deliveries["start"],
+        "webhook_deliveries": end["receiver"]["deliveries"] - start["receiver"]["deliveries"],
+        "webhook_duplicates": end["receiver"]["duplicate_deliveries"] - start["receiver"]["duplicate_deliveries"],
+        "log_lines_per_op": {k: round(v / ops, 3) for k, v in log_lines.items()} if ops else None,
+        "db_per_op": ({k: round(v / ops, 2) for k, v in db.items()} if db and ops else None),
     }
     if window.phases:
         result["phases"] = {p: {"count": len(v), "latency_ms": percentiles(v)} for p, v in window.phases.items()}
     return result
 
 
-async def ensure_read_pool(load: Load, minimum: int = READ_POOL_MIN) -> int:
-    """Give the read scenario approvals to GET, pending and dispatched ones alike (it may run alone)."""
-    missing = max(0, minimum - len(load.pending_ids) - len(load.dispatched_ids))
-    for i in range(missing):
-        response = await request(load.clients[0], "POST", "/api/pj/execute", load.operator,
-                                 execute_body(-1 - i), expect=202)
-        load.remember(load.pending_ids, response.json()["approvalId"])
-    load.read_ids = load.pending_ids + load.dispatched_ids
-    return missing
+# ---------------------------------------------------------------------------------------------------
+# Scenarios: one per target of the performance issue
+
+
+async def scenario_lifecycle(bench: Bench) -> dict[str, Any]:
+    return await run_load(bench, "lifecycle", op_lifecycle, concurrency=bench.args.concurrency)
+
+
+async def scenario_execute(bench: Bench) -> dict[str, Any]:
+    return await run_load(bench, "execute", op_execute, concurrency=bench.args.concurrency)
+
+
+async def scenario_execute_p99(bench: Bench) -> dict[str, Any]:
+    return await run_load(bench, "execute_p99", op_execute, concurrency=8)
+
+
+async def scenario_lifecycle_1(bench: Bench) -> dict[str, Any]:
+    return await run_load(bench, "lifecycle_1", op_lifecycle, concurrency=1)
+
+
+async def scenario_soak(bench: Bench) -> dict[str, Any]:
+    started = time.monotonic()
+    result = await run_load(bench, "soak", op_lifecycle, concurrency=bench.args.concurrency, seconds=bench.args.soak)
+    memory = bench.memory.summary(started, time.monotonic()) if bench.memory else {}
+    result["rss_mb"] = memory
+    services = [k for k in memory if k in ("gateway", "approvals") or k.startswith("dispatcher-")]
+    result["rss_growth_mb"] = round(sum(memory[k]["end_mb"] - memory[k]["start_mb"] for k in services), 1)
+    return result
+
+
+@dataclass
+class Reading:
+    """Cumulative counters at one moment of the counts scenario."""
+
+    at: float
+    db: dict[str, int] | None
+    pg_log: int | None
+    logs: dict[str, int]
+    publishes: Counter[str]
+    deliveries: Counter[str]
+    rpc: Counter[str]
+    receiver: dict[str, Any]
+
+
+@dataclass
+class Intervals:
+    """An idle interval and a run of `ops` lifecycles; per lifecycle = (run - idle rate x run time) / ops."""
+
+    idle: tuple[Reading, Reading]
+    run: tuple[Reading, Reading]
+    ops: int
+
+    @property
+    def scale(self) -> float:
+        idle_s = self.idle[1].at - self.idle[0].at
+        return (self.run[1].at - self.run[0].at) / idle_s if idle_s else 0.0
+
+    def net(self, run_delta: float, idle_delta: float) -> float:
+        return round((run_delta - idle_delta * self.scale) / self.ops, 3) if self.ops else 0.0
+
+    def per_kind(self, key: str) -> dict[str, float]:
+        (i0, i1), (r0, r1) = ((getattr(r, key) for r in pair) for pair in (self.idle, self.run))
+        return {k: self.net(r1[k] - r0.get(k, 0), i1.get(k, 0) - i0.get(k, 0)) for k in sorted(r1)}
+
+
+async def take_reading(bench: Bench, trace: counts.AmqpTrace | None, log_path: Path | None) -> Reading:
+    return Reading(at=time.monotonic(), db=await counts.pg_database_stats(bench.admin_url, bench.args.database),
+                   pg_log=counts.file_size(log_path) if log_path else None,
+                   logs=counts.log_offsets(bench.logdir, bench.log_names()),
+                   publishes=Counter(trace.publishes if trace else {}),
+                   deliveries=Counter(trace.deliveries if trace else {}),
+                   rpc=Counter(trace.rpc_requests if trace else {}), receiver=bench.receiver.stats())
+
+
+def count_database(iv: Intervals) -> dict[str, Any]:
+    (i0, i1), (r0, r1) = iv.idle, iv.run
+    if not (i0.db and i1.db and r0.db and r1.db):
+        return {"transactions": None, "pg_stat_database": None}
+    db: dict[str, Any] = {k: iv.net(r1.db[k] - r0.db[k], i1.db[k] - i0.db[k]) for k in counts.PG_COUNTERS}
+    idle_s = i1.at - i0.at
+    db["idle_per_s"] = {k: round((i1.db[k] - i0.db[k]) / idle_s, 2) for k in counts.PG_COUNTERS}
+    return {"transactions": round(db["xact_commit"] + db["xact_rollback"], 3), "pg_stat_database": db}
+
+
+def count_sql(iv: Intervals, log_path: Path | None, database: str) -> dict[str, Any]:
+    (i0, i1), (r0, r1) = iv.idle, iv.run
+    if log_path is None or i0.pg_log is None or r0.pg_log is None or not iv.ops:
+        return {"statements": None, "statements_source": "server log not readable here: statements not counted"}
+    idle = counts.count_statements(log_path, database, offset=i0.pg_log, end=i1.pg_log)
+    run = counts.count_statements(log_path, database, offset=r0.pg_log, end=r1.pg_log)
+    per = {k: iv.net(run["by_kind"].get(k, 0), idle["by_kind"].get(k, 0))
+           for k in {**run["by_kind"], **idle["by_kind"]}}
+    return {"statements": iv.net(run["total"], idle["total"]),
+            "statements_by_kind": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+            "statements_idle_per_s": round(idle["total"] / (i1.at - i0.at), 2),
+            "statements_source": f"log_statement=all on {database}, counted in {log_path}"}
+
+
+def count_amqp(iv: Intervals, trace: counts.AmqpTrace | None, vhost: str) -> dict[str, Any]:
+    if trace is None or not trace.enabled or not iv.ops:
+        return {"amqp_publishes": None, "rpc_round_trips": None,
+                "amqp_source": "firehose unavailable (no rabbitmqctl or no vhost of our own): not counted"}
+    publishes, rpc = iv.per_kind("publishes"), iv.per_kind("rpc")
+    return {"amqp_publishes": round(sum(publishes.values()), 3), "amqp_publishes_by_kind": publishes,
+            "amqp_deliveries_by_queue": iv.per_kind("deliveries"),
+            "rpc_round_trips": round(sum(rpc.values()), 3), "rpc_by_command": rpc,
+            "amqp_source": f"RabbitMQ firehose (rabbitmqctl trace_on) in the bench's vhost {vhost}"}
+
+
+def count_http_and_logs(iv: Intervals, result: dict[str, Any], logdir: Path) -> dict[str, Any]:
+    (i0, i1), (r0, r1) = iv.idle, iv.run
+    ops = iv.ops or 1
+    idle_lines = counts.log_lines(logdir, i0.logs, i1.logs)
+    run_lines = counts.log_lines(logdir, r0.logs, r1.logs)
+    lines = {k: iv.net(v, idle_lines.get(k, 0)) for k, v in run_lines.items()}
+    lines["total"] = round(sum(lines.values()), 3)
+    return {"http_requests": {
+                "gateway": round(result["http_requests"] / ops, 3),
+                "connector_calls": round((r1.receiver["deliveries"] - r0.receiver["deliveries"]) / ops, 3),
+                "connector_duplicates": r1.receiver["duplicate_deliveries"] - r0.receiver["duplicate_deliveries"]},
+            "log_lines": lines}
+
+
+async def scenario_counts(bench: Bench) -> dict[str, Any]:
+    """Run a fixed number of lifecycles and count what they cost; an idle interval first gives the
+    background rate (event relay polls, gauges) that is subtracted."""
+    await asyncio.sleep(1.5)  # statistics of the start-up are flushed
+    log_path = await counts.pg_log_path(bench.admin_url)
+    trace = counts.AmqpTrace(bench.amqp_url, bench.vhost, bench.names) if bench.vhost else None
+    if trace is not None:
+        await trace.start()
+    try:
+        idle_start = await take_reading(bench, trace, log_path)
+        # An idle interval; its statistics reach pg_stat_database within a second.
+        await asyncio.sleep(2.2 if bench.args.quick else 4.2)
+        idle_end = await take_reading(bench, trace, log_path)
+        run_start = await take_reading(bench, trace, log_path)
+        result = await run_load(bench, "counts", op_lifecycle, concurrency=4, warmup=0, seconds=120,
+                                max_ops=bench.args.count_lifecycles)
+        await asyncio.sleep(1.5)  # events relayed, statistics flushed
+        run_end = await take_reading(bench, trace, log_path)
+    finally:
+        if trace is not None:
+            await trace.stop()
+    iv = Intervals(idle=(idle_start, idle_end), run=(run_start, run_end), ops=result["ops"])
+    return {"lifecycles": result["ops"], "errors": result["errors"], "error_count": result["error_count"],
+            "run_s": round(run_end.at - run_start.at, 2), "idle_s": round(idle_end.at - idle_start.at, 2),
+            "method": "per lifecycle = (run delta - idle rate x run time) / lifecycles",
+            **count_database(iv), **count_sql(iv, log_path, bench.args.database),
+            **count_amqp(iv, trace, bench.vhost), **count_http_and_logs(iv, result, bench.logdir),
+            "latency_ms": result["latency_ms"]}
+
+
+async def scenario_scaling(bench: Bench) -> dict[str, Any]:
+    """Dispatch throughput with a slow external API: N dispatchers of concurrency C, each call 100 ms."""
+    args = bench.args
+    c = args.scaling_concurrency
+    steps: dict[str, Any] = {}
+    template = await make_template(bench, "approved")
+    try:
+        bench.receiver.set_delay(args.scaling_delay)
+        for n in args.scaling_dispatchers:
+            await bench.set_dispatchers(n, PJ_DISPATCHER_CONCURRENCY=str(c))
+            ideal = n * c / args.scaling_delay
+            needed = int(ideal * (args.warmup + args.seconds) * 1.5) + 4 * n * c
+            made = await bulk.clone_approvals(bench.database_url, template, needed, status="approved",
+                                              label=f"scale{n}-{uuid.uuid4().hex[:6]}", expires_in_s=3600)
+            bench.load.approved_ids = list(made["ids"])
+            random.shuffle(bench.load.approved_ids)
+            result = await run_load(bench, f"scaling-{n}", op_dispatch_only, concurrency=2 * n * c)
+            result["dispatchers"] = n
+            result["dispatcher_concurrency"] = c
+            result["steps_per_s"] = round(result["webhook_deliveries"] / result["seconds"], 1)
+            result["ideal_steps_per_s"] = round(ideal, 1)
+            result["target_steps_per_s"] = round(0.9 * ideal, 1)
+            result["efficiency"] = round(result["steps_per_s"] / ideal, 3) if ideal else None
+            steps[str(n)] = result
+    finally:
+        bench.receiver.set_delay(0.0)
+        bench.load.approved_ids = []
+        if set(bench.later) - {"sweep"}:  # the sweep needs no dispatcher: skip a restart when only it follows
+            await bench.set_dispatchers(args.dispatchers)
+    return {"delay_s": args.scaling_delay, "dispatcher_concurrency": c, "steps": steps,
+            "error_count": sum(s["error_count"] for s in steps.values())}
+
+
+async def make_template(bench: Bench, status: str) -> str:
+    """One real approval made through the API, in `status` (pending, approved or dispatched)."""
+    w = Worker(bench.load, bench.load.clients[0], None)
+    if status == "pending":
+        response = await w.call("execute", "POST", "/api/pj/execute", headers=w.load.operator,
+                                body=execute_body(-1), expect=202)
+        return str(response.json()["approvalId"])
+    approval_id = await execute_and_decide(w, -2)
+    if status == "dispatched":
+        await dispatch(w, approval_id)
+    return approval_id
+
+
+async def scenario_read(bench: Bench) -> dict[str, Any]:
+    """GET one approval, count pending, list the newest 50, with `rows` approvals stored."""
+    args = bench.args
+    pending, dispatched = await make_template(bench, "pending"), await make_template(bench, "dispatched")
+    half = args.rows // 2
+    tag = uuid.uuid4().hex[:6]
+    made_p = await bulk.clone_approvals(bench.database_url, pending, half, status="pending",
+                                        label=f"read-p-{tag}", expires_in_s=48 * 3600)
+    made_d = await bulk.clone_approvals(bench.database_url, dispatched, args.rows - half, status="dispatched",
+                                        label=f"read-d-{tag}", expires_in_s=3600)
+    ids = made_p["ids"] + made_d["ids"]
+    bench.load.read_ids = random.sample(ids, min(len(ids), 20_000))
+    stored = await bulk.count_status(bench.database_url, TENANT)
+    result = await run_load(bench, "read", op_read, concurrency=args.concurrency)
+    result["stored"] = {"by_status": stored, "total": sum(stored.values()),
+                        "bulk_inserted": len(ids), "bulk_insert_s": made_p["insert_s"] + made_d["insert_s"]}
+    return result
+
+
+async def scenario_sweep(bench: Bench) -> dict[str, Any]:
+    """Expire `rows` overdue pending approvals; the sweeper runs every second here (default: 300 s)."""
+    args = bench.args
+    template = await make_template(bench, "pending")
+    if not args.quick:  # a quick run's approvals already sweep every second
+        await bench.restart("approvals", "pj_approvals", PJ_SWEEP_INTERVAL_S=SWEEP_INTERVAL_S)
+    limit_s = 30.0 if args.quick else 300.0
+    try:
+        made = await bulk.clone_approvals(bench.database_url, template, args.rows, status="pending",
+                                          label=f"sweep-{uuid.uuid4().hex[:6]}", expires_in_s=-60)
+        t0 = made["committed_at"]
+        start_cpu = cpu_snapshot(bench.pids())
+        left = await bulk.overdue(bench.database_url, TENANT)
+        curve = [(0.0, left)]
+        done_at = None
+        for _ in range(int(limit_s / 0.5) + 1):
+            if left == 0:
+                done_at = time.monotonic()
+                break
+            if time.monotonic() - t0 > limit_s:
+                break
+            await asyncio.sleep(0.5)
+            left = await bulk.overdue(bench.database_url, TENANT)
+            curve.append((round(time.monotonic() - t0, 1), left))
+        end_cpu = cpu_snapshot(bench.pids())
+        bench.system.check_alive()
+    finally:
+        if bench.later and not args.quick:  # back to the default sweep interval for what follows
+            await bench.restart("approvals", "pj_approvals")
+    cpu, machine = cpu_between(start_cpu, end_cpu)
+    elapsed = (done_at or time.monotonic()) - t0
+    swept = args.rows - left
+    return {"rows": args.rows, "insert_s": made["insert_s"], "sweep_s": round(elapsed, 2) if done_at else None,
+            "finished": done_at is not None, "swept": swept, "left": left, "limit_s": limit_s,
+            "rows_per_s": round(swept / elapsed, 1) if elapsed > 0 else None,
+            "sweep_interval_s": float(SWEEP_INTERVAL_S), "cpu_s": cpu, "machine": machine,
+            "progress": curve[:: max(1, len(curve) // 40)], "error_count": 0}
+
+
+SCENARIO_FUNCS: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
+    "counts": scenario_counts, "lifecycle": scenario_lifecycle, "execute": scenario_execute,
+    "execute_p99": scenario_execute_p99, "lifecycle_1": scenario_lifecycle_1, "scaling": scenario_scaling,
+    "read": scenario_read, "sweep": scenario_sweep, "soak": scenario_soak,
+}
 
 
 # ---------------------------------------------------------------------------------------------------
-# Facts, results and the chart
+# Facts, results
 
 
 def git(*argv: str) -> str | None:
@@ -521,7 +995,8 @@ async def server_versions(database_url: str, amqp_url: str) -> dict[str, str | N
     with contextlib.suppress(Exception):
         connection = await aio_pika.connect(amqp_url, timeout=10)
         async with connection:
-            version = connection.transport.connection.server_properties.get("version")
+            transport = connection.transport
+            version = transport.connection.server_properties.get("version") if transport else None
             facts["rabbitmq"] = version.decode() if isinstance(version, bytes) else str(version)
     return facts
 
@@ -549,79 +1024,36 @@ def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "httpx": _httpx.__version__,
-        "uvloop": uvloop.__version__,
+        "uvloop": getattr(uvloop, "__version__", None),
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "loadavg_before": list(os.getloadavg()),
     }
 
 
-def render_chart(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scenarios = report["scenarios"]
-    names = list(scenarios)
-    fig, (ax_rate, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(17, 6), gridspec_kw={"width_ratios": [1, 1.5, 1.2]})
-    meta = report["meta"]
-    fig.suptitle(f"make bench {meta['timestamp']}  commit {str(meta['machine'].get('git_commit'))[:10]}"
-                 f"{' (dirty)' if meta['machine'].get('git_dirty') else ''}  {meta['machine']['nproc']} cores  "
-                 f"concurrency {meta['options']['concurrency']}  dispatchers {meta['options']['dispatchers']}  "
-                 f"{meta['options']['seconds']:g} s each", fontsize=11)
-
-    # 1. rate per scenario, with the original system's figures as reference lines.
-    rates = [scenarios[n]["rate_per_s"] for n in names]
-    bars = ax_rate.bar(names, rates, 0.6, color="#4c72b0")
-    for i, (bar, n) in enumerate(zip(bars, names, strict=True)):
-        errors = scenarios[n]["error_count"]
-        label = f"{rates[i]:.0f}/s" + (f"\n{errors} errors" if errors else "")
-        ax_rate.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                         fontsize=9, color="#c44e52" if errors else "black")
-        target_key = TARGET_BY_SCENARIO.get(n)
-        if target_key:
-            target = report["targets"][target_key]
-            ax_rate.hlines(target, bar.get_x() - 0.1, bar.get_x() + bar.get_width() + 0.1, colors="#dd8452",
-                           linestyles="--", linewidth=2)
-            ax_rate.annotate(f"original {target}/s", (bar.get_x() + bar.get_width() / 2, target), ha="center",
-                             va="bottom", fontsize=8, color="#dd8452", xytext=(0, 2), textcoords="offset points")
-    top = max([*rates, *report["targets"].values()]) * 1.2
-    ax_rate.set_ylim(0, top)
-    ax_rate.set_ylabel("operations / s (lifecycle = execute+decide+dispatch)")
-    ax_rate.set_title("throughput (dashed: original system, 2 cores)")
-
-    # 2. latency percentiles: each scenario's operation, then the lifecycle's and read's phases.
-    groups: list[tuple[str, dict[str, Any]]] = []
-    for n in names:
-        groups.append((n, scenarios[n]["latency_ms"]))
-        for phase, figures in scenarios[n].get("phases", {}).items():
-            groups.append((f"{n}/{phase}", figures["latency_ms"]))
-    width = 0.27
-    for k, (pct, color) in enumerate((("p50", "#55a868"), ("p95", "#4c72b0"), ("p99", "#c44e52"))):
-        xs = [i + (k - 1) * width for i in range(len(groups))]
-        ax_lat.bar(xs, [g[1][pct] or 0 for g in groups], width, label=pct, color=color)
-    ax_lat.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=30, ha="right", fontsize=8)
-    ax_lat.set_ylabel("ms")
-    ax_lat.set_title("latency percentiles")
-    ax_lat.legend()
-
-    # 3. where the CPU goes: CPU ms per operation, stacked by process.
-    parts = [k for k in next(iter(scenarios.values()))["cpu_ms_per_op"] if k not in ("services", "system")]
-    colors = plt.get_cmap("tab10")
-    bottoms = [0.0] * len(names)
-    for j, part in enumerate(parts):
-        values = [scenarios[n]["cpu_ms_per_op"].get(part) or 0.0 for n in names]
-        ax_cpu.bar(names, values, 0.6, bottom=bottoms, label=part, color=colors(j % 10))
-        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
-    for i, total in enumerate(bottoms):
-        ax_cpu.annotate(f"{total:.2f}", (i, total), ha="center", va="bottom", fontsize=9)
-    ax_cpu.set_ylabel("CPU ms per operation")
-    ax_cpu.set_title("CPU per operation by process")
-    ax_cpu.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def target_checks(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each figure beside its target: what the chart draws and docs/performance.md tabulates."""
+    rows: list[dict[str, Any]] = []
+    for name, result in scenarios.items():
+        spec = TARGETS.get(name)
+        if spec is None:
+            continue
+        if name == "scaling":
+            for n, step in result["steps"].items():
+                rows.append({"scenario": f"scaling N={n} C={step['dispatcher_concurrency']}", "metric": "steps_per_s",
+                             "unit": spec["unit"], "value": step["steps_per_s"], "target": step["target_steps_per_s"],
+                             "better": "higher", "met": step["steps_per_s"] >= step["target_steps_per_s"]})
+            continue
+        value: Any = result
+        for part in spec["metric"].split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        target = spec["target"]
+        met = None
+        if isinstance(target, int | float) and isinstance(value, int | float):
+            met = value >= target if spec["better"] == "higher" else value <= target
+        rows.append({"scenario": name, "metric": spec["metric"], "unit": spec["unit"], "value": value,
+                     "target": target, "better": spec["better"], "met": met})
+    return rows
 
 
 def write_results(report: dict[str, Any], out: Path, stamp: str) -> tuple[Path, Path]:
@@ -636,122 +1068,229 @@ def write_results(report: dict[str, Any], out: Path, stamp: str) -> tuple[Path, 
 
 def summary(report: dict[str, Any]) -> str:
     lines = []
+    for row in report["targets_checked"]:
+        target = row["target"] if row["target"] is not None else "not set"
+        mark = {True: "met", False: "MISSED", None: "-"}[row["met"]]
+        lines.append(f"[bench] {row['scenario']:22s} {row['metric']:15s} {row['value']} {row['unit']}"
+                     f"  target {target}  {mark}")
     for name, s in report["scenarios"].items():
-        lat = s["latency_ms"]
-        cpu = s["cpu_ms_per_op"]
-        lines.append(f"[bench] {name:9s} {s['rate_per_s']:8.1f}/s"
-                     f"  p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} ms  errors {s['error_count']}"
-                     f"  CPU ms/op services {cpu['services']} system {cpu['system']}"
-                     f" driver {cpu['driver']}")
+        if "cpu_ms_per_op" in s:
+            cpu = s["cpu_ms_per_op"]
+            lines.append(f"[bench] {name:12s} {s['rate_per_s']:8.1f}/s  p50 {s['latency_ms']['p50']} p99 "
+                         f"{s['latency_ms']['p99']} ms  errors {s['error_count']}  CPU ms/op system {cpu['system']}"
+                         f" driver {cpu.get('driver')} ({s['driver_cpu_ms_per_request']} per request)")
+    c = report["scenarios"].get("counts")
+    if c:
+        lines.append(f"[bench] per lifecycle: {c.get('statements')} statements, {c.get('transactions')} transactions, "
+                     f"{c.get('amqp_publishes')} AMQP publishes, {c.get('rpc_round_trips')} RPC round trips, "
+                     f"{c['http_requests']} HTTP, {(c.get('log_lines') or {}).get('total')} log lines")
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """Names, secrets and places of one run, fixed before anything starts."""
+
+    args: argparse.Namespace
+    stamp: str
+    database_url: str
+    admin_url: str
+    amqp_url: str
+    vhost: str  # "" when rabbitmqctl could not make one: then a prefix of our own in the default vhost
+    prefix: str
+    port: int
+    jwt_secret: str
+    webhook_secret: str
+    logdir: Path
 
 
-async def bench(args: argparse.Namespace) -> int:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+async def make_setup(args: argparse.Namespace) -> Setup:
+    base_amqp_url = os.environ.get("PJ_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+    base_db_url = os.environ.get("PJ_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/pj"
+    run_id = uuid.uuid4().hex[:10]
+    vhost, prefix = f"pjbench-{run_id}", "pjbench"
+    user = base_amqp_url.split("://", 1)[1].split(":", 1)[0] or "guest"
+    if await asyncio.get_running_loop().run_in_executor(None, counts.create_vhost, vhost, user):
+        amqp_url = base_amqp_url.rstrip("/") + "/" + vhost
+    else:  # no rabbitmqctl here: a prefix of our own in the default vhost, and no AMQP counts
+        vhost, prefix, amqp_url = "", f"pjbench-{run_id}", base_amqp_url
+    logdir = args.out / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    for old in logdir.glob("*.log"):
+        old.unlink()
+    return Setup(args=args, stamp=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+                 database_url=with_dbname(base_db_url, args.database), admin_url=with_dbname(base_db_url, "postgres"),
+                 amqp_url=amqp_url, vhost=vhost, prefix=prefix, port=free_port(),
+                 jwt_secret=secrets.token_urlsafe(48), webhook_secret=secrets.token_urlsafe(24), logdir=logdir)
+
+
+def run_meta(setup: Setup) -> dict[str, Any]:
+    args = setup.args
+    return {
+        "timestamp": setup.stamp,
+        "machine": machine_facts(args),
+        "options": {"quick": args.quick, "seconds": args.seconds, "warmup": args.warmup,
+                    "concurrency": args.concurrency, "dispatchers": args.dispatchers, "client": args.client,
+                    "scenarios": args.scenarios, "rows": args.rows, "count_lifecycles": args.count_lifecycles,
+                    "scaling_concurrency": args.scaling_concurrency,
+                    "scaling_dispatchers": args.scaling_dispatchers, "scaling_delay_s": args.scaling_delay,
+                    "soak_s": args.soak, "log_level": args.log_level,
+                    "httpcore_sniffio_fallback_patched": SNIFFIO_FALLBACK_PATCHED,
+                    "database": args.database, "amqp_vhost": setup.vhost or "/", "amqp_prefix": setup.prefix,
+                    "gateway_port": setup.port},
+        "notes": ["cpu_s.postgres and cpu_s.rabbitmq are machine-wide (every database and vhost); "
+                  "machine.untracked_busy_s is CPU used by anything not listed (other work on the machine).",
+                  "services = gateway + approvals + dispatchers; system = services + postgres + rabbitmq; "
+                  "driver (the load generator) and webhook-receiver (the stand-in external API) are outside both."],
+    }
+
+
+def service_env(setup: Setup, webhook_url: str) -> dict[str, str]:
+    """Production settings (PJ_ENV=prod) with this run's secrets, names and receiver; the rest default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PJ_", "BENCH_"))}
+    env.update({
+        "PYTHONPATH": str(REPO),
+        "PJ_ENV": "prod",
+        "PJ_JWT_SECRET": setup.jwt_secret,
+        # prod requires it once dispatch orders are signed; ignored by a system that does not sign them
+        "PJ_DISPATCH_SIGNING_KEY": secrets.token_urlsafe(48),
+        "PJ_DATABASE_URL": setup.database_url,
+        "PJ_AMQP_URL": setup.amqp_url,
+        "PJ_AMQP_PREFIX": setup.prefix,
+        "PJ_GATEWAY_HOST": "127.0.0.1",
+        "PJ_GATEWAY_PORT": str(setup.port),
+        "PJ_WEBHOOK_URL": webhook_url,
+        "PJ_WEBHOOK_SECRET": setup.webhook_secret,
+        "PJ_WEBHOOK_ALLOW_PRIVATE": "1",
+        "PJ_LOG_LEVEL": setup.args.log_level,
+    })
+    return env
+
+
+def quick_approvals_env(args: argparse.Namespace) -> dict[str, str]:
+    return {"PJ_SWEEP_INTERVAL_S": SWEEP_INTERVAL_S} if args.quick else {}
+
+
+async def start_system(setup: Setup, receiver: Receiver, system: System) -> Bench:
+    """Start approvals, the dispatchers and the gateway; wait until healthy; the Bench that drives them."""
+    args = setup.args
+    # A quick run starts approvals with the sweep scenario's interval, saving two restarts.
+    system.start("approvals", "pj_approvals", **quick_approvals_env(args))
+    dispatcher_names = [f"dispatcher-{i}" for i in range(1, args.dispatchers + 1)]
+    for name in dispatcher_names:
+        system.start(name, "pj_dispatcher")
+    system.start("gateway", "pj_gateway")
+    bench = Bench(args=args, system=system, receiver=receiver, load=Load([], {}, {}, {}),
+                  database_url=setup.database_url, admin_url=setup.admin_url, logdir=setup.logdir,
+                  amqp_url=setup.amqp_url, vhost=setup.vhost, names={}, dispatcher_names=dispatcher_names)
+    await system.wait_healthy(timeout=60, dispatchers=args.dispatchers)
+    print("[bench] system healthy", flush=True)
+
+    def headers(role: str, sub: str) -> dict[str, str]:
+        token = mint_token(setup.jwt_secret, subject=sub, tenant=TENANT, role=role, issuer=ISSUER, audience=AUDIENCE,
+                           ttl_s=3600)
+        return {"Authorization": f"Bearer {token}", **CSRF}
+
+    topology = Topology(setup.prefix)
+    bench.names = {topology.commands: "commands", topology.dispatch: "dispatch", topology.results: "results",
+                   topology.events: "events", topology.dead_letters: "dead letters",
+                   topology.dead_letter_exchange: "dead-letter exchange"}
+    in_flight = max(args.concurrency, 8, 2 * max(args.scaling_dispatchers) * args.scaling_concurrency)
+    bench.load = Load(make_clients(args.client, system.base_url, in_flight, timeout=HTTP_TIMEOUT_S),
+                      operator=headers("operator", "bench-operator"), admin=headers("admin", "bench-admin"),
+                      reader=headers("admin", "bench-reader"))
+    return bench
+
+
+async def run_scenarios(bench: Bench, setup: Setup) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each scenario in turn; the first that fails ends the run, with what was measured so far kept."""
+    scenarios: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    memory = Memory(bench.pids)
+    bench.memory = memory
+    memory.start()
+    try:
+        for i, name in enumerate(setup.args.scenarios):
+            bench.later = setup.args.scenarios[i + 1:]
+            started = time.monotonic()
+            try:
+                result = await SCENARIO_FUNCS[name](bench)
+            except (RuntimeError, AssertionError, OSError, psycopg.Error) as exc:
+                failed[name] = f"{type(exc).__name__}: {exc}"[:4000]
+                print(f"[bench] {name} failed: {failed[name]}", file=sys.stderr, flush=True)
+                break
+            finally:
+                if name == "counts":  # back to production logging: approvals opens new sessions
+                    await counts.set_log_statement(setup.admin_url, setup.args.database, on=False)
+            result["rss_mb"] = result.get("rss_mb") or memory.summary(started, time.monotonic())
+            result["scenario_wall_s"] = round(time.monotonic() - started, 1)
+            scenarios[name] = result
+            if name == "counts" and bench.later:
+                await bench.restart("approvals", "pj_approvals", **quick_approvals_env(setup.args))
+            # Let the last replies, events and reports settle between scenarios.
+            await asyncio.sleep(0.3 if setup.args.quick else 1.0)
+    finally:
+        await memory.stop()
+        for client in bench.load.clients:
+            await client.aclose()
+    return scenarios, failed
+
+
+async def teardown(setup: Setup, system: System, receiver: Receiver) -> None:
+    with contextlib.suppress(Exception):
+        await counts.set_log_statement(setup.admin_url, setup.args.database, on=False)
+    system.stop_all()
+    receiver.stop()
+    if setup.vhost:
+        if not await asyncio.get_running_loop().run_in_executor(None, counts.delete_vhost, setup.vhost):
+            print(f"[bench] could not delete the vhost {setup.vhost}: `rabbitmqctl delete_vhost {setup.vhost}`",
+                  file=sys.stderr)
+    else:
+        try:
+            await asyncio.wait_for(delete_topology(setup.amqp_url, Topology(setup.prefix)), 30)
+        except Exception as exc:  # report, but do not hide the original failure
+            print(f"[bench] could not delete the broker topology {setup.prefix}.*: {exc!r}", file=sys.stderr)
+    print("[bench] stopped the system and deleted its vhost (or queues and exchanges)", flush=True)
+
+
+async def bench_run(args: argparse.Namespace) -> int:
     main_task = asyncio.current_task()
     assert main_task is not None
     # SIGTERM (as SIGINT already does under asyncio.Runner) cancels the run, so the cleanup below runs.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    amqp_url = os.environ.get("PJ_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
-    base_db_url = os.environ.get("PJ_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/pj"
-    database_url = with_dbname(base_db_url, args.database)
-    admin_url = with_dbname(base_db_url, "postgres")
-    prefix = f"pjbench-{uuid.uuid4().hex[:10]}"
-    port = free_port()
-    jwt_secret = secrets.token_urlsafe(48)
-    webhook_secret = secrets.token_urlsafe(24)
-    logdir = args.out / "logs"
-    logdir.mkdir(parents=True, exist_ok=True)
-
-    meta: dict[str, Any] = {
-        "timestamp": stamp,
-        "machine": machine_facts(args),
-        "options": {"seconds": args.seconds, "warmup": args.warmup, "concurrency": args.concurrency,
-                    "dispatchers": args.dispatchers, "client": args.client, "scenarios": args.scenarios,
-                    "log_level": args.log_level, "httpcore_sniffio_fallback_patched": SNIFFIO_FALLBACK_PATCHED,
-                    "database": args.database, "amqp_prefix": prefix, "gateway_port": port},
-        "notes": ["cpu_s.postgres and cpu_s.rabbitmq are machine-wide (every database and vhost); "
-                  "machine.untracked_busy_s is CPU used by anything not listed (other work on the machine).",
-                  "services = gateway + approvals + dispatchers; system = services + postgres + rabbitmq; "
-                  "driver (the load generator) and webhook-sink (the stand-in external API) are outside both."],
-    }
-    print(f"[bench] database {args.database}, prefix {prefix}, gateway 127.0.0.1:{port}, "
-          f"{args.dispatchers} dispatcher(s); logs in {logdir}", flush=True)
-
-    sink = Sink(webhook_secret)
-    system: System | None = None
+    setup = await make_setup(args)
+    meta = run_meta(setup)
+    print(f"[bench] database {args.database}, vhost {setup.vhost or '/'} prefix {setup.prefix}, gateway "
+          f"127.0.0.1:{setup.port}, client {args.client}; scenarios {','.join(args.scenarios)}; logs in "
+          f"{setup.logdir}", flush=True)
+    receiver = Receiver(setup.webhook_secret, REPO)
+    system = System(base_url=f"http://127.0.0.1:{setup.port}", env=service_env(setup, receiver.url),
+                    logdir=setup.logdir)
     try:
-        await store.drop_database(admin_url, args.database)
-        await store.ensure_database(database_url)
-        await store.migrate(database_url)
-        meta["servers"] = await server_versions(database_url, amqp_url)
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PJ_", "BENCH_"))}
-        env.update({
-            "PYTHONPATH": str(REPO),
-            "PJ_ENV": "prod",
-            "PJ_JWT_SECRET": jwt_secret,
-            "PJ_DATABASE_URL": database_url,
-            "PJ_AMQP_URL": amqp_url,
-            "PJ_AMQP_PREFIX": prefix,
-            "PJ_GATEWAY_HOST": "127.0.0.1",
-            "PJ_GATEWAY_PORT": str(port),
-            "PJ_WEBHOOK_URL": sink.url,
-            "PJ_WEBHOOK_SECRET": webhook_secret,
-            "PJ_WEBHOOK_ALLOW_PRIVATE": "1",
-            "PJ_LOG_LEVEL": args.log_level,
-        })
-        system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=logdir)
-        system.start("approvals", "pj_approvals")
-        for i in range(1, args.dispatchers + 1):
-            system.start(f"dispatcher-{i}", "pj_dispatcher")
-        system.start("gateway", "pj_gateway")
-        await system.wait_healthy(timeout=60, dispatchers=args.dispatchers)
-        print("[bench] system healthy", flush=True)
-
-        pids = {name: proc.pid for name, proc in system.processes.items()}
-        pids["webhook-sink"] = sink.process.pid or 0
-        pids["driver"] = os.getpid()
-
-        def headers(role: str, sub: str) -> dict[str, str]:
-            token = mint_token(jwt_secret, subject=sub, tenant=TENANT, role=role, issuer=ISSUER, audience=AUDIENCE,
-                               ttl_s=3600)
-            return {"Authorization": f"Bearer {token}", **CSRF}
-
-        scenarios: dict[str, Any] = {}
-        async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(client)
-                       for client in http_clients(system.base_url, args.concurrency, args.client)]
-            load = Load(clients, operator=headers("operator", "bench-operator"),
-                        admin=headers("admin", "bench-admin"), reader=headers("admin", "bench-reader"))
-            for name in args.scenarios:
-                extra: dict[str, Any] = {}
-                if name == "read":
-                    extra["seeded"] = await ensure_read_pool(load)
-                    extra["id_pool"] = {"pending": len(load.pending_ids), "dispatched": len(load.dispatched_ids)}
-                    extra["pending_approvals"] = await pending_approvals(database_url)
-                scenarios[name] = await run_load(name, load, args, pids, system, sink)
-                scenarios[name].update(extra)
-                await asyncio.sleep(1.0)  # let the last replies, events and reports settle between scenarios
-
-        meta["webhook_signature_failures"] = sink.stats()["signature_failures"]
-        report = {"meta": meta, "scenarios": scenarios, "targets": TARGETS}
-        json_path, png_path = write_results(report, args.out, stamp)
+        await store.drop_database(setup.admin_url, args.database)
+        await store.ensure_database(setup.database_url)
+        await store.migrate(setup.database_url)
+        meta["servers"] = await server_versions(setup.database_url, setup.amqp_url)
+        meta["servers"]["pids"] = find_servers(setup.database_url, setup.amqp_url)
+        if "counts" in args.scenarios:  # new sessions of the bench database log every statement, until
+            await counts.set_log_statement(setup.admin_url, args.database, on=True)  # counts ends
+        bench = await start_system(setup, receiver, system)
+        scenarios, failed = await run_scenarios(bench, setup)
+        receiver_stats = receiver.stats()
+        meta["webhook_signature_failures"] = receiver_stats["signature_failures"]
+        meta["webhook_duplicate_deliveries"] = receiver_stats["duplicate_deliveries"]
+        if bench.memory is not None:
+            meta["rss_mb_whole_run"] = bench.memory.summary()
+        report = {"meta": meta, "targets": TARGETS, "scenarios": scenarios, "failed": failed,
+                  "targets_checked": target_checks(scenarios)}
+        json_path, png_path = write_results(report, args.out, setup.stamp)
         print(summary(report))
         print(f"[bench] wrote {json_path} and {png_path} (and latest.json / latest.png)", flush=True)
-        return 1 if any(s["error_count"] for s in scenarios.values()) else 0
+        if failed:
+            print(bench.system.tails(), file=sys.stderr)
+        return 1 if failed or any(s.get("error_count") for s in scenarios.values()) else 0
     finally:
-        if system is not None:
-            system.stop_all()
-        sink.stop()
-        try:
-            await asyncio.wait_for(delete_topology(amqp_url, Topology(prefix)), 30)
-        except Exception as exc:  # report, but do not hide the original failure
-            print(f"[bench] could not delete the broker topology {prefix}.*: {exc!r}", file=sys.stderr)
-        print("[bench] stopped the system and deleted its queues and exchanges", flush=True)
+        await teardown(setup, system, receiver)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -759,7 +1298,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     try:
-        code = uvloop.run(bench(args))
+        code = uvloop.run(bench_run(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("[bench] interrupted; everything it started has been stopped", file=sys.stderr)
         code = 130

@@ -12,6 +12,7 @@ from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Retryable, RpcClient, Supervisor, consume, json_message, publish_confirmed
 
 from .approvals_client import ApprovalsClient
+from .connectors.bounded import response_size_hook
 from .connectors.registry import build_connectors
 from .intake import OrderIntake
 from .metrics import DispatcherMetrics
@@ -28,17 +29,20 @@ class DispatcherApp:
         self.settings = settings
         self.topology = Topology(settings.amqp_prefix)
         # Redirects are never followed: a connector target must answer where it was configured.
+        # The timeout is per read; the runner bounds each attempt as a whole (PJ_STEP_DEADLINE_S).
         self.http = httpx.AsyncClient(
             follow_redirects=False,
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
             limits=httpx.Limits(max_connections=max(16, settings.concurrency * 2)),
+            event_hooks={"response": [response_size_hook()]},
         )
         self.rpc = RpcClient(self.topology.commands)
         self.metrics = DispatcherMetrics()
         self.approvals = ApprovalsClient(self.rpc, timeout_s=settings.plan_fetch_timeout_s)
         runner = PlanRunner(settings, build_connectors(settings, self.http), publish_report=self._publish_report,
-                            metrics=self.metrics)
-        self.intake = OrderIntake(confirm_plan=self.approvals.get_dispatch_plan, runner=runner, metrics=self.metrics)
+                            renew_lease=self.approvals.renew_lease, metrics=self.metrics)
+        self.intake = OrderIntake(settings, confirm_plan=self.approvals.get_dispatch_plan, runner=runner,
+                                  metrics=self.metrics)
         self._metrics_server = MetricsServer(self.metrics.registry, host=settings.dispatcher_metrics_host,
                                              port=settings.dispatcher_metrics_port)
         self._stop_consuming: Callable[[], Awaitable[None]] | None = None

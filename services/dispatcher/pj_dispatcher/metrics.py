@@ -18,3 +18,14 @@ class DispatcherMetrics:
                                registry=r)
         self.stale = Counter("dispatch_orders_stale", "Orders dropped: their claim no longer holds (or never did)",
                              registry=r)
+        self.orders = Counter("dispatch_orders", "Orders taken, by how they were admitted: `signed` ran on their "
+                              "own word; `redelivered`, `unsigned`, `bad_signature`, `no_lease`, `lease_short` were "
+                              "confirmed with approvals first", ["admission"], registry=r)
+        self.bad_signature = Counter("dispatch_orders_bad_signature",
+                                     "Orders whose signature header did not check out (confirmed, never trusted)",
+                                     registry=r)
+        self.lease_renewals = Counter("dispatch_lease_renewals", "Lease renewals, by outcome: granted, refused "
+                                      "(the claim is stale), unanswered", ["outcome"], registry=r)
+        self.plans_stopped = Counter("dispatch_plans_stopped", "Plans stopped before their end: `lease_lost` "
+                                     "(renewal refused), `lease_expired` (renewals unanswered), `handed_back` "
+                                     "(the delivery was held for PJ_ORDER_HOLD_MAX_S)", ["reason"], registry=r)

@@ -1,8 +1,14 @@
-"""The plan runner: runs a confirmed plan's steps in order through the connectors, retries what may
-pass, and reports each outcome to the approvals service.
+"""The plan runner: runs a plan's steps in order through the connectors, retries what may pass, and
+reports each outcome to the approvals service.
 
 The runner never changes an approval's status: it reports, approvals decides. It stops at the first
 failed step; the last report of a plan carries every step's result.
+
+Every attempt at a step starts only while the order's claim holds (see `lease`) and is bounded by
+PJ_STEP_DEADLINE_S as a whole. A refused lease renewal stops the plan before its next attempt, with
+no further report; a lease that ran out while approvals did not answer, or a delivery held for
+PJ_ORDER_HOLD_MAX_S (below RabbitMQ's consumer_timeout), hands the order back to the queue instead:
+its redelivery is confirmed with approvals and resumes after the checkpointed steps.
 """
 
 import asyncio
@@ -14,8 +20,10 @@ from datetime import UTC, datetime, timedelta
 
 from pj_common.backoff import backoff_s
 from pj_common.messages import DispatchOrder, ErrorBody, PlanStatus, PlanStep, StepReport, StepResult, StepStatus
+from pj_common.transport import Retryable
 
-from .connectors.base import Connector, ConnectorError, StepContext, StepOutput, redact
+from .connectors.base import Connector, ConnectorError, StepContext, StepOutput, redact, retryable
+from .lease import Lease, RenewLease
 from .metrics import DispatcherMetrics
 from .settings import DispatcherSettings
 
@@ -52,12 +60,6 @@ class StepRun:
             "scope": "dispatcher.step_failed", **self.log_fields, "code": code, "attempts": attempts})
         return self._finish("failed", attempts, error=ErrorBody(code=code, message=message), http_status=http_status)
 
-    def waiting(self, attempts: int, *, code: str, message: str) -> StepResult:
-        """An interim result for a progress report: the step has not run yet and will be tried again."""
-        return StepResult(step_id=self.step.step_id, connector=self.step.connector, operation=self.step.operation,
-                          status="not_run", attempts=attempts, started_at=self._started_at,
-                          error=ErrorBody(code=code, message=redact(message, *self._secrets)))
-
     def _finish(self, status: StepStatus, attempts: int, *, result: dict[str, object] | None = None,
                 error: ErrorBody | None = None, http_status: int | None = None) -> StepResult:
         elapsed = time.monotonic() - self._t0
@@ -74,19 +76,79 @@ def not_run(step: PlanStep) -> StepResult:
     return StepResult(step_id=step.step_id, connector=step.connector, operation=step.operation, status="not_run")
 
 
+class LeaseLost(Exception):
+    """A lease renewal was refused: the claim is stale, so the plan stops with no further report."""
+
+
+class ClaimGuard:
+    """What an attempt at a step must pass before it starts: the claim's lease still holds, and this
+    delivery of the order has time left for it before PJ_ORDER_HOLD_MAX_S."""
+
+    def __init__(self, order: DispatchOrder, lease: Lease, *, settings: DispatcherSettings,
+                 metrics: DispatcherMetrics) -> None:
+        self.lease = lease
+        self._order = order
+        self._metrics = metrics
+        self._step_deadline_s = settings.step_deadline_s
+        self._hold_until = time.monotonic() + settings.order_hold_max_s
+
+    async def before_attempt(self) -> None:
+        """Return when an attempt may start; raise `LeaseLost`, or `Retryable` to hand the order back."""
+        self.before_wait(0.0)
+        if await self.lease.may_start():
+            return
+        if self.lease.lost:
+            raise LeaseLost
+        raise self._hand_back("lease_expired", "the claim's lease ran out while approvals did not answer its "
+                                               "renewals: the order goes back to the queue to be confirmed again")
+
+    def before_wait(self, wait_s: float) -> None:
+        """Raise `Retryable` (hand the order back) unless a wait of `wait_s` and then an attempt fit in
+        what is left of this delivery."""
+        if time.monotonic() + wait_s + self._step_deadline_s <= self._hold_until:
+            return
+        raise self._hand_back("handed_back", "the order was held for PJ_ORDER_HOLD_MAX_S: it goes back to the "
+                                             "queue (below RabbitMQ's consumer_timeout) and resumes on redelivery")
+
+    def _hand_back(self, reason: str, message: str) -> Retryable:
+        self._metrics.plans_stopped.labels(reason).inc()
+        log.warning("plan stopped: %s", message, extra={
+            "scope": "dispatcher.plan_handed_back", "approvalId": self._order.approval_id, "reason": reason})
+        return Retryable(message, retry_after=0)
+
+
 class PlanRunner:
-    """Runs plans: each step through its connector, retried while it may pass, each outcome reported."""
+    """Runs plans: each step through its connector, retried while it may pass, each outcome reported,
+    the order's lease renewed (`renew_lease`) while it runs."""
 
     def __init__(self, settings: DispatcherSettings, connectors: dict[str, Connector], *,
-                 publish_report: PublishReport, metrics: DispatcherMetrics | None = None) -> None:
+                 publish_report: PublishReport, renew_lease: RenewLease | None = None,
+                 metrics: DispatcherMetrics | None = None) -> None:
         self._settings = settings
         self._connectors = connectors
         self._publish_report = publish_report
+        self._renew_lease = renew_lease
         self._secrets = settings.secret_values()
         self._metrics = metrics or DispatcherMetrics()
 
     async def run_order(self, order: DispatchOrder) -> None:
-        """Run the order's steps in sequence, skipping those already done; stop at the first failure."""
+        """Run the order's steps in sequence, skipping those already done; stop at the first failure.
+
+        Returns without a further report when the claim's lease was lost; raises `Retryable` when the
+        order must go back to the queue (see `ClaimGuard`).
+        """
+        lease = Lease(order, renew=self._renew_lease, every_s=self._settings.lease_renew_s,
+                      margin_s=self._settings.lease_margin_s, metrics=self._metrics)
+        guard = ClaimGuard(order, lease, settings=self._settings, metrics=self._metrics)
+        try:
+            async with lease:
+                await self._run_plan(order, guard)
+        except LeaseLost:
+            self._metrics.plans_stopped.labels("lease_lost").inc()
+            log.warning("plan stopped: the claim's lease was lost", extra={
+                "scope": "dispatcher.plan_stopped", "approvalId": order.approval_id, "reason": "lease_lost"})
+
+    async def _run_plan(self, order: DispatchOrder, guard: ClaimGuard) -> None:
         done = {c.step_id: c for c in order.completed}
         results: list[StepResult] = []
         started = time.monotonic()
@@ -94,7 +156,9 @@ class PlanRunner:
             if step.step_id in done:
                 results.append(done[step.step_id])
                 continue
-            outcome = await self._run_step(order, step)
+            outcome = await self._run_step(order, step, guard)
+            if guard.lease.lost:  # refused while the step ran: its claim is stale, approvals ignores it
+                raise LeaseLost
             results.append(outcome)
             failed = outcome.status != "succeeded"
             if failed or index == len(order.steps) - 1:
@@ -114,7 +178,7 @@ class PlanRunner:
             approval_id=order.approval_id, tenant_id=order.tenant_id, claim_token=order.claim_token,
             step=step, plan_status=status, results=results, notify=order.notify if status != "running" else None))
 
-    async def _run_step(self, order: DispatchOrder, step: PlanStep) -> StepResult:
+    async def _run_step(self, order: DispatchOrder, step: PlanStep, guard: ClaimGuard) -> StepResult:
         run = StepRun(order, step, metrics=self._metrics, secrets=self._secrets)
         log.info("step started", extra={"scope": "dispatcher.step_started", **run.log_fields})
         connector = self._connectors.get(step.connector)
@@ -127,18 +191,20 @@ class PlanRunner:
                               message=f"connector {step.connector!r} is not configured: set {', '.join(missing)}")
         ctx = StepContext(approval_id=order.approval_id, tenant_id=order.tenant_id, action_id=order.action_id,
                           step=step)
-        return await self._attempt(run, connector, ctx)
+        return await self._attempt(run, connector, ctx, guard=guard)
 
-    async def _attempt(self, run: StepRun, connector: Connector, ctx: StepContext) -> StepResult:
+    async def _attempt(self, run: StepRun, connector: Connector, ctx: StepContext, *, guard: ClaimGuard
+                       ) -> StepResult:
         """Try the step until it succeeds, fails for good or runs out of attempts."""
         limit = self._settings.connector_attempts.get(run.step.connector, self._settings.max_attempts)
         attempt = 0
         while True:
             attempt += 1
+            await guard.before_attempt()
             try:
-                output = await connector.run(ctx)
+                output = await self._call(connector, ctx)
             except ConnectorError as exc:
-                failed = await self._wait_or_fail(run, exc, attempt=attempt, limit=limit)
+                failed = await self._wait_or_fail(run, exc, attempt=attempt, limit=limit, guard=guard)
                 if failed is not None:
                     return failed
                 continue
@@ -150,14 +216,32 @@ class PlanRunner:
                 return run.failed(attempt, code="connector_error", message=f"{type(exc).__name__}: {exc}")
             return run.succeeded(attempt, output)
 
-    async def _wait_or_fail(self, run: StepRun, exc: ConnectorError, *, attempt: int, limit: int
-                            ) -> StepResult | None:
+    async def _call(self, connector: Connector, ctx: StepContext) -> StepOutput:
+        """One attempt, bounded as a whole (request, waits for the answer, reading it) by PJ_STEP_DEADLINE_S.
+
+        An attempt past its deadline may still have had its effect upstream: its outcome is unknown,
+        so it is retryable like a timeout, and the next attempt looks for the earlier effect first.
+        """
+        deadline = self._settings.step_deadline_s
+        timeout = asyncio.timeout(deadline)
+        try:
+            async with timeout:
+                return await connector.run(ctx)
+        except TimeoutError:
+            if not timeout.expired():  # a connector's own TimeoutError is its bug, not our deadline
+                raise
+            raise retryable("step_timeout", f"{ctx.step.connector}: no complete answer within PJ_STEP_DEADLINE_S "
+                                            f"({deadline:g} s); the request may have taken effect upstream, so the "
+                                            "next attempt looks for that effect before acting again") from None
+
+    async def _wait_or_fail(self, run: StepRun, exc: ConnectorError, *, attempt: int, limit: int,
+                            guard: ClaimGuard) -> StepResult | None:
         """Wait before the next attempt and return None, or return the failed result when there is none.
 
         A server's own wait (Retry-After, X-RateLimit-Reset) is honoured in full up to
         PJ_RATE_LIMIT_MAX_WAIT_S; past it the step fails at once as `rate_limited`, as waiting less
         would only be refused again. Without one, the back-off is jittered and capped at
-        PJ_CONNECTOR_RETRY_MAX_S.
+        PJ_CONNECTOR_RETRY_MAX_S. The lease renewals go on during the wait.
         """
         if not exc.retryable or attempt >= limit:
             return run.failed(attempt, code=exc.code, message=exc.message, http_status=exc.http_status)
@@ -170,15 +254,9 @@ class PlanRunner:
                 "a step to wait: dispatch again after that time"))
         delay = backoff_s(attempt, base=self._settings.retry_base_s,
                           cap=self._settings.retry_max_s if hint is None else max_wait, hint=hint)
+        guard.before_wait(delay)
         self._metrics.retries.labels(run.step.connector).inc()
         log.info("step attempt failed, retrying in %.2fs", delay, extra={
             "scope": "dispatcher.step_retry", **run.log_fields, "code": exc.code, "attempt": attempt})
-        if delay > self._settings.retry_max_s:
-            # A long wait (a rate limit) reports progress, which renews the dispatch lease, so the
-            # sweeper does not fail a dispatch that is only waiting for the server's permission.
-            until = datetime.now(UTC) + timedelta(seconds=delay)
-            await self._report(run.order, run.waiting(attempt, code=exc.code, message=(
-                f"{exc.message}; waiting {delay:.0f} s, as the server asked, and trying again at "
-                f"{until:%Y-%m-%dT%H:%M:%SZ}")), status="running", results=[])
         await asyncio.sleep(delay)
         return None

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from pj_common.settings import DispatchSigningSettings
 
@@ -19,19 +19,36 @@ class DispatcherSettings(DispatchSigningSettings):
     retry_base_s: float = Field(default=0.5, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_BASE_S"))
     retry_max_s: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("PJ_CONNECTOR_RETRY_MAX_S"))
     # The longest a step waits when an API says when it will accept the request again (Retry-After,
-    # X-RateLimit-Reset); a longer wait fails the step at once as `rate_limited`. A wait longer than
-    # retry_max_s is reported first, which renews the dispatch lease; keep this below approvals'
-    # PJ_DISPATCH_LEASE_S (900 s) all the same.
+    # X-RateLimit-Reset); a longer wait fails the step at once as `rate_limited`. The lease renewals
+    # go on during the wait, so it may be longer than approvals' lease.
     rate_limit_max_wait_s: float = Field(default=300.0, ge=0,
                                          validation_alias=AliasChoices("PJ_RATE_LIMIT_MAX_WAIT_S"))
-    # How long an order waits for approvals to confirm its plan before it is retried later.
+    # How long an order waits for approvals to confirm its plan (or renew its lease) before it is
+    # retried later (or the renewal counts as unanswered).
     plan_fetch_timeout_s: float = 5.0
+    # A signed order runs without asking approvals only if its lease holds for longer than this, and
+    # a step starts only while the lease holds this much longer: it covers the clock skew between
+    # approvals and this host, and the time a step takes to start.
+    lease_margin_s: float = Field(default=5.0, ge=0, validation_alias=AliasChoices("PJ_LEASE_MARGIN_S"))
+    # How often a running order's lease is renewed (renew_lease); well below approvals' lease (60 s),
+    # so a renewal or two may go unanswered without the lease running out.
+    lease_renew_s: float = Field(default=15.0, gt=0, validation_alias=AliasChoices("PJ_LEASE_RENEW_S"))
+    # The longest one attempt at a step may take, from the request to the last byte of the answer.
+    # Past it the attempt's outcome is unknown (the request may have had its effect) and it is retried
+    # like a timeout: the connector looks for its earlier effect first.
+    step_deadline_s: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("PJ_STEP_DEADLINE_S"))
+    # The longest one delivery of an order is held unacked. RabbitMQ closes the channel of a delivery
+    # unacked for longer than its consumer_timeout (30 min by default) and redelivers it mid-run; so
+    # a plan still running at this point hands its order back to the queue between two attempts (the
+    # redelivery resumes after the checkpointed steps). Keep it below the broker's consumer_timeout.
+    order_hold_max_s: float = Field(default=1500.0, gt=0, validation_alias=AliasChoices("PJ_ORDER_HOLD_MAX_S"))
     connect_timeout_s: float = 5.0
     # On SIGTERM, how long running orders may take to finish before the process disconnects anyway.
     drain_s: float = Field(default=60.0, ge=0, validation_alias=AliasChoices("PJ_DISPATCHER_DRAIN_S"))
     # Serve this process's /metrics on this port (0: off); each dispatcher needs its own port.
     dispatcher_metrics_port: int = 0
     dispatcher_metrics_host: str = "127.0.0.1"
+    # Per read of a connector's answer; the whole attempt is bounded by step_deadline_s.
     read_timeout_s: float = 30.0
 
     webhook_url: str | None = None
@@ -47,3 +64,11 @@ class DispatcherSettings(DispatchSigningSettings):
     graph_login_url: str = "https://login.microsoftonline.com"
     slack_bot_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
     slack_api_url: str = "https://slack.com/api"
+
+    @model_validator(mode="after")
+    def _a_delivery_fits_a_wait_and_an_attempt(self) -> "DispatcherSettings":
+        # A fresh delivery must be able to wait out the longest accepted rate limit and then make one
+        # attempt, or a rate-limited step would be handed back to the queue for good.
+        if self.order_hold_max_s <= self.rate_limit_max_wait_s + self.step_deadline_s:
+            raise ValueError("PJ_ORDER_HOLD_MAX_S must exceed PJ_RATE_LIMIT_MAX_WAIT_S + PJ_STEP_DEADLINE_S")
+        return self

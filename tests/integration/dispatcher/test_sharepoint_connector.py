@@ -77,12 +77,17 @@ def assert_no_secrets(graph: GraphState, *texts: str) -> None:
 # --- configuration and validation --------------------------------------------------------------------------
 
 async def test_missing_settings_names_each_absent_setting(client: httpx.AsyncClient) -> None:
-    urls = {"graph_url": "https://graph.microsoft.com/v1.0", "login_url": "https://login.microsoftonline.com"}
-    empty = SharePointConnector(client, **urls, tenant_id=None, client_id=None, client_secret=None)
+    def connector(tenant_id: str | None, client_id: str | None, client_secret: SecretStr | None
+                  ) -> SharePointConnector:
+        return SharePointConnector(client, graph_url="https://graph.microsoft.com/v1.0",
+                                   login_url="https://login.microsoftonline.com", tenant_id=tenant_id,
+                                   client_id=client_id, client_secret=client_secret)
+
+    empty = connector(None, None, None)
     assert empty.missing_settings() == ["MS_TENANT_ID", "MS_CLIENT_ID", "MS_CLIENT_SECRET"]
-    only_secret = SharePointConnector(client, **urls, tenant_id="t", client_id="c", client_secret=None)
+    only_secret = connector("t", "c", None)
     assert only_secret.missing_settings() == ["MS_CLIENT_SECRET"]
-    full = SharePointConnector(client, **urls, tenant_id="t", client_id="c", client_secret=SecretStr("x"))
+    full = connector("t", "c", SecretStr("x"))
     assert full.missing_settings() == []
     assert full.name == "sharepoint"
 

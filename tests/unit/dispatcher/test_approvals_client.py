@@ -1,5 +1,5 @@
 """The typed approvals client (pj_dispatcher.approvals_client): replies are parsed as
-`Reply[DispatchPlan]`; anything but a plan means "try the order again later"."""
+`Reply[DispatchPlan]` and `Reply[LeaseGrant]`; anything else means "try again later"."""
 
 import json
 from typing import Any
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pj_common.errors import ErrorCode, GateError
-from pj_common.messages import CommandEnvelope, DispatchOrder, DispatchPlan, GetDispatchPlan, PlanStep
+from pj_common.messages import CommandEnvelope, DispatchOrder, DispatchPlan, GetDispatchPlan, PlanStep, RenewLease
 from pj_common.transport import Retryable
 from pj_dispatcher.approvals_client import ApprovalsClient
 
@@ -60,3 +60,25 @@ async def test_a_stale_claim_is_a_stale_plan() -> None:
 async def test_anything_but_a_plan_retries_the_order_later(answer: bytes | Exception) -> None:
     with pytest.raises(Retryable):
         await ask(Rpc(answer))
+
+
+async def test_a_lease_renewal_is_asked_for_with_the_orders_claim_and_parsed_into_a_grant() -> None:
+    rpc = Rpc(reply(ok=True, data={"granted": True, "leaseExpiresAt": "2026-01-01T00:01:00Z"}))
+    grant = await ApprovalsClient(rpc, timeout_s=2.5).renew_lease(ORDER)  # type: ignore[arg-type]
+    assert rpc.sent[0].command == RenewLease(approval_id="apr-1", claim_token="claim")
+    assert grant.granted and grant.lease_expires_at is not None and grant.lease_expires_at.minute == 1
+
+
+async def test_a_refused_renewal_is_a_grant_not_granted() -> None:
+    rpc = Rpc(reply(ok=True, data={"granted": False}))
+    assert not (await ApprovalsClient(rpc, timeout_s=2.5).renew_lease(ORDER)).granted  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("answer", [
+    GateError(ErrorCode.UPSTREAM_TIMEOUT, "no reply"),
+    reply(ok=False, error={"code": "forbidden", "message": "no"}),
+    reply(ok=True, data={"granted": "perhaps"}),
+], ids=["unanswered", "refused", "out-of-contract"])
+async def test_a_renewal_without_a_grant_is_retryable(answer: bytes | Exception) -> None:
+    with pytest.raises(Retryable):
+        await ApprovalsClient(Rpc(answer), timeout_s=2.5).renew_lease(ORDER)  # type: ignore[arg-type]

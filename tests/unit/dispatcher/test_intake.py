@@ -1,23 +1,38 @@
-"""Order intake (pj_dispatcher.intake): every order is confirmed with approvals before anything runs;
-stale orders are dropped, redelivered ones resume, and a drain waits for the running ones."""
+"""Order intake (pj_dispatcher.intake): a signed first delivery under a valid lease runs on its own
+word with no RPC; anything else is confirmed with approvals first; stale orders are dropped,
+redelivered ones resume, and a drain waits for the running ones."""
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from pj_common.messages import DispatchOrder, DispatchPlan, PlanStep, StepResult
-from pj_dispatcher.intake import OrderIntake
+from pj_common.signing import signature_headers
+from pj_dispatcher.intake import OrderIntake, confirmation_reason
 from pj_dispatcher.metrics import DispatcherMetrics
+from pj_dispatcher.settings import DispatcherSettings
+
+SETTINGS = DispatcherSettings(env="dev", PJ_LEASE_MARGIN_S=5)
+KEY = SETTINGS.signing_key
 
 
 @dataclass
 class Delivery:
-    """The two things intake reads of an AMQP delivery."""
+    """The things intake reads of an AMQP delivery."""
 
     body: bytes
     redelivered: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
+    message_id: str = "m-1"
+
+
+def signed(order: DispatchOrder, *, redelivered: bool = False) -> Delivery:
+    body = order.to_json()
+    return Delivery(body, redelivered, signature_headers(body, KEY))
 
 
 class Runner:
@@ -31,25 +46,126 @@ class Runner:
             await self.hold.wait()
 
 
+class Approvals:
+    """Stands in for approvals' get_dispatch_plan and counts every question asked."""
+
+    def __init__(self, plan: DispatchPlan) -> None:
+        self.plan = plan
+        self.asked: list[DispatchOrder] = []
+
+    async def confirm(self, order: DispatchOrder) -> DispatchPlan:
+        assert order.claim_token == "claim"
+        self.asked.append(order)
+        return self.plan
+
+
 STEP = PlanStep(step_id="a", connector="webhook", operation="post")
 DONE = StepResult(step_id="a", connector="webhook", operation="post", status="succeeded", attempts=1)
 ORDER = DispatchOrder(approval_id="apr-1", tenant_id="t", action_id="act", claim_token="claim",
                       steps=[PlanStep(step_id="forged", connector="webhook", operation="post")])
 
 
-def intake_for(plan: DispatchPlan, runner: Runner, metrics: DispatcherMetrics) -> OrderIntake:
-    async def confirm(order: DispatchOrder) -> DispatchPlan:
-        assert order.claim_token == "claim"
-        return plan
+def leased(order: DispatchOrder, seconds: float, **update: Any) -> DispatchOrder:
+    return order.model_copy(update={"lease_expires_at": datetime.now(UTC) + timedelta(seconds=seconds), **update})
 
-    return OrderIntake(confirm_plan=confirm, runner=runner, metrics=metrics)  # type: ignore[arg-type]
+
+def intake_for(approvals: Approvals, runner: Runner, metrics: DispatcherMetrics) -> OrderIntake:
+    return OrderIntake(SETTINGS, confirm_plan=approvals.confirm, runner=runner, metrics=metrics)  # type: ignore[arg-type]
+
+
+def admissions(metrics: DispatcherMetrics) -> dict[str, float]:
+    return {s.labels["admission"]: s.value for m in metrics.registry.collect() if m.name == "dispatch_orders"
+            for s in m.samples if s.name == "dispatch_orders_total"}
+
+
+# ---------------------------------------------------------------- when an order may run on its own word
+
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("signature", "redelivered", "lease_s", "reason"), [
+    ("valid", False, 60, None),
+    ("valid", True, 60, "redelivered"),
+    ("missing", False, 60, "unsigned"),
+    ("bad", False, 60, "bad_signature"),
+    ("valid", False, None, "no_lease"),
+    ("valid", False, 5, "lease_short"),  # exactly the margin is not enough
+    ("valid", False, -1, "lease_short"),
+])
+def test_only_a_signed_first_delivery_with_a_lease_past_the_margin_runs_unconfirmed(
+        signature: str, redelivered: bool, lease_s: float | None, reason: str | None) -> None:
+    order = ORDER.model_copy(update={"lease_expires_at": None if lease_s is None else NOW + timedelta(seconds=lease_s)})
+    assert confirmation_reason(order, signature=signature, redelivered=redelivered, now=NOW, margin_s=5) == reason
+
+
+async def test_a_signed_order_runs_its_own_steps_without_asking_approvals() -> None:
+    approvals, runner, metrics = Approvals(DispatchPlan(stale=True)), Runner(), DispatcherMetrics()
+    order = leased(ORDER, 60, completed=[DONE])
+    await intake_for(approvals, runner, metrics).on_order(signed(order))  # type: ignore[arg-type]
+    assert approvals.asked == []  # no RPC at all
+    (ran,) = runner.orders
+    assert ran == order  # its own steps, its completed ones to skip, its lease
+    assert admissions(metrics) == {"signed": 1}
+
+
+@pytest.mark.parametrize("delivery", [
+    pytest.param(lambda o: Delivery(o.to_json()), id="unsigned"),
+    pytest.param(lambda o: signed(o, redelivered=True), id="redelivered"),
+    pytest.param(lambda o: signed(o.model_copy(update={"lease_expires_at": None})), id="no-lease"),
+    pytest.param(lambda o: signed(o.model_copy(update={"lease_expires_at": datetime.now(UTC)})), id="lease-short"),
+])
+async def test_any_other_order_is_confirmed_and_runs_the_confirmed_plan(delivery: Any) -> None:
+    lease = datetime.now(UTC) + timedelta(seconds=60)
+    approvals = Approvals(DispatchPlan(stale=False, steps=[STEP], lease_expires_at=lease))
+    runner = Runner()
+    order = leased(ORDER, 60)
+    await intake_for(approvals, runner, DispatcherMetrics()).on_order(delivery(order))
+    assert [o.message_id for o in approvals.asked] == [order.message_id]
+    (ran,) = runner.orders
+    assert ran.steps == [STEP] and ran.completed == [] and ran.lease_expires_at == lease
+
+
+async def test_a_forged_signature_is_counted_logged_and_runs_nothing_approvals_did_not_claim(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "pj.dispatcher")
+    approvals, runner, metrics = Approvals(DispatchPlan(stale=True)), Runner(), DispatcherMetrics()
+    order = leased(ORDER, 60)
+    forged = Delivery(order.to_json(), headers=signature_headers(order.to_json(), "someone-elses-key-" * 3))
+    await intake_for(approvals, runner, metrics).on_order(forged)  # type: ignore[arg-type]
+    assert approvals.asked == [order] and runner.orders == []
+    assert metrics.registry.get_sample_value("dispatch_orders_bad_signature_total") == 1
+    assert admissions(metrics) == {"bad_signature": 1}
+    (record,) = [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.unsigned_order"]
+    assert record.levelno == logging.WARNING and record.approvalId == "apr-1"  # type: ignore[attr-defined]
+
+
+async def test_a_signature_of_other_bytes_does_not_check_out() -> None:
+    approvals, runner = Approvals(DispatchPlan(stale=False, steps=[STEP])), Runner()
+    order = leased(ORDER, 60)
+    tampered = leased(ORDER, 60, steps=[PlanStep(step_id="evil", connector="webhook", operation="post")])
+    delivery = Delivery(tampered.to_json(), headers=signature_headers(order.to_json(), KEY))
+    await intake_for(approvals, runner, DispatcherMetrics()).on_order(delivery)  # type: ignore[arg-type]
+    assert len(approvals.asked) == 1 and runner.orders[0].steps == [STEP]
+
+
+async def test_an_unsigned_order_is_not_logged_as_forged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "pj.dispatcher")
+    metrics = DispatcherMetrics()
+    await intake_for(Approvals(DispatchPlan(stale=False, steps=[STEP])), Runner(), metrics).on_order(
+        Delivery(ORDER.to_json()))  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("dispatch_orders_bad_signature_total") == 0
+    assert not [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.unsigned_order"]
+
+
+# ---------------------------------------------------------------- confirmed orders
 
 
 async def test_a_stale_order_is_dropped_and_nothing_runs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "pj.dispatcher")
     runner, metrics = Runner(), DispatcherMetrics()
-    await intake_for(DispatchPlan(stale=True), runner, metrics).on_order(
-        Delivery(ORDER.to_json(), redelivered=True))  # type: ignore[arg-type]
+    await intake_for(Approvals(DispatchPlan(stale=True)), runner, metrics).on_order(
+        signed(leased(ORDER, 60), redelivered=True))  # type: ignore[arg-type]
     assert runner.orders == []
     assert metrics.registry.get_sample_value("dispatch_orders_stale_total") == 1
     (record,) = [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.stale_order"]
@@ -58,7 +174,7 @@ async def test_a_stale_order_is_dropped_and_nothing_runs(caplog: pytest.LogCaptu
 
 async def test_the_confirmed_plan_runs_not_the_orders_own_steps() -> None:
     runner = Runner()
-    await intake_for(DispatchPlan(stale=False, steps=[STEP]), runner, DispatcherMetrics()).on_order(
+    await intake_for(Approvals(DispatchPlan(stale=False, steps=[STEP])), runner, DispatcherMetrics()).on_order(
         Delivery(ORDER.to_json()))  # type: ignore[arg-type]
     (ran,) = runner.orders
     assert ran.steps == [STEP] and ran.completed == []
@@ -67,8 +183,8 @@ async def test_the_confirmed_plan_runs_not_the_orders_own_steps() -> None:
 async def test_a_redelivered_order_resumes_after_its_checkpointed_steps(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "pj.dispatcher")
     runner = Runner()
-    await intake_for(DispatchPlan(stale=False, steps=[STEP], completed=[DONE]), runner, DispatcherMetrics()
-                     ).on_order(Delivery(ORDER.to_json(), redelivered=True))  # type: ignore[arg-type]
+    await intake_for(Approvals(DispatchPlan(stale=False, steps=[STEP], completed=[DONE])), runner,
+                     DispatcherMetrics()).on_order(Delivery(ORDER.to_json(), redelivered=True))  # type: ignore[arg-type]
     assert runner.orders[0].completed == [DONE]
     (record,) = [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.resumed"]
     assert record.done == ["a"]  # type: ignore[attr-defined]
@@ -77,7 +193,7 @@ async def test_a_redelivered_order_resumes_after_its_checkpointed_steps(caplog: 
 async def test_drain_waits_for_running_orders_and_times_out() -> None:
     hold = asyncio.Event()
     runner = Runner(hold)
-    intake = intake_for(DispatchPlan(stale=False, steps=[STEP]), runner, DispatcherMetrics())
+    intake = intake_for(Approvals(DispatchPlan(stale=False, steps=[STEP])), runner, DispatcherMetrics())
     assert await intake.drain(0.01)  # nothing running
     task = asyncio.create_task(intake.on_order(Delivery(ORDER.to_json())))  # type: ignore[arg-type]
     await asyncio.sleep(0.01)

@@ -6,6 +6,7 @@ from typing import Any
 import httpx
 
 from .base import ConnectorError, permanent, retryable
+from .bounded import ResponseTooLarge
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
@@ -36,7 +37,12 @@ def classify_status(response: httpx.Response, what: str) -> ConnectorError:
 
 
 def classify_transport(exc: httpx.HTTPError, what: str) -> ConnectorError:
-    """Connection failures and timeouts may pass; anything else about the request will not."""
+    """Connection failures and timeouts may pass; anything else about the request will not.
+
+    An answer too large to read fails the step: the same request would get it again, and it may have
+    had its effect, which the step's result then says."""
+    if isinstance(exc, ResponseTooLarge):
+        return permanent("response_too_large", f"{what}: {exc}; the request may have taken effect upstream")
     if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
         return retryable("network_error", f"{what}: {type(exc).__name__}: {exc}")
     return permanent("request_error", f"{what}: {type(exc).__name__}: {exc}")

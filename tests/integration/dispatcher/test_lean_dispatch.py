@@ -1,0 +1,212 @@
+"""The lean dispatch on the real broker (pj_dispatcher.app + intake + runner): a signed order runs
+with no command to approvals; an unsigned, forged or redelivered one asks first; a delivery held for
+PJ_ORDER_HOLD_MAX_S goes back to the queue and its redelivery resumes after the checkpointed steps.
+
+Approvals is a stand-in that answers get_dispatch_plan from the step reports it received and counts
+every command it is sent."""
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from pj_common.messages import (
+    CommandEnvelope,
+    DispatchOrder,
+    DispatchPlan,
+    GetDispatchPlan,
+    LeaseGrant,
+    PlanStep,
+    RenewLease,
+    Reply,
+    StepReport,
+    StepResult,
+)
+from pj_common.signing import signature_headers
+from pj_common.topology import Topology, declare_topology
+from pj_common.transport import consume, json_message, publish_confirmed, reply
+from pj_dispatcher.app import DispatcherApp
+from pj_dispatcher.settings import DispatcherSettings
+
+
+class Receiver:
+    """A webhook receiver that records the body of every request; each takes `hold_s`."""
+
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+        self.hold_s = 0.0
+        self.url = ""
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(receiver.hold_s)
+                receiver.bodies.append(body.decode())
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def steps(self) -> list[str]:
+        return [step for body in self.bodies for step in "abcd" if f'"payload":"{step}"' in body]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), state.handler())
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+class Approvals:
+    """The approvals stand-in: counts commands, confirms claims from the reports it received."""
+
+    def __init__(self, channel: AbstractChannel, steps: list[PlanStep], *, stale: bool = False) -> None:
+        self.channel = channel
+        self.steps = steps
+        self.stale = stale
+        self.commands: list[str] = []
+        self.checkpoints: dict[str, StepResult] = {}
+        self.finals: list[StepReport] = []
+        self.finished = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def on_command(self, message: AbstractIncomingMessage) -> None:
+        command = CommandEnvelope.model_validate_json(message.body).command
+        self.commands.append(command.name)
+        self.asked.set()
+        lease = datetime.now(UTC) + timedelta(seconds=60)
+        if isinstance(command, GetDispatchPlan):
+            await asyncio.sleep(0.2)  # let the last checkpoint arrive, as approvals records it before answering
+            plan = DispatchPlan(stale=self.stale, steps=self.steps, completed=list(self.checkpoints.values()),
+                                lease_expires_at=lease)
+            await reply(self.channel, message, Reply[DispatchPlan](ok=True, data=plan).to_json())
+        elif isinstance(command, RenewLease):
+            grant = LeaseGrant(granted=True, lease_expires_at=lease)
+            await reply(self.channel, message, Reply[LeaseGrant](ok=True, data=grant).to_json())
+
+    async def on_report(self, message: AbstractIncomingMessage) -> None:
+        report = StepReport.model_validate_json(message.body)
+        if report.step.status == "succeeded":
+            self.checkpoints[report.step.step_id] = report.step
+        if report.plan_status != "running":
+            self.finals.append(report)
+            self.finished.set()
+
+
+def steps(*ids: str) -> list[PlanStep]:
+    return [PlanStep(step_id=s, connector="webhook", operation="post", params={"body": s}) for s in ids]
+
+
+def order_for(plan: list[PlanStep], *, lease_s: float | None = 60) -> DispatchOrder:
+    lease = None if lease_s is None else datetime.now(UTC) + timedelta(seconds=lease_s)
+    return DispatchOrder(approval_id="apr-1", tenant_id="t", action_id="notify.webhook", claim_token="claim",
+                         steps=plan, lease_expires_at=lease)
+
+
+class System:
+    def __init__(self, connection: aio_pika.abc.AbstractConnection, topology: Topology, app: DispatcherApp) -> None:
+        self.connection, self.topology, self.app = connection, topology, app
+
+    async def approvals(self, plan: list[PlanStep], *, stale: bool = False) -> Approvals:
+        channel = await self.connection.channel()
+        stand_in = Approvals(channel, plan, stale=stale)
+        await consume(channel, self.topology.commands, stand_in.on_command, prefetch=10)
+        await consume(await self.connection.channel(), self.topology.results, stand_in.on_report, prefetch=10)
+        await self.app.start()
+        return stand_in
+
+    async def publish(self, order: DispatchOrder, *, headers: dict[str, Any] | None = None) -> None:
+        channel = await self.connection.channel(publisher_confirms=True)
+        await publish_confirmed(channel, self.topology.dispatch,
+                                json_message(order.to_json(), message_id=order.message_id, headers=headers))
+
+
+@pytest.fixture
+async def system(amqp_url: str, topology: Topology, receiver: Receiver, request: pytest.FixtureRequest
+                 ) -> AsyncIterator[System]:
+    extra: dict[str, Any] = getattr(request, "param", {})
+    settings = DispatcherSettings(env="dev", amqp_url=amqp_url, amqp_prefix=topology.prefix, webhook_url=receiver.url,
+                                  webhook_secret="s", webhook_allow_private=True, **extra)
+    connection = await aio_pika.connect_robust(amqp_url)
+    await declare_topology(await connection.channel(), topology)
+    app = DispatcherApp(settings)
+    try:
+        yield System(connection, topology, app)
+    finally:
+        await app.stop()
+        await connection.close()
+
+
+def signed(order: DispatchOrder, key: str) -> dict[str, Any]:
+    return signature_headers(order.to_json(), key)
+
+
+async def test_a_signed_order_runs_with_no_command_to_approvals(system: System, receiver: Receiver) -> None:
+    approvals = await system.approvals(steps("a", "b"))
+    order = order_for(steps("a", "b"))
+    await system.publish(order, headers=signed(order, system.app.settings.signing_key))
+    await asyncio.wait_for(approvals.finished.wait(), 20)
+    assert approvals.finals[0].plan_status == "dispatched"
+    assert receiver.steps() == ["a", "b"]
+    assert approvals.commands == []  # no get_dispatch_plan, and the plan was done before any renewal
+
+
+async def test_an_unsigned_order_is_confirmed_first(system: System, receiver: Receiver) -> None:
+    approvals = await system.approvals(steps("a"))
+    await system.publish(order_for(steps("a", "b")))  # its own steps are not what approvals confirms
+    await asyncio.wait_for(approvals.finished.wait(), 20)
+    assert approvals.commands == ["get_dispatch_plan"]
+    assert receiver.steps() == ["a"]
+
+
+async def test_a_forged_signature_runs_nothing_approvals_did_not_claim(system: System, receiver: Receiver) -> None:
+    approvals = await system.approvals([], stale=True)
+    order = order_for(steps("a"))
+    await system.publish(order, headers=signed(order, "not-the-key-approvals-signs-with-0123456789"))
+    await asyncio.wait_for(approvals.asked.wait(), 10)
+    await asyncio.sleep(0.5)  # time enough for anything to run, if it ran
+    assert approvals.commands == ["get_dispatch_plan"]
+    assert receiver.bodies == []
+    assert system.app.metrics.registry.get_sample_value("dispatch_orders_bad_signature_total") == 1
+
+
+@pytest.mark.parametrize("system", [{"PJ_ORDER_HOLD_MAX_S": 1.0, "PJ_STEP_DEADLINE_S": 0.5,
+                                     "PJ_RATE_LIMIT_MAX_WAIT_S": 0.4}], indirect=True)
+async def test_a_delivery_held_too_long_goes_back_and_resumes_after_its_checkpoints(
+        system: System, receiver: Receiver) -> None:
+    """The stand-in for RabbitMQ's consumer_timeout: a plan longer than one delivery may be held is
+    handed back between two steps, and its redelivery (confirmed with approvals) runs the rest."""
+    receiver.hold_s = 0.3
+    plan = steps("a", "b", "c", "d")
+    approvals = await system.approvals(plan)
+    order = order_for(plan)
+    await system.publish(order, headers=signed(order, system.app.settings.signing_key))
+    await asyncio.wait_for(approvals.finished.wait(), 30)
+    (final,) = approvals.finals
+    assert final.plan_status == "dispatched"
+    assert [r.status for r in final.results] == ["succeeded"] * 4
+    assert receiver.steps() == ["a", "b", "c", "d"]  # each once: the redelivery skipped the checkpointed ones
+    # The first delivery ran on its signature; the redelivery was confirmed (and approvals told it a, b were done).
+    assert approvals.commands == ["get_dispatch_plan"]
+    assert system.app.metrics.registry.get_sample_value("dispatch_plans_stopped_total", {"reason": "handed_back"}) == 1

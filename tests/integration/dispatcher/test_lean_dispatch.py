@@ -207,6 +207,10 @@ async def test_a_delivery_held_too_long_goes_back_and_resumes_after_its_checkpoi
     assert final.plan_status == "dispatched"
     assert [r.status for r in final.results] == ["succeeded"] * 4
     assert receiver.steps() == ["a", "b", "c", "d"]  # each once: the redelivery skipped the checkpointed ones
-    # The first delivery ran on its signature; the redelivery was confirmed (and approvals told it a, b were done).
-    assert approvals.commands == ["get_dispatch_plan"]
-    assert system.app.metrics.registry.get_sample_value("dispatch_plans_stopped_total", {"reason": "handed_back"}) == 1
+    # The first delivery ran on its signature; each redelivery was confirmed (approvals told it what was done).
+    # Steps start at about 0, 0.3 and 0.6 s of a delivery, and the third would end past 1 s: so one
+    # hand-back after a and b, or (on a slow machine) more.
+    handed_back = system.app.metrics.registry.get_sample_value("dispatch_plans_stopped_total",
+                                                               {"reason": "handed_back"})
+    assert handed_back is not None and handed_back >= 1
+    assert approvals.commands == ["get_dispatch_plan"] * int(handed_back)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.auth import TokenVerifier
@@ -34,6 +35,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def database_pool(settings: ApprovalsSettings) -> AsyncConnectionPool[Any]:
+    """The approvals connection pool: autocommit; each connection checked before it is handed out (one a
+    server restart closed is replaced); every statement bounded by PJ_DB_STATEMENT_TIMEOUT_S; a wait for
+    a free connection bounded by PJ_DB_POOL_TIMEOUT_S."""
+    options = str(conninfo_to_dict(settings.database_url).get("options") or "")
+    timeout_ms = int(settings.db_statement_timeout_s * 1000)
+    return AsyncConnectionPool(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+        timeout=settings.db_pool_timeout_s, check=AsyncConnectionPool.check_connection,
+        kwargs={"autocommit": True, "options": f"{options} -c statement_timeout={timeout_ms}".strip()},
+        open=False, name="approvals")
+
+
 class ApprovalsApp:
     """Owns every long-lived resource of one approvals process."""
 
@@ -42,9 +56,7 @@ class ApprovalsApp:
         self.topology = Topology(settings.amqp_prefix)
         self.catalog = load_catalog(settings.catalog)
         self.metrics = ApprovalMetrics()
-        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-            kwargs={"autocommit": True}, open=False, name="approvals")
+        self.pool = database_pool(settings)
         # The publisher-confirm channel of the current broker connection (replaced on every reconnect).
         self.confirm_channel: AbstractChannel | None = None
         self.order_relay = OrderRelay(self.pool, lambda: self.confirm_channel, queue=self.topology.dispatch,

@@ -37,6 +37,12 @@ class ApprovalsSettings(DispatchSigningSettings):
     command_prefetch: int = 64
     db_pool_min: int = 2
     db_pool_max: int = 16
+    # How long a command waits for a free connection: less than the gateway's PJ_RPC_TIMEOUT_S (5 s), so
+    # a command the database cannot serve fails with database_unavailable (503) while the caller waits.
+    db_pool_timeout_s: float = 3.0
+    # PostgreSQL's statement_timeout for every statement of the pool: a stuck statement (a lock held
+    # elsewhere, a runaway plan) fails the command instead of holding a connection for good.
+    db_statement_timeout_s: float = 5.0
     create_database: bool = False
     # Serve this process's own /metrics on this port (0: off). With several approvals processes,
     # scrape each one here: the gateway's /metrics shows whichever instance answers its RPC.

@@ -111,8 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick_env = env_default("QUICK", "0") not in ("0", "", "false", "no")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", default=quick_env,
-                        help="QUICK=1: a smoke run of every scenario, under a minute: 2 s each, 10,000 rows instead of "
-                             "100,000, 30 counted lifecycles, scaling with 1 and 2 dispatchers of concurrency 4")
+                        help="QUICK=1: a smoke run of every scenario, meant for under a minute: 2 s each, 5,000 rows "
+                             "instead of 100,000, 30 counted lifecycles, scaling with 1 and 2 dispatchers of "
+                             "concurrency 4")
     parser.add_argument("--soak", type=float, default=float(env_default("SOAK", "0")),
                         help="SOAK=<seconds>: add the soak scenario (lifecycles at 32 in flight, memory watched)")
     parser.add_argument("--seconds", type=float, default=None, help="measured duration of each scenario "
@@ -130,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="load generator: lean (asyncio, default), httpx (a client of one connection per "
                              "worker) or httpx-shared (one pool) (BENCH_CLIENT)")
     parser.add_argument("--rows", type=int, default=None,
-                        help="approvals stored for read and sweep (BENCH_ROWS, default 100000; 10000 with --quick)")
+                        help="approvals stored for read and sweep (BENCH_ROWS, default 100000; 5000 with --quick)")
     parser.add_argument("--count-lifecycles", type=int, default=None,
                         help="lifecycles the counts scenario runs (default 200; 50 with --quick)")
     parser.add_argument("--scaling-concurrency", type=int, default=None,
@@ -154,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = float(env_default("BENCH_WARMUP", "0.5" if q else "2"))
     if args.rows is None:
-        args.rows = int(env_default("BENCH_ROWS", "10000" if q else "100000"))
+        args.rows = int(env_default("BENCH_ROWS", "5000" if q else "100000"))
     if args.count_lifecycles is None:
         args.count_lifecycles = 30 if q else 200
     if args.scaling_concurrency is None:

@@ -9,6 +9,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.auth import TokenVerifier
+from pj_common.deadletters import DeadLetterRoute, read_dead_letter_count
 from pj_common.metrics import MetricsServer
 from pj_common.runtime import Periodic
 from pj_common.topology import Topology, declare_topology
@@ -82,6 +83,9 @@ class ApprovalsApp:
         # Keeps approval_pending_gauge current for direct scrapes (the RPC path refreshes it on demand).
         self._gauge = Periodic(self.service.refresh_pending_gauge, settings.pending_gauge_interval_s,
                                name="pending-gauge", scope="metrics.refresh_failed", logger=log)
+        # pj_dead_letters, for both scrape paths: every approvals process reads the one queue's count.
+        self._dead_letter_gauge = Periodic(self._count_dead_letters, settings.pending_gauge_interval_s,
+                                           name="dead-letter-gauge", scope="metrics.refresh_failed", logger=log)
         self._metrics_server = MetricsServer(self.metrics.registry, host=settings.approvals_metrics_host,
                                              port=settings.approvals_metrics_port)
 
@@ -89,15 +93,24 @@ class ApprovalsApp:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
         watch = self.supervisor.watch
-        self.confirm_channel = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
+        confirm = self.confirm_channel = watch(await connection.channel(publisher_confirms=True,
+                                                                        on_return_raises=True))
         self.handlers.reply_channel = watch(await connection.channel(publisher_confirms=False))
         commands = watch(await connection.channel(publisher_confirms=False))
         await consume(commands, self.topology.commands, self.handlers.on_command,
                       prefetch=self.settings.command_prefetch)
         results = watch(await connection.channel(publisher_confirms=False))
         await consume(results, self.topology.results, self.handlers.on_report,
-                      prefetch=self.settings.command_prefetch)
+                      prefetch=self.settings.command_prefetch,
+                      dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange,
+                                                   self.settings.secret_values()))
         self._orders.wake()  # orders queued while the broker was away go out now
+
+    async def _count_dead_letters(self) -> None:
+        """Set pj_dead_letters from the dead-letter queue (kept as it was while the broker is away)."""
+        count = await read_dead_letter_count(self.supervisor.connection, self.topology)
+        if count is not None:
+            self.metrics.dead_letters.set(count)
 
     def _lost(self) -> None:
         self.confirm_channel = None
@@ -147,11 +160,12 @@ class ApprovalsApp:
         self._sweeper.start()
         self._reaper.start()
         self._relay.start()
+        self._dead_letter_gauge.start()
         if self._metrics_server.start():
             self._gauge.start()
 
     async def stop(self) -> None:
-        for periodic in (self._sweeper, self._reaper, self._gauge, self._relay):
+        for periodic in (self._sweeper, self._reaper, self._gauge, self._relay, self._dead_letter_gauge):
             await periodic.stop()
         await self._listener.stop()
         await self._orders.stop()

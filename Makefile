@@ -21,7 +21,7 @@ ROLE ?= admin
 SUB ?= dev-admin
 TENANT ?= default
 
-.PHONY: help venv migrate run up down token test test-unit test-ops lint schemas bench clean
+.PHONY: help venv migrate run up down token dlq dlq-replay test test-unit test-ops lint schemas bench clean
 
 # Every target's line carries its `## description`: `make help` lists them all (tests/ops check it).
 help: ## this list
@@ -49,6 +49,13 @@ down: ## stop what `make up` started
 token: venv ## print a JWT for the running configuration (ROLE= SUB= TENANT=)
 	@$(PY) -m pj_common.token --role $(ROLE) --sub $(SUB) --tenant $(TENANT)
 
+dlq: venv ## list dead letters: id, original queue, reason, deliveries, age (JSON=1: as JSON)
+	@$(PY) -m pj_common.deadletters list $(if $(JSON),--json)
+
+dlq-replay: venv ## put dead letters back on their original queue (ID=<id> or ALL=1)
+	@$(if $(ID)$(ALL),,$(error give ID=<dead letter id> or ALL=1))
+	@$(PY) -m pj_common.deadletters replay $(if $(ALL),--all,--id $(ID))
+
 test: venv lint ## lint, then the whole suite (needs PostgreSQL and RabbitMQ)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -57,6 +64,11 @@ test-unit: venv ## the unit tests only
 
 test-ops: venv ## tests of ops/ and the docs: alert rules (promtool), compose, k8s, Grafana, make targets
 	$(PY) -m pytest tests/ops $(PYTEST_ARGS)
+
+.PHONY: chaos
+CHAOS_LIFECYCLES ?= 1000
+chaos: venv ## faults under load on private PostgreSQL/RabbitMQ (tests/chaos); table to .run/chaos-report.json
+	PJ_CHAOS_LIFECYCLES=$(CHAOS_LIFECYCLES) PJ_CHAOS_ALL=1 $(PY) -m pytest tests/chaos -m chaos $(PYTEST_ARGS)
 
 lint: venv ## ruff over libs, services and tests
 	$(PY) -m ruff check libs services tests

@@ -111,8 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick_env = env_default("QUICK", "0") not in ("0", "", "false", "no")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", default=quick_env,
-                        help="QUICK=1: a smoke run of every scenario, under a minute: 2 s each, 10,000 rows instead of "
-                             "100,000, 30 counted lifecycles, scaling with 1 and 2 dispatchers of concurrency 4")
+                        help="QUICK=1: a smoke run of every scenario, meant for under a minute: 2 s each, 5,000 rows "
+                             "instead of 100,000, 30 counted lifecycles, scaling with 1 and 2 dispatchers of "
+                             "concurrency 4")
     parser.add_argument("--soak", type=float, default=float(env_default("SOAK", "0")),
                         help="SOAK=<seconds>: add the soak scenario (lifecycles at 32 in flight, memory watched)")
     parser.add_argument("--seconds", type=float, default=None, help="measured duration of each scenario "
@@ -130,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="load generator: lean (asyncio, default), httpx (a client of one connection per "
                              "worker) or httpx-shared (one pool) (BENCH_CLIENT)")
     parser.add_argument("--rows", type=int, default=None,
-                        help="approvals stored for read and sweep (BENCH_ROWS, default 100000; 10000 with --quick)")
+                        help="approvals stored for read and sweep (BENCH_ROWS, default 100000; 5000 with --quick)")
     parser.add_argument("--count-lifecycles", type=int, default=None,
                         help="lifecycles the counts scenario runs (default 200; 50 with --quick)")
     parser.add_argument("--scaling-concurrency", type=int, default=None,
@@ -154,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = float(env_default("BENCH_WARMUP", "0.5" if q else "2"))
     if args.rows is None:
-        args.rows = int(env_default("BENCH_ROWS", "10000" if q else "100000"))
+        args.rows = int(env_default("BENCH_ROWS", "5000" if q else "100000"))
     if args.count_lifecycles is None:
         args.count_lifecycles = 30 if q else 200
     if args.scaling_concurrency is None:
@@ -721,7 +722,11 @@ async def scenario_lifecycle_1(bench: Bench) -> dict[str, Any]:
 
 async def scenario_soak(bench: Bench) -> dict[str, Any]:
     started = time.monotonic()
+    if bench.memory:  # the servers' memory at both ends too (the sampler takes it every 30 s only)
+        bench.memory.sample(servers=True)
     result = await run_load(bench, "soak", op_lifecycle, concurrency=bench.args.concurrency, seconds=bench.args.soak)
+    if bench.memory:
+        bench.memory.sample(servers=True)
     memory = bench.memory.summary(started, time.monotonic()) if bench.memory else {}
     result["rss_mb"] = memory
     services = [k for k in memory if k in ("gateway", "approvals") or k.startswith("dispatcher-")]
@@ -780,7 +785,9 @@ def count_database(iv: Intervals) -> dict[str, Any]:
     db: dict[str, Any] = {k: iv.net(r1.db[k] - r0.db[k], i1.db[k] - i0.db[k]) for k in counts.PG_COUNTERS}
     idle_s = i1.at - i0.at
     db["idle_per_s"] = {k: round((i1.db[k] - i0.db[k]) / idle_s, 2) for k in counts.PG_COUNTERS}
-    return {"transactions": round(db["xact_commit"] + db["xact_rollback"], 3), "pg_stat_database": db}
+    gross = sum(r1.db[k] - r0.db[k] for k in ("xact_commit", "xact_rollback"))
+    return {"transactions": round(db["xact_commit"] + db["xact_rollback"], 3), "pg_stat_database": db,
+            "transactions_gross": round(gross / iv.ops, 3) if iv.ops else None}
 
 
 def count_sql(iv: Intervals, log_path: Path | None, database: str) -> dict[str, Any]:
@@ -792,6 +799,8 @@ def count_sql(iv: Intervals, log_path: Path | None, database: str) -> dict[str, 
     per = {k: iv.net(run["by_kind"].get(k, 0), idle["by_kind"].get(k, 0))
            for k in {**run["by_kind"], **idle["by_kind"]}}
     return {"statements": iv.net(run["total"], idle["total"]),
+            "statements_gross": round(run["total"] / iv.ops, 3),
+            "statements_gross_by_kind": {k: round(v / iv.ops, 3) for k, v in run["by_kind"].items()},
             "statements_by_kind": dict(sorted(per.items(), key=lambda kv: -kv[1])),
             "statements_idle_per_s": round(idle["total"] / (i1.at - i0.at), 2),
             "statements_source": f"log_statement=all on {database}, counted in {log_path}"}
@@ -802,7 +811,9 @@ def count_amqp(iv: Intervals, trace: counts.AmqpTrace | None, vhost: str) -> dic
         return {"amqp_publishes": None, "rpc_round_trips": None,
                 "amqp_source": "firehose unavailable (no rabbitmqctl or no vhost of our own): not counted"}
     publishes, rpc = iv.per_kind("publishes"), iv.per_kind("rpc")
+    gross = sum(iv.run[1].publishes.values()) - sum(iv.run[0].publishes.values())
     return {"amqp_publishes": round(sum(publishes.values()), 3), "amqp_publishes_by_kind": publishes,
+            "amqp_publishes_gross": round(gross / iv.ops, 3),
             "amqp_deliveries_by_queue": iv.per_kind("deliveries"),
             "rpc_round_trips": round(sum(rpc.values()), 3), "rpc_by_command": rpc,
             "amqp_source": f"RabbitMQ firehose (rabbitmqctl trace_on) in the bench's vhost {vhost}"}
@@ -846,7 +857,8 @@ async def scenario_counts(bench: Bench) -> dict[str, Any]:
     iv = Intervals(idle=(idle_start, idle_end), run=(run_start, run_end), ops=result["ops"])
     return {"lifecycles": result["ops"], "errors": result["errors"], "error_count": result["error_count"],
             "run_s": round(run_end.at - run_start.at, 2), "idle_s": round(idle_end.at - idle_start.at, 2),
-            "method": "per lifecycle = (run delta - idle rate x run time) / lifecycles",
+            "method": "per lifecycle = (run delta - idle rate x run time) / lifecycles; *_gross: run delta / "
+                      "lifecycles, background polling included",
             **count_database(iv), **count_sql(iv, log_path, bench.args.database),
             **count_amqp(iv, trace, bench.vhost), **count_http_and_logs(iv, result, bench.logdir),
             "latency_ms": result["latency_ms"]}

@@ -1,4 +1,4 @@
-"""ops/alerts/approval-alerts.yml: the runbook's six alerts, over metrics the approvals service exposes,
+"""ops/alerts/approval-alerts.yml: the runbook's seven alerts, over metrics the approvals service exposes,
 each one unit-tested with `promtool test rules` (tests/ops/alerts_test.yml), firing and quiet."""
 
 import os
@@ -28,6 +28,7 @@ EXPECTED = {
     "ApprovalTimeTooHigh": "page",
     "DispatchLatencyHigh": "warn",
     "NoApprovalsProcessed": "warn",
+    "DeadLettersPresent": "warn",
 }
 
 # Which metrics each alert is about (a rule over the wrong metric fails here even if the name exists).
@@ -39,6 +40,7 @@ EXPECTED_METRICS = {
     "DispatchLatencyHigh": {"dispatch_latency_seconds_bucket"},
     "NoApprovalsProcessed": {"approvals_created_total", "approvals_approved_total",
                              "approvals_rejected_total"},
+    "DeadLettersPresent": {"pj_dead_letters"},
 }
 
 PROMQL_KEYWORDS = {"by", "without", "and", "or", "unless", "on", "ignoring", "group_left", "group_right",
@@ -87,7 +89,7 @@ def exposed() -> set[str]:
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-def test_the_six_alerts_with_their_severities(rules: dict[str, dict[str, Any]]) -> None:
+def test_the_seven_alerts_with_their_severities(rules: dict[str, dict[str, Any]]) -> None:
     assert set(rules) == set(EXPECTED)
     for name, severity in EXPECTED.items():
         assert rules[name]["labels"]["severity"] == severity, name
@@ -114,6 +116,7 @@ def test_conditions(rules: dict[str, dict[str, Any]]) -> None:
     assert "sum(increase(approvals_created_total[24h]))>0" in no_decisions
     assert "approvals_approved_total[24h]" in no_decisions and "approvals_rejected_total[24h]" in no_decisions
     assert no_decisions.endswith("==0")
+    assert squash["DeadLettersPresent"] == "max(pj_dead_letters)>0" and rules["DeadLettersPresent"]["for"] == "5m"
 
 
 def test_every_referenced_metric_is_exposed(rules: dict[str, dict[str, Any]], exposed: set[str]) -> None:

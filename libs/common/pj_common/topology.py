@@ -1,6 +1,8 @@
 """Exchange and queue names, from one place, and the one function that declares them."""
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel
@@ -34,16 +36,41 @@ class Topology:
 
     @property
     def dead_letter_exchange(self) -> str:
+        """Fanout exchange every dead letter goes to: the broker's (from the queues' arguments) and the
+        transport's own (republished with why in `x-pj-*` headers)."""
         return f"{self.prefix}.dlx"
 
     @property
     def dead_letters(self) -> str:
-        """Where rejected messages land, with the reason in their headers."""
+        """Quorum queue of dead letters, with why in their headers: list and replay them with
+        `python -m pj_common.deadletters` (make dlq, make dlq-replay)."""
         return f"{self.prefix}.dead"
 
 
-# A message redelivered this often is poison: the broker dead-letters it instead of looping.
-DELIVERY_LIMIT = 50
+# The broker's delivery limit on the orders and results queues. The transport dead-letters a message
+# itself, with why in its headers, when delivery number transport.MAX_DELIVERIES (200) fails, which
+# takes at least 48 minutes of failures (the sum is in pj_common.transport's docstring); this limit
+# sits above that and only catches a message whose consumer dies on every delivery (the transport
+# never sees it fail). RabbitMQ dead-letters it after DELIVERY_LIMIT + 1 deliveries, with `x-death`.
+DELIVERY_LIMIT = 250
+
+# Earlier releases declared x-delivery-limit 50 (10-second back-off: a 10-minute outage dead-lettered
+# every queued order and report). A queue's arguments never change once declared, and a
+# `delivery-limit` policy cannot raise it either (RabbitMQ applies the lower of argument and policy),
+# so such a queue is used as it is, with a warning, until it is re-created empty (docs/runbook.md,
+# "Dead letters"): an upgrade never stops a service, and the new limit comes with the new queue.
+LEGACY_DELIVERY_LIMITS = (50,)
+
+log = logging.getLogger("pj.topology")
+
+
+def work_queue_arguments(topology: Topology, delivery_limit: int = DELIVERY_LIMIT) -> dict[str, Any]:
+    """The arguments of the orders and results queues (quorum, dead-lettering, the delivery limit)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": topology.dead_letter_exchange,
+        "x-delivery-limit": delivery_limit,
+    }
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
@@ -51,6 +78,7 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
     dlx = await channel.declare_exchange(
         topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
+    # No delivery limit here, ever: listing the dead letters returns each one, which counts as a delivery.
     dead = await channel.declare_queue(
         topology.dead_letters, durable=True, arguments={"x-queue-type": "quorum"}
     )
@@ -59,12 +87,28 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
     # Commands expire with their RPC timeout; an expired command is of no use to anyone, so no DLX.
     await channel.declare_queue(topology.commands, durable=True, arguments={"x-queue-type": "classic"})
     for name in (topology.dispatch, topology.results):
-        await channel.declare_queue(
-            name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-dead-letter-exchange": topology.dead_letter_exchange,
-                "x-delivery-limit": DELIVERY_LIMIT,
-            },
-        )
+        await _declare_work_queue(channel, topology, name)
+
+
+async def _declare_work_queue(channel: AbstractChannel, topology: Topology, name: str) -> None:
+    try:
+        await channel.declare_queue(name, durable=True, arguments=work_queue_arguments(topology))
+        return
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        if "x-delivery-limit" not in str(exc):
+            raise
+        # The broker closed the channel; any other difference than the limit still fails below.
+        await channel.reopen()
+    for legacy in LEGACY_DELIVERY_LIMITS:
+        try:
+            await channel.declare_queue(name, durable=True, arguments=work_queue_arguments(topology, legacy))
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            await channel.reopen()
+            continue
+        log.warning("queue %s keeps the x-delivery-limit %d it was declared with (this release declares %d): "
+                    "re-create it empty to get the new limit (docs/runbook.md, Dead letters)", name, legacy,
+                    DELIVERY_LIMIT, extra={"scope": "amqp.legacy_delivery_limit", "queue": name,
+                                           "deliveryLimit": legacy})
+        return
+    raise RuntimeError(f"queue {name} exists with an x-delivery-limit this release does not know; "
+                       "re-create it empty (docs/runbook.md, Dead letters)")

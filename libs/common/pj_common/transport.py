@@ -1,11 +1,23 @@
 """The one thin AMQP layer: a reconnecting connection, publishing, consuming with ack/nack, and RPC.
 
 Delivery rules live here and nowhere else: a handler that returns is acked (after its commit),
-`Permanent` or an invalid message is dead-lettered, anything else is retried after a back-off.
+`Permanent` or an invalid message is dead-lettered at once, anything else is retried after a back-off
+until its last allowed delivery (MAX_DELIVERIES), and then dead-lettered too.
+
+How long a broken dependency may last before anything is dead-lettered: a message failing on
+delivery k (k earlier deliveries, 0-based) waits between half and all of min(30 s, 0.1 s * 2^k)
+before it goes back. Its first 9 waits add up to at least 25.5 s; every later one is at least 15 s
+(on average 22.5 s). The transport dead-letters it when delivery number MAX_DELIVERIES = 200 fails,
+after 199 waits: at least 25.5 + 190 * 15 = 2,875 s (48 minutes) and typically 72 minutes, plus the
+time each failed attempt itself took. So a database or approvals outage of 30 minutes dead-letters
+nothing, with more than half an hour to spare on average, and a message is retried within 30 s of
+the outage ending. The broker's own limit (topology.DELIVERY_LIMIT, 250) sits above this one: it only
+catches a message whose consumer crashes on every delivery, which the transport never sees fail.
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -16,9 +28,11 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     DeliveryMode,
 )
+from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from .backoff import backoff_s
+from .deadletters import COUNT_MAX, DeadLetterRoute, DeadReason, dead_letter_headers, scrub
 from .errors import ErrorCode, GateError
 from .runtime import cancel_and_wait
 
@@ -50,13 +64,23 @@ def reconnect_delay_s(attempt: int) -> float:
     return backoff_s(attempt, base=0.2, cap=5.0)
 
 
+# The longest hold of a failed message, and the delivery whose failure dead-letters it (see the module).
+REDELIVERY_CAP_S = 30.0
+MAX_DELIVERIES = 200
+
+
 def redelivery_delay_s(delivery_count: int, hint: float | None = None) -> float:
     """Seconds to hold a failed message before it goes back to its queue.
 
-    0.1 s doubling per earlier delivery up to 10 s, so a dead database is not hammered by a hot loop;
-    a handler's own `retry_after` wins, up to 30 s.
+    Between half and all of 0.1 s doubling per earlier delivery, up to 30 s: a dead database is not
+    hammered by a hot loop, and the floor keeps the time MAX_DELIVERIES takes from shrinking with
+    the jitter. A handler's own `retry_after` wins, up to 30 s, but never shortens the wait below
+    that floor (it would use up the deliveries faster than the sum in the module docstring says).
     """
-    return backoff_s(delivery_count + 1, base=0.1, cap=10.0, hint=hint, hint_cap=30.0)
+    floor = min(REDELIVERY_CAP_S, 0.1 * 2.0 ** min(delivery_count, 16)) / 2
+    if hint is not None:
+        return max(floor, min(hint, REDELIVERY_CAP_S))
+    return floor + backoff_s(min(delivery_count, 16) + 1, base=0.05, cap=REDELIVERY_CAP_S / 2)
 
 
 class Supervisor:
@@ -186,30 +210,77 @@ Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
 def delivery_count(message: AbstractIncomingMessage) -> int:
-    """How many times the broker delivered `message` before (quorum queues count; 0 when unknown)."""
+    """How many times the broker delivered `message` before (quorum queues count; 0 when unknown).
+
+    The header is checked like any input: only a non-negative integer (not a boolean) counts, and a
+    count beyond any real one is taken as that bound, so the back-off arithmetic cannot overflow.
+    """
     count = (message.headers or {}).get("x-delivery-count")
-    return count if isinstance(count, int) and count > 0 else 0
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return 0
+    return min(count, COUNT_MAX)
 
 
-async def settle(handler: Handler, message: AbstractIncomingMessage) -> None:
-    """Run `handler` and ack, dead-letter or retry the message by what it did."""
+async def settle(handler: Handler, message: AbstractIncomingMessage, *, queue: str = "",
+                 dead_letters: DeadLetterRoute | None = None) -> None:
+    """Run `handler` and ack, dead-letter or retry the message by what it did.
+
+    With `dead_letters`, a dead letter is republished there with why (and then acked); without, it
+    is rejected, and the queue's own dead-letter exchange (if any) takes it with only `x-death`.
+    """
     try:
         await handler(message)
     except (Permanent, ValidationError, ValueError) as exc:
-        log.error("message dead-lettered: %s", exc, extra={
-            "scope": "amqp.dead_lettered", "routing_key": message.routing_key,
-            "message_id": message.message_id,
-        })
-        await _quietly(message.reject(requeue=False))
+        reason = DeadReason.PERMANENT if isinstance(exc, Permanent) else DeadReason.INVALID
+        await _dead_letter(message, reason, exc, queue=queue or message.routing_key or "", route=dead_letters)
     except Exception as exc:
-        delay = redelivery_delay_s(delivery_count(message), exc.retry_after if isinstance(exc, Retryable) else None)
-        log.warning("message processing failed, retrying in %.2fs: %r", delay, exc, extra={
-            "scope": "amqp.retry", "routing_key": message.routing_key, "message_id": message.message_id,
-        })
-        await asyncio.sleep(delay)
-        await _quietly(message.nack(requeue=True))
+        if dead_letters is not None and delivery_count(message) + 1 >= MAX_DELIVERIES:
+            await _dead_letter(message, DeadReason.DELIVERY_LIMIT, exc, queue=queue or message.routing_key or "",
+                               route=dead_letters)
+            return
+        await _retry_later(message, exc)
     else:
         await _quietly(message.ack())
+
+
+async def _retry_later(message: AbstractIncomingMessage, exc: BaseException, *, scope: str = "amqp.retry") -> None:
+    delay = redelivery_delay_s(delivery_count(message), exc.retry_after if isinstance(exc, Retryable) else None)
+    log.warning("message processing failed, retrying in %.2fs: %r", delay, exc, extra={
+        "scope": scope, "routing_key": message.routing_key, "message_id": message.message_id,
+    })
+    await asyncio.sleep(delay)
+    await _quietly(message.nack(requeue=True))
+
+
+async def _dead_letter(message: AbstractIncomingMessage, reason: DeadReason, exc: BaseException, *,
+                       queue: str, route: DeadLetterRoute | None) -> None:
+    deliveries = delivery_count(message) + 1
+    fields = {"scope": "amqp.dead_lettered", "routing_key": message.routing_key, "queue": queue,
+              "message_id": message.message_id, "reason": reason.value, "deliveries": deliveries}
+    if route is None:
+        log.error("message dead-lettered: %s", exc, extra=fields)
+        await _quietly(message.reject(requeue=False))
+        return
+    error = scrub(f"{type(exc).__name__}: {exc}", route.secrets)
+    headers = dead_letter_headers(message.headers, reason=reason, queue=queue, deliveries=deliveries,
+                                  error=error, now=time.time())
+    copy = aio_pika.Message(
+        message.body, headers=headers, content_type=message.content_type,
+        content_encoding=message.content_encoding, delivery_mode=DeliveryMode.PERSISTENT,
+        correlation_id=message.correlation_id, reply_to=message.reply_to, message_id=message.message_id,
+        timestamp=message.timestamp, type=message.type, app_id=message.app_id)
+    try:
+        exchange = await route.channel.get_exchange(route.exchange, ensure=False)
+        confirmed = isinstance(await exchange.publish(copy, routing_key=queue, mandatory=True), Basic.Ack)
+    except (aio_pika.exceptions.AMQPError, RuntimeError, OSError, TimeoutError) as publish_error:
+        log.warning("dead-letter publish failed: %r", publish_error, extra={"scope": "amqp.dead_letter_failed"})
+        confirmed = False
+    if not confirmed:
+        # The original stays in its queue: nothing is lost, and it is tried again after the back-off.
+        await _retry_later(message, exc, scope="amqp.dead_letter_failed")
+        return
+    log.error("message dead-lettered (%s): %s", reason.value, error, extra=fields)
+    await _quietly(message.ack())
 
 
 async def _quietly(settlement: Awaitable[None]) -> None:
@@ -221,16 +292,20 @@ async def _quietly(settlement: Awaitable[None]) -> None:
 
 
 async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *,
-                  prefetch: int) -> Callable[[], Awaitable[None]]:
+                  prefetch: int, dead_letters: DeadLetterRoute | None = None) -> Callable[[], Awaitable[None]]:
     """Start consuming `queue_name` with manual acks and at most `prefetch` messages in flight.
 
+    `dead_letters`: where this queue's dead letters go, with why in their headers (see `settle`).
     Returns a function that stops new deliveries (messages already delivered finish as usual).
     """
+    if dead_letters is not None and not dead_letters.channel.publisher_confirms:
+        raise ValueError("the dead-letter channel needs publisher confirms: a dead letter is acked only once "
+                         "its copy is confirmed")
     await channel.set_qos(prefetch_count=prefetch)
     queue = await channel.get_queue(queue_name, ensure=False)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        await settle(handler, message)
+        await settle(handler, message, queue=queue_name, dead_letters=dead_letters)
 
     tag = await queue.consume(on_message)
 

@@ -1,8 +1,7 @@
 """The approvals process: database pool, migrations, command and result consumers, expiry sweeper."""
 
-import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -10,17 +9,17 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.auth import TokenVerifier
-from pj_common.messages import ApprovalEvent
+from pj_common.deadletters import DeadLetterRoute, read_dead_letter_count
 from pj_common.metrics import MetricsServer
 from pj_common.runtime import Periodic
 from pj_common.topology import Topology, declare_topology
-from pj_common.transport import Supervisor, consume, json_message
+from pj_common.transport import Supervisor, consume
 
 from . import store
 from .catalog import CatalogError, load_catalog
 from .handlers import Handlers
 from .metrics import ApprovalMetrics
-from .relay import OrderRelay, OutboxListener, WakeableLoop, publishable
+from .relay import EventRelay, OrderRelay, OutboxListener, WakeableLoop
 from .service import ApprovalService
 from .settings import ApprovalsSettings
 
@@ -76,11 +75,17 @@ class ApprovalsApp:
         # Re-issues (or, after the last attempt, fails) dispatches whose lease ran out.
         self._reaper = Periodic(self._reap, settings.reaper_interval_s, name="lease-reaper",
                                 scope="reaper.failed", logger=log, level=logging.ERROR)
-        self._relay = Periodic(self._relay_events, settings.event_relay_interval_s, name="event-relay",
+        self.event_relay = EventRelay(self.pool, lambda: self.confirm_channel, exchange=self.topology.events,
+                                      name="events", batch=settings.event_relay_batch,
+                                      confirm_timeout_s=settings.publish_confirm_timeout_s)
+        self._relay = Periodic(self.event_relay.step, settings.event_relay_interval_s, name="event-relay",
                                scope="events.relay_failed", logger=log)
         # Keeps approval_pending_gauge current for direct scrapes (the RPC path refreshes it on demand).
         self._gauge = Periodic(self.service.refresh_pending_gauge, settings.pending_gauge_interval_s,
                                name="pending-gauge", scope="metrics.refresh_failed", logger=log)
+        # pj_dead_letters, for both scrape paths: every approvals process reads the one queue's count.
+        self._dead_letter_gauge = Periodic(self._count_dead_letters, settings.pending_gauge_interval_s,
+                                           name="dead-letter-gauge", scope="metrics.refresh_failed", logger=log)
         self._metrics_server = MetricsServer(self.metrics.registry, host=settings.approvals_metrics_host,
                                              port=settings.approvals_metrics_port)
 
@@ -88,47 +93,28 @@ class ApprovalsApp:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
         watch = self.supervisor.watch
-        self.confirm_channel = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
+        confirm = self.confirm_channel = watch(await connection.channel(publisher_confirms=True,
+                                                                        on_return_raises=True))
         self.handlers.reply_channel = watch(await connection.channel(publisher_confirms=False))
         commands = watch(await connection.channel(publisher_confirms=False))
         await consume(commands, self.topology.commands, self.handlers.on_command,
                       prefetch=self.settings.command_prefetch)
         results = watch(await connection.channel(publisher_confirms=False))
         await consume(results, self.topology.results, self.handlers.on_report,
-                      prefetch=self.settings.command_prefetch)
+                      prefetch=self.settings.command_prefetch,
+                      dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange,
+                                                   self.settings.secret_values()))
         self._orders.wake()  # orders queued while the broker was away go out now
+
+    async def _count_dead_letters(self) -> None:
+        """Set pj_dead_letters from the dead-letter queue (kept as it was while the broker is away)."""
+        count = await read_dead_letter_count(self.supervisor.connection, self.topology)
+        if count is not None:
+            self.metrics.dead_letters.set(count)
 
     def _lost(self) -> None:
         self.confirm_channel = None
         self.handlers.reply_channel = None
-
-    async def _relay_events(self) -> bool:
-        """Publish approval_events in id order to the events exchange, with confirms, then advance the
-        cursor: at-least-once (a consumer dedupes on eventId), and a crash or outage loses nothing.
-        True when a full batch went out: more may be waiting, so the relay runs again at once."""
-        published = await self._relay_batch(timedelta(seconds=self.settings.event_relay_grace_s))
-        return published >= self.settings.event_relay_batch
-
-    async def _relay_batch(self, grace: timedelta) -> int:
-        channel = self.confirm_channel
-        if channel is None:
-            return 0
-        async with self.pool.connection() as conn, conn.transaction():
-            last_id = await store.lock_relay_cursor(conn, "events")
-            if last_id is None:  # another approvals process is relaying
-                return 0
-            rows = await store.events_after(conn, last_id, self.settings.event_relay_batch)
-            ready = publishable(last_id, rows, now=utcnow(), grace=grace)
-            if not ready:
-                return 0
-            exchange = await channel.get_exchange(self.topology.events, ensure=False)
-            # Publishes in flight together: one confirm round trip for the batch, not one per event.
-            await asyncio.gather(*(
-                exchange.publish(json_message(_event_message(e).to_json(), message_id=str(e.id)),
-                                 routing_key=e.event_type, mandatory=False)
-                for e in ready))
-            await store.advance_relay_cursor(conn, "events", ready[-1].id)
-        return len(ready)
 
     async def _sweep(self) -> None:
         """Expire approvals past their TTL or dispatch window."""
@@ -143,6 +129,12 @@ class ApprovalsApp:
             log.warning("re-issued or failed %d dispatches past their lease", reaped,
                         extra={"scope": "sweeper.leases"})
         return reaped >= _REAP_BATCH
+
+    async def _release_event_cursor(self) -> None:
+        try:
+            await self.event_relay.release()
+        except Exception as exc:  # another process's relay takes over when the cursor's lease runs out
+            log.warning("event relay cursor not released: %r", exc, extra={"scope": "events.relay_failed"})
 
     def reload_catalog(self) -> None:
         """SIGHUP: load the catalog file again; a broken file keeps the current catalog in force."""
@@ -168,21 +160,17 @@ class ApprovalsApp:
         self._sweeper.start()
         self._reaper.start()
         self._relay.start()
+        self._dead_letter_gauge.start()
         if self._metrics_server.start():
             self._gauge.start()
 
     async def stop(self) -> None:
-        for periodic in (self._sweeper, self._reaper, self._gauge, self._relay):
+        for periodic in (self._sweeper, self._reaper, self._gauge, self._relay, self._dead_letter_gauge):
             await periodic.stop()
         await self._listener.stop()
         await self._orders.stop()
+        await self._release_event_cursor()
         self._metrics_server.stop()
         await self.supervisor.stop()
         await self.pool.close()
 
-
-def _event_message(event: store.StoredEvent) -> ApprovalEvent:
-    return ApprovalEvent(event_id=str(event.id), type=event.event_type,
-                         approval_id=str(event.approval_id), tenant_id=event.tenant_id, action_id=event.action_id,
-                         actor=event.actor, from_status=event.from_status, to_status=event.to_status,
-                         occurred_at=event.occurred_at, correlation_id=event.correlation_id, note=event.note)

@@ -32,6 +32,8 @@ class ApprovalMetrics:
                                         "CAS conflicts (double-dispatch prevented)", registry=r)
         self.plan_changed = Counter("dispatch_plan_changed",
                                     "Dispatches refused because the plan changed since approval", registry=r)
+        # Every approvals process reads the same queue: several series are copies of one number (max()).
+        self.dead_letters = Gauge("pj_dead_letters", "Messages in the dead-letter queue", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

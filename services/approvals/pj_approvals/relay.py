@@ -6,22 +6,26 @@ them signed and with publisher confirms, all in flight together, then deletes th
 transaction is held while the broker confirms. It is woken at once after a commit (by this process,
 or by LISTEN/NOTIFY from another), and polls as a fallback.
 
-Which stored events the event relay may publish now is decided here too (`publishable`).
+The event relay publishes approval_events in commit order (see migration 0008): it holds the cursor
+row by a lease in one short statement, reads the events of finished transactions after it, publishes
+them with confirms, all in flight together, and then advances the cursor by compare-and-set. A
+relay that lost its lease meanwhile cannot move the cursor: the next holder publishes the same events
+again (consumers dedupe on eventId), and none is ever skipped.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg
 from aio_pika.abc import AbstractChannel
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.backoff import backoff_s
-from pj_common.messages import DispatchOrder
+from pj_common.messages import ApprovalEvent, DispatchOrder
 from pj_common.runtime import cancel_and_wait
 from pj_common.signing import signature_headers
 from pj_common.transport import json_message, publish_confirmed
@@ -162,25 +166,61 @@ class OutboxListener:
                 attempt += 1
 
 
-class Numbered(Protocol):
-    id: int
-    occurred_at: datetime
+class EventRelay:
+    """Publishes approval_events to the events exchange in commit order (see the module docstring)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], channel: ChannelSource, *, exchange: str, name: str,
+                 batch: int, confirm_timeout_s: float) -> None:
+        self._pool = pool
+        self._channel = channel
+        self._exchange = exchange
+        self._name = name
+        self._batch = batch
+        self._confirm_timeout_s = confirm_timeout_s
+        self._holder = uuid.uuid4()  # this relay, as the cursor's lease names it
+
+    async def step(self) -> bool:
+        """One pass; True when a full batch went out (more may be waiting)."""
+        return await self.relay_once() >= self._batch
+
+    async def relay_once(self) -> int:
+        """Read, publish and pass the next batch; the number published."""
+        channel = self._channel()
+        if channel is None:
+            return 0
+        async with self._pool.connection() as conn:
+            # The lease outlives a publish that times out, so no other relay takes over mid-publish.
+            seen = await store.take_relay_cursor(conn, self._name, holder=self._holder,
+                                                 hold_s=self._confirm_timeout_s + 5)
+            if seen is None:  # another approvals process relays
+                return 0
+            events = await store.committed_events_after(conn, seen, self._batch)
+        if not events:
+            return 0
+        exchange = await channel.get_exchange(self._exchange, ensure=False)
+        # Publishes in flight together: one confirm round trip for the batch, not one per event.
+        await asyncio.wait_for(asyncio.gather(*(
+            exchange.publish(json_message(event_message(e).to_json(), message_id=str(e.id)),
+                             routing_key=e.event_type, mandatory=False)
+            for e in events)), self._confirm_timeout_s)
+        last = events[-1]
+        async with self._pool.connection() as conn:
+            advanced = await store.advance_relay_cursor(conn, self._name, holder=self._holder, seen=seen,
+                                                        to=store.RelayPosition(last.tx, last.id))
+        if not advanced:
+            log.warning("event relay lost its cursor while publishing; the next holder publishes again",
+                        extra={"scope": "events.relay_taken_over", "events": len(events)})
+        return len(events)
+
+    async def release(self) -> None:
+        """Hand the cursor over at once (this process is stopping)."""
+        async with self._pool.connection() as conn:
+            await store.release_relay_cursor(conn, self._name, holder=self._holder)
 
 
-E = TypeVar("E", bound=Numbered)
-
-
-def publishable(last_id: int, rows: Sequence[E], *, now: datetime, grace: timedelta) -> list[E]:
-    """The leading run of `rows` (ordered by id, all after `last_id`) safe to publish now.
-
-    Event ids come from a sequence, and a statement that took id 100 may commit after the one that
-    took 101; so the relay stops before a gap while the event after it is young, and skips the gap once
-    it is older than the grace period (its statement failed: sequences leave such holes)."""
-    ready: list[E] = []
-    expected = last_id + 1
-    for row in rows:
-        if row.id != expected and now - row.occurred_at < grace:
-            break
-        ready.append(row)
-        expected = row.id + 1
-    return ready
+def event_message(event: store.StoredEvent) -> ApprovalEvent:
+    """A stored event as the events exchange carries it (its id is its eventId)."""
+    return ApprovalEvent(event_id=str(event.id), type=event.event_type,
+                         approval_id=str(event.approval_id), tenant_id=event.tenant_id, action_id=event.action_id,
+                         actor=event.actor, from_status=event.from_status, to_status=event.to_status,
+                         occurred_at=event.occurred_at, correlation_id=event.correlation_id, note=event.note)

@@ -28,11 +28,10 @@ class ApprovalsSettings(DispatchSigningSettings):
     outbox_poll_interval_s: float = 1.0
     outbox_batch: int = 100
     publish_confirm_timeout_s: float = 5.0
-    # The event relay: how often it looks for new events, how many it publishes at once, and how long
-    # it waits on a gap in event ids before deciding the missing id will never commit.
+    # The event relay: how often it looks for events of finished transactions, and how many it
+    # publishes at once (in commit order; each confirmed within PJ_PUBLISH_CONFIRM_TIMEOUT_S).
     event_relay_interval_s: float = 0.2
     event_relay_batch: int = 500
-    event_relay_grace_s: float = 5.0
     # Commands handled at once by this process; the pool is sized to keep them all busy.
     command_prefetch: int = 64
     db_pool_min: int = 2

@@ -607,9 +607,11 @@ async def listen_for_orders(conn: Conn) -> None:
 
 @dataclass(slots=True, kw_only=True)
 class StoredEvent:
-    """One row of approval_events with its approval's action, as the relay publishes it."""
+    """One row of approval_events with its approval's action, as the relay publishes it; `tx` is the
+    transaction that wrote it (its commit-order key, with `id`)."""
 
     id: int
+    tx: int
     approval_id: UUID
     tenant_id: str
     action_id: str
@@ -621,30 +623,74 @@ class StoredEvent:
     correlation_id: str | None
     occurred_at: datetime
 
-    def __post_init__(self) -> None:  # the columns are text
+    def __post_init__(self) -> None:  # the columns are text (tx is read as text: psycopg has no xid8 type)
+        self.tx = int(self.tx)
         self.from_status = None if self.from_status is None else ApprovalStatus(self.from_status)
         self.to_status = ApprovalStatus(self.to_status)
 
 
-async def lock_relay_cursor(conn: Conn, name: str) -> int | None:
-    """The relay's cursor, locked for this transaction; None if another approvals process holds it."""
-    cur = await conn.execute("SELECT last_id FROM event_relay WHERE name = %s FOR UPDATE SKIP LOCKED", (name,))
+@dataclass(frozen=True, slots=True, order=True)
+class RelayPosition:
+    """Where an event relay got to: the last published event's transaction and id."""
+
+    tx: int
+    id: int
+
+
+async def start_relay_cursor(conn: Conn, name: str) -> None:
+    """Create cursor `name`, if missing, after every event of the transactions that have finished."""
+    await conn.execute(
+        """INSERT INTO event_relay (name, last_tx, last_id)
+           VALUES (%s, (pg_snapshot_xmin(pg_current_snapshot())::text::numeric - 1)::text::xid8,
+                   9223372036854775807)
+           ON CONFLICT (name) DO NOTHING""", (name,))
+
+
+async def take_relay_cursor(conn: Conn, name: str, *, holder: UUID, hold_s: float) -> RelayPosition | None:
+    """Hold cursor `name` for `holder` for `hold_s` seconds (renewed by each pass; taken over by another
+    holder only after it runs out) and return its position; None if another holder has it. One short
+    statement: no lock outlives it, so nothing stays open while the broker confirms."""
+    cur = await conn.execute(
+        """UPDATE event_relay SET holder = %(holder)s,
+               held_until = clock_timestamp() + make_interval(secs => %(hold)s)
+           WHERE name = %(name)s AND (holder IS NULL OR holder = %(holder)s OR held_until < clock_timestamp())
+           RETURNING last_tx::text, last_id""", {"name": name, "holder": holder, "hold": hold_s})
     row = await cur.fetchone()
-    return int(row[0]) if row else None
+    return RelayPosition(int(row[0]), int(row[1])) if row else None
 
 
-async def events_after(conn: Conn, last_id: int, limit: int) -> list[StoredEvent]:
+async def committed_events_after(conn: Conn, after: RelayPosition, limit: int) -> list[StoredEvent]:
+    """Events after `after` in commit order ((tx, id)), only of transactions older than the oldest one
+    still running: all of those have finished, so no event will ever appear before the last one read."""
     async with conn.cursor(row_factory=class_row(StoredEvent)) as cur:
         await cur.execute(
-            """SELECT e.id, e.approval_id, e.tenant_id, a.action_id, e.event_type, e.actor, e.from_status,
-                      e.to_status, e.note, e.correlation_id, e.occurred_at
+            """SELECT e.id, e.tx::text AS tx, e.approval_id, e.tenant_id, a.action_id, e.event_type, e.actor,
+                      e.from_status, e.to_status, e.note, e.correlation_id, e.occurred_at
                FROM approval_events e JOIN approvals a ON a.id = e.approval_id
-               WHERE e.id > %s ORDER BY e.id LIMIT %s""", (last_id, limit))
+               WHERE (e.tx, e.id) > (%(tx)s::text::xid8, %(id)s)
+                 AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+               ORDER BY e.tx, e.id LIMIT %(limit)s""", {"tx": str(after.tx), "id": after.id, "limit": limit})
         return await cur.fetchall()
 
 
-async def advance_relay_cursor(conn: Conn, name: str, last_id: int) -> None:
-    await conn.execute("UPDATE event_relay SET last_id = %s WHERE name = %s", (last_id, name))
+async def advance_relay_cursor(conn: Conn, name: str, *, holder: UUID, seen: RelayPosition,
+                               to: RelayPosition) -> bool:
+    """Move cursor `name` from `seen` to `to` if `holder` still holds it there (compare-and-set); False if
+    another holder took it over meanwhile (then it publishes from `seen` again: duplicates, never a gap)."""
+    cur = await conn.execute(
+        """UPDATE event_relay SET last_tx = %(to_tx)s::text::xid8, last_id = %(to_id)s
+           WHERE name = %(name)s AND holder = %(holder)s
+             AND last_tx = %(seen_tx)s::text::xid8 AND last_id = %(seen_id)s
+           RETURNING name""",
+        {"name": name, "holder": holder, "seen_tx": str(seen.tx), "seen_id": seen.id, "to_tx": str(to.tx),
+         "to_id": to.id})
+    return await cur.fetchone() is not None
+
+
+async def release_relay_cursor(conn: Conn, name: str, *, holder: UUID) -> None:
+    """Let another process's relay take cursor `name` at once (this one is stopping)."""
+    await conn.execute("UPDATE event_relay SET holder = NULL, held_until = NULL WHERE name = %s AND holder = %s",
+                       (name, holder))
 
 
 async def ping(conn: Conn) -> None:

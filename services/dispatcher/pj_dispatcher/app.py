@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from pj_common.deadletters import DeadLetterRoute
 from pj_common.messages import StepReport
 from pj_common.metrics import MetricsServer
 from pj_common.topology import Topology, declare_topology
@@ -53,11 +54,12 @@ class DispatcherApp:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
         watch = self.supervisor.watch
-        self._confirm = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
+        confirm = self._confirm = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
         watch(await self.rpc.attach(connection))
         orders = watch(await connection.channel(publisher_confirms=False))
-        self._stop_consuming = await consume(orders, self.topology.dispatch, self.intake.on_order,
-                                             prefetch=self.settings.concurrency)
+        self._stop_consuming = await consume(
+            orders, self.topology.dispatch, self.intake.on_order, prefetch=self.settings.concurrency,
+            dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange, self.settings.secret_values()))
 
     def _lost(self) -> None:
         self._confirm = None

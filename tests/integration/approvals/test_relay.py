@@ -1,21 +1,32 @@
-"""The order relay against the real PostgreSQL and RabbitMQ: what a dispatch commits to the outbox
-reaches the dispatch queue signed, once, even across a crash or a broker outage."""
+"""The relays against the real PostgreSQL and RabbitMQ: what a dispatch commits to the outbox reaches
+the dispatch queue signed, once, even across a crash or a broker outage; events go out in commit order,
+none skipped."""
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
+import psycopg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from psycopg_pool import AsyncConnectionPool
 
 from pj_approvals import store
-from pj_approvals.relay import OrderRelay, OutboxListener
+from pj_approvals.relay import EventRelay, OrderRelay, OutboxListener
 from pj_approvals.service import ApprovalService, DispatchStarted
 from pj_common.auth import Principal, Role
-from pj_common.messages import DecideRequest, DispatchOrder, DispatchRequest, ExecuteAccepted, ExecuteRequest
+from pj_common.messages import (
+    ApprovalEvent,
+    ApprovalStatus,
+    DecideRequest,
+    DispatchOrder,
+    DispatchRequest,
+    ExecuteAccepted,
+    ExecuteRequest,
+)
 from pj_common.settings import DEV_DISPATCH_SIGNING_KEY
 from pj_common.signing import is_signed
 from pj_common.topology import Topology, declare_topology
@@ -155,3 +166,122 @@ async def test_a_commit_in_any_process_wakes_the_listener(
         await asyncio.wait_for(woken.wait(), 2)
     finally:
         await listener.stop()
+
+
+# ---------------------------------------------------------------- the event relay
+
+
+def event_relay(pool: AsyncConnectionPool[Any], channel: AbstractChannel, topology: Topology, name: str
+                ) -> EventRelay:
+    return EventRelay(pool, lambda: channel, exchange=topology.events, name=name, batch=1000, confirm_timeout_s=5)
+
+
+@pytest.fixture
+async def events_seen(connection: AbstractConnection, confirm_channel: AbstractChannel, topology: Topology
+                      ) -> AsyncIterator[Callable[[set[uuid.UUID]], Any]]:
+    """Reads the events of some approvals from a queue bound to this test's events exchange."""
+    channel = await connection.channel()
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(topology.events, routing_key="#")
+
+    async def seen(approvals: set[uuid.UUID]) -> list[ApprovalEvent]:
+        events = [ApprovalEvent.model_validate_json(m.body) for m in await drain(channel, queue.name)]
+        return [e for e in events if uuid.UUID(e.approval_id) in approvals]
+
+    yield seen
+
+
+async def cursor(pool: AsyncConnectionPool[Any]) -> str:
+    """A relay cursor of this test's own, after every event of the transactions that have finished."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    async with pool.connection() as conn:
+        await store.start_relay_cursor(conn, name)
+    return name
+
+
+def created_event(at: datetime) -> store.EventRecord:
+    return store.EventRecord(event_type="approval.created", at=at, actor="olga", actor_role="operator")
+
+
+async def test_an_event_committed_late_with_a_lower_id_is_still_published(
+        pool: AsyncConnectionPool[Any], confirm_channel: AbstractChannel, topology: Topology, database_url: str,
+        events_seen: Callable[[set[uuid.UUID]], Any]) -> None:
+    """Writer A takes event id N and commits late; writer B takes N+1 and commits first, stamped earlier
+    (its clock was read before it waited for a connection). The relay publishes neither while A is open,
+    then both, A first: in commit order, none skipped."""
+    relay = event_relay(pool, confirm_channel, topology, await cursor(pool))
+    now = datetime.now(UTC)
+    a_row, b_row = new_approval(), new_approval()
+    async with await psycopg.AsyncConnection.connect(database_url) as a:  # not autocommit: A stays open
+        assert await store.insert_approval(a, a_row, created_event(now)) is not None
+        async with pool.connection() as b:
+            assert await store.insert_approval(b, b_row, created_event(now - timedelta(minutes=1))) is not None
+        ours = {a_row.id, b_row.id}
+        assert await event_id(a, a_row.id) < await event_id(pool, b_row.id)  # A holds the lower id
+        await relay.relay_once()
+        assert await events_seen(ours) == []  # B committed, but A, before it in commit order, may still
+        await a.commit()
+    assert [uuid.UUID(e.approval_id) for e in await relay_until(relay, events_seen, ours)] == [a_row.id, b_row.id]
+
+
+async def test_a_relay_holds_the_cursor_until_it_stops_and_only_its_holder_moves_it(
+        pool: AsyncConnectionPool[Any], confirm_channel: AbstractChannel, topology: Topology,
+        events_seen: Callable[[set[uuid.UUID]], Any]) -> None:
+    name = await cursor(pool)
+    first, second = (event_relay(pool, confirm_channel, topology, name) for _ in range(2))
+    row = new_approval()
+    async with pool.connection() as conn:
+        await store.insert_approval(conn, row, created_event(datetime.now(UTC)))
+    assert len(await relay_until(first, events_seen, {row.id})) == 1
+    assert await second.relay_once() == 0  # the first holds the cursor
+    async with pool.connection() as conn:  # a holder that lost the cursor cannot move it
+        assert not await store.advance_relay_cursor(conn, name, holder=uuid.uuid4(),
+                                                    seen=store.RelayPosition(0, 0), to=store.RelayPosition(1, 1))
+    await first.release()
+    later = new_approval()
+    async with pool.connection() as conn:
+        await store.insert_approval(conn, later, created_event(datetime.now(UTC)))
+    # The second takes over at once, from where the first got to.
+    assert [uuid.UUID(e.approval_id) for e in await relay_until(second, events_seen, {row.id, later.id})] == [
+        later.id]
+
+
+async def relay_until(relay: EventRelay, events_seen: Callable[[set[uuid.UUID]], Any], ours: set[uuid.UUID]
+                      ) -> list[ApprovalEvent]:
+    """Run `relay` until the events of `ours` went out (within 15 s), and return them in publish order.
+
+    Several passes may be needed: a transaction open anywhere on the server (another test session's)
+    holds back the snapshot's xmin, and the relay waits for it."""
+    seen: list[ApprovalEvent] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while loop.time() < deadline and {uuid.UUID(e.approval_id) for e in seen} != ours:
+        await relay.relay_once()
+        seen += await events_seen(ours)
+    return seen
+
+
+async def event_id(where: Any, approval_id: uuid.UUID) -> int:
+    """The id of an approval's created event, read by a connection (which sees its own transaction's
+    rows) or from the pool."""
+    query = "SELECT id FROM approval_events WHERE approval_id = %s"
+    if isinstance(where, AsyncConnectionPool):
+        async with where.connection() as conn:
+            row = await (await conn.execute(query, (approval_id,))).fetchone()
+    else:
+        row = await (await where.execute(query, (approval_id,))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def new_approval() -> store.ApprovalRow:
+    now = datetime.now(UTC)
+    return store.ApprovalRow(
+        id=uuid.uuid4(), tenant_id=f"t-{uuid.uuid4().hex[:8]}", request_id=uuid.uuid4().hex, operator_id="olga",
+        action_id="notify.webhook", payload={}, request_hash="rh", approval_status=ApprovalStatus.PENDING,
+        approver_id=None, approval_note=None, plan=[], plan_hash="ph", dispatch_result=None, claim_token=None,
+        created_at=now, updated_at=now, decided_at=None, dispatched_at=None, finished_at=None,
+        expires_at=now + timedelta(hours=1),
+        approval_rule={"stages": [{"name": "approval", "roles": ["admin"], "approvalsRequired": 1}],
+                       "dispatchWindowS": 3600})
+

@@ -1,6 +1,7 @@
 """Every statement of pj_approvals.store against the real PostgreSQL: each compare-and-set wins once
 and answers None (or False) when it loses."""
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -411,21 +412,33 @@ async def test_a_lapsed_dispatch_fails_with_outcome_unknown_on_the_step_that_may
 # ---------------------------------------------------------------- event relay and schema
 
 
-async def test_events_are_read_in_id_order_with_typed_statuses(conn: store.Conn) -> None:
+async def test_events_are_read_in_commit_order_with_typed_statuses(conn: store.Conn) -> None:
     approved = await approve(conn, await insert(conn, new_row(tenant())))
-    events = [e for e in await store.events_after(conn, 0, 100_000) if e.approval_id == approved.id]
+    events = [e for e in await store.committed_events_after(conn, store.RelayPosition(0, 0), 1_000_000)
+              if e.approval_id == approved.id]
     assert [(e.event_type, e.from_status, e.to_status) for e in events] == [
         ("approval.created", None, S.PENDING), ("approval.decided", S.PENDING, S.APPROVED)]
     assert type(events[1].from_status) is ApprovalStatus and events[0].id < events[1].id
+    assert 0 < events[0].tx < events[1].tx  # two statements, two transactions, in commit order
 
 
-async def test_relay_cursor_is_locked_by_one_transaction_at_a_time(pool: AsyncConnectionPool[Any]) -> None:
-    async with pool.connection() as a, pool.connection() as b, a.transaction():
-        last = await store.lock_relay_cursor(a, "events")
-        assert last is not None
-        async with b.transaction():
-            assert await store.lock_relay_cursor(b, "events") is None  # SKIP LOCKED: someone else relays
-        await store.advance_relay_cursor(a, "events", last)  # unchanged: other tests' relays are not disturbed
+async def test_relay_cursor_is_held_by_one_relay_at_a_time(pool: AsyncConnectionPool[Any]) -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    one, two = uuid.uuid4(), uuid.uuid4()
+    async with pool.connection() as conn:
+        await store.start_relay_cursor(conn, name)
+        start = await store.take_relay_cursor(conn, name, holder=one, hold_s=0.3)
+        assert start is not None
+        assert await store.take_relay_cursor(conn, name, holder=two, hold_s=0.3) is None  # held by one
+        assert await store.take_relay_cursor(conn, name, holder=one, hold_s=0.3) == start  # renewed
+        moved = store.RelayPosition(start.tx + 1, 0)
+        assert not await store.advance_relay_cursor(conn, name, holder=two, seen=start, to=moved)
+        assert await store.advance_relay_cursor(conn, name, holder=one, seen=start, to=moved)
+        assert not await store.advance_relay_cursor(conn, name, holder=one, seen=start, to=moved)  # not there now
+        await asyncio.sleep(0.4)  # one died: its lease runs out
+        assert await store.take_relay_cursor(conn, name, holder=two, hold_s=0.3) == moved
+        await store.release_relay_cursor(conn, name, holder=two)
+        assert await store.take_relay_cursor(conn, name, holder=one, hold_s=0.3) == moved
 
 
 async def test_migrations_are_applied_once(database_url: str, conn: store.Conn) -> None:

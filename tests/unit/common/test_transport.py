@@ -7,13 +7,21 @@ import socket
 from collections.abc import Iterator
 from typing import Any, cast
 
+import aio_pika
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from pamqp.commands import Basic
 
+from pj_common.deadletters import COUNT_MAX, DeadLetterRoute
+from pj_common.messages import DispatchOrder
+from pj_common.topology import DELIVERY_LIMIT
 from pj_common.transport import (
+    MAX_DELIVERIES,
+    REDELIVERY_CAP_S,
     Permanent,
     Retryable,
     Supervisor,
+    consume,
     delivery_count,
     reconnect_delay_s,
     redelivery_delay_s,
@@ -32,10 +40,18 @@ def _seeded() -> Iterator[None]:
 class FakeMessage:
     """The part of an incoming message that `settle` touches."""
 
-    def __init__(self, headers: dict[str, Any] | None = None) -> None:
+    def __init__(self, headers: dict[str, Any] | None = None, *, body: bytes = b"{}") -> None:
         self.headers = headers
+        self.body = body
         self.routing_key = "rk"
         self.message_id = "m-1"
+        self.content_type = "application/json"
+        self.content_encoding = None
+        self.correlation_id = None
+        self.reply_to = None
+        self.timestamp = None
+        self.type = None
+        self.app_id = None
         self.settled: list[str] = []
 
     async def ack(self) -> None:
@@ -53,22 +69,35 @@ def _incoming(message: FakeMessage) -> AbstractIncomingMessage:
 
 
 @pytest.mark.parametrize(("headers", "count"), [(None, 0), ({}, 0), ({"x-delivery-count": 3}, 3),
-                                                ({"x-delivery-count": "3"}, 0), ({"x-delivery-count": -1}, 0)])
+                                                ({"x-delivery-count": "3"}, 0), ({"x-delivery-count": -1}, 0),
+                                                ({"x-delivery-count": True}, 0), ({"x-delivery-count": 2.5}, 0),
+                                                ({"x-delivery-count": 10**30}, COUNT_MAX)])
 def test_delivery_count_reads_the_quorum_queue_header(headers: dict[str, Any] | None, count: int) -> None:
     assert delivery_count(_incoming(FakeMessage(headers))) == count
 
 
-@pytest.mark.parametrize(("count", "bound"), [(0, 0.1), (1, 0.2), (2, 0.4), (6, 6.4), (7, 10.0), (40, 10.0)])
-def test_redelivery_delay_doubles_per_delivery_up_to_ten_seconds(count: int, bound: float, _seeded: None) -> None:
+@pytest.mark.parametrize(("count", "bound"), [(0, 0.1), (1, 0.2), (2, 0.4), (6, 6.4), (8, 25.6), (9, 30.0),
+                                              (40, 30.0), (COUNT_MAX, 30.0)])
+def test_redelivery_delay_doubles_per_delivery_up_to_thirty_seconds_never_below_half(
+        count: int, bound: float, _seeded: None) -> None:
     samples = [redelivery_delay_s(count) for _ in range(1000)]
-    assert all(0.0 <= s <= bound for s in samples)
-    assert max(samples) > bound * 0.9
+    assert all(bound / 2 <= s <= bound for s in samples)
+    assert max(samples) > bound * 0.95 and min(samples) < bound * 0.55  # jittered over the whole upper half
 
 
-@pytest.mark.parametrize(("hint", "expected"), [(0.0, 0.0), (12.0, 12.0), (30.0, 30.0), (300.0, 30.0)])
-def test_a_retry_after_wins_up_to_thirty_seconds(hint: float, expected: float) -> None:
-    assert redelivery_delay_s(0, hint) == expected
-    assert redelivery_delay_s(9, hint) == expected
+def test_two_hundred_deliveries_outlast_a_thirty_minute_outage() -> None:
+    """The transport's own limit: the waits before the last delivery add up to more than 30 minutes even
+    when every draw of the jitter is the shortest (the floor), so such an outage dead-letters nothing."""
+    shortest = sum(min(REDELIVERY_CAP_S, 0.1 * 2**k) / 2 for k in range(MAX_DELIVERIES - 1))
+    assert shortest > 45 * 60
+    assert DELIVERY_LIMIT > MAX_DELIVERIES  # the broker's backstop never comes first
+
+
+@pytest.mark.parametrize(("count", "hint", "expected"), [(0, 0.0, 0.05), (0, 12.0, 12.0), (0, 30.0, 30.0),
+                                                         (0, 300.0, 30.0), (9, 0.0, 15.0), (9, 20.0, 20.0)])
+def test_a_retry_after_wins_up_to_thirty_seconds_but_never_below_the_floor(count: int, hint: float,
+                                                                            expected: float) -> None:
+    assert redelivery_delay_s(count, hint) == expected
 
 
 @pytest.mark.parametrize(("attempt", "bound"), [(1, 0.2), (2, 0.4), (3, 0.8), (5, 3.2), (6, 5.0), (30, 5.0)])
@@ -91,7 +120,7 @@ async def test_settle_acks_what_the_handler_took() -> None:
 
 
 @pytest.mark.parametrize("error", [Permanent("never"), ValueError("bad body")])
-async def test_settle_dead_letters_what_can_never_succeed(error: Exception) -> None:
+async def test_settle_without_a_route_rejects_what_can_never_succeed(error: Exception) -> None:
     message = FakeMessage()
 
     async def handler(_: AbstractIncomingMessage) -> None:
@@ -102,16 +131,124 @@ async def test_settle_dead_letters_what_can_never_succeed(error: Exception) -> N
 
 
 async def test_settle_requeues_a_retryable_failure_after_its_hint() -> None:
-    message = FakeMessage({"x-delivery-count": 20})  # the bound alone would allow up to 10 s
+    message = FakeMessage({"x-delivery-count": 2})  # the bound alone would allow up to 0.4 s, the floor 0.2 s
     loop = asyncio.get_running_loop()
 
     async def handler(_: AbstractIncomingMessage) -> None:
-        raise Retryable("later", retry_after=0.05)
+        raise Retryable("later", retry_after=0.5)
 
     started = loop.time()
     await settle(handler, _incoming(message))
-    assert 0.04 <= loop.time() - started < 1.0
+    assert 0.45 <= loop.time() - started < 1.5
     assert message.settled == ["nack(requeue=True)"]
+
+
+class FakeExchange:
+    def __init__(self, channel: "FakeChannel") -> None:
+        self._channel = channel
+
+    async def publish(self, message: aio_pika.Message, *, routing_key: str, mandatory: bool) -> object:
+        self._channel.published.append((message, routing_key, mandatory))
+        if isinstance(self._channel.outcome, Exception):
+            raise self._channel.outcome
+        return self._channel.outcome
+
+
+class FakeChannel:
+    """A publisher-confirm channel whose publish answers `outcome` (an Ack, a returned message, or raises)."""
+
+    publisher_confirms = True
+
+    def __init__(self, outcome: object) -> None:
+        self.outcome = outcome
+        self.published: list[tuple[aio_pika.Message, str, bool]] = []
+        self.exchanges: list[str] = []
+
+    async def get_exchange(self, name: str, *, ensure: bool) -> FakeExchange:
+        self.exchanges.append(name)
+        return FakeExchange(self)
+
+
+def _route(outcome: object, secrets: tuple[str, ...] = ()) -> DeadLetterRoute:
+    return DeadLetterRoute(cast(AbstractChannel, FakeChannel(outcome)), "pj.dlx", secrets)
+
+
+@pytest.mark.parametrize(("error", "reason"), [(Permanent("never"), "permanent"),
+                                               (ValueError("bad body"), "invalid")])
+async def test_a_dead_letter_is_republished_with_why_then_acked(error: Exception, reason: str) -> None:
+    message = FakeMessage({"x-delivery-count": 2, "x-pj-signature": "sig", "x-pj-last-error": "old"})
+    route = _route(Basic.Ack(delivery_tag=1))
+
+    async def handler(_: AbstractIncomingMessage) -> None:
+        raise error
+
+    await settle(handler, _incoming(message), queue="pj.dispatch", dead_letters=route)
+    channel = cast(FakeChannel, route.channel)
+    assert channel.exchanges == ["pj.dlx"]
+    ((copy, routing_key, mandatory),) = channel.published
+    assert (routing_key, mandatory, copy.body, copy.message_id) == ("pj.dispatch", True, b"{}", "m-1")
+    headers = copy.headers
+    assert headers["x-pj-dead-reason"] == reason and headers["x-pj-original-queue"] == "pj.dispatch"
+    assert headers["x-pj-delivery-count"] == 3
+    assert str(headers["x-pj-last-error"]).startswith(type(error).__name__)
+    assert headers["x-pj-signature"] == "sig", "the order's own headers travel with it (a replay needs them)"
+    assert "x-delivery-count" not in headers
+    assert message.settled == ["ack"], "acked only after the copy was confirmed"
+
+
+async def test_a_poison_message_is_dead_lettered_on_its_first_delivery() -> None:
+    """A body that can never be parsed is not retried: the first delivery dead-letters it."""
+    message = FakeMessage(None, body=b"\xff not json")
+    route = _route(Basic.Ack(delivery_tag=1))
+
+    async def handler(incoming: AbstractIncomingMessage) -> None:
+        DispatchOrder.model_validate_json(incoming.body)
+
+    await settle(handler, _incoming(message), queue="pj.dispatch", dead_letters=route)
+    ((copy, _, _),) = cast(FakeChannel, route.channel).published
+    assert copy.headers["x-pj-dead-reason"] == "invalid" and copy.headers["x-pj-delivery-count"] == 1
+    assert message.settled == ["ack"]
+
+
+@pytest.mark.parametrize("outcome", [aio_pika.exceptions.ChannelClosed(406, "gone"), object()])
+async def test_a_dead_letter_not_confirmed_stays_in_its_queue(outcome: object,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish that fails or is returned (not an Ack) leaves the original unacked: requeued, never lost."""
+    monkeypatch.setattr("pj_common.transport.redelivery_delay_s", lambda *_: 0.0)
+    message = FakeMessage()
+
+    async def handler(_: AbstractIncomingMessage) -> None:
+        raise Permanent("never")
+
+    await settle(handler, _incoming(message), queue="pj.dispatch", dead_letters=_route(outcome))
+    assert message.settled == ["nack(requeue=True)"]
+
+
+async def test_the_last_allowed_delivery_dead_letters_instead_of_retrying() -> None:
+    message = FakeMessage({"x-delivery-count": MAX_DELIVERIES - 1})
+    route = _route(Basic.Ack(delivery_tag=1), secrets=("hunter2-secret",))
+
+    async def handler(_: AbstractIncomingMessage) -> None:
+        raise ConnectionError("database at postgresql://pj:hunter2-secret@db/pj is down")
+
+    await settle(handler, _incoming(message), queue="pj.dispatch.results", dead_letters=route)
+    ((copy, _, _),) = cast(FakeChannel, route.channel).published
+    assert copy.headers["x-pj-dead-reason"] == "delivery_limit"
+    assert copy.headers["x-pj-delivery-count"] == MAX_DELIVERIES
+    assert "hunter2" not in str(copy.headers["x-pj-last-error"])
+    assert message.settled == ["ack"]
+
+
+async def test_consume_refuses_a_dead_letter_channel_without_confirms() -> None:
+    channel = FakeChannel(None)
+    channel.publisher_confirms = False
+    with pytest.raises(ValueError, match="publisher confirms"):
+        await consume(cast(AbstractChannel, object()), "q", _noop, prefetch=1,
+                      dead_letters=DeadLetterRoute(cast(AbstractChannel, channel), "pj.dlx"))
+
+
+async def _noop(_: AbstractIncomingMessage) -> None:
+    return None
 
 
 async def test_the_supervisor_keeps_retrying_an_unreachable_broker(caplog: pytest.LogCaptureFixture) -> None:

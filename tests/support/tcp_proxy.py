@@ -10,6 +10,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()  # cleared by `stall`: bytes wait in the proxy, connections stay open
+        self._flowing.set()
         self.port = 0
 
     async def start(self) -> None:
@@ -29,6 +31,21 @@ class TcpProxy:
             task.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
+    def stall(self) -> None:
+        """Keep every connection open but forward nothing (a hung peer or a black-holed link)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward again what waited during a `stall`."""
+        self._flowing.set()
+
+    def drop(self) -> int:
+        """Reset every open connection but keep listening (a flaky link); returns how many were cut."""
+        writers = list(self._writers)
+        for writer in writers:
+            writer.transport.abort()
+        return len(writers)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
@@ -44,6 +61,8 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if not self._flowing.is_set():
+                    await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):

@@ -1,0 +1,139 @@
+"""The recording webhook receiver of the chaos suite: verifies each delivery's signature, can be slowed,
+and records for every delivery its Idempotency-Key, when it arrived, and whether it *completed*.
+
+A delivery completes when the receiver has done its work and hands its 200 back to a sender that is
+still there to read it. A sender killed while the receiver works (kill -9 mid-step) never learns the
+outcome: its delivery is recorded as abandoned, and the re-sent step that follows is the one expected
+repetition of at-least-once delivery. The same key completed twice is a duplicated effect: a step
+whose success a dispatcher saw was run again, or two workers ran it at once (a lease that ran out).
+"""
+
+import hashlib
+import hmac
+import json
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(slots=True)
+class Delivery:
+    key: str
+    approval_id: str
+    arrived: float  # time.time()
+    finished: float = 0.0
+    signature_ok: bool = False
+    completed: bool = False  # the 200 reached a sender still connected
+
+
+@dataclass
+class Receiver:
+    secret: str
+    delay_s: float = 0.0  # every delivery takes this long (0: answer at once)
+    slow_every: int = 0  # with slow_delay_s: every Nth delivery takes slow_delay_s instead
+    slow_delay_s: float = 0.0
+    deliveries: list[Delivery] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        server.daemon_threads = True
+        server.request_queue_size = 256
+        self._server = server
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        threading.Thread(target=server.serve_forever, name="chaos-receiver", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _delay(self) -> float:
+        with self.lock:
+            n = len(self.deliveries)
+        if self.slow_every and n % self.slow_every == 0:
+            return self.slow_delay_s
+        return self.delay_s
+
+    # ---------------------------------------------------------------- the audit's view
+
+    def snapshot(self) -> list[Delivery]:
+        with self.lock:
+            return list(self.deliveries)
+
+    def completions(self) -> Counter[str]:
+        return Counter(d.key for d in self.snapshot() if d.completed)
+
+    def reached(self) -> set[str]:
+        """Keys that reached the receiver with a valid signature, completed or not."""
+        return {d.key for d in self.snapshot() if d.signature_ok}
+
+    def completed_at(self) -> dict[str, float]:
+        """When each key first completed."""
+        first: dict[str, float] = {}
+        for d in self.snapshot():
+            if d.completed and d.key not in first:
+                first[d.key] = d.finished
+        return first
+
+
+def _verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature)
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """The sender closed its end (it was killed): nothing is waiting for our answer."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _handler(state: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                body: dict[str, Any] = json.loads(raw or b"{}")
+            except ValueError:
+                body = {}
+            delivery = Delivery(key=self.headers.get("Idempotency-Key", ""),
+                                approval_id=str(body.get("approvalId", "")), arrived=time.time())
+            delivery.signature_ok = _verify(state.secret, self.headers.get("X-PJ-Timestamp", ""), raw,
+                                            self.headers.get("X-PJ-Signature", ""))
+            delay = state._delay()
+            with state.lock:
+                state.deliveries.append(delivery)
+            if delay:
+                time.sleep(delay)
+            status = 200 if delivery.signature_ok else 401
+            answer = json.dumps({"ok": status == 200}).encode()
+            gone = _peer_gone(self.connection)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                self.wfile.flush()
+                sent = True
+            except OSError:
+                sent = False
+            delivery.finished = time.time()
+            delivery.completed = status == 200 and sent and not gone
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler

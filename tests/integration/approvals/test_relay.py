@@ -15,8 +15,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from psycopg_pool import AsyncConnectionPool
 
 from pj_approvals import store
+from pj_approvals.app import ApprovalsApp
 from pj_approvals.relay import EventRelay, OrderRelay, OutboxListener
 from pj_approvals.service import ApprovalService, DispatchStarted
+from pj_approvals.settings import ApprovalsSettings
 from pj_common.auth import Principal, Role
 from pj_common.messages import (
     ApprovalEvent,
@@ -285,3 +287,31 @@ def new_approval() -> store.ApprovalRow:
         approval_rule={"stages": [{"name": "approval", "roles": ["admin"], "approvalsRequired": 1}],
                        "dispatchWindowS": 3600})
 
+
+
+async def test_an_order_left_by_a_crash_goes_out_within_two_seconds_of_a_start(
+        queued: ApprovalService, database_url: str, amqp_url: str, topology: Topology,
+        connection: AbstractConnection, confirm_channel: AbstractChannel) -> None:
+    """The claim committed, then the process died before its relay published the order: the next
+    approvals process to start publishes it at once. (The broker's queues exist: `confirm_channel`
+    declared them, as the process that died had.)"""
+    [aid] = await dispatched(queued)
+    app = ApprovalsApp(ApprovalsSettings(env="dev", database_url=database_url, amqp_url=amqp_url,
+                                         amqp_prefix=topology.prefix))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await app.start()
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(topology.dispatch, ensure=False)
+        found = None
+        while found is None and loop.time() - started < 2:
+            message = await queue.get(no_ack=True, fail=False, timeout=5)
+            if message is not None and DispatchOrder.model_validate_json(message.body).approval_id == aid:
+                found = message
+            elif message is None:
+                await asyncio.sleep(0.05)
+        assert found is not None, "the order did not go out within 2 s of the start"
+        assert is_signed(found.body, found.headers, DEV_DISPATCH_SIGNING_KEY)
+    finally:
+        await app.stop()

@@ -6,7 +6,6 @@ runs it (a recording connection catches the SQL and its parameters) and EXPLAINe
 as the generic plan a prepared statement reuses, before any ANALYZE and after one.
 """
 
-import inspect
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -75,15 +74,6 @@ async def statement(call: Any) -> tuple[str, Any]:
     return recorded
 
 
-def claim_arguments(token: uuid.UUID, lease: datetime) -> dict[str, Any]:
-    """claim_for_dispatch's claim: a queued order where the dispatch outbox holds it, else token and lease."""
-    if "order" not in inspect.signature(store.claim_for_dispatch).parameters:
-        return {"claim_token": token, "lease_expires_at": lease}
-    order_type: Any = getattr(store, "QueuedOrder")  # noqa: B009 - only where the outbox exists
-    return {"order": order_type(claim_token=token, attempt=1, lease_expires_at=lease, queue="pj.dispatch",
-                                body=b'{"order": 1}')}
-
-
 @pytest.fixture(scope="module")
 async def plans_db(pg_admin_url: str) -> AsyncIterator[str]:
     """A database of its own: its statistics are this module's to collect (or not)."""
@@ -120,6 +110,8 @@ async def hot_path(plans_db: str) -> dict[str, tuple[str, tuple[str, Any]]]:
     done_from, done_to = edge(Transition.COMPLETE)
     step = StepResult(step_id="one", connector="webhook", operation="post", status="succeeded", attempts=1)
     event = store.EventRecord(event_type="approval.test", at=now, actor="adam", actor_role="admin")
+    order = store.QueuedOrder(claim_token=token, attempt=1, lease_expires_at=lease, queue="pj.dispatch",
+                              body=b'{"order": 1}')
     target = pending.id
     calls: dict[str, tuple[str, Any]] = {
         "get_approval (decide)": (PKEY, lambda c: store.get_approval(
@@ -128,7 +120,7 @@ async def hot_path(plans_db: str) -> dict[str, tuple[str, tuple[str, Any]]]:
         "record_decision": (PKEY, lambda c: store.record_decision(
             c, pending, decision, from_status=decide_from, to_status=decide_to, event=event)),
         "claim_for_dispatch": (PKEY, lambda c: store.claim_for_dispatch(
-            c, approved[0], from_status=S.APPROVED, to_status=CLAIMED, event=event, **claim_arguments(token, lease))),
+            c, approved[0], from_status=S.APPROVED, to_status=CLAIMED, order=order, event=event)),
         "claimed_plan": (PKEY, lambda c: store.claimed_plan(c, target, token, held_status=CLAIMED)),
         "renew_lease": (PKEY, lambda c: store.renew_lease(
             c, approval_id=target, claim_token=token, held_status=CLAIMED, lease_expires_at=lease)),

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 _CRLF2 = b"\r\n\r\n"
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds an encoder per call
 
 
 class HttpFailure(Exception):
@@ -211,7 +212,7 @@ class LeanClient:
 
     async def request(self, method: str, path: str, *, headers: dict[str, str], body: Any = None) -> Response:
         """Send one request (a JSON body if `body` is not None) and read its whole answer."""
-        payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        payload = b"" if body is None else _encode_json(body).encode()
         lines = [f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode(), self._host_header]
         lines.extend(f"{k}: {v}\r\n".encode() for k, v in headers.items())
         if body is not None:

@@ -47,11 +47,15 @@ from pj_common.topology import Topology  # noqa: E402
 from tests.support.system import System, delete_topology, free_port, with_dbname  # noqa: E402
 
 SNIFFIO_FALLBACK_PATCHED = skip_failed_sniffio_import()  # for httpx in this process (--client httpx, health checks)
-SCENARIOS = ("counts", "lifecycle", "execute", "execute_p99", "lifecycle_1", "read", "scaling", "sweep", "soak")
-DEFAULT_SCENARIOS = ("counts", "lifecycle", "execute", "execute_p99", "lifecycle_1", "read", "scaling", "sweep")
+SCENARIOS = ("client", "counts", "lifecycle", "execute", "execute_p99", "lifecycle_1", "read", "scaling", "sweep",
+             "soak")
+DEFAULT_SCENARIOS = ("client", "counts", "lifecycle", "execute", "execute_p99", "lifecycle_1", "read", "scaling",
+                     "sweep")
 # What each scenario is held against. The original system's figures on 2 cores (ARCHITECTURE.md) are the
 # throughput targets; `None` is a target the issue names without a figure here: fill it in when it is set.
 TARGETS: dict[str, dict[str, Any]] = {
+    "client": {"metric": "paced.driver_cpu_ms_per_request", "target": 0.15, "better": "lower", "unit": "ms",
+               "what": "the load generator's CPU per request (alone, 32 in flight, 100 ms answers)"},
     "lifecycle": {"metric": "rate_per_s", "target": 420, "better": "higher", "unit": "lifecycles/s",
                   "what": "lifecycles/s at 32 in flight (original system: 420/s)"},
     "execute": {"metric": "rate_per_s", "target": 850, "better": "higher", "unit": "executes/s",
@@ -704,6 +708,43 @@ def summarize(window: Window, start: dict[str, Any], end: dict[str, Any], *, con
 # Scenarios: one per target of the performance issue
 
 
+async def scenario_client(bench: Bench) -> dict[str, Any]:
+    """The load generator alone: its CPU per request against the receiver's /ping, 32 in flight, with
+    answers at once (saturated: wake-ups batch) and 100 ms late (paced: one wake-up per answer, as in
+    the scenarios). The same headers as the system's requests; no system involved."""
+    args = bench.args
+    seconds = min(args.seconds, 3.0)
+    clients = make_clients(args.client, bench.receiver.url.rsplit("/", 1)[0], 32, timeout=HTTP_TIMEOUT_S)
+    out: dict[str, Any] = {"client": args.client, "in_flight": 32, "seconds": seconds, "error_count": 0}
+    try:
+        for label, delay in (("saturated", 0.0), ("paced", 0.1)):
+            bench.receiver.set_delay(delay)
+            done, end = 0, time.monotonic() + seconds
+
+            async def ping(client: Client, end: float) -> None:
+                nonlocal done
+                for _ in range(MAX_OPS_PER_WORKER):
+                    if time.monotonic() >= end:
+                        return
+                    response = await client.request("GET", "/ping", headers=bench.load.reader)
+                    if response.status != 200:
+                        out["error_count"] += 1
+                    done += 1
+
+            cpu, wall = time.process_time(), time.monotonic()
+            await asyncio.gather(*(ping(clients[i % len(clients)], end) for i in range(32)))
+            cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+            out[label] = {"requests": done, "rate_per_s": round(done / wall, 1),
+                          "driver_cpu_ms_per_request": round(cpu * 1000 / done, 4) if done else None}
+    finally:
+        bench.receiver.set_delay(0.0)
+        for client in clients:
+            await client.aclose()
+    print(f"[bench] client {args.client}: {out['saturated']['driver_cpu_ms_per_request']} ms per request saturated,"
+          f" {out['paced']['driver_cpu_ms_per_request']} paced", flush=True)
+    return out
+
+
 async def scenario_lifecycle(bench: Bench) -> dict[str, Any]:
     return await run_load(bench, "lifecycle", op_lifecycle, concurrency=bench.args.concurrency)
 
@@ -969,7 +1010,7 @@ async def scenario_sweep(bench: Bench) -> dict[str, Any]:
 
 
 SCENARIO_FUNCS: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
-    "counts": scenario_counts, "lifecycle": scenario_lifecycle, "execute": scenario_execute,
+    "client": scenario_client, "counts": scenario_counts, "lifecycle": scenario_lifecycle, "execute": scenario_execute,
     "execute_p99": scenario_execute_p99, "lifecycle_1": scenario_lifecycle_1, "scaling": scenario_scaling,
     "read": scenario_read, "sweep": scenario_sweep, "soak": scenario_soak,
 }

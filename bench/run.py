@@ -51,27 +51,27 @@ SCENARIOS = ("client", "counts", "lifecycle", "execute", "execute_p99", "lifecyc
              "soak")
 DEFAULT_SCENARIOS = ("client", "counts", "lifecycle", "execute", "execute_p99", "lifecycle_1", "read", "scaling",
                      "sweep")
-# What each scenario is held against. The original system's figures on 2 cores (ARCHITECTURE.md) are the
-# throughput targets; `None` is a target the issue names without a figure here: fill it in when it is set.
+# What each scenario is held against: the performance issue's targets (the lifecycle's is the original
+# system's 420/s on 2 cores, ARCHITECTURE.md; execute's is above the original's 850/s on purpose).
 TARGETS: dict[str, dict[str, Any]] = {
     "client": {"metric": "paced.driver_cpu_ms_per_request", "target": 0.15, "better": "lower", "unit": "ms",
                "what": "the load generator's CPU per request (alone, 32 in flight, 100 ms answers)"},
     "lifecycle": {"metric": "rate_per_s", "target": 420, "better": "higher", "unit": "lifecycles/s",
                   "what": "lifecycles/s at 32 in flight (original system: 420/s)"},
-    "execute": {"metric": "rate_per_s", "target": 850, "better": "higher", "unit": "executes/s",
+    "execute": {"metric": "rate_per_s", "target": 1200, "better": "higher", "unit": "executes/s",
                 "what": "executes/s at 32 in flight (original system: 850/s)"},
-    "execute_p99": {"metric": "latency_ms.p99", "target": None, "better": "lower", "unit": "ms",
+    "execute_p99": {"metric": "latency_ms.p99", "target": 25, "better": "lower", "unit": "ms",
                     "what": "execute p99 latency at 8 in flight"},
-    "lifecycle_1": {"metric": "latency_ms.p50", "target": None, "better": "lower", "unit": "ms",
+    "lifecycle_1": {"metric": "latency_ms.p50", "target": 8, "better": "lower", "unit": "ms",
                     "what": "one lifecycle at 1 in flight, p50"},
     "scaling": {"metric": "steps_per_s", "target": "0.9 * N * C * 10", "better": "higher", "unit": "steps/s",
                 "what": "dispatch steps/s, N dispatchers x C, 100 ms a call"},
-    "read": {"metric": "rate_per_s", "target": None, "better": "higher", "unit": "reads/s",
-             "what": "reads/s at 32 in flight with 100,000 approvals stored"},
-    "sweep": {"metric": "sweep_s", "target": None, "better": "lower", "unit": "s",
+    "read": {"metric": "latency_ms.p99", "target": 20, "better": "lower", "unit": "ms",
+             "what": "list and count p99 at 8 in flight with 100,000 approvals stored"},
+    "sweep": {"metric": "sweep_s", "target": 10, "better": "lower", "unit": "s",
               "what": "seconds to expire 100,000 overdue approvals"},
-    "soak": {"metric": "rss_growth_mb", "target": None, "better": "lower", "unit": "MB",
-             "what": "RSS growth of the services over the soak"},
+    "soak": {"metric": "rss_growth_mb", "target": 10, "better": "lower", "unit": "MB",
+             "what": "RSS growth of the services over the soak (flat: under 10 MB; each process under 150 MB)"},
 }
 CSRF = {"X-PuddleJumper-Request": "true"}
 ISSUER, AUDIENCE = "puddlejumper", "pj-approval-gate"
@@ -964,7 +964,7 @@ async def scenario_read(bench: Bench) -> dict[str, Any]:
     ids = made_p["ids"] + made_d["ids"]
     bench.load.read_ids = random.sample(ids, min(len(ids), 20_000))
     stored = await bulk.count_status(bench.database_url, TENANT)
-    result = await run_load(bench, "read", op_read, concurrency=args.concurrency)
+    result = await run_load(bench, "read", op_read, concurrency=8)  # the target is set at 8 in flight
     result["stored"] = {"by_status": stored, "total": sum(stored.values()),
                         "bulk_inserted": len(ids), "bulk_insert_s": made_p["insert_s"] + made_d["insert_s"]}
     return result

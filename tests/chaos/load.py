@@ -95,6 +95,7 @@ class Load:
                 due = self._t0 + index / self.rate
                 if (wait := due - time.monotonic()) > 0:
                     await asyncio.sleep(wait)
+                await self._slots.acquire()  # back-pressure: a lifecycle begins when one in flight ends
                 record = Lifecycle(index=index, request_id=str(uuid.uuid4()), started=time.time())
                 self.records.append(record)
                 tasks.append(asyncio.create_task(self._bounded(client, record)))
@@ -102,11 +103,12 @@ class Load:
             await asyncio.gather(*tasks)
 
     async def _bounded(self, client: httpx.AsyncClient, record: Lifecycle) -> None:
-        async with self._slots:
-            try:
-                await asyncio.wait_for(self._lifecycle(client, record), self.lifecycle_timeout_s)
-            except TimeoutError:
-                record.give_up = record.give_up or f"lifecycle timed out after {self.lifecycle_timeout_s:g}s"
+        try:
+            await asyncio.wait_for(self._lifecycle(client, record), self.lifecycle_timeout_s)
+        except TimeoutError:
+            record.give_up = record.give_up or f"lifecycle timed out after {self.lifecycle_timeout_s:g}s"
+        finally:
+            self._slots.release()
 
     async def _call(self, client: httpx.AsyncClient, record: Lifecycle, op: str, method: str, path: str,
                     body: dict[str, Any] | None, role: str) -> httpx.Response:

@@ -253,13 +253,13 @@ async def run_scenario(scenario: Scenario, backends: Backends, logdir: Path, siz
         await cs.start()
         load = Load(cs.sys.base_url, cs.identity, ACTION, target=size.lifecycles, rate=size.rate,
                     lifecycle_timeout_s=size.lifecycle_timeout_s)
-        task = asyncio.create_task(load.run())
-        await wait_completed(load, max(5, size.lifecycles // 4), timeout=60)
         load.extend = True  # the load goes on through the fault and for a while after it
+        task = asyncio.create_task(load.run())
+        await wait_completed(load, max(5, size.lifecycles // 4), timeout=300)
         fault = await scenario.inject(cs, load, size)
         await wait_started_after(load, fault.restored, count=max(10, size.lifecycles // 4), timeout=120)
         load.extend = False
-        await asyncio.wait_for(task, timeout=size.lifecycle_timeout_s + 30)
+        await asyncio.wait_for(task, timeout=size.lifecycles * 0.5 + size.lifecycle_timeout_s + 30)
         await cs.settle(timeout=3 * (LEASE_S + SWEEP_S) + 10)
         rows = await cs.approvals()
         return audit(scenario.name, load.records, rows, cs.receiver, fault_at=fault.at, restored_at=fault.restored,

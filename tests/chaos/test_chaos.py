@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from .audit import RESULTS
+from .audit import RESULTS, write_report
 from .harness import Backends
 from .scenarios import SCENARIOS, current_size, run_scenario
 
@@ -22,6 +22,7 @@ async def test_scenario(name: str, backends: Backends, tmp_path: Path) -> None:
     size = current_size()
     result = await run_scenario(scenario, backends, tmp_path, size)
     RESULTS.append(result)
+    write_report(RESULTS, size.__dict__)  # after each scenario, so an interrupted run still leaves its figures
     problems = {k: v for k, v in {"lost": result.lost, "duplicated": result.duplicated,
                                   "stuck": result.stuck}.items() if v}
     assert not problems, f"{name}: {problems}; {result.details}"

@@ -1,9 +1,11 @@
 """The approvals process: database pool, migrations, command and result consumers, expiry sweeper."""
 
 import logging
+import select
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
@@ -34,6 +36,23 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+async def check_idle_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Refuse a pooled connection the server has closed, without a round trip (psycopg_pool's own check
+    runs a query: about 70 % of a statement's cost on every checkout, 5 extra statements a lifecycle).
+
+    An idle autocommit connection has nothing to read unless the server spoke unasked: a restart or
+    pg_terminate_backend sends its FATAL message and closes the socket. So a readable socket means replace
+    it (a rare harmless notice costs a reconnect, never a failed command). It is closed before the check
+    fails, because the pool puts a connection that failed its check back unless the connection is broken.
+    """
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        await conn.close()
+        raise psycopg.OperationalError("the server closed the connection or sent an unexpected message")
+
+
 def database_pool(settings: ApprovalsSettings) -> AsyncConnectionPool[Any]:
     """The approvals connection pool: autocommit; each connection checked before it is handed out (one a
     server restart closed is replaced); every statement bounded by PJ_DB_STATEMENT_TIMEOUT_S; a wait for
@@ -42,7 +61,7 @@ def database_pool(settings: ApprovalsSettings) -> AsyncConnectionPool[Any]:
     timeout_ms = int(settings.db_statement_timeout_s * 1000)
     return AsyncConnectionPool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-        timeout=settings.db_pool_timeout_s, check=AsyncConnectionPool.check_connection,
+        timeout=settings.db_pool_timeout_s, check=check_idle_connection,
         kwargs={"autocommit": True, "options": f"{options} -c statement_timeout={timeout_ms}".strip()},
         open=False, name="approvals")
 

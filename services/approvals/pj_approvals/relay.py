@@ -103,10 +103,11 @@ class OrderRelay:
         channel = self._channel()
         if channel is None:  # no broker now: the orders wait in the outbox, the reconnect wakes the relay
             return 0
-        # The claim outlives a publish that times out, so no other relay publishes the row meanwhile.
+        # The claim outlives the publish (bounded by the confirm timeout) by a second, so no other relay
+        # publishes the rows meanwhile, and rows of a relay that died mid-publish are free soon after.
         async with self._pool.connection() as conn:
             rows = await store.take_outbox(conn, queue=self._queue, batch=self._batch,
-                                           hold_s=self._confirm_timeout_s + 5)
+                                           hold_s=self._confirm_timeout_s + 1)
         if not rows:
             return 0
         outcomes = await asyncio.gather(*(self._publish(channel, row) for row in rows), return_exceptions=True)

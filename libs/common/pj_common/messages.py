@@ -305,8 +305,10 @@ class DispatchRequest(Contract):
 
 
 class GetDispatchPlan(Contract):
-    """Asked by a dispatcher for every order it receives: the approved plan to run and the steps
-    already done, or `stale` when the order's claim no longer holds the dispatch.
+    """Asked by a dispatcher for an order it may not run on the order's own word (redelivered,
+    unsigned or badly signed, without a lease, or with a lease about to end): the approved plan to
+    run, the steps already done and the claim's lease, or `stale` when the order's claim no longer
+    holds the dispatch.
 
     The claim token authorizes it: only the holder of the current dispatch order knows it. A forged
     order (unknown claim) is stale, so nothing runs that approvals did not claim.
@@ -319,7 +321,8 @@ class GetDispatchPlan(Contract):
 
 
 class RenewLease(Contract):
-    """Sent by the dispatcher holding a dispatch, every PJ_LEASE_RENEW_S while it runs: keep my claim.
+    """Sent by the dispatcher holding a dispatch, every PJ_LEASE_RENEW_S while it runs (and before a
+    step when the lease is about to end): keep my claim for another PJ_DISPATCH_LEASE_S.
 
     Authorized by the claim token, like get_dispatch_plan.
     """
@@ -407,7 +410,8 @@ class DispatchOrder(Contract):
     may run a correctly signed order's `steps`, skipping `completed`, without asking approvals first, as
     long as the claim's lease (`leaseExpiresAt`) still holds by its own clock with a safety margin: the
     reaper re-issues a dispatch only after its lease ran out, so until then nobody else holds it. A
-    redelivered, unsigned or nearly expired order is confirmed with approvals (get_dispatch_plan) first.
+    redelivered, unsigned or badly signed order, or one without a lease or with a nearly expired one,
+    is confirmed with approvals (get_dispatch_plan) first.
     """
 
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -427,7 +431,11 @@ PlanStatus = Literal["running", "dispatched", "dispatch_failed"]
 
 
 class StepReport(Contract):
-    """A finished step, published by a dispatcher; the last one of a plan carries every result."""
+    """A finished step, published by a dispatcher; the last one of a plan carries every result.
+
+    Recorded only while `claimToken` holds the dispatch (a report of an older claim changes nothing);
+    a `running` report also renews the claim's lease.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     message_id: str = Field(default_factory=new_id)

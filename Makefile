@@ -70,8 +70,9 @@ CHAOS_LIFECYCLES ?= 1000
 chaos: venv ## faults under load on private PostgreSQL/RabbitMQ (tests/chaos); table to .run/chaos-report.json
 	PJ_CHAOS_LIFECYCLES=$(CHAOS_LIFECYCLES) PJ_CHAOS_ALL=1 $(PY) -m pytest tests/chaos -m chaos $(PYTEST_ARGS)
 
-lint: venv ## ruff over libs, services and tests
-	$(PY) -m ruff check libs services tests
+lint: venv ## ruff over libs, services, tests and bench; mypy --strict over libs and services
+	$(PY) -m ruff check libs services tests bench
+	$(PY) -m mypy -p pj_common -p pj_gateway -p pj_approvals -p pj_dispatcher
 
 schemas: venv ## write the message models' JSON Schemas to docs/schemas
 	$(PY) -m pj_common.schemas docs/schemas

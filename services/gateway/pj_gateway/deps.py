@@ -20,7 +20,7 @@ bearer = HTTPBearer(auto_error=False, description="A JWT signed with PJ_JWT_SECR
 
 async def get_state(request: Request) -> GatewayState:
     # async: a plain def would be run in a worker thread on every request.
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    return request.app.state.gateway  # type: ignore[no-any-return]  # Starlette types app.state as Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ log = logging.getLogger("pj.gateway")
 @cache
 def _reply_type(model: type[ModelT]) -> type[Reply[ModelT]]:
     # Parametrizing a generic model is not free; each reply model is parametrized once.
-    return Reply[model]  # type: ignore[valid-type]
+    return Reply[model]  # type: ignore[valid-type]  # a runtime class as a type argument: mypy cannot follow it
 
 
 def _parse(model: type[ModelT], body: bytes) -> Reply[ModelT]:

@@ -2,6 +2,7 @@
 periodic tasks."""
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -89,10 +90,12 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
 
 
 class Periodic:
-    """Calls `step` every `interval_s` seconds in a task of its own, from `start` until `stop`.
+    """Calls `step` every `interval_s` seconds in a task of its own, from `start` until `stop`, and at
+    once when woken (`wake`, e.g. after a commit that left work for it).
 
     A step that raises is logged under `scope` and the loop goes on after the interval. A step that
-    returns True has more work waiting (it handled a full batch) and runs again at once.
+    returns True has more work waiting (it handled a full batch) and runs again at once. A wake-up
+    during a step is not lost: the next step follows it at once.
     """
 
     def __init__(
@@ -111,7 +114,12 @@ class Periodic:
         self._scope = scope
         self._log = logger
         self._level = level
+        self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Run the next step now instead of after the interval."""
+        self._woken.set()
 
     @property
     def running(self) -> bool:
@@ -130,11 +138,15 @@ class Periodic:
 
     async def _run(self) -> None:
         while True:
+            self._woken.clear()
             more = False
             try:
                 more = bool(await self._step())
             except Exception:
                 self._log.log(self._level, "%s failed; trying again in %gs", self._name, self._interval_s,
                               exc_info=True, extra={"scope": self._scope})
-            # Even with more work waiting, let the loop's other tasks run between two steps.
-            await asyncio.sleep(0 if more else self._interval_s)
+            if more:
+                await asyncio.sleep(0)  # even with more work waiting, let the loop's other tasks run
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self._interval_s)

@@ -21,7 +21,7 @@ from . import store
 from .catalog import CatalogError, load_catalog
 from .handlers import Handlers
 from .metrics import ApprovalMetrics
-from .relay import EventRelay, OrderRelay, OutboxListener, WakeableLoop
+from .relay import EventRelay, OrderRelay, OutboxListener
 from .service import ApprovalService
 from .settings import ApprovalsSettings
 
@@ -80,8 +80,8 @@ class ApprovalsApp:
         self.order_relay = OrderRelay(self.pool, lambda: self.confirm_channel, queue=self.topology.dispatch,
                                       signing_key=settings.signing_key, batch=settings.outbox_batch,
                                       confirm_timeout_s=settings.publish_confirm_timeout_s)
-        self._orders = WakeableLoop(self.order_relay.step, settings.outbox_poll_interval_s, name="order-relay",
-                                    scope="approval.dispatch.relay_failed")
+        self._orders = Periodic(self.order_relay.step, settings.outbox_poll_interval_s, name="order-relay",
+                                scope="approval.dispatch.relay_failed")
         self._listener = OutboxListener(settings.database_url, self._orders.wake)
         self.service = ApprovalService(self.pool, self.catalog, settings, metrics=self.metrics,
                                        order_queue=self.topology.dispatch, on_order_queued=self._orders.wake,

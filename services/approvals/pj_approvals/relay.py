@@ -14,10 +14,9 @@ again (consumers dedupe on eventId), and none is ever skipped.
 """
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -36,50 +35,6 @@ log = logging.getLogger("pj.approvals.relay")
 
 # The confirm channel of the current broker connection, or None while there is none.
 ChannelSource = Callable[[], AbstractChannel | None]
-
-
-class WakeableLoop:
-    """Calls `step` at once when woken, else every `interval_s` seconds, from `start` until `stop`.
-
-    A step that raises is logged under `scope` and the loop goes on after the interval; a step that
-    returns True (it handled a full batch) runs again at once. A wake-up during a step is not lost: the
-    next step follows it at once.
-    """
-
-    def __init__(self, step: Callable[[], Awaitable[bool]], interval_s: float, *, name: str, scope: str) -> None:
-        self._step = step
-        self._interval_s = interval_s
-        self._name = name
-        self._scope = scope
-        self._woken = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def wake(self) -> None:
-        self._woken.set()
-
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=self._name)
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait(task)
-
-    async def _run(self) -> None:
-        while True:
-            self._woken.clear()
-            more = False
-            try:
-                more = await self._step()
-            except Exception:
-                log.warning("%s failed; trying again in %gs", self._name, self._interval_s, exc_info=True,
-                            extra={"scope": self._scope})
-            if more:
-                await asyncio.sleep(0)  # let the loop's other tasks run between two full batches
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self._interval_s)
 
 
 class OrderRelay:

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from pj_approvals.relay import WakeableLoop
+from pj_common.runtime import Periodic
 
 
 class Calls:
@@ -31,7 +31,7 @@ async def test_a_wake_runs_the_step_at_once_and_the_interval_runs_it_anyway() ->
         calls.record()
         return False
 
-    relay = WakeableLoop(step, 1.0, name="test-relay", scope="test.failed")
+    relay = Periodic(step, 1.0, name="test-relay", scope="test.failed")
     relay.start()
     try:
         await calls.reach(1, 0.5)  # the first pass runs at start
@@ -55,7 +55,7 @@ async def test_a_wake_during_a_step_is_not_lost() -> None:
             await release.wait()
         return False
 
-    relay = WakeableLoop(step, 60, name="test-relay", scope="test.failed")
+    relay = Periodic(step, 60, name="test-relay", scope="test.failed")
     relay.start()
     try:
         await calls.reach(1, 0.5)
@@ -79,7 +79,7 @@ async def test_a_full_batch_runs_again_at_once_and_a_failure_waits_for_the_inter
             raise result
         return result
 
-    relay = WakeableLoop(step, 1.0, name="test-relay", scope="test.failed")
+    relay = Periodic(step, 1.0, name="test-relay", scope="test.failed")
     relay.start()
     try:
         await calls.reach(3, 0.5)  # two full batches back to back, then the failure

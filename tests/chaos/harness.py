@@ -83,7 +83,6 @@ def _env(database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: 
         "PJ_LEASE_RENEW_S": f"{LEASE_S / 4:g}",
         "PJ_LEASE_MARGIN_S": "1",
         "PJ_OUTBOX_POLL_INTERVAL_S": "0.5",
-        "PJ_DB_POOL_MAX": "8",
         "PJ_LOG_LEVEL": "INFO",
     }
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.chaos
 
 # The scenarios whose short version passes reliably today and so runs in `make test`; the others run
 # under `make chaos` (PJ_CHAOS_ALL=1) until the mechanisms they need have landed.
-IN_MAKE_TEST = frozenset({"gateway-kill", "approvals-kill", "postgres-restart-fast"})
+IN_MAKE_TEST = frozenset({"gateway-kill", "approvals-kill", "postgres-restart-fast", "postgres-restart-immediate"})
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

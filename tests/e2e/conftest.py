@@ -70,6 +70,11 @@ def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook
         "PJ_DISPATCH_WAIT_S": "10",
         "PJ_CONNECTOR_RETRY_BASE_S": "0.05",
         "PJ_DISPATCHER_CONCURRENCY": "2",
+        # A claim is held by the dispatcher that confirmed it: a killed one's dispatch resumes when the
+        # reaper re-issues it after its lease, so the lease is short here (renewed every 2 s).
+        "PJ_DISPATCH_LEASE_S": "10",
+        "PJ_LEASE_RENEW_S": "2",
+        "PJ_REAPER_INTERVAL_S": "1",
         "PJ_LOG_LEVEL": "INFO",
     }
 

@@ -1,5 +1,7 @@
-"""A dispatcher killed mid-plan loses nothing and repeats nothing: the broker redelivers its order to
-the other dispatcher, which asks for the step checkpoints and resumes after the last finished step."""
+"""A dispatcher killed mid-plan loses nothing and repeats nothing: its claim is held by the killed
+process, so the broker's redelivery of its order to the other dispatcher is stale and dropped; once
+the claim's lease runs out the reaper re-issues the dispatch (a new claim, attempt 2), and the
+dispatcher that confirms it asks for the step checkpoints and resumes after the last finished step."""
 
 import asyncio
 import signal
@@ -50,7 +52,7 @@ async def test_killed_dispatcher_order_resumes_on_the_other(client: httpx.AsyncC
         if "dispatcher-2" not in system.processes:
             system.start("dispatcher-2", "pj_dispatcher")
     assert response.status_code in (200, 202), response.text
-    for _ in range(100):
+    for _ in range(300):  # the lease (PJ_DISPATCH_LEASE_S, 10 s here) runs out, then the reaper re-issues it
         record = (await client.get(f"/api/approvals/{aid}", headers=headers(tenant=t))).json()["data"]
         if record["approval_status"] != "dispatching":
             break
@@ -63,8 +65,10 @@ async def test_killed_dispatcher_order_resumes_on_the_other(client: httpx.AsyncC
     # Step two was in flight when its worker died; it may reach the receiver twice, always with the
     # same Idempotency-Key, which is how the receiver knows it is one effect.
     assert 1 <= delivered.count(f"{aid}:second") <= 2
-    (survivor,) = {"dispatcher-1", "dispatcher-2"} - {victim}
-    resumed = [line for line in system.log(survivor).splitlines() if "dispatcher.resumed" in line and aid in line]
+    # Resumed once, by whichever dispatcher confirmed the re-issued claim (the survivor, or the victim
+    # restarted with a new holder id).
+    resumed = [line for name in ("dispatcher-1", "dispatcher-2") for line in system.log(name).splitlines()
+               if "dispatcher.resumed" in line and aid in line]
     assert len(resumed) == 1 and '"done": ["first"]' in resumed[0], resumed
     await system.wait_healthy()
 

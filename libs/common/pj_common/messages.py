@@ -246,8 +246,8 @@ class DispatchPlan(Contract):
 
 class LeaseGrant(Contract):
     """The answer to a lease renewal: renewed until `leaseExpiresAt`, or not granted (the claim is
-    stale: the dispatch finished, failed, or was re-issued to another holder), and then the holder
-    stops before its next step."""
+    stale: the dispatch finished, failed, or was re-issued, or the asker is not the claim's holder),
+    and then the holder stops before its next step."""
 
     granted: bool
     lease_expires_at: datetime | None = None
@@ -305,32 +305,41 @@ class DispatchRequest(Contract):
 
 
 class GetDispatchPlan(Contract):
-    """Asked by a dispatcher for an order it may not run on the order's own word (redelivered,
-    unsigned or badly signed, without a lease, or with a lease about to end): the approved plan to
-    run, the steps already done and the claim's lease, or `stale` when the order's claim no longer
-    holds the dispatch.
+    """Asked by a dispatcher for every dispatch order it takes, before anything runs: the approved
+    plan to run, the steps already done and the claim's lease, or `stale` when the order's claim no
+    longer holds the dispatch.
 
     The claim token authorizes it: only the holder of the current dispatch order knows it. A forged
     order (unknown claim) is stale, so nothing runs that approvals did not claim.
+
+    It also binds the claim to one holder: `holder` is an id the dispatcher process makes at start,
+    and the first holder to confirm a claim takes it; every other holder asking with the same claim
+    token is answered stale. Orders go out at least once, so copies of one order may reach several
+    dispatchers: only the first to confirm runs it. A claim whose holder died is recovered by the
+    reaper once its lease runs out (a re-issue, with a new claim token and no holder), not by a copy
+    of the order reaching another dispatcher.
     """
 
     reply_model: ClassVar[Any] = DispatchPlan
     name: Literal["get_dispatch_plan"] = "get_dispatch_plan"
     approval_id: str
     claim_token: str
+    holder: str = Field(min_length=1, max_length=200)
 
 
 class RenewLease(Contract):
     """Sent by the dispatcher holding a dispatch, every PJ_LEASE_RENEW_S while it runs (and before a
     step when the lease is about to end): keep my claim for another PJ_DISPATCH_LEASE_S.
 
-    Authorized by the claim token, like get_dispatch_plan.
+    Authorized by the claim token, like get_dispatch_plan, and granted only to the claim's `holder`
+    (the process that confirmed it).
     """
 
     reply_model: ClassVar[Any] = LeaseGrant
     name: Literal["renew_lease"] = "renew_lease"
     approval_id: str
     claim_token: str
+    holder: str = Field(min_length=1, max_length=200)
 
 
 class CountPending(Contract):
@@ -406,12 +415,11 @@ class ReplyAddress(Contract):
 class DispatchOrder(Contract):
     """Run this approval's plan under claim `claimToken` (attempt `attempt` of the dispatch).
 
-    Approvals signs the message body (AMQP header `x-pj-signature`, see pj_common.signing). A dispatcher
-    may run a correctly signed order's `steps`, skipping `completed`, without asking approvals first, as
-    long as the claim's lease (`leaseExpiresAt`) still holds by its own clock with a safety margin: the
-    reaper re-issues a dispatch only after its lease ran out, so until then nobody else holds it. A
-    redelivered, unsigned or badly signed order, or one without a lease or with a nearly expired one,
-    is confirmed with approvals (get_dispatch_plan) first.
+    Approvals signs the message body (AMQP header `x-pj-signature`, see pj_common.signing). Orders
+    are published at least once, so a copy may arrive twice, or at two dispatchers: every order is
+    confirmed with approvals (get_dispatch_plan) before it runs, which binds its claim to the first
+    dispatcher process that confirms it; a copy anywhere else is stale. A dispatcher runs the plan
+    approvals returns, never the order's own `steps` on its word; a bad signature is counted and logged.
     """
 
     schema_version: Literal[1] = SCHEMA_VERSION

@@ -82,8 +82,8 @@ def routes(svc: ApprovalService) -> dict[type[BaseModel], Route]:
     return {
         CheckHealth: lambda _, call: svc.health(),
         ReadMetrics: lambda _, call: svc.metrics(),
-        GetDispatchPlan: lambda c, call: svc.dispatch_plan(c.approval_id, c.claim_token),
-        RenewLease: lambda c, call: svc.renew_lease(c.approval_id, c.claim_token),
+        GetDispatchPlan: lambda c, call: svc.dispatch_plan(c.approval_id, c.claim_token, c.holder),
+        RenewLease: lambda c, call: svc.renew_lease(c.approval_id, c.claim_token, c.holder),
         ExecuteRequest: lambda c, call: svc.execute(call.principal, c, call.correlation_id, notify=call.notify,
                                                     message_id=call.envelope.message_id),
         ListApprovals: lambda c, call: svc.list_approvals(call.principal, c),

@@ -461,24 +461,28 @@ class ApprovalService:
                            status="skipped" if s.step_id in done else "simulated", result={"params": s.params})
                 for s in steps]
 
-    async def dispatch_plan(self, approval_id: str, claim_token: str) -> DispatchPlan:
-        """The plan a dispatch order's claim may run, the steps already done and the lease, or stale."""
+    async def dispatch_plan(self, approval_id: str, claim_token: str, holder: str) -> DispatchPlan:
+        """The plan a dispatch order's claim may run, the steps already done and the lease, or stale.
+
+        The first `holder` (dispatcher process) to ask takes the claim; any other is answered stale."""
         claim = _parse_claim(claim_token)
         async with self._pool.connection() as conn:
-            found = await store.claimed_plan(conn, _parse_id(approval_id), claim, held_status=CLAIMED)
+            found = await store.claimed_plan(conn, _parse_id(approval_id), claim, holder=holder,
+                                             held_status=CLAIMED)
         if found is None:
             return DispatchPlan(stale=True)
         return DispatchPlan(stale=False, steps=[PlanStep.model_validate(s) for s in found.plan],
                             completed=[StepResult.model_validate(c) for c in found.completed],
                             lease_expires_at=found.lease_expires_at)
 
-    async def renew_lease(self, approval_id: str, claim_token: str) -> LeaseGrant:
-        """Keep a running dispatch's claim for another PJ_DISPATCH_LEASE_S; not granted once it is stale."""
+    async def renew_lease(self, approval_id: str, claim_token: str, holder: str) -> LeaseGrant:
+        """Keep a running dispatch's claim for another PJ_DISPATCH_LEASE_S; not granted once it is stale
+        or when `holder` does not hold the claim."""
         claim = _parse_claim(claim_token)
         lease = self._now() + timedelta(seconds=self._settings.dispatch_lease_s)
         async with self._pool.connection() as conn:
             held = await store.renew_lease(conn, approval_id=_parse_id(approval_id), claim_token=claim,
-                                           held_status=CLAIMED, lease_expires_at=lease)
+                                           holder=holder, held_status=CLAIMED, lease_expires_at=lease)
         return LeaseGrant(granted=held is not None, lease_expires_at=held)
 
     async def record_report(self, report: StepReport) -> DispatchOutcome | None:

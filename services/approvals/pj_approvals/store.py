@@ -322,7 +322,7 @@ async def claim_for_dispatch(conn: Conn, seen: ApprovalRow, *, from_status: Appr
         WITH changed AS (
             UPDATE approvals SET approval_status = %(to_status)s, claim_token = %(claim)s,
                 dispatched_at = %(now)s, updated_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s,
-                dispatch_attempt = %(attempt)s
+                dispatch_attempt = %(attempt)s, claim_holder = NULL
             WHERE id = %(id)s AND approval_status = %(from_status)s
               AND plan_hash = %(plan_hash)s AND plan = %(plan)s AND expires_at > %(now)s
             RETURNING {_COLUMNS}),
@@ -350,31 +350,39 @@ class ClaimedPlan:
     lease_expires_at: datetime | None
 
 
-async def claimed_plan(conn: Conn, approval_id: UUID, claim_token: UUID, *, held_status: ApprovalStatus
-                       ) -> ClaimedPlan | None:
-    """The approved plan, the outcomes of its succeeded steps and the lease while `claim_token` holds the
-    dispatch (the approval is in `held_status`); None if it does not (the dispatch finished or was
-    claimed again: the order that asks is stale)."""
+async def claimed_plan(conn: Conn, approval_id: UUID, claim_token: UUID, *, holder: str,
+                       held_status: ApprovalStatus) -> ClaimedPlan | None:
+    """Take the claim for `holder` (a dispatcher process) and return the approved plan, the outcomes of
+    its succeeded steps and the lease; None when the order that asks is stale: `claim_token` no longer
+    holds the dispatch (the approval left `held_status`, or the dispatch was claimed again), or another
+    holder took the claim first. A compare-and-set: the claim is taken when it has no holder yet or
+    already is `holder`'s, so of two processes confirming copies of one order only the first runs it."""
     cur = await conn.execute(
-        """SELECT a.plan, coalesce((SELECT json_agg(s.outcome) FROM approval_steps s
-                                    WHERE s.approval_id = a.id AND s.status = 'succeeded'), '[]'::json),
-                  a.lease_expires_at
-           FROM approvals a
-           WHERE a.id = %s AND a.claim_token = %s AND a.approval_status = %s""",
-        (approval_id, claim_token, held_status))
+        """WITH taken AS (
+               UPDATE approvals SET claim_holder = %(holder)s
+               WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = %(held)s
+                 AND (claim_holder IS NULL OR claim_holder = %(holder)s)
+               RETURNING id, plan, lease_expires_at)
+           SELECT t.plan, coalesce((SELECT json_agg(s.outcome) FROM approval_steps s
+                                    WHERE s.approval_id = t.id AND s.status = 'succeeded'), '[]'::json),
+                  t.lease_expires_at
+           FROM taken t""",
+        {"id": approval_id, "claim": claim_token, "held": held_status, "holder": holder})
     row = await cur.fetchone()
     return ClaimedPlan(plan=row[0], completed=row[1], lease_expires_at=row[2]) if row else None
 
 
-async def renew_lease(conn: Conn, *, approval_id: UUID, claim_token: UUID, held_status: ApprovalStatus,
-                      lease_expires_at: datetime) -> datetime | None:
+async def renew_lease(conn: Conn, *, approval_id: UUID, claim_token: UUID, holder: str,
+                      held_status: ApprovalStatus, lease_expires_at: datetime) -> datetime | None:
     """Extend the claim's lease to `lease_expires_at` (never shorten it) while the claim holds the
-    approval in `held_status`; the lease now in force, or None if the claim is stale."""
+    approval in `held_status` and `holder` holds the claim; the lease now in force, or None if the
+    claim is stale or another holder's."""
     cur = await conn.execute(
         """UPDATE approvals SET lease_expires_at = greatest(lease_expires_at, %(lease)s)
            WHERE id = %(id)s AND claim_token = %(claim)s AND approval_status = %(held)s
+             AND claim_holder = %(holder)s
            RETURNING lease_expires_at""",
-        {"id": approval_id, "claim": claim_token, "held": held_status, "lease": lease_expires_at})
+        {"id": approval_id, "claim": claim_token, "held": held_status, "holder": holder, "lease": lease_expires_at})
     row = await cur.fetchone()
     return row[0] if row else None
 
@@ -487,14 +495,16 @@ async def lock_lapsed_dispatches(conn: Conn, *, held_status: ApprovalStatus, now
 async def reissue_dispatch(conn: Conn, lapsed: LapsedDispatch, *, from_status: ApprovalStatus,
                            to_status: ApprovalStatus, order: QueuedOrder, event: EventRecord) -> ApprovalRow | None:
     """CAS `from_status` (dispatching) under the lapsed claim -> `to_status` (dispatching) under
-    `order`'s new claim, attempt and lease, with the event and the new order in the outbox; None if the
-    lapsed claim no longer holds (it finished meanwhile). Reports of the old claim are stale from now."""
+    `order`'s new claim, attempt and lease (with no holder yet), with the event and the new order in the
+    outbox; None if the lapsed claim no longer holds (it finished meanwhile). Reports of the old claim
+    are stale from now."""
     params = {"id": lapsed.id, "old_claim": lapsed.claim_token, "from_status": from_status,
               "to_status": to_status, **_order_params(order), **_event_params(event)}
     query = f"""
         WITH changed AS (
             UPDATE approvals SET approval_status = %(to_status)s, claim_token = %(claim)s,
-                dispatch_attempt = %(attempt)s, lease_expires_at = %(lease)s, updated_at = %(now)s
+                dispatch_attempt = %(attempt)s, lease_expires_at = %(lease)s, updated_at = %(now)s,
+                claim_holder = NULL
             WHERE id = %(id)s AND claim_token = %(old_claim)s AND approval_status = %(from_status)s
             RETURNING {_COLUMNS}),
         ev AS ({_EVENT_FROM_CHANGED.format(from_status="%(from_status)s")}),

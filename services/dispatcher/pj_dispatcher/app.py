@@ -1,6 +1,7 @@
 """The dispatcher process: one HTTP client, the connectors, and the dispatch-queue consumer."""
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -39,7 +40,9 @@ class DispatcherApp:
         )
         self.rpc = RpcClient(self.topology.commands)
         self.metrics = DispatcherMetrics()
-        self.approvals = ApprovalsClient(self.rpc, timeout_s=settings.plan_fetch_timeout_s)
+        # This process's holder id: approvals binds each claim to the first process that confirms it.
+        self.holder = uuid.uuid4().hex
+        self.approvals = ApprovalsClient(self.rpc, timeout_s=settings.plan_fetch_timeout_s, holder=self.holder)
         runner = PlanRunner(settings, build_connectors(settings, self.http), publish_report=self._publish_report,
                             renew_lease=self.approvals.renew_lease, metrics=self.metrics)
         self.intake = OrderIntake(settings, confirm_plan=self.approvals.get_dispatch_plan, runner=runner,

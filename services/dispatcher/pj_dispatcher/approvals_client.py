@@ -20,20 +20,24 @@ T = TypeVar("T")
 
 
 class ApprovalsClient:
-    """Asks the approvals service, which owns every approval's state, what a dispatcher may do."""
+    """Asks the approvals service, which owns every approval's state, what a dispatcher may do.
 
-    def __init__(self, rpc: RpcClient, *, timeout_s: float) -> None:
+    `holder` is this dispatcher process's id (made once at start): approvals binds each claim to the
+    first holder that confirms it and answers every other one stale."""
+
+    def __init__(self, rpc: RpcClient, *, timeout_s: float, holder: str) -> None:
         self._rpc = rpc
         self._timeout_s = timeout_s
+        self.holder = holder
 
     async def get_dispatch_plan(self, order: DispatchOrder) -> DispatchPlan:
         """The plan the order's claim may run, the steps already done and the claim's lease, or
-        `stale` when the claim no longer holds the dispatch.
+        `stale` when the claim no longer holds the dispatch or another holder took it first.
 
         Raises `Retryable` when approvals cannot answer now, refuses or answers out of contract: the
-        order is tried again later, and never run on its own word.
+        order is tried again later, and never run unconfirmed.
         """
-        command = GetDispatchPlan(approval_id=order.approval_id, claim_token=order.claim_token)
+        command = GetDispatchPlan(approval_id=order.approval_id, claim_token=order.claim_token, holder=self.holder)
         return await self._ask(command, Reply[DispatchPlan], what="dispatch plan")
 
     async def renew_lease(self, order: DispatchOrder) -> LeaseGrant:
@@ -42,7 +46,7 @@ class ApprovalsClient:
         Raises `Retryable` when approvals cannot answer now, refuses or answers out of contract (the
         renewal is unanswered: the lease known so far still holds until it runs out).
         """
-        command = RenewLease(approval_id=order.approval_id, claim_token=order.claim_token)
+        command = RenewLease(approval_id=order.approval_id, claim_token=order.claim_token, holder=self.holder)
         return await self._ask(command, Reply[LeaseGrant], what="lease renewal")
 
     async def _ask(self, command: GetDispatchPlan | RenewLease, reply_type: type[Reply[T]], *, what: str) -> T:

@@ -16,11 +16,14 @@ class DispatcherMetrics:
                                ["connector"], registry=r)
         self.in_flight = Gauge("dispatch_orders_in_flight", "Dispatch orders this process is running",
                                registry=r)
-        self.stale = Counter("dispatch_orders_stale", "Orders dropped: their claim no longer holds (or never did)",
+        self.stale = Counter("dispatch_orders_stale", "Orders dropped: their claim no longer "
+                             "holds (or never did), or another dispatcher holds it",
                              registry=r)
-        self.orders = Counter("dispatch_orders", "Orders taken, by how they were admitted: `signed` ran on their "
-                              "own word; `redelivered`, `unsigned`, `bad_signature`, `no_lease`, `lease_short` were "
-                              "confirmed with approvals first", ["admission"], registry=r)
+        self.orders = Counter("dispatch_orders", "Orders taken (each confirmed with approvals before it runs), by "
+                              "delivery: `signed` (first delivery), `redelivered`, `unsigned`, `bad_signature`",
+                              ["admission"], registry=r)
+        self.duplicates = Counter("dispatch_orders_duplicate", "Copies of an order whose claim was already "
+                                  "running in this process: dropped", registry=r)
         self.bad_signature = Counter("dispatch_orders_bad_signature",
                                      "Orders whose signature header did not check out (confirmed, never trusted)",
                                      registry=r)

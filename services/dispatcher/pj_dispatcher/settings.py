@@ -26,9 +26,8 @@ class DispatcherSettings(DispatchSigningSettings):
     # How long an order waits for approvals to confirm its plan (or renew its lease) before it is
     # retried later (or the renewal counts as unanswered).
     plan_fetch_timeout_s: float = 5.0
-    # A signed order runs without asking approvals only if its lease holds for longer than this, and
-    # a step starts only while the lease holds this much longer: it covers the clock skew between
-    # approvals and this host, and the time a step takes to start.
+    # A step starts only while the claim's lease holds for longer than this: it covers the clock skew
+    # between approvals and this host, and the time a step takes to start.
     lease_margin_s: float = Field(default=5.0, ge=0, validation_alias=AliasChoices("PJ_LEASE_MARGIN_S"))
     # How often a running order's lease is renewed (renew_lease); well below approvals' lease (60 s),
     # so a renewal or two may go unanswered without the lease running out.

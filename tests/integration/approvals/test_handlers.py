@@ -142,7 +142,7 @@ async def test_every_command_is_answered_with_its_reply_model(
     raw = await ask(DispatchRequest(approval_id=aid), admin)
     started = ok(raw, DispatchOutcome)
     assert started.approval_status is ApprovalStatus.DISPATCHING and json.loads(raw)["followUp"] is True
-    stale = ok(await ask(GetDispatchPlan(approval_id=aid, claim_token=str(uuid.uuid4()))), DispatchPlan)
+    stale = ok(await ask(GetDispatchPlan(approval_id=aid, claim_token=str(uuid.uuid4()), holder="d-1")), DispatchPlan)
     assert stale.stale
     assert ok(await ask(CheckHealth()), HealthReport).database.status == "ok"
     assert "approvals_created_total" in ok(await ask(ReadMetrics()), MetricsText).text

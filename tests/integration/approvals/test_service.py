@@ -323,7 +323,7 @@ async def test_dispatch_answers_after_the_commit_with_its_order_in_the_outbox(
     assert row is not None and str(row.claim_token) == order.claim_token
     assert (order.attempt, order.lease_expires_at) == (1, clock.now + timedelta(seconds=60))
     assert [s.step_id for s in order.steps] == ["post-webhook"] and order.completed == []
-    plan = await svc.dispatch_plan(aid, order.claim_token)
+    plan = await svc.dispatch_plan(aid, order.claim_token, "d-1")
     assert plan.lease_expires_at == order.lease_expires_at
 
 
@@ -347,7 +347,7 @@ async def test_launch_tier_execute_is_stored_claimed_with_its_order(
     assert started.data.approval_status == "dispatching" and started.data.approval_required is False
     aid = started.data.approval_id
     order = await outbox.last(aid)
-    assert (await svc.dispatch_plan(aid, order.claim_token)).stale is False
+    assert (await svc.dispatch_plan(aid, order.claim_token, "d-1")).stale is False
     view = await svc.get_approval(who(Role.ADMIN, t), aid)
     assert [(e.event, e.from_status, e.to_status) for e in audit_of(view)] == [
         ("approval.created", None, "approved"), ("approval.dispatch.started", "approved", "dispatching")]
@@ -416,11 +416,40 @@ async def test_dispatch_plan_is_given_only_for_the_current_claim(make_service: A
     _, admin, aid = await approved(svc, webhook_request())
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     claim = (await outbox.last(aid)).claim_token
-    plan = await svc.dispatch_plan(aid, claim)
+    plan = await svc.dispatch_plan(aid, claim, "d-1")
     assert plan.stale is False and [s.step_id for s in plan.steps] == ["post-webhook"]
     assert plan.completed == []
-    forged = await svc.dispatch_plan(aid, str(uuid.uuid4()))
+    forged = await svc.dispatch_plan(aid, str(uuid.uuid4()), "d-1")
     assert forged == DispatchPlan(stale=True, steps=[], completed=[])
+
+
+async def test_a_claim_is_held_by_the_first_dispatcher_that_confirms_it(make_service: Any, outbox: Any) -> None:
+    """Two dispatcher processes with copies of one order (the outbox publishes at least once): only the
+    first to confirm it may run it, and only its lease renewals are granted."""
+    svc: ApprovalService = make_service()
+    _, admin, aid = await approved(svc, webhook_request())
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
+    claim = (await outbox.last(aid)).claim_token
+    assert (await svc.dispatch_plan(aid, claim, "d-1")).stale is False
+    assert (await svc.dispatch_plan(aid, claim, "d-2")) == DispatchPlan(stale=True)
+    assert (await svc.renew_lease(aid, claim, "d-2")).granted is False
+    assert (await svc.renew_lease(aid, claim, "d-1")).granted is True
+    assert (await svc.dispatch_plan(aid, claim, "d-1")).stale is False  # its own copy, asked again
+
+
+async def test_a_finished_dispatch_is_stale_for_its_holder_too(make_service: Any, outbox: Any) -> None:
+    """A copy of the order delivered after the dispatch finished runs nothing, even at its holder."""
+    svc: ApprovalService = make_service()
+    t, admin, aid = await approved(svc, webhook_request())
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
+    claim = (await outbox.last(aid)).claim_token
+    assert (await svc.dispatch_plan(aid, claim, "d-1")).stale is False
+    step = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="succeeded", attempts=1)
+    await svc.record_report(StepReport(approval_id=aid, tenant_id=t, claim_token=claim, step=step,
+                                       plan_status="dispatched", results=[step]))
+    assert (await svc.get_approval(admin, aid)).approval_status == "dispatched"
+    assert (await svc.dispatch_plan(aid, claim, "d-1")).stale is True
+    assert (await svc.dispatch_plan(aid, claim, "d-2")).stale is True
 
 
 async def test_a_dispatch_past_its_lease_is_reissued_with_its_checkpoints_then_failed_after_the_last_attempt(
@@ -430,6 +459,7 @@ async def test_a_dispatch_past_its_lease_is_reissued_with_its_checkpoints_then_f
                                                        payload={"name": "env-l"}))
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
     first = await outbox.last(aid)
+    assert (await svc.dispatch_plan(aid, first.claim_token, "d-1")).stale is False  # d-1 holds the first claim
     done = StepResult(step_id=first.steps[0].step_id, connector="github", operation="create_branch",
                       status="succeeded", attempts=1)
     clock.now += timedelta(seconds=50)
@@ -443,9 +473,12 @@ async def test_a_dispatch_past_its_lease_is_reissued_with_its_checkpoints_then_f
     second = await outbox.last(aid)
     assert (second.attempt, second.lease_expires_at) == (2, clock.now + timedelta(seconds=60))
     assert second.claim_token != first.claim_token and second.completed == [done]
-    assert (await svc.dispatch_plan(aid, first.claim_token)).stale is True  # the lapsed holder must stop
-    assert (await svc.renew_lease(aid, first.claim_token)).granted is False
-    assert (await svc.dispatch_plan(aid, second.claim_token)).stale is False
+    assert (await svc.dispatch_plan(aid, first.claim_token, "d-1")).stale is True  # the lapsed holder must stop
+    assert (await svc.renew_lease(aid, first.claim_token, "d-1")).granted is False
+    # the new claim has no holder yet: a new dispatcher takes it, and the old holder's copy of it is stale
+    assert (await svc.dispatch_plan(aid, second.claim_token, "d-2")).stale is False
+    assert (await svc.dispatch_plan(aid, second.claim_token, "d-1")).stale is True
+    assert (await svc.renew_lease(aid, second.claim_token, "d-2")).granted is True
     view = await svc.get_approval(admin, aid)
     assert view.approval_status == "dispatching"
     assert (audit_of(view)[-1].event, audit_of(view)[-1].from_status) == ("approval.dispatch.started", "dispatching")

@@ -224,7 +224,7 @@ async def test_insert_of_a_launch_tier_approval_claims_it_and_queues_its_order(c
     inserted = await store.insert_approval(conn, row, created(), launch=launch)
     assert inserted is not None and inserted.approval_status is CLAIMED and inserted.claim_token == token
     assert await store.queued_orders(conn, row.id) == [launch.order.body]
-    plan = await store.claimed_plan(conn, row.id, token, held_status=CLAIMED)
+    plan = await store.claimed_plan(conn, row.id, token, holder="d-1", held_status=CLAIMED)
     assert plan is not None and plan.lease_expires_at == T0 + timedelta(minutes=1)
     again = dataclasses.replace(row, id=uuid.uuid4())  # the same requestId: nothing inserted, nothing queued
     assert await store.insert_approval(conn, again, created(), launch=launch) is None
@@ -272,11 +272,37 @@ async def test_steps_are_checkpointed_only_for_the_current_claim(conn: store.Con
     assert await record(token, step("one")) is True
     assert await record(uuid.uuid4(), step("two")) is False  # a stale claim
     assert [s["stepId"] for s in await store.completed_steps(conn, approved.id)] == ["one"]
-    plan = await store.claimed_plan(conn, approved.id, token, held_status=CLAIMED)
+    plan = await store.claimed_plan(conn, approved.id, token, holder="d-1", held_status=CLAIMED)
     assert plan is not None and plan.plan == PLAN and [c["stepId"] for c in plan.completed] == ["one"]
     assert plan.lease_expires_at == T0 + timedelta(minutes=30)  # renewed by the checkpoint
-    assert await store.claimed_plan(conn, approved.id, uuid.uuid4(), held_status=CLAIMED) is None
-    assert await store.claimed_plan(conn, approved.id, token, held_status=S.APPROVED) is None
+    assert await store.claimed_plan(conn, approved.id, uuid.uuid4(), holder="d-1", held_status=CLAIMED) is None
+    assert await store.claimed_plan(conn, approved.id, token, holder="d-1", held_status=S.APPROVED) is None
+
+
+async def test_a_claim_is_taken_by_the_first_holder_that_confirms_it(conn: store.Conn) -> None:
+    approved = await approve(conn, await insert(conn, new_row(tenant())))
+    claimed, token = await claim(conn, approved)
+    assert claimed is not None
+    first = await store.claimed_plan(conn, approved.id, token, holder="d-1", held_status=CLAIMED)
+    assert first is not None and first.plan == PLAN
+    # A copy of the same order confirmed by another dispatcher process: stale, it runs nothing.
+    assert await store.claimed_plan(conn, approved.id, token, holder="d-2", held_status=CLAIMED) is None
+    # The holder asking again (its own order redelivered to it) still holds the claim.
+    assert await store.claimed_plan(conn, approved.id, token, holder="d-1", held_status=CLAIMED) is not None
+
+
+async def test_concurrent_confirmations_of_one_claim_give_it_to_one_holder(pool: AsyncConnectionPool[Any]) -> None:
+    async with pool.connection() as setup:
+        approved = await approve(setup, await insert(setup, new_row(tenant())))
+        claimed, token = await claim(setup, approved)
+        assert claimed is not None
+
+    async def confirm(holder: str) -> bool:
+        async with pool.connection() as c:
+            return await store.claimed_plan(c, approved.id, token, holder=holder, held_status=CLAIMED) is not None
+
+    taken = await asyncio.gather(*(confirm(f"d-{i}") for i in range(8)))
+    assert sum(taken) == 1
 
 
 async def test_renew_lease_extends_only_the_holding_claim_and_never_shortens(conn: store.Conn) -> None:
@@ -284,11 +310,14 @@ async def test_renew_lease_extends_only_the_holding_claim_and_never_shortens(con
     claimed, token = await claim(conn, approved)
     assert claimed is not None
 
-    async def renew(claim_token: uuid.UUID, until: datetime) -> datetime | None:
-        return await store.renew_lease(conn, approval_id=approved.id, claim_token=claim_token,
+    async def renew(claim_token: uuid.UUID, until: datetime, *, holder: str = "d-1") -> datetime | None:
+        return await store.renew_lease(conn, approval_id=approved.id, claim_token=claim_token, holder=holder,
                                        held_status=CLAIMED, lease_expires_at=until)
 
     later = T0 + timedelta(hours=2)
+    assert await renew(token, later) is None  # nobody confirmed the claim yet: no holder to renew for
+    assert await store.claimed_plan(conn, approved.id, token, holder="d-1", held_status=CLAIMED) is not None
+    assert await renew(token, later, holder="d-2") is None  # not the holder
     assert await renew(token, later) == later
     assert await renew(token, T0) == later  # a late, shorter renewal does not cut the lease
     assert await renew(uuid.uuid4(), later + timedelta(hours=1)) is None  # a stale claim renews nothing
@@ -300,6 +329,7 @@ async def test_finish_dispatch_wins_once_and_checkpoints_every_finished_step(con
     assert claimed is not None
     results = [step("one"), step("two", "failed")]
     assert await finish(conn, claimed, uuid.uuid4(), Transition.FAIL, results) is None  # not this claim
+    assert await store.claimed_plan(conn, approved.id, token, holder="d-1", held_status=CLAIMED) is not None
     failed = await finish(conn, claimed, token, Transition.FAIL, results)
     assert failed is not None and failed.approval_status is S.DISPATCH_FAILED
     assert failed.dispatch_result is not None and [r["status"] for r in failed.dispatch_result] == [
@@ -308,6 +338,8 @@ async def test_finish_dispatch_wins_once_and_checkpoints_every_finished_step(con
     assert [s["stepId"] for s in await store.completed_steps(conn, approved.id)] == ["one"]
     again, token2 = await claim(conn, failed)  # dispatch_failed may be dispatched again
     assert again is not None and token2 != token
+    # by any dispatcher: the new claim has no holder yet
+    assert await store.claimed_plan(conn, approved.id, token2, holder="d-2", held_status=CLAIMED) is not None
 
 
 # ---------------------------------------------------------------- sweeps
@@ -368,7 +400,11 @@ async def test_a_lapsed_dispatch_is_reissued_to_a_new_claim_once(conn: store.Con
     assert reissued is not None and reissued.claim_token == new_token and reissued.approval_status is CLAIMED
     assert await reissue() is None  # the lapsed claim no longer holds: no second order
     assert await store.queued_orders(conn, lapsed.id) == [order(token, T0).body, order(new_token, T0).body]
-    assert await store.claimed_plan(conn, lapsed.id, token, held_status=CLAIMED) is None  # the old claim is stale
+    # the old claim is stale, even for the holder that took it
+    assert await store.claimed_plan(conn, lapsed.id, token, holder="d-1", held_status=CLAIMED) is None
+    # the new claim has no holder yet: a new dispatcher takes it, and then no other
+    assert await store.claimed_plan(conn, lapsed.id, new_token, holder="d-2", held_status=CLAIMED) is not None
+    assert await store.claimed_plan(conn, lapsed.id, new_token, holder="d-1", held_status=CLAIMED) is None
     assert not await store.record_step(conn, approval_id=lapsed.id, claim_token=token, held_status=CLAIMED,
                                        step=step("two"), now=T0, lease_expires_at=T0 + timedelta(hours=1))
     assert lapsed.id not in await lapsed_now(conn, lapsed.id)  # its new lease holds

@@ -121,9 +121,9 @@ async def hot_path(plans_db: str) -> dict[str, tuple[str, tuple[str, Any]]]:
             c, pending, decision, from_status=decide_from, to_status=decide_to, event=event)),
         "claim_for_dispatch": (PKEY, lambda c: store.claim_for_dispatch(
             c, approved[0], from_status=S.APPROVED, to_status=CLAIMED, order=order, event=event)),
-        "claimed_plan": (PKEY, lambda c: store.claimed_plan(c, target, token, held_status=CLAIMED)),
+        "claimed_plan": (PKEY, lambda c: store.claimed_plan(c, target, token, holder="d-1", held_status=CLAIMED)),
         "renew_lease": (PKEY, lambda c: store.renew_lease(
-            c, approval_id=target, claim_token=token, held_status=CLAIMED, lease_expires_at=lease)),
+            c, approval_id=target, claim_token=token, holder="d-1", held_status=CLAIMED, lease_expires_at=lease)),
         "record_step": (PKEY, lambda c: store.record_step(
             c, approval_id=target, claim_token=token, held_status=CLAIMED, step=step, now=now,
             lease_expires_at=lease)),

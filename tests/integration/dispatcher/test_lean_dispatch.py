@@ -1,11 +1,15 @@
-"""The lean dispatch on the real broker (pj_dispatcher.app + intake + runner): a signed order runs
-with no command to approvals; an unsigned, forged or redelivered one asks first; a delivery held for
+"""Dispatch on the real broker (pj_dispatcher.app + intake + runner): every order, signed or not, is
+confirmed with approvals before it runs, so a copy of an order (the outbox publishes at least once)
+runs nothing: not after the dispatch finished, not while it runs in the same process, not at a
+second dispatcher process; a forged one runs nothing approvals did not claim; a delivery held for
 PJ_ORDER_HOLD_MAX_S goes back to the queue and its redelivery resumes after the checkpointed steps.
 
-Approvals is a stand-in that answers get_dispatch_plan from the step reports it received and counts
-every command it is sent."""
+Approvals is a stand-in that answers get_dispatch_plan from the step reports it received, gives the
+claim to the first holder that confirms it (stale to any other, and once the dispatch finished) and
+counts every command it is sent."""
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -86,6 +90,7 @@ class Approvals:
         self.steps = steps
         self.stale = stale
         self.commands: list[str] = []
+        self.holder: str | None = None
         self.checkpoints: dict[str, StepResult] = {}
         self.finals: list[StepReport] = []
         self.finished = asyncio.Event()
@@ -97,12 +102,17 @@ class Approvals:
         self.asked.set()
         lease = datetime.now(UTC) + timedelta(seconds=60)
         if isinstance(command, GetDispatchPlan):
+            # approvals' compare-and-set: the first holder takes the claim; a finished dispatch is stale
+            stale = self.stale or bool(self.finals) or self.holder not in (None, command.holder)
+            if not stale:
+                self.holder = command.holder
             await asyncio.sleep(0.2)  # let the last checkpoint arrive, as approvals records it before answering
-            plan = DispatchPlan(stale=self.stale, steps=self.steps, completed=list(self.checkpoints.values()),
+            stale = stale or bool(self.finals)
+            plan = DispatchPlan(stale=stale, steps=self.steps, completed=list(self.checkpoints.values()),
                                 lease_expires_at=lease)
             await reply(self.channel, message, Reply[DispatchPlan](ok=True, data=plan).to_json())
         elif isinstance(command, RenewLease):
-            grant = LeaseGrant(granted=True, lease_expires_at=lease)
+            grant = LeaseGrant(granted=command.holder == self.holder and not self.finals, lease_expires_at=lease)
             await reply(self.channel, message, Reply[LeaseGrant](ok=True, data=grant).to_json())
 
     async def on_report(self, message: AbstractIncomingMessage) -> None:
@@ -162,14 +172,76 @@ def signed(order: DispatchOrder, key: str) -> dict[str, Any]:
     return signature_headers(order.to_json(), key)
 
 
-async def test_a_signed_order_runs_with_no_command_to_approvals(system: System, receiver: Receiver) -> None:
+async def test_a_signed_order_is_confirmed_before_it_runs(system: System, receiver: Receiver) -> None:
     approvals = await system.approvals(steps("a", "b"))
     order = order_for(steps("a", "b"))
     await system.publish(order, headers=signed(order, system.app.settings.signing_key))
     await asyncio.wait_for(approvals.finished.wait(), 20)
     assert approvals.finals[0].plan_status == "dispatched"
     assert receiver.steps() == ["a", "b"]
-    assert approvals.commands == []  # no get_dispatch_plan, and the plan was done before any renewal
+    assert approvals.commands == ["get_dispatch_plan"]  # the plan was done before any renewal
+    assert approvals.holder == system.app.holder
+
+
+async def wait_for_commands(approvals: Approvals, count: int, *, timeout: float = 10) -> None:
+    async def enough() -> None:
+        while len(approvals.commands) < count:
+            approvals.asked.clear()  # set again by the next command
+            await approvals.asked.wait()
+    await asyncio.wait_for(enough(), timeout)
+
+
+async def test_a_copy_of_an_order_delivered_after_its_dispatch_finished_runs_nothing(
+        system: System, receiver: Receiver) -> None:
+    approvals = await system.approvals(steps("a", "b"))
+    order = order_for(steps("a", "b"))
+    headers = signed(order, system.app.settings.signing_key)
+    await system.publish(order, headers=headers)
+    await asyncio.wait_for(approvals.finished.wait(), 20)
+    await system.publish(order, headers=headers)  # the relay published it again: a first delivery, its lease holds
+    with contextlib.suppress(TimeoutError):
+        await wait_for_commands(approvals, 2, timeout=3)
+    await asyncio.sleep(0.5)  # time enough for anything to run, if it ran
+    assert receiver.steps() == ["a", "b"]
+    assert len(approvals.finals) == 1
+    assert approvals.commands == ["get_dispatch_plan"] * 2
+    assert system.app.metrics.registry.get_sample_value("dispatch_orders_stale_total") == 1
+
+
+async def test_a_copy_of_an_order_running_in_the_same_process_runs_nothing(
+        system: System, receiver: Receiver) -> None:
+    receiver.hold_s = 0.4
+    approvals = await system.approvals(steps("a", "b"))
+    order = order_for(steps("a", "b"))
+    headers = signed(order, system.app.settings.signing_key)
+    await system.publish(order, headers=headers)
+    await system.publish(order, headers=headers)
+    await asyncio.wait_for(approvals.finished.wait(), 20)
+    await asyncio.sleep(0.5)
+    assert receiver.steps() == ["a", "b"]
+    assert len(approvals.finals) == 1
+    assert approvals.commands == ["get_dispatch_plan"]  # the copy was dropped in the process, before asking
+    assert system.app.metrics.registry.get_sample_value("dispatch_orders_duplicate_total") == 1
+
+
+async def test_copies_of_an_order_at_two_dispatcher_processes_run_once(
+        system: System, receiver: Receiver) -> None:
+    receiver.hold_s = 0.3
+    approvals = await system.approvals(steps("a", "b"))
+    other = DispatcherApp(system.app.settings)  # a second process: its own holder id
+    assert other.holder != system.app.holder
+    await other.start()
+    try:
+        order = order_for(steps("a", "b"))
+        headers = signed(order, system.app.settings.signing_key)
+        for _ in range(4):
+            await system.publish(order, headers=headers)
+        await asyncio.wait_for(approvals.finished.wait(), 20)
+        await asyncio.sleep(1.0)  # time enough for any other copy to run, if it ran
+    finally:
+        await other.stop()
+    assert receiver.steps() == ["a", "b"]
+    assert len(approvals.finals) == 1
 
 
 async def test_an_unsigned_order_is_confirmed_first(system: System, receiver: Receiver) -> None:
@@ -207,10 +279,10 @@ async def test_a_delivery_held_too_long_goes_back_and_resumes_after_its_checkpoi
     assert final.plan_status == "dispatched"
     assert [r.status for r in final.results] == ["succeeded"] * 4
     assert receiver.steps() == ["a", "b", "c", "d"]  # each once: the redelivery skipped the checkpointed ones
-    # The first delivery ran on its signature; each redelivery was confirmed (approvals told it what was done).
+    # Every delivery was confirmed (approvals told each redelivery what was done).
     # Steps start at about 0, 0.3 and 0.6 s of a delivery, and the third would end past 1 s: so one
     # hand-back after a and b, or (on a slow machine) more.
     handed_back = system.app.metrics.registry.get_sample_value("dispatch_plans_stopped_total",
                                                                {"reason": "handed_back"})
     assert handed_back is not None and handed_back >= 1
-    assert approvals.commands == ["get_dispatch_plan"] * int(handed_back)
+    assert approvals.commands.count("get_dispatch_plan") == int(handed_back) + 1

@@ -33,7 +33,7 @@ def reply(**fields: Any) -> bytes:
 
 
 async def ask(rpc: Rpc) -> DispatchPlan:
-    return await ApprovalsClient(rpc, timeout_s=2.5).get_dispatch_plan(ORDER)  # type: ignore[arg-type]
+    return await ApprovalsClient(rpc, timeout_s=2.5, holder="proc-1").get_dispatch_plan(ORDER)  # type: ignore[arg-type]
 
 
 async def test_the_plan_is_asked_for_with_the_orders_claim_and_parsed_into_models() -> None:
@@ -41,7 +41,7 @@ async def test_the_plan_is_asked_for_with_the_orders_claim_and_parsed_into_model
     done = {"stepId": "a", "connector": "webhook", "operation": "post", "status": "succeeded", "attempts": 1}
     rpc = Rpc(reply(ok=True, data={"stale": False, "steps": [step], "completed": [done]}))
     plan = await ask(rpc)
-    assert rpc.sent[0].command == GetDispatchPlan(approval_id="apr-1", claim_token="claim")
+    assert rpc.sent[0].command == GetDispatchPlan(approval_id="apr-1", claim_token="claim", holder="proc-1")
     assert plan.stale is False
     assert plan.steps == [PlanStep(step_id="a", connector="webhook", operation="post", params={"x": 1})]
     assert plan.completed[0].status == "succeeded"
@@ -64,14 +64,14 @@ async def test_anything_but_a_plan_retries_the_order_later(answer: bytes | Excep
 
 async def test_a_lease_renewal_is_asked_for_with_the_orders_claim_and_parsed_into_a_grant() -> None:
     rpc = Rpc(reply(ok=True, data={"granted": True, "leaseExpiresAt": "2026-01-01T00:01:00Z"}))
-    grant = await ApprovalsClient(rpc, timeout_s=2.5).renew_lease(ORDER)  # type: ignore[arg-type]
-    assert rpc.sent[0].command == RenewLease(approval_id="apr-1", claim_token="claim")
+    grant = await ApprovalsClient(rpc, timeout_s=2.5, holder="proc-1").renew_lease(ORDER)  # type: ignore[arg-type]
+    assert rpc.sent[0].command == RenewLease(approval_id="apr-1", claim_token="claim", holder="proc-1")
     assert grant.granted and grant.lease_expires_at is not None and grant.lease_expires_at.minute == 1
 
 
 async def test_a_refused_renewal_is_a_grant_not_granted() -> None:
     rpc = Rpc(reply(ok=True, data={"granted": False}))
-    assert not (await ApprovalsClient(rpc, timeout_s=2.5).renew_lease(ORDER)).granted  # type: ignore[arg-type]
+    assert not (await ApprovalsClient(rpc, timeout_s=2.5, holder="proc-1").renew_lease(ORDER)).granted  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("answer", [
@@ -81,4 +81,4 @@ async def test_a_refused_renewal_is_a_grant_not_granted() -> None:
 ], ids=["unanswered", "refused", "out-of-contract"])
 async def test_a_renewal_without_a_grant_is_retryable(answer: bytes | Exception) -> None:
     with pytest.raises(Retryable):
-        await ApprovalsClient(Rpc(answer), timeout_s=2.5).renew_lease(ORDER)  # type: ignore[arg-type]
+        await ApprovalsClient(Rpc(answer), timeout_s=2.5, holder="proc-1").renew_lease(ORDER)  # type: ignore[arg-type]

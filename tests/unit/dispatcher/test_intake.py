@@ -1,6 +1,7 @@
-"""Order intake (pj_dispatcher.intake): a signed first delivery under a valid lease runs on its own
-word with no RPC; anything else is confirmed with approvals first; stale orders are dropped,
-redelivered ones resume, and a drain waits for the running ones."""
+"""Order intake (pj_dispatcher.intake): every order is confirmed with approvals before it runs (a
+signed first delivery too: orders go out at least once); stale orders are dropped, a copy of an order
+already running in this process is dropped, redelivered ones resume, and a drain waits for the
+running ones."""
 
 import asyncio
 import logging
@@ -12,7 +13,7 @@ import pytest
 
 from pj_common.messages import DispatchOrder, DispatchPlan, PlanStep, StepResult
 from pj_common.signing import signature_headers
-from pj_dispatcher.intake import OrderIntake, confirmation_reason
+from pj_dispatcher.intake import OrderIntake, admission
 from pj_dispatcher.metrics import DispatcherMetrics
 from pj_dispatcher.settings import DispatcherSettings
 
@@ -78,35 +79,77 @@ def admissions(metrics: DispatcherMetrics) -> dict[str, float]:
             for s in m.samples if s.name == "dispatch_orders_total"}
 
 
-# ---------------------------------------------------------------- when an order may run on its own word
+# ---------------------------------------------------------------- every order is confirmed
 
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(("signature", "redelivered", "lease_s", "reason"), [
-    ("valid", False, 60, None),
-    ("valid", True, 60, "redelivered"),
-    ("missing", False, 60, "unsigned"),
-    ("bad", False, 60, "bad_signature"),
-    ("valid", False, None, "no_lease"),
-    ("valid", False, 5, "lease_short"),  # exactly the margin is not enough
-    ("valid", False, -1, "lease_short"),
+@pytest.mark.parametrize(("signature", "redelivered", "label"), [
+    ("valid", False, "signed"),
+    ("valid", True, "redelivered"),
+    ("missing", False, "unsigned"),
+    ("bad", True, "bad_signature"),
 ])
-def test_only_a_signed_first_delivery_with_a_lease_past_the_margin_runs_unconfirmed(
-        signature: str, redelivered: bool, lease_s: float | None, reason: str | None) -> None:
-    order = ORDER.model_copy(update={"lease_expires_at": None if lease_s is None else NOW + timedelta(seconds=lease_s)})
-    assert confirmation_reason(order, signature=signature, redelivered=redelivered, now=NOW, margin_s=5) == reason
+def test_the_admission_label_says_how_the_order_arrived(signature: str, redelivered: bool, label: str) -> None:
+    assert admission(signature=signature, redelivered=redelivered) == label
 
 
-async def test_a_signed_order_runs_its_own_steps_without_asking_approvals() -> None:
-    approvals, runner, metrics = Approvals(DispatchPlan(stale=True)), Runner(), DispatcherMetrics()
+async def test_a_signed_first_delivery_is_confirmed_too_and_runs_the_confirmed_plan() -> None:
+    """No lean path: a signed order under a long lease is a copy like any other (the outbox may have
+    published it twice), so approvals is asked, and a stale answer runs nothing."""
+    lease = datetime.now(UTC) + timedelta(seconds=60)
+    approvals, runner, metrics = Approvals(DispatchPlan(stale=False, steps=[STEP], lease_expires_at=lease)), \
+        Runner(), DispatcherMetrics()
     order = leased(ORDER, 60, completed=[DONE])
     await intake_for(approvals, runner, metrics).on_order(signed(order))  # type: ignore[arg-type]
-    assert approvals.asked == []  # no RPC at all
+    assert approvals.asked == [order]
     (ran,) = runner.orders
-    assert ran == order  # its own steps, its completed ones to skip, its lease
+    assert ran.steps == [STEP] and ran.completed == [] and ran.lease_expires_at == lease
     assert admissions(metrics) == {"signed": 1}
+
+
+async def test_a_signed_first_delivery_of_a_finished_dispatch_runs_nothing() -> None:
+    approvals, runner, metrics = Approvals(DispatchPlan(stale=True)), Runner(), DispatcherMetrics()
+    await intake_for(approvals, runner, metrics).on_order(signed(leased(ORDER, 60)))  # type: ignore[arg-type]
+    assert len(approvals.asked) == 1 and runner.orders == []
+    assert metrics.registry.get_sample_value("dispatch_orders_stale_total") == 1
+
+
+async def test_a_copy_of_an_order_running_in_this_process_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "pj.dispatcher")
+    hold = asyncio.Event()
+    approvals, runner, metrics = Approvals(DispatchPlan(stale=False, steps=[STEP])), Runner(hold), DispatcherMetrics()
+    intake = intake_for(approvals, runner, metrics)
+    order = leased(ORDER, 60)
+    first = asyncio.create_task(intake.on_order(signed(order)))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    await intake.on_order(signed(order))  # type: ignore[arg-type]  # returns at once: acked, not run
+    await intake.on_order(signed(order, redelivered=True))  # type: ignore[arg-type]
+    hold.set()
+    await first
+    assert len(runner.orders) == 1 and len(approvals.asked) == 1
+    assert metrics.registry.get_sample_value("dispatch_orders_duplicate_total") == 2
+    records = [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.duplicate_order"]
+    assert len(records) == 2 and records[0].approvalId == "apr-1"  # type: ignore[attr-defined]
+    # once the first copy is done, another copy is confirmed again (and approvals decides)
+    await intake.on_order(signed(order))  # type: ignore[arg-type]
+    assert len(approvals.asked) == 2
+
+
+async def test_a_copy_arriving_while_the_first_is_being_confirmed_is_dropped() -> None:
+    gate = asyncio.Event()
+
+    class Slow(Approvals):
+        async def confirm(self, order: DispatchOrder) -> DispatchPlan:
+            await gate.wait()
+            return await super().confirm(order)
+
+    approvals, runner = Slow(DispatchPlan(stale=False, steps=[STEP])), Runner()
+    intake = intake_for(approvals, runner, DispatcherMetrics())
+    first = asyncio.create_task(intake.on_order(Delivery(ORDER.to_json())))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    await intake.on_order(Delivery(ORDER.to_json()))  # type: ignore[arg-type]
+    gate.set()
+    await first
+    assert len(runner.orders) == 1 and len(approvals.asked) == 1
 
 
 @pytest.mark.parametrize("delivery", [
@@ -114,8 +157,9 @@ async def test_a_signed_order_runs_its_own_steps_without_asking_approvals() -> N
     pytest.param(lambda o: signed(o, redelivered=True), id="redelivered"),
     pytest.param(lambda o: signed(o.model_copy(update={"lease_expires_at": None})), id="no-lease"),
     pytest.param(lambda o: signed(o.model_copy(update={"lease_expires_at": datetime.now(UTC)})), id="lease-short"),
+    pytest.param(lambda o: signed(o), id="signed"),
 ])
-async def test_any_other_order_is_confirmed_and_runs_the_confirmed_plan(delivery: Any) -> None:
+async def test_any_order_is_confirmed_and_runs_the_confirmed_plan(delivery: Any) -> None:
     lease = datetime.now(UTC) + timedelta(seconds=60)
     approvals = Approvals(DispatchPlan(stale=False, steps=[STEP], lease_expires_at=lease))
     runner = Runner()

@@ -6,13 +6,16 @@ word: every one is confirmed with get_dispatch_plan, which also binds the order'
 process (its holder id) if no other process took it first. A stale order (its claim no longer holds
 the dispatch, or another dispatcher holds it) is dropped; a confirmed one runs the plan approvals
 returns, after the steps already done. A copy of an order whose claim is already running in this
-process is dropped before asking (the holder check cannot tell two copies in one process apart). The
+process, or is spent here (its plan ran to its final report, its lease was lost, or approvals said
+stale), is dropped before asking: the holder check cannot tell two copies in one process apart, and
+approvals may not have recorded the final report yet when a late copy asks. The
 signature is still checked: a bad one is counted and logged. The transport acks an order only after
 the plan's final report is confirmed by the broker.
 """
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -27,6 +30,10 @@ from .settings import DispatcherSettings
 log = logging.getLogger("pj.dispatcher")
 
 ConfirmPlan = Callable[[DispatchOrder], Awaitable[DispatchPlan]]
+
+# How many spent claims a process remembers (oldest forgotten first): copies come within seconds of
+# each other, and a forgotten one is still answered stale by approvals once the dispatch is recorded.
+SPENT_CLAIMS_KEPT = 10_000
 
 
 def admission(*, signature: str, redelivered: bool) -> str:
@@ -50,6 +57,7 @@ class OrderIntake:
         self._metrics = metrics
         self._running = 0
         self._claims: set[tuple[str, str]] = set()  # (approval, claim) of the orders taken and not yet done
+        self._spent: OrderedDict[tuple[str, str], None] = OrderedDict()  # claims that must not run here again
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -67,7 +75,7 @@ class OrderIntake:
         how = admission(signature=self._signature(order, message), redelivered=bool(message.redelivered))
         self._metrics.orders.labels(how).inc()
         claim = (order.approval_id, order.claim_token)
-        if claim in self._claims:
+        if claim in self._claims or claim in self._spent:
             self._drop_duplicate(order, message)
             return
         self._claims.add(claim)
@@ -78,15 +86,22 @@ class OrderIntake:
             if confirmed is not None:
                 with self._metrics.in_flight.track_inprogress():
                     await self._runner.run_order(confirmed)
+            # Stale, finished or its lease lost: spent for good (an order handed back raised instead).
+            self._spend(claim)
         finally:
             self._claims.discard(claim)
             self._running -= 1
             if not self._running:
                 self._idle.set()
 
+    def _spend(self, claim: tuple[str, str]) -> None:
+        self._spent[claim] = None
+        while len(self._spent) > SPENT_CLAIMS_KEPT:
+            self._spent.popitem(last=False)
+
     def _drop_duplicate(self, order: DispatchOrder, message: AbstractIncomingMessage) -> None:
         self._metrics.duplicates.inc()
-        log.warning("duplicate dispatch order dropped: its claim is already running here", extra={
+        log.warning("duplicate dispatch order dropped: its claim is running or spent here", extra={
             "scope": "dispatcher.duplicate_order", "approvalId": order.approval_id, "attempt": order.attempt,
             "messageId": message.message_id, "redelivered": bool(message.redelivered)})
 

@@ -23,7 +23,7 @@ class DispatcherMetrics:
                               "delivery: `signed` (first delivery), `redelivered`, `unsigned`, `bad_signature`",
                               ["admission"], registry=r)
         self.duplicates = Counter("dispatch_orders_duplicate", "Copies of an order whose claim was already "
-                                  "running in this process: dropped", registry=r)
+                                  "running, or spent, in this process: dropped", registry=r)
         self.bad_signature = Counter("dispatch_orders_bad_signature",
                                      "Orders whose signature header did not check out (confirmed, never trusted)",
                                      registry=r)

@@ -13,6 +13,7 @@ import pytest
 
 from pj_common.messages import DispatchOrder, DispatchPlan, PlanStep, StepResult
 from pj_common.signing import signature_headers
+from pj_common.transport import Retryable
 from pj_dispatcher.intake import OrderIntake, admission
 from pj_dispatcher.metrics import DispatcherMetrics
 from pj_dispatcher.settings import DispatcherSettings
@@ -129,9 +130,51 @@ async def test_a_copy_of_an_order_running_in_this_process_is_dropped(caplog: pyt
     assert metrics.registry.get_sample_value("dispatch_orders_duplicate_total") == 2
     records = [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.duplicate_order"]
     assert len(records) == 2 and records[0].approvalId == "apr-1"  # type: ignore[attr-defined]
-    # once the first copy is done, another copy is confirmed again (and approvals decides)
+    # once the first copy ran to its end, a late copy is dropped too, before asking: approvals may not
+    # have recorded the final report yet, and would confirm the claim to its holder again
     await intake.on_order(signed(order))  # type: ignore[arg-type]
-    assert len(approvals.asked) == 2
+    assert len(approvals.asked) == 1 and len(runner.orders) == 1
+    assert metrics.registry.get_sample_value("dispatch_orders_duplicate_total") == 3
+
+
+async def test_a_stale_claim_is_spent_and_not_asked_about_again() -> None:
+    approvals, runner, metrics = Approvals(DispatchPlan(stale=True)), Runner(), DispatcherMetrics()
+    intake = intake_for(approvals, runner, metrics)
+    await intake.on_order(signed(leased(ORDER, 60)))  # type: ignore[arg-type]
+    await intake.on_order(signed(leased(ORDER, 60)))  # type: ignore[arg-type]
+    assert len(approvals.asked) == 1 and runner.orders == []
+
+
+async def test_an_order_handed_back_or_unconfirmed_is_not_spent() -> None:
+    """A plan handed back to the queue (the runner raised) resumes on its redelivery, and an order
+    approvals could not confirm is tried again: neither claim is spent in the process."""
+
+    class HandingBack(Runner):
+        async def run_order(self, order: DispatchOrder) -> None:
+            self.orders.append(order)
+            if len(self.orders) == 1:
+                raise Retryable("held for PJ_ORDER_HOLD_MAX_S")
+
+    class Unavailable(Approvals):
+        async def confirm(self, order: DispatchOrder) -> DispatchPlan:
+            if not self.asked:
+                self.asked.append(order)
+                raise Retryable("dispatch plan unavailable")
+            return await super().confirm(order)
+
+    approvals, runner = Approvals(DispatchPlan(stale=False, steps=[STEP])), HandingBack()
+    intake = intake_for(approvals, runner, DispatcherMetrics())
+    with pytest.raises(Retryable):
+        await intake.on_order(signed(leased(ORDER, 60)))  # type: ignore[arg-type]
+    await intake.on_order(signed(leased(ORDER, 60), redelivered=True))  # type: ignore[arg-type]
+    assert len(runner.orders) == 2 and len(approvals.asked) == 2
+
+    unavailable, plain = Unavailable(DispatchPlan(stale=False, steps=[STEP])), Runner()
+    intake = intake_for(unavailable, plain, DispatcherMetrics())
+    with pytest.raises(Retryable):
+        await intake.on_order(Delivery(ORDER.to_json()))  # type: ignore[arg-type]
+    await intake.on_order(Delivery(ORDER.to_json(), redelivered=True))  # type: ignore[arg-type]
+    assert len(plain.orders) == 1
 
 
 async def test_a_copy_arriving_while_the_first_is_being_confirmed_is_dropped() -> None:

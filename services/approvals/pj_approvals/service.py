@@ -557,7 +557,11 @@ class ApprovalService:
         now = self._now()
         async with self._pool.connection() as conn, conn.transaction():
             lapsed = await store.lock_lapsed_dispatches(conn, held_status=CLAIMED, now=now, batch=batch)
-            last = [d for d in lapsed if d.dispatch_attempt >= self._settings.max_dispatch_attempts]
+            # Only a claim some dispatcher took counts as an attempt: an order that waited in the outbox or
+            # the queue past its lease (broker down, dispatchers busy or gone) ran nothing, so it is
+            # re-issued as the same attempt and never failed with an unknown outcome.
+            last = [d for d in lapsed
+                    if d.claim_holder is not None and d.dispatch_attempt >= self._settings.max_dispatch_attempts]
             reissued = [row for d in lapsed if d not in last
                         if (row := await self._reissue(conn, d, now=now)) is not None]
             failed = await self._fail_lapsed(conn, last, now=now) if last else []
@@ -576,11 +580,12 @@ class ApprovalService:
 
     async def _reissue(self, conn: store.Conn, lapsed: store.LapsedDispatch, *, now: datetime
                        ) -> store.ApprovalRow | None:
-        attempt = lapsed.dispatch_attempt + 1
+        attempt = lapsed.dispatch_attempt + 1 if lapsed.claim_holder is not None else lapsed.dispatch_attempt
         order = self._queued_order(lapsed, now=now, notify=None, attempt=attempt,
                                    completed=[StepResult.model_validate(c) for c in lapsed.completed])
         from_status, to_status = edge(Transition.REISSUE)
-        note = (f"no lease renewal within {self._settings.dispatch_lease_s:g}s; "
+        why = "no lease renewal" if lapsed.claim_holder is not None else "no dispatcher took its order"
+        note = (f"{why} within {self._settings.dispatch_lease_s:g}s; "
                 f"re-issued as attempt {attempt} of {self._settings.max_dispatch_attempts}")
         return await store.reissue_dispatch(
             conn, lapsed, from_status=from_status, to_status=to_status, order=order,

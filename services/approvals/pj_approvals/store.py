@@ -471,6 +471,7 @@ class LapsedDispatch:
     action_id: str
     request_id: str
     claim_token: UUID
+    claim_holder: str | None  # None: no dispatcher took the claim's order, so none of its steps started
     dispatch_attempt: int
     plan: list[dict[str, Any]]
     completed: list[dict[str, Any]]
@@ -482,7 +483,8 @@ async def lock_lapsed_dispatches(conn: Conn, *, held_status: ApprovalStatus, now
     ends (SKIP LOCKED: several approvals processes reap side by side without taking the same row)."""
     async with conn.cursor(row_factory=class_row(LapsedDispatch)) as cur:
         await cur.execute(
-            """SELECT a.id, a.tenant_id, a.action_id, a.request_id, a.claim_token, a.dispatch_attempt, a.plan,
+            """SELECT a.id, a.tenant_id, a.action_id, a.request_id, a.claim_token, a.claim_holder,
+                      a.dispatch_attempt, a.plan,
                       coalesce((SELECT json_agg(s.outcome) FROM approval_steps s
                                 WHERE s.approval_id = a.id AND s.status = 'succeeded'), '[]'::json) AS completed
                FROM approvals a

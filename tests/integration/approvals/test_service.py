@@ -484,7 +484,9 @@ async def test_a_dispatch_past_its_lease_is_reissued_with_its_checkpoints_then_f
     assert (audit_of(view)[-1].event, audit_of(view)[-1].from_status) == ("approval.dispatch.started", "dispatching")
     clock.now += timedelta(seconds=61)
     await svc.reap_expired_leases()
-    assert (await outbox.last(aid)).attempt == 3
+    third = await outbox.last(aid)
+    assert third.attempt == 3
+    assert (await svc.dispatch_plan(aid, third.claim_token, "d-3")).stale is False  # d-3 takes the last attempt
     clock.now += timedelta(seconds=61)
     await svc.reap_expired_leases()  # the last attempt lapsed too
     view = await svc.get_approval(admin, aid)
@@ -496,6 +498,25 @@ async def test_a_dispatch_past_its_lease_is_reissued_with_its_checkpoints_then_f
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")  # an admin may dispatch it again
     again = await outbox.last(aid)
     assert again.attempt == 1 and [c.step_id for c in again.completed] == [done.step_id]
+
+
+async def test_an_order_no_dispatcher_took_is_reissued_as_the_same_attempt_and_never_failed(
+        make_service: Any, outbox: Any, clock: Any) -> None:
+    """A broker outage or a backlog longer than the attempts' leases: nothing ran, so nothing is failed."""
+    svc: ApprovalService = make_service(dispatch_lease_s=60, max_dispatch_attempts=2)
+    _, admin, aid = await approved(svc, webhook_request())
+    await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
+    claims = {(await outbox.last(aid)).claim_token}
+    for _ in range(4):  # twice the attempts, with no dispatcher taking any of the orders
+        clock.now += timedelta(seconds=61)
+        await svc.reap_expired_leases()
+        order = await outbox.last(aid)
+        assert order.attempt == 1
+        claims.add(order.claim_token)
+    assert len(claims) == 5  # re-issued each time (a lost order goes out again), under a new claim
+    view = await svc.get_approval(admin, aid)
+    assert view.approval_status == "dispatching"
+    assert (await svc.dispatch_plan(aid, order.claim_token, "d-1")).stale is False  # and it still runs
 
 
 async def test_reports_of_a_reissued_claim_and_repeated_reports_change_nothing(
@@ -539,17 +560,19 @@ def _scoped(caplog: pytest.LogCaptureFixture, scope: str) -> list[logging.LogRec
 
 
 async def test_dispatch_failed_at_its_lease_logs_the_runbook_scope(
-        make_service: Any, clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+        make_service: Any, outbox: Any, clock: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A lease expiry after the last attempt is a dispatch failure like any other: counted and logged as
     approval.dispatch.failed (a re-issue before it is logged as approval.dispatch.reissued)."""
     svc: ApprovalService = make_service(dispatch_lease_s=60, max_dispatch_attempts=2)
     _, admin, aid = await approved(svc, webhook_request())
     await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
+    assert (await svc.dispatch_plan(aid, (await outbox.last(aid)).claim_token, "d-1")).stale is False
     caplog.set_level(logging.INFO, logger="pj.approvals")
     clock.now += timedelta(seconds=61)
     assert await svc.reap_expired_leases() >= 1
     [reissued] = [r for r in _scoped(caplog, "approval.dispatch.reissued") if r.__dict__["approvalId"] == aid]
     assert reissued.levelno == logging.WARNING
+    assert (await svc.dispatch_plan(aid, (await outbox.last(aid)).claim_token, "d-2")).stale is False
     clock.now += timedelta(seconds=61)
     assert await svc.reap_expired_leases() >= 1
     mine = [r for r in _scoped(caplog, "approval.dispatch.failed") if r.__dict__["approvalId"] == aid]

@@ -20,7 +20,7 @@ from pj_approvals import store
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.topology import Topology
 from tests.support.backends import PrivatePostgres, PrivateRabbit
-from tests.support.system import REPO, System, free_port, with_dbname
+from tests.support.system import System, SystemSecrets, free_port, service_env, with_dbname
 from tests.support.tcp_proxy import TcpProxy
 
 from .load import Identity
@@ -57,34 +57,12 @@ class Backends:
 
 
 def _env(database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: str, catalog: Path) -> dict[str, str]:
-    import os
-
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PJ_")},
-        "PYTHONPATH": str(REPO),
-        "PJ_ENV": "prod",
-        "PJ_JWT_SECRET": JWT_SECRET,
-        "PJ_DISPATCH_SIGNING_KEY": SIGNING_KEY,
-        "PJ_DATABASE_URL": database_url,
-        "PJ_AMQP_URL": amqp_url,
-        "PJ_AMQP_PREFIX": prefix,
-        "PJ_GATEWAY_PORT": str(port),
-        "PJ_WEBHOOK_URL": webhook_url,
-        "PJ_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "PJ_WEBHOOK_ALLOW_PRIVATE": "1",
-        "PJ_CATALOG": str(catalog),
-        "PJ_DISPATCH_WAIT_S": "10",
-        "PJ_RPC_TIMEOUT_S": "5",
-        "PJ_CONNECTOR_RETRY_BASE_S": "0.05",
-        "PJ_DISPATCHER_CONCURRENCY": "8",
-        "PJ_DISPATCH_LEASE_S": f"{LEASE_S:g}",
-        "PJ_SWEEP_INTERVAL_S": f"{SWEEP_S:g}",
-        "PJ_REAPER_INTERVAL_S": f"{SWEEP_S:g}",
-        "PJ_LEASE_RENEW_S": f"{LEASE_S / 4:g}",
-        "PJ_LEASE_MARGIN_S": "1",
-        "PJ_OUTBOX_POLL_INTERVAL_S": "0.5",
-        "PJ_LOG_LEVEL": "INFO",
-    }
+    return service_env(
+        database_url=database_url, amqp_url=amqp_url, prefix=prefix, port=port, webhook_url=webhook_url,
+        secrets=SystemSecrets(jwt=JWT_SECRET, signing_key=SIGNING_KEY, webhook=WEBHOOK_SECRET),
+        PJ_CATALOG=str(catalog), PJ_RPC_TIMEOUT_S="5", PJ_DISPATCHER_CONCURRENCY="8",
+        PJ_DISPATCH_LEASE_S=f"{LEASE_S:g}", PJ_SWEEP_INTERVAL_S=f"{SWEEP_S:g}", PJ_REAPER_INTERVAL_S=f"{SWEEP_S:g}",
+        PJ_LEASE_RENEW_S=f"{LEASE_S / 4:g}", PJ_LEASE_MARGIN_S="1", PJ_OUTBOX_POLL_INTERVAL_S="0.5")
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """The whole system as subprocesses (gateway, approvals, dispatchers) against the real backends,
 with a webhook sink on 127.0.0.1, isolated by its own database and broker prefix."""
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import yaml
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import mint_token
 from pj_common.topology import Topology
-from tests.support.system import System, delete_topology, free_port
+from tests.support.system import System, SystemSecrets, delete_topology, free_port, service_env
 from tests.support.webhook_sink import SinkState, start_sink
 
 SECRET = "e2e-jwt-secret-0123456789abcdef0123456789"
@@ -53,30 +52,13 @@ async def approve(client: httpx.AsyncClient, tenant: str, approval_id: str, sub:
 
 
 def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: str) -> dict[str, str]:
-    repo = Path(__file__).resolve().parents[2]
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PJ_")},
-        "PYTHONPATH": str(repo),
-        "PJ_ENV": "prod",
-        "PJ_JWT_SECRET": SECRET,
-        "PJ_DISPATCH_SIGNING_KEY": SIGNING_KEY,
-        "PJ_DATABASE_URL": database_url,
-        "PJ_AMQP_URL": amqp_url,
-        "PJ_AMQP_PREFIX": prefix,
-        "PJ_GATEWAY_PORT": str(port),
-        "PJ_WEBHOOK_URL": webhook_url,
-        "PJ_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "PJ_WEBHOOK_ALLOW_PRIVATE": "1",
-        "PJ_DISPATCH_WAIT_S": "10",
-        "PJ_CONNECTOR_RETRY_BASE_S": "0.05",
-        "PJ_DISPATCHER_CONCURRENCY": "2",
+    return service_env(
+        database_url=database_url, amqp_url=amqp_url, prefix=prefix, port=port, webhook_url=webhook_url,
+        secrets=SystemSecrets(jwt=SECRET, signing_key=SIGNING_KEY, webhook=WEBHOOK_SECRET),
+        PJ_DISPATCHER_CONCURRENCY="2",
         # A claim is held by the dispatcher that confirmed it: a killed one's dispatch resumes when the
         # reaper re-issues it after its lease, so the lease is short here (renewed every 2 s).
-        "PJ_DISPATCH_LEASE_S": "10",
-        "PJ_LEASE_RENEW_S": "2",
-        "PJ_REAPER_INTERVAL_S": "1",
-        "PJ_LOG_LEVEL": "INFO",
-    }
+        PJ_DISPATCH_LEASE_S="10", PJ_LEASE_RENEW_S="2", PJ_REAPER_INTERVAL_S="1")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -33,6 +34,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class SystemSecrets:
+    """The secrets a test system's services share (never the development defaults: they run as prod)."""
+
+    jwt: str
+    signing_key: str
+    webhook: str
+
+
+def service_env(*, database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: str,
+                secrets: SystemSecrets, **overrides: str) -> dict[str, str]:
+    """Environment of a test system's services: the caller's (less its PJ_ settings), run as prod,
+    the webhook connector pointed at `webhook_url` (a local receiver), then `overrides`."""
+
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PJ_")},
+        "PYTHONPATH": str(REPO),
+        "PJ_ENV": "prod",
+        "PJ_JWT_SECRET": secrets.jwt,
+        "PJ_DISPATCH_SIGNING_KEY": secrets.signing_key,
+        "PJ_DATABASE_URL": database_url,
+        "PJ_AMQP_URL": amqp_url,
+        "PJ_AMQP_PREFIX": prefix,
+        "PJ_GATEWAY_PORT": str(port),
+        "PJ_WEBHOOK_URL": webhook_url,
+        "PJ_WEBHOOK_SECRET": secrets.webhook,
+        "PJ_WEBHOOK_ALLOW_PRIVATE": "1",
+        "PJ_DISPATCH_WAIT_S": "10",
+        "PJ_CONNECTOR_RETRY_BASE_S": "0.05",
+        "PJ_LOG_LEVEL": "INFO",
+        **overrides,
+    }
 
 
 def with_dbname(url: str, dbname: str) -> str:

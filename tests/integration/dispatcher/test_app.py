@@ -5,7 +5,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import aio_pika
@@ -25,8 +25,10 @@ from pj_common.topology import Topology, declare_topology
 from pj_common.transport import consume, json_message, publish_confirmed, reply
 from pj_dispatcher.app import DispatcherApp
 from pj_dispatcher.settings import DispatcherSettings
+from tests.support.local_http import serving
 
 HOLD_S = 0.3  # each delivery takes this long, so what runs at once overlaps
+
 
 
 class Receiver:
@@ -65,12 +67,9 @@ class Receiver:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     state = Receiver()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), state.handler())
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(state.handler()) as base_url:
+        state.url = f"{base_url}/hook"
+        yield state
 
 
 def two_steps() -> list[PlanStep]:

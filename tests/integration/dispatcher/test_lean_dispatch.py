@@ -9,11 +9,10 @@ claim to the first holder that confirms it (stale to any other, and once the dis
 counts every command it is sent."""
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import aio_pika
@@ -37,6 +36,7 @@ from pj_common.topology import Topology, declare_topology
 from pj_common.transport import consume, json_message, publish_confirmed, reply
 from pj_dispatcher.app import DispatcherApp
 from pj_dispatcher.settings import DispatcherSettings
+from tests.support.local_http import serving
 
 
 class Receiver:
@@ -73,12 +73,9 @@ class Receiver:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     state = Receiver()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), state.handler())
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(state.handler()) as base_url:
+        state.url = f"{base_url}/hook"
+        yield state
 
 
 class Approvals:

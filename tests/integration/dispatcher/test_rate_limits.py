@@ -2,11 +2,10 @@
 (HTTP 429) until a moment it announces, by `Retry-After` or by `X-RateLimit-Reset`."""
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -17,6 +16,7 @@ from pj_common.messages import DispatchOrder, PlanStep, StepReport
 from pj_dispatcher.connectors.webhook import WebhookConnector
 from pj_dispatcher.runner import PlanRunner
 from pj_dispatcher.settings import DispatcherSettings
+from tests.support.local_http import serving
 
 
 @dataclass
@@ -57,12 +57,9 @@ def handler(api: LimitedApi) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def api() -> Iterator[LimitedApi]:
     state = LimitedApi()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(handler(state)) as base_url:
+        state.url = f"{base_url}/hook"
+        yield state
 
 
 async def run_one_step(api: LimitedApi, *, max_wait_s: float) -> list[StepReport]:

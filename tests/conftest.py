@@ -14,9 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pj_approvals import store
 from pj_common.topology import Topology
-from tests.support.system import delete_topology, with_dbname
+from tests.support.system import delete_topology, fresh_database
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -74,12 +73,8 @@ def amqp_url(_containers: dict[str, str]) -> str:
 @pytest.fixture(scope="session")
 async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A migrated database of its own for this test session, dropped afterwards."""
-    name = f"pj_test_{uuid.uuid4().hex[:10]}"
-    url = with_dbname(pg_admin_url, name)
-    await store.ensure_database(url)
-    await store.migrate(url)
-    yield url
-    await store.drop_database(pg_admin_url, name)
+    async with fresh_database(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import yaml
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import mint_token
 from pj_common.topology import Topology
-from tests.support.system import System, SystemSecrets, delete_topology, free_port, service_env
+from tests.support.system import System, SystemSecrets, delete_topology, free_port, fresh_database, service_env
 from tests.support.webhook_sink import SinkState, start_sink
 
 SECRET = "e2e-jwt-secret-0123456789abcdef0123456789"
@@ -49,6 +49,15 @@ async def approve(client: httpx.AsyncClient, tenant: str, approval_id: str, sub:
     r = await client.post(f"/api/approvals/{approval_id}/decide", json={"status": "approved"},
                           headers=headers("admin", sub, tenant))
     assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """The e2e systems' own database. Their approvals processes run for the whole session, and their
+    lease reaper and relays act on every row of their database: another tier's test rows (leases set in
+    the past on purpose) must not be theirs to reap."""
+    async with fresh_database(pg_admin_url, "pj_e2e") as url:
+        yield url
 
 
 def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: str) -> dict[str, str]:

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,21 @@ def service_env(*, database_url: str, amqp_url: str, prefix: str, port: int, web
         "PJ_LOG_LEVEL": "INFO",
         **overrides,
     }
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_url: str, prefix: str = "pj_test") -> AsyncIterator[str]:
+    """A new, migrated database on the server of `admin_url`; dropped afterwards."""
+    from pj_approvals import store
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    url = with_dbname(admin_url, name)
+    await store.ensure_database(url)
+    await store.migrate(url)
+    try:
+        yield url
+    finally:
+        await store.drop_database(admin_url, name)
 
 
 def with_dbname(url: str, dbname: str) -> str:

@@ -72,7 +72,7 @@ chaos: venv ## faults under load on private PostgreSQL/RabbitMQ (tests/chaos); t
 
 lint: venv ## ruff over libs, services, tests and bench; mypy --strict over libs and services
 	$(PY) -m ruff check libs services tests bench
-	$(PY) -m mypy -p pj_common -p pj_gateway -p pj_approvals -p pj_dispatcher
+	$(PY) -m mypy -p pj_common -p pj_client -p pj_gateway -p pj_approvals -p pj_dispatcher -p pj_notifier
 
 schemas: venv ## write the message models' JSON Schemas to docs/schemas
 	$(PY) -m pj_common.schemas docs/schemas

@@ -1,0 +1,1 @@
+"""Typed clients of the approval gate and the `pj` command line."""

@@ -1,0 +1,1 @@
+"""The notifier: tells approvers and requesters about approvals where they work."""

@@ -1,5 +1,6 @@
 """The dispatcher process: one HTTP client, the connectors, and the dispatch-queue consumer."""
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,10 @@ from .runner import PlanRunner
 from .settings import DispatcherSettings
 
 log = logging.getLogger("pj.dispatcher")
+
+# The longest wait for the broker's confirm of a step report: past it the report is published again
+# (the runner retries while the lease holds; approvals takes a repeated report once).
+REPORT_CONFIRM_TIMEOUT_S = 10.0
 
 
 class DispatcherApp:
@@ -72,8 +77,8 @@ class DispatcherApp:
         channel = self._confirm
         if channel is None:
             raise Retryable("broker connection lost before the step report was published")
-        await publish_confirmed(channel, self.topology.results,
-                                json_message(report.to_json(), message_id=report.message_id))
+        await asyncio.wait_for(publish_confirmed(channel, self.topology.results, json_message(
+            report.to_json(), message_id=report.message_id)), REPORT_CONFIRM_TIMEOUT_S)
 
     async def start(self) -> None:
         self.supervisor.start()

@@ -29,6 +29,8 @@ class DispatcherMetrics:
                                      registry=r)
         self.lease_renewals = Counter("dispatch_lease_renewals", "Lease renewals, by outcome: granted, refused "
                                       "(the claim is stale), unanswered", ["outcome"], registry=r)
+        self.report_retries = Counter("dispatch_report_retries", "Step reports not published at the first try "
+                                      "(broker connection lost or confirm late), tried again", registry=r)
         self.plans_stopped = Counter("dispatch_plans_stopped", "Plans stopped before their end: `lease_lost` "
                                      "(renewal refused), `lease_expired` (renewals unanswered), `handed_back` "
                                      "(the delivery was held for PJ_ORDER_HOLD_MAX_S)", ["reason"], registry=r)

@@ -9,12 +9,21 @@ PJ_STEP_DEADLINE_S as a whole. A refused lease renewal stops the plan before its
 no further report; a lease that ran out while approvals did not answer, or a delivery held for
 PJ_ORDER_HOLD_MAX_S (below RabbitMQ's consumer_timeout), hands the order back to the queue instead:
 its redelivery is confirmed with approvals and resumes after the checkpointed steps.
+
+A step's effect has happened once its connector answered, so its report is never given up while
+the claim may still hold: a report that cannot be published (the broker connection is lost, its
+confirm does not come) is tried again, with back-off, until it is confirmed or the lease runs out.
+The runner also remembers each outcome it got for a claim (bounded) until the plan's end: a
+redelivery of the order to this process, handed back or redelivered after a lost connection,
+reports those outcomes instead of running their steps again, even when approvals has not yet
+recorded them (the report may still be queued).
 """
 
 import asyncio
 import logging
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +39,14 @@ from .settings import DispatcherSettings
 log = logging.getLogger("pj.dispatcher")
 
 PublishReport = Callable[[StepReport], Awaitable[None]]
+Claim = tuple[str, str]  # (approval id, claim token)
+
+# How many claims' outcomes a process remembers (oldest forgotten first): a claim is forgotten at its
+# plan's end, so this only bounds the orders handed back or interrupted and never seen again.
+REMEMBERED_CLAIMS = 10_000
+# Back-off between attempts at publishing a report: short, as the step's effect is already done.
+REPORT_RETRY_BASE_S = 0.2
+REPORT_RETRY_CAP_S = 2.0
 
 
 class StepRun:
@@ -130,6 +147,8 @@ class PlanRunner:
         self._renew_lease = renew_lease
         self._secrets = settings.secret_values()
         self._metrics = metrics or DispatcherMetrics()
+        # The outcomes this process got for each claim whose plan has not ended (see the module).
+        self._outcomes: OrderedDict[Claim, dict[str, StepResult]] = OrderedDict()
 
     async def run_order(self, order: DispatchOrder) -> None:
         """Run the order's steps in sequence, skipping those already done; stop at the first failure.
@@ -140,23 +159,41 @@ class PlanRunner:
         lease = Lease(order, renew=self._renew_lease, every_s=self._settings.lease_renew_s,
                       margin_s=self._settings.lease_margin_s, metrics=self._metrics)
         guard = ClaimGuard(order, lease, settings=self._settings, metrics=self._metrics)
+        claim = (order.approval_id, order.claim_token)
         try:
             async with lease:
                 await self._run_plan(order, guard)
+            self._outcomes.pop(claim, None)
         except LeaseLost:
+            self._outcomes.pop(claim, None)
             self._metrics.plans_stopped.labels("lease_lost").inc()
             log.warning("plan stopped: the claim's lease was lost", extra={
                 "scope": "dispatcher.plan_stopped", "approvalId": order.approval_id, "reason": "lease_lost"})
 
+    def _remembered(self, claim: Claim) -> dict[str, StepResult]:
+        outcomes = self._outcomes.get(claim)
+        if outcomes is None:
+            outcomes = self._outcomes[claim] = {}
+            while len(self._outcomes) > REMEMBERED_CLAIMS:
+                self._outcomes.popitem(last=False)
+        return outcomes
+
     async def _run_plan(self, order: DispatchOrder, guard: ClaimGuard) -> None:
         done = {c.step_id: c for c in order.completed}
+        ran_here = self._remembered((order.approval_id, order.claim_token))
         results: list[StepResult] = []
         started = time.monotonic()
         for index, step in enumerate(order.steps):
             if step.step_id in done:
                 results.append(done[step.step_id])
                 continue
-            outcome = await self._run_step(order, step, guard)
+            outcome = ran_here.get(step.step_id)
+            if outcome is None:
+                outcome = ran_here[step.step_id] = await self._run_step(order, step, guard)
+            else:
+                log.info("step already run here: its outcome is reported again, the step is not run", extra={
+                    "scope": "dispatcher.step_reported_again", "approvalId": order.approval_id,
+                    "stepId": step.step_id})
             if guard.lease.lost:  # refused while the step ran: its claim is stale, approvals ignores it
                 raise LeaseLost
             results.append(outcome)
@@ -164,19 +201,51 @@ class PlanRunner:
             if failed or index == len(order.steps) - 1:
                 status: PlanStatus = "dispatch_failed" if failed else "dispatched"
                 results += [not_run(s) for s in order.steps[index + 1:]]
-                await self._report(order, outcome, status=status, results=results)
+                await self._report(order, outcome, status=status, results=results, guard=guard)
                 log.info("plan finished", extra={"scope": "dispatcher.plan_finished", "approvalId": order.approval_id,
                                                  "status": status, "seconds": round(time.monotonic() - started, 3)})
                 return
-            await self._report(order, outcome, status="running", results=[])
+            await self._report(order, outcome, status="running", results=[], guard=guard)
         # Every step was already done (a re-dispatch after a failure that is now past): report the end.
-        await self._report(order, results[-1], status="dispatched", results=results)
+        await self._report(order, results[-1], status="dispatched", results=results, guard=guard)
 
     async def _report(self, order: DispatchOrder, step: StepResult, *, status: PlanStatus,
-                      results: list[StepResult]) -> None:
-        await self._publish_report(StepReport(
+                      results: list[StepResult], guard: ClaimGuard) -> None:
+        """Publish the report, trying again while the claim may hold (see the module).
+
+        Raises `LeaseLost` when the lease ran out first (approvals re-issues the dispatch, and the
+        new claim's plan resumes after what approvals recorded), or `Retryable` when this delivery
+        was held too long (a redelivery to this process reports the remembered outcome).
+        """
+        report = StepReport(
             approval_id=order.approval_id, tenant_id=order.tenant_id, claim_token=order.claim_token,
-            step=step, plan_status=status, results=results, notify=order.notify if status != "running" else None))
+            step=step, plan_status=status, results=results, notify=order.notify if status != "running" else None)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._publish_report(report)
+                return
+            except Exception as exc:  # the broker connection or its confirm; never the step's effect
+                delay = backoff_s(attempt, base=REPORT_RETRY_BASE_S, cap=REPORT_RETRY_CAP_S)
+                self._report_not_sent(report, exc, attempt=attempt, delay=delay, lease=guard.lease)
+            guard.before_wait(delay)
+            await asyncio.sleep(delay)
+
+    def _report_not_sent(self, report: StepReport, exc: Exception, *, attempt: int, delay: float,
+                         lease: Lease) -> None:
+        """Count and log a report that was not published; raise `LeaseLost` once the lease ran out."""
+        self._metrics.report_retries.inc()
+        remaining = lease.remaining_s
+        fields = {"approvalId": report.approval_id, "stepId": report.step.step_id, "attempt": attempt,
+                  "remainingS": None if remaining is None else round(remaining, 3)}
+        if lease.lost or (remaining is not None and remaining <= delay):
+            log.error("step report not published before the lease ran out: approvals re-issues the dispatch",
+                      extra={"scope": "dispatcher.report_lost", **fields, "error": repr(exc)})
+            raise LeaseLost from exc
+        if attempt == 1 or attempt % 10 == 0:
+            log.warning("step report not published, trying again: %r", exc, extra={
+                "scope": "dispatcher.report_retry", **fields})
 
     async def _run_step(self, order: DispatchOrder, step: PlanStep, guard: ClaimGuard) -> StepResult:
         run = StepRun(order, step, metrics=self._metrics, secrets=self._secrets)

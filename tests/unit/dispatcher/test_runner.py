@@ -324,3 +324,64 @@ async def test_a_wait_that_would_outlast_the_delivery_hands_it_back_instead() ->
 def test_a_delivery_must_have_room_for_the_longest_wait_and_an_attempt() -> None:
     with pytest.raises(ValueError, match="PJ_ORDER_HOLD_MAX_S"):
         settings(PJ_ORDER_HOLD_MAX_S=400, PJ_RATE_LIMIT_MAX_WAIT_S=300, PJ_STEP_DEADLINE_S=120)
+
+
+# ---------------------------------------------------------------- reports that cannot be published
+
+
+class FlakyBroker:
+    """Stands in for the report channel: the first `failures` publishes raise, as on a lost connection."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[StepReport] = []
+        self.tries = 0
+
+    async def publish(self, report: StepReport) -> None:
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise ConnectionError("broker connection lost")
+        self.sent.append(report)
+
+
+def runner_for(broker: FlakyBroker, *connectors: Scripted, config: DispatcherSettings | None = None,
+               metrics: DispatcherMetrics | None = None, approvals: Approvals | None = None) -> PlanRunner:
+    return PlanRunner(config or settings(), {c.name: c for c in connectors}, publish_report=broker.publish,
+                      renew_lease=approvals.renew_lease if approvals else None, metrics=metrics)
+
+
+async def test_a_report_that_fails_to_publish_is_sent_again_and_its_step_is_not_run_again() -> None:
+    fake, broker, metrics = Scripted(), FlakyBroker(failures=3), DispatcherMetrics()
+    await runner_for(broker, fake, metrics=metrics).run_order(order(plan_step("a"), plan_step("b"), lease_s=60))
+    assert fake.calls == ["a", "b"]
+    assert [(r.plan_status, r.step.step_id) for r in broker.sent] == [("running", "a"), ("dispatched", "b")]
+    assert metrics.report_retries._value.get() == 3  # type: ignore[attr-defined]
+
+
+async def test_a_report_is_given_up_only_when_the_lease_runs_out(caplog: pytest.LogCaptureFixture) -> None:
+    fake, broker = Scripted(), FlakyBroker(failures=10_000)
+    caplog.set_level(logging.INFO, "pj.dispatcher")
+    runner = runner_for(broker, fake, config=settings(PJ_LEASE_MARGIN_S=0))
+    t0 = time.monotonic()
+    await runner.run_order(order(plan_step("a"), plan_step("b"), lease_s=1.0))  # returns: the plan stopped
+    assert 0.5 < time.monotonic() - t0 < 5
+    assert fake.calls == ["a"] and broker.sent == []
+    assert "dispatcher.report_lost" in [getattr(r, "scope", None) for r in caplog.records]
+
+
+async def test_a_handed_back_order_reports_the_outcome_it_remembers_instead_of_running_the_step_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A delivery may be held only a little longer than one attempt: a report that keeps failing hands it back.
+    config = settings(PJ_RATE_LIMIT_MAX_WAIT_S=0, PJ_STEP_DEADLINE_S=0.3, PJ_ORDER_HOLD_MAX_S=0.5)
+    fake, broker = Scripted(), FlakyBroker(failures=10_000)
+    runner = runner_for(broker, fake, config=config)
+    the_order = order(plan_step("a"), plan_step("b"), lease_s=60)
+    with pytest.raises(Retryable):
+        await runner.run_order(the_order)
+    assert fake.calls == ["a"] and broker.sent == []
+    broker.failures = 0  # the connection is back; approvals has not seen a report for "a" yet
+    caplog.set_level(logging.INFO, "pj.dispatcher")
+    await runner.run_order(the_order)
+    assert fake.calls == ["a", "b"]  # "a" was not run a second time
+    assert [(r.plan_status, r.step.step_id) for r in broker.sent] == [("running", "a"), ("dispatched", "b")]
+    assert "dispatcher.step_reported_again" in [getattr(r, "scope", None) for r in caplog.records]

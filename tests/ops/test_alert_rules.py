@@ -29,6 +29,7 @@ EXPECTED = {
     "DispatchLatencyHigh": "warn",
     "NoApprovalsProcessed": "warn",
     "DeadLettersPresent": "warn",
+    "DispatchOutboxStuck": "page",
 }
 
 # Which metrics each alert is about (a rule over the wrong metric fails here even if the name exists).
@@ -41,6 +42,7 @@ EXPECTED_METRICS = {
     "NoApprovalsProcessed": {"approvals_created_total", "approvals_approved_total",
                              "approvals_rejected_total"},
     "DeadLettersPresent": {"pj_dead_letters"},
+    "DispatchOutboxStuck": {"dispatch_outbox_oldest_seconds"},
 }
 
 PROMQL_KEYWORDS = {"by", "without", "and", "or", "unless", "on", "ignoring", "group_left", "group_right",
@@ -117,6 +119,8 @@ def test_conditions(rules: dict[str, dict[str, Any]]) -> None:
     assert "approvals_approved_total[24h]" in no_decisions and "approvals_rejected_total[24h]" in no_decisions
     assert no_decisions.endswith("==0")
     assert squash["DeadLettersPresent"] == "max(pj_dead_letters)>0" and rules["DeadLettersPresent"]["for"] == "5m"
+    assert squash["DispatchOutboxStuck"] == "max(dispatch_outbox_oldest_seconds)>60"
+    assert rules["DispatchOutboxStuck"]["for"] == "2m"
 
 
 def test_every_referenced_metric_is_exposed(rules: dict[str, dict[str, Any]], exposed: set[str]) -> None:

@@ -100,7 +100,7 @@ class ApprovalsApp:
         self._relay = Periodic(self.event_relay.step, settings.event_relay_interval_s, name="event-relay",
                                scope="events.relay_failed", logger=log)
         # Keeps approval_pending_gauge current for direct scrapes (the RPC path refreshes it on demand).
-        self._gauge = Periodic(self.service.refresh_pending_gauge, settings.pending_gauge_interval_s,
+        self._gauge = Periodic(self.service.refresh_gauges, settings.pending_gauge_interval_s,
                                name="pending-gauge", scope="metrics.refresh_failed", logger=log)
         # pj_dead_letters, for both scrape paths: every approvals process reads the one queue's count.
         self._dead_letter_gauge = Periodic(self._count_dead_letters, settings.pending_gauge_interval_s,

@@ -32,6 +32,11 @@ class ApprovalMetrics:
                                         "CAS conflicts (double-dispatch prevented)", registry=r)
         self.plan_changed = Counter("dispatch_plan_changed",
                                     "Dispatches refused because the plan changed since approval", registry=r)
+        # Read from the database at each scrape, like the pending gauge: every process sees the same outbox.
+        self.outbox_orders = Gauge("dispatch_outbox_orders", "Dispatch orders committed and not yet confirmed "
+                                   "by the broker (waiting in the outbox)", registry=r)
+        self.outbox_oldest = Gauge("dispatch_outbox_oldest_seconds", "Age of the oldest order waiting in the "
+                                   "dispatch outbox (0: none waits)", registry=r)
         # Every approvals process reads the same queue: several series are copies of one number (max()).
         self.dead_letters = Gauge("pj_dead_letters", "Messages in the dead-letter queue", registry=r)
 

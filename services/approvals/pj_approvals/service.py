@@ -612,17 +612,21 @@ class ApprovalService:
             return HealthReport(database=ComponentHealth(status="error", detail=type(exc).__name__))
         return HealthReport(database=ComponentHealth(status="ok"))
 
-    async def refresh_pending_gauge(self) -> None:
-        """Set approval_pending_gauge from the database (all tenants, unexpired)."""
+    async def refresh_gauges(self) -> None:
+        """Set the gauges read from the database: approval_pending_gauge (all tenants, unexpired) and
+        the dispatch outbox's depth and oldest order's age."""
         async with self._pool.connection() as conn:
             self._metrics.pending.set(await store.count_pending(conn, None, None, now=self._now()))
+            waiting, oldest_s = await store.outbox_backlog(conn)
+        self._metrics.outbox_orders.set(waiting)
+        self._metrics.outbox_oldest.set(oldest_s)
 
     async def metrics_text(self) -> str:
-        await self.refresh_pending_gauge()
+        await self.refresh_gauges()
         return self._metrics.render().decode()
 
     async def metrics(self) -> MetricsText:
-        """The metrics in Prometheus text format, the pending gauge fresh from the database."""
+        """The metrics in Prometheus text format, the database's gauges fresh."""
         return MetricsText(text=await self.metrics_text())
 
 

@@ -612,6 +612,15 @@ async def queued_orders(conn: Conn, approval_id: UUID) -> list[bytes]:
     return [bytes(row[0]) for row in await cur.fetchall()]
 
 
+async def outbox_backlog(conn: Conn) -> tuple[int, float]:
+    """How many orders wait in the outbox (committed, not yet confirmed by the broker), and the age in
+    seconds of the oldest (0 when none), by the database's clock."""
+    cur = await conn.execute(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0) FROM dispatch_outbox")
+    row = await cur.fetchone()
+    return (int(row[0]), max(0.0, float(row[1]))) if row else (0, 0.0)
+
+
 async def listen_for_orders(conn: Conn) -> None:
     """Subscribe `conn` to the outbox's commit notices (read them with `conn.notifies()`)."""
     await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")

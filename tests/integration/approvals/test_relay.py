@@ -315,3 +315,24 @@ async def test_an_order_left_by_a_crash_goes_out_within_two_seconds_of_a_start(
         assert is_signed(found.body, found.headers, DEV_DISPATCH_SIGNING_KEY)
     finally:
         await app.stop()
+
+
+def gauge(text: str, name: str) -> float:
+    [value] = [float(line.split()[1]) for line in text.splitlines() if line.startswith(f"{name} ")]
+    return value
+
+
+async def test_the_outbox_gauges_show_orders_that_wait_and_for_how_long(
+        queued: ApprovalService, pool: AsyncConnectionPool[Any], confirm_channel: AbstractChannel,
+        topology: Topology) -> None:
+    [aid] = await dispatched(queued)
+    await asyncio.sleep(0.2)
+    waiting = await queued.metrics_text()
+    assert gauge(waiting, "dispatch_outbox_orders") >= 1
+    assert gauge(waiting, "dispatch_outbox_oldest_seconds") >= 0.2
+    async with pool.connection() as conn:
+        before, _ = await store.outbox_backlog(conn)
+    assert await relay(pool, confirm_channel, topology).relay_once() >= 1
+    async with pool.connection() as conn:
+        after, _ = await store.outbox_backlog(conn)
+    assert after <= before - 1

@@ -12,7 +12,10 @@ its redelivery is confirmed with approvals and resumes after the checkpointed st
 
 A step's effect has happened once its connector answered, so its report is never given up while
 the claim may still hold: a report that cannot be published (the broker connection is lost, its
-confirm does not come) is tried again, with back-off, until it is confirmed or the lease runs out.
+confirm does not come) is tried again, with back-off, until it is confirmed, a renewal is refused,
+or the delivery was held for PJ_ORDER_HOLD_MAX_S. The lease known here may run out meanwhile: the
+renewals travel over the same broker, and approvals re-issues no lease before it has been connected
+to the broker for a whole lease, so the claim outlives an outage that its dispatcher outlives.
 The runner also remembers each outcome it got for a claim (bounded) until the plan's end: a
 redelivery of the order to this process, handed back or redelivered after a lost connection,
 reports those outcomes instead of running their steps again, even when approvals has not yet
@@ -47,6 +50,9 @@ REMEMBERED_CLAIMS = 10_000
 # Back-off between attempts at publishing a report: short, as the step's effect is already done.
 REPORT_RETRY_BASE_S = 0.2
 REPORT_RETRY_CAP_S = 2.0
+# While a report waits, every this many attempts also asks for a lease renewal: the answer (once the
+# broker is back) says whether the claim still holds.
+REPORT_RENEW_EVERY = 5
 
 
 class StepRun:
@@ -213,9 +219,9 @@ class PlanRunner:
                       results: list[StepResult], guard: ClaimGuard) -> None:
         """Publish the report, trying again while the claim may hold (see the module).
 
-        Raises `LeaseLost` when the lease ran out first (approvals re-issues the dispatch, and the
-        new claim's plan resumes after what approvals recorded), or `Retryable` when this delivery
-        was held too long (a redelivery to this process reports the remembered outcome).
+        Raises `LeaseLost` when a renewal was refused meanwhile (the dispatch was re-issued: the new
+        claim's plan resumes after what approvals recorded), or `Retryable` when this delivery was
+        held too long (a redelivery to this process reports the remembered outcome).
         """
         report = StepReport(
             approval_id=order.approval_id, tenant_id=order.tenant_id, claim_token=order.claim_token,
@@ -231,16 +237,16 @@ class PlanRunner:
                 self._report_not_sent(report, exc, attempt=attempt, delay=delay, lease=guard.lease)
             guard.before_wait(delay)
             await asyncio.sleep(delay)
+            if attempt % REPORT_RENEW_EVERY == 0:
+                await guard.lease.renew()  # a refusal (the claim was re-issued) ends the retries
 
     def _report_not_sent(self, report: StepReport, exc: Exception, *, attempt: int, delay: float,
                          lease: Lease) -> None:
-        """Count and log a report that was not published; raise `LeaseLost` once the lease ran out."""
+        """Count and log a report that was not published; raise `LeaseLost` once the claim was refused."""
         self._metrics.report_retries.inc()
-        remaining = lease.remaining_s
-        fields = {"approvalId": report.approval_id, "stepId": report.step.step_id, "attempt": attempt,
-                  "remainingS": None if remaining is None else round(remaining, 3)}
-        if lease.lost or (remaining is not None and remaining <= delay):
-            log.error("step report not published before the lease ran out: approvals re-issues the dispatch",
+        fields = {"approvalId": report.approval_id, "stepId": report.step.step_id, "attempt": attempt}
+        if lease.lost:
+            log.error("step report not published before the claim was refused: approvals re-issued the dispatch",
                       extra={"scope": "dispatcher.report_lost", **fields, "error": repr(exc)})
             raise LeaseLost from exc
         if attempt == 1 or attempt % 10 == 0:

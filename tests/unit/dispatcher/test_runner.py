@@ -358,13 +358,25 @@ async def test_a_report_that_fails_to_publish_is_sent_again_and_its_step_is_not_
     assert metrics.report_retries._value.get() == 3  # type: ignore[attr-defined]
 
 
-async def test_a_report_is_given_up_only_when_the_lease_runs_out(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_report_outlives_the_lease_known_here_while_renewals_go_unanswered() -> None:
+    # The broker is away: renewals are not answered, the lease known here runs out, the report waits.
+    fake, broker = Scripted(), FlakyBroker(failures=12)
+    approvals = Approvals(ConnectionError("broker connection lost"))
+    runner = runner_for(broker, fake, config=settings(PJ_LEASE_MARGIN_S=0), approvals=approvals)
+    await runner.run_order(order(plan_step("a"), lease_s=0.5))
+    assert fake.calls == ["a"]
+    assert [r.plan_status for r in broker.sent] == ["dispatched"]
+    assert approvals.renewals >= 2  # asked while the report waited
+
+
+async def test_a_report_is_given_up_once_a_renewal_is_refused(caplog: pytest.LogCaptureFixture) -> None:
     fake, broker = Scripted(), FlakyBroker(failures=10_000)
+    approvals = Approvals(LeaseGrant(granted=False))
     caplog.set_level(logging.INFO, "pj.dispatcher")
-    runner = runner_for(broker, fake, config=settings(PJ_LEASE_MARGIN_S=0))
+    runner = runner_for(broker, fake, approvals=approvals)
     t0 = time.monotonic()
-    await runner.run_order(order(plan_step("a"), plan_step("b"), lease_s=1.0))  # returns: the plan stopped
-    assert 0.5 < time.monotonic() - t0 < 5
+    await runner.run_order(order(plan_step("a"), plan_step("b"), lease_s=60))  # returns: the plan stopped
+    assert time.monotonic() - t0 < 10
     assert fake.calls == ["a"] and broker.sent == []
     assert "dispatcher.report_lost" in [getattr(r, "scope", None) for r in caplog.records]
 

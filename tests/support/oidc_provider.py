@@ -110,8 +110,17 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
-def sign_in(provider: Provider, login: str, *, redirect_uri: str, password: str | None = None) -> dict[str, Any]:
-    """The authorization code flow with PKCE, the browser's part done with httpx; the token response."""
+@dataclass(frozen=True)
+class Authorization:
+    """A code the provider issued to the console's client, and the PKCE verifier that redeems it."""
+
+    code: str
+    verifier: str
+    redirect_uri: str
+
+
+def authorize(provider: Provider, login: str, *, redirect_uri: str, password: str | None = None) -> Authorization:
+    """The browser's part of the authorization code flow with PKCE, done with httpx: the code it brings back."""
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(16)
     with httpx.Client(base_url=provider.issuer, timeout=10, trust_env=False) as client:
@@ -125,16 +134,20 @@ def sign_in(provider: Provider, login: str, *, redirect_uri: str, password: str 
             location = urljoin(str(r.url), r.headers["location"])
             if location.startswith(redirect_uri):
                 query = parse_qs(urlsplit(location).query)
-                assert query.get("state") == [state], query
-                assert "code" in query, query
-                code = query["code"][0]
-                tokens = client.post("/token", data={
-                    "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                    "client_id": provider.client_id, "code_verifier": verifier})
-                assert tokens.status_code == 200, tokens.text
-                return dict(tokens.json())
+                assert query.get("state") == [state] and "code" in query, query
+                return Authorization(code=query["code"][0], verifier=verifier, redirect_uri=redirect_uri)
             r = client.get(location)
             if r.status_code == 200 and "<form" in r.text:
                 r = client.post(f"{urlsplit(location).path}/login", data={
                     "login": login, "password": password or USERS[login]["password"]})
         raise AssertionError(f"sign-in of {login} did not come back to {redirect_uri}: {r.status_code} {r.text[:300]}")
+
+
+def sign_in(provider: Provider, login: str, *, redirect_uri: str) -> dict[str, Any]:
+    """The whole flow: authorize, then redeem the code at the token endpoint; the token response."""
+    grant = authorize(provider, login, redirect_uri=redirect_uri)
+    tokens = httpx.post(f"{provider.issuer}/token", timeout=10, trust_env=False, data={
+        "grant_type": "authorization_code", "code": grant.code, "redirect_uri": redirect_uri,
+        "client_id": provider.client_id, "code_verifier": grant.verifier})
+    assert tokens.status_code == 200, tokens.text
+    return dict(tokens.json())

@@ -1,0 +1,1 @@
+"""The web console at /console: static assets, OpenID Connect sign-in helpers and live events."""

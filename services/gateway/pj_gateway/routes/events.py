@@ -1,0 +1,62 @@
+"""GET /api/events: lifecycle events of the caller's tenant as Server-Sent Events (the console's live view).
+
+The stream is read with the bearer token in the Authorization header (never in the URL). It ends when
+the token expires, so a stream never outlives the right to read it; the client reconnects with a fresh
+token and its Last-Event-ID, and gets what it missed meanwhile.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterable
+from typing import Annotated
+
+import jwt
+from fastapi import APIRouter, Header
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from pj_common.messages import ApprovalEvent
+
+from ..console.events import Resync
+from ..deps import CallerDep
+from ..errors import error_responses
+from .console import ConsoleDep
+
+router = APIRouter(prefix="/api", tags=["events"])
+
+RETRY_MS = 2000  # how long a browser waits before reconnecting
+
+
+def token_expiry(token: str) -> float:
+    """The `exp` of a token the caller dependency has already verified (read again, not re-verified)."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return float(claims.get("exp", time.time()))
+
+
+@router.get("/events", response_class=EventSourceResponse, responses=error_responses(401))
+async def events(
+    *, caller: CallerDep, console: ConsoleDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    """`approval` events (the contract's ApprovalEvent, id = eventId) of the caller's tenant; operators get
+    their own requests' only. `resync`: events may have been missed, reload. Ends when the token expires."""
+    yield ServerSentEvent(event="ready", data={"tenant": caller.principal.tenant}, retry=RETRY_MS)
+    expires = token_expiry(caller.token)
+    stream = console.events.subscribe(caller.principal, last_event_id)
+    try:
+        while True:
+            try:
+                # Not asyncio.timeout around the loop: it would cancel whatever runs while this generator
+                # is suspended at a yield.
+                item = await asyncio.wait_for(anext(stream), max(expires - time.time(), 0))
+            except TimeoutError:
+                yield ServerSentEvent(event="expired", data={"reason": "token expired"})
+                return
+            yield _to_sse(item)
+    finally:
+        await stream.aclose()
+
+
+def _to_sse(item: ApprovalEvent | Resync) -> ServerSentEvent:
+    if isinstance(item, Resync):
+        return ServerSentEvent(event="resync", data={"reason": item.reason})
+    return ServerSentEvent(event="approval", id=item.event_id, raw_data=item.to_json().decode())

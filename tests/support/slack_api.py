@@ -1,10 +1,13 @@
-"""A stateful fake of Slack's Web API on 127.0.0.1: chat.postMessage and conversations.history.
+"""A stateful fake of Slack's Web API on 127.0.0.1: chat.postMessage, chat.update, conversations.history and
+users.lookupByEmail.
 
 It speaks Slack's protocol: `Authorization: Bearer <token>`, HTTP 200 with `{"ok": false, "error": ...}` for
 API errors (not_authed, invalid_auth, channel_not_found, not_in_channel, missing_scope, no_text, ...),
 HTTP 429 with Retry-After for rate limits. chat.postMessage takes a channel ID or name ("#ops" / "ops");
 conversations.history, like Slack's, takes only the ID. Message metadata is returned by history only when
-`include_all_metadata=true`.
+`include_all_metadata=true`. A user added with `add_user` can be posted to by user id, as Slack allows: the
+message lands in the bot's direct-message channel with that user (`D<user id>`), whose id the answer names;
+chat.update replaces a message's text and blocks in place (and counts its edits).
 
 Faults for the next N requests (any method), in the order queued: `rate_limit_next` (HTTP 429 +
 Retry-After), `ratelimited_next` (HTTP 200, ok:false ratelimited + Retry-After), `error_next` (HTTP 200,
@@ -26,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-ALL_SCOPES = frozenset({"chat:write", "channels:history", "groups:history"})
+ALL_SCOPES = frozenset({"chat:write", "channels:history", "groups:history", "users:read.email", "im:write"})
 MAX_TEXT = 40_000
 
 
@@ -67,6 +70,7 @@ class SlackState:
     token: str
     scopes: set[str] = field(default_factory=lambda: set(ALL_SCOPES))
     channels: dict[str, Channel] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)  # user id -> email
     requests: list[Request] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -81,6 +85,12 @@ class SlackState:
         with self.lock:
             channel = self.channels[channel_id] = Channel(channel_id, name, is_private, bot_is_member)
             return channel
+
+    def add_user(self, user_id: str, email: str) -> None:
+        """A workspace member: found by users.lookupByEmail, and reachable by a DM posted to the user id."""
+        with self.lock:
+            self.users[user_id] = email
+            self.channels.setdefault(f"D{user_id}", Channel(f"D{user_id}", f"dm-{user_id.lower()}"))
 
     def rate_limit_next(self, n: int = 1, retry_after: str = "1") -> None:
         self._add([Fault("status", 429, "ratelimited", retry_after)] * n)
@@ -120,6 +130,8 @@ class SlackState:
     def resolve(self, ref: str, *, names: bool) -> Channel | None:
         if ref in self.channels:
             return self.channels[ref]
+        if ref in self.users:  # a user id: the bot's DM with that user
+            return self.channels[f"D{ref}"]
         if names:
             bare = ref.removeprefix("#")
             for channel in self.channels.values():
@@ -176,6 +188,37 @@ class SlackState:
             message["metadata"] = metadata
         channel.messages.append(message)
         return {"ok": True, "channel": channel.id, "ts": message["ts"], "message": message}
+
+    def update_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        scope = self.missing_scope("chat:write")
+        if scope:
+            return scope
+        channel = self.resolve(str(args.get("channel") or ""), names=False)
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        found = next((m for m in channel.messages if m["ts"] == args.get("ts")), None)
+        if found is None:
+            return {"ok": False, "error": "message_not_found"}
+        text, blocks = args.get("text"), args.get("blocks")
+        if not text and not blocks:
+            return {"ok": False, "error": "no_text"}
+        if blocks is not None and not isinstance(blocks, list):
+            return {"ok": False, "error": "invalid_blocks"}
+        found["text"] = text or ""
+        if blocks is not None:
+            found["blocks"] = blocks
+        found["edits"] = found.get("edits", 0) + 1
+        return {"ok": True, "channel": channel.id, "ts": found["ts"], "text": found["text"]}
+
+    def lookup_by_email(self, args: dict[str, Any]) -> dict[str, Any]:
+        scope = self.missing_scope("users:read.email")
+        if scope:
+            return scope
+        email = str(args.get("email") or "")
+        for user_id, known in self.users.items():
+            if known.lower() == email.lower():
+                return {"ok": True, "user": {"id": user_id, "profile": {"email": known}}}
+        return {"ok": False, "error": "users_not_found"}
 
     def history(self, args: dict[str, str]) -> dict[str, Any]:
         ref = args.get("channel", "")
@@ -246,11 +289,16 @@ def make_handler(state: SlackState) -> type[BaseHTTPRequestHandler]:
         def _dispatch(self, path: str, query: dict[str, str], headers: dict[str, str],
                       body: Any) -> tuple[int, dict[str, Any] | None]:
             api_method = path.removeprefix("/api/").strip("/")
-            if api_method not in ("chat.postMessage", "conversations.history"):
+            if api_method not in ("chat.postMessage", "chat.update", "conversations.history", "users.lookupByEmail"):
                 return 200, {"ok": False, "error": "unknown_method"}
             error = state.auth_error(headers)
             if error:
                 return 200, {"ok": False, "error": error}
+            if api_method in ("chat.update", "users.lookupByEmail"):
+                if isinstance(body, dict) and "__invalid__" in body:
+                    return 200, {"ok": False, "error": "invalid_json"}
+                args = {**query, **(body if isinstance(body, dict) else {})}
+                return 200, (state.update_message(args) if api_method == "chat.update" else state.lookup_by_email(args))
             if api_method == "chat.postMessage":
                 if isinstance(body, dict) and "__invalid__" in body:
                     return 200, {"ok": False, "error": "invalid_json"}

@@ -1,0 +1,36 @@
+"""`python -m pj_notifier`: run one notifier process; `python -m pj_notifier migrate`: create its tables."""
+
+import sys
+
+from pj_common.runtime import run, serve, start_service
+
+from . import store
+from .app import NotifierApp
+from .catalog import CatalogError
+from .settings import NotifierSettings
+
+
+async def serve_notifier(settings: NotifierSettings) -> None:
+    """Run one notifier until SIGINT or SIGTERM."""
+    try:
+        app = NotifierApp(settings)
+    except CatalogError as exc:
+        sys.exit(f"notifier: {exc}")
+    await serve(app, name="notifier", log_fields={"prefetch": settings.notifier_prefetch})
+
+
+async def migrate(settings: NotifierSettings) -> None:
+    applied = await store.migrate_database(settings.database_url)
+    print(f"notifier: {applied} migration(s) applied")
+
+
+def main() -> None:
+    settings = start_service(NotifierSettings, "notifier")
+    if sys.argv[1:] == ["migrate"]:
+        run(migrate(settings))
+        return
+    run(serve_notifier(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A local SMTP server on 127.0.0.1 (aiosmtpd) that keeps every message it accepts.
+
+`start_smtp_server()` serves on a free port in aiosmtpd's own thread; `refuse_next` makes it answer the
+next N transactions with a temporary failure (451), as a server under load does. With `login`, it
+requires AUTH LOGIN/PLAIN with those credentials (without TLS: a test server on the loopback only).
+"""
+
+import threading
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+from tests.support.system import free_port
+
+
+@dataclass
+class SmtpState:
+    messages: list[Message] = field(default_factory=list)
+    recipients: list[list[str]] = field(default_factory=list)  # each message's RCPT TO addresses
+    refuse: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def refuse_next(self, n: int = 1) -> None:
+        with self.lock:
+            self.refuse += n
+
+    def to(self, address: str) -> list[Message]:
+        """The messages delivered to `address`, oldest first."""
+        with self.lock:
+            return [m for m, rcpt in zip(self.messages, self.recipients, strict=True) if address in rcpt]
+
+
+class _Handler:
+    def __init__(self, state: SmtpState) -> None:
+        self._state = state
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        with self._state.lock:
+            if self._state.refuse > 0:
+                self._state.refuse -= 1
+                return "451 4.3.0 try again later"
+            content = envelope.original_content or b""
+            self._state.messages.append(message_from_bytes(content))
+            self._state.recipients.append(list(envelope.rcpt_tos))
+        return "250 OK"
+
+
+def _authenticator(login: tuple[str, str]) -> Any:
+    def check(server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == login
+        return AuthResult(success=ok)
+    return check
+
+
+def start_smtp_server(login: tuple[str, str] | None = None) -> tuple[Controller, SmtpState]:
+    state = SmtpState()
+    options: dict[str, Any] = {}
+    if login is not None:
+        options = {"authenticator": _authenticator(login), "auth_require_tls": False, "auth_required": True}
+    controller = Controller(_Handler(state), hostname="127.0.0.1", port=free_port(), **options)
+    controller.start()
+    return controller, state

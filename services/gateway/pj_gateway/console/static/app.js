@@ -208,17 +208,20 @@ function auditSection(audit) {
 }
 
 function permissions(approval, chain) {
+  // decide/dispatch: why the caller may not (null: may); *Open: whether the state lets anyone do it now.
   const status = approval.approval_status;
+  const label = status.replace('_', ' ');
   const stage = chain?.stages.find((s) => s.state === 'current');
-  let decide = null;
-  if (status !== 'pending') decide = `It is ${status.replace('_', ' ')}: there is nothing to decide.`;
-  else if (approval.operator_id === me.sub) decide = 'You requested it: someone else decides (separation of duties).';
-  else if (stage && !stage.roles.includes(me.role)) decide = `The ${stage.name} stage is decided by ${stage.roles.join(' or ')}.`;
-  else if (stage?.decisions.some((d) => d.approverId === me.sub)) decide = 'You have already decided this stage.';
+  const decideOpen = status === 'pending';
+  let decide = decideOpen ? null : `It is ${label}: there is nothing to decide.`;
+  if (!decide && approval.operator_id === me.sub) decide = 'You requested it: someone else decides (separation of duties).';
+  else if (!decide && stage && !stage.roles.includes(me.role)) decide = `The ${stage.name} stage is decided by ${stage.roles.join(' or ')}.`;
+  else if (!decide && stage?.decisions.some((d) => d.approverId === me.sub)) decide = 'You have already decided this stage.';
+  const dispatchOpen = ['approved', 'dispatch_failed'].includes(status);
   let dispatch = null;
-  if (me.role !== 'admin') dispatch = 'Only an admin may dispatch.';
-  else if (!['approved', 'dispatch_failed'].includes(status)) dispatch = `It is ${status.replace('_', ' ')}: it can be dispatched once approved.`;
-  return { decide, dispatch };
+  if (!dispatchOpen) dispatch = status === 'pending' ? 'It can be dispatched once approved.' : `It is ${label}: there is nothing to dispatch.`;
+  else if (me.role !== 'admin') dispatch = 'Only an admin may dispatch.';
+  return { decide, dispatch, decideOpen, dispatchOpen };
 }
 
 function actionsSection(approval, chain) {
@@ -255,7 +258,9 @@ function actionsSection(approval, chain) {
         resultTable(data.dispatchResult || [], 'Preview of each step'));
       return;
     }
-    showNotice(status === 202 ? 'Dispatch started; the result appears here when it is done.' : `Dispatch ${data.approvalStatus.replace('_', ' ')}.`, 'info');
+    const outcome = { dispatched: 'Dispatched: every step ran.', dispatch_failed: 'Dispatch failed: see each step below.' };
+    showNotice(status === 202 ? 'Dispatch started; the result appears here when it is done.'
+      : outcome[data.approvalStatus] || `Dispatch: ${data.approvalStatus.replace('_', ' ')}.`, 'info');
     await detailView(approval.id);
   });
   const button = (label, reason, onclick, cls) => h('button', {
@@ -266,15 +271,16 @@ function actionsSection(approval, chain) {
   const dispatchReason = h('p', { class: 'hint', id: 'dispatch-reason' }, rules.dispatch || '');
   const section = h('section', { 'aria-labelledby': 'actions-heading', class: 'panel' },
     h('h2', { id: 'actions-heading' }, 'Actions'),
-    h('div', {}, h('label', { for: 'note' }, 'Note'), note,
-      h('p', { class: 'hint', id: 'note-hint' }, 'Optional when approving, required when rejecting.')),
-    h('div', { class: 'actions' },
+    // Hidden where the state forbids everyone; disabled, with the reason, where only this caller may not.
+    rules.decideOpen ? h('div', {}, h('label', { for: 'note' }, 'Note'), note,
+      h('p', { class: 'hint', id: 'note-hint' }, 'Optional when approving, required when rejecting.')) : null,
+    rules.decideOpen ? h('div', { class: 'actions' },
       button('Approve', rules.decide, () => decide('approved')),
-      button('Reject', rules.decide, () => decide('rejected'), 'danger')),
+      button('Reject', rules.decide, () => decide('rejected'), 'danger')) : null,
     decideReason,
-    h('div', { class: 'actions' },
+    rules.dispatchOpen ? h('div', { class: 'actions' },
       button('Dispatch', rules.dispatch, () => dispatch(false)),
-      button('Preview dispatch (dry run)', rules.dispatch, () => dispatch(true), 'secondary')),
+      button('Preview dispatch (dry run)', rules.dispatch, () => dispatch(true), 'secondary')) : null,
     dispatchReason, output);
   for (const b of section.querySelectorAll('button')) {
     if (b.disabled) b.setAttribute('aria-describedby', b.textContent.startsWith('Approve') || b.textContent.startsWith('Reject') ? 'decide-reason' : 'dispatch-reason');

@@ -1,0 +1,188 @@
+"""The console in a real browser (Debian's chromium driven by Playwright) against the whole system, signed in
+through a real OpenID provider: an operator signs in and sees her request appear live, an admin approves
+and dispatches it and sees each step's result. axe-core finds no serious accessibility violation, and the
+page breaks none of its own CSP. Screenshots of each step go to test-artifacts/console/."""
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from pj_common.topology import Topology
+from tests.support.oidc_provider import OIDC_DIR, USERS, Provider, start_provider
+from tests.support.system import REPO, System, delete_topology, free_port
+from tests.support.webhook_sink import SinkState
+
+from .conftest import CSRF, system_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts" / "console"
+SERIOUS = ("serious", "critical")
+
+
+def ensure_chromium() -> None:
+    """Debian's chromium, installed with apt-get when missing; under CI a browser that cannot be had fails."""
+    if CHROMIUM.exists():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=300, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env,
+                       check=False, timeout=600, capture_output=True)
+    if CHROMIUM.exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing and could not be installed with apt-get (CI is set: it is required)")
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+
+
+@dataclass
+class ConsoleSystem:
+    system: System
+    provider: Provider
+
+    @property
+    def base_url(self) -> str:
+        return self.system.base_url
+
+
+@pytest.fixture(scope="module")
+async def console_system(database_url: str, amqp_url: str, sink: SinkState,
+                         tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleSystem]:
+    """Gateway, approvals and a dispatcher that verify tokens with the OpenID provider's JWKS."""
+    port = free_port()
+    prefix = f"pjc-{uuid.uuid4().hex[:10]}"
+    logdir = tmp_path_factory.mktemp("console-logs")
+    with start_provider([f"http://127.0.0.1:{port}/console/"], log=logdir / "oidc.log") as provider:
+        env = system_env(database_url, amqp_url, prefix, port, sink.url)
+        del env["PJ_JWT_SECRET"]  # one key source: the provider's keys
+        env.update(PJ_JWT_JWKS_URL=provider.jwks_url, PJ_JWT_ALGORITHMS="RS256", PJ_JWT_ISSUER=provider.issuer,
+                   PJ_JWT_AUDIENCE=provider.audience, PJ_OIDC_ISSUER=provider.issuer,
+                   PJ_OIDC_CLIENT_ID=provider.client_id, PJ_OIDC_SCOPES="openid profile pj",
+                   PJ_APPROVALS_METRICS_PORT=str(free_port()), PJ_DISPATCHER_METRICS_PORT=str(free_port()))
+        system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=logdir)
+        try:
+            system.start("approvals", "pj_approvals")
+            system.start("dispatcher", "pj_dispatcher")
+            system.start("gateway", "pj_gateway")
+            await system.wait_healthy(dispatchers=1)
+            yield ConsoleSystem(system, provider)
+        finally:
+            system.stop_all()
+            await delete_topology(amqp_url, Topology(prefix))
+
+
+@pytest.fixture(scope="module")
+def axe_source() -> str:
+    return (OIDC_DIR / "node_modules" / "axe-core" / "axe.min.js").read_text()
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Iterator[Path]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    ensure_chromium()
+    async with async_playwright() as playwright:
+        # --no-sandbox: the test may run as root, where chromium's sandbox refuses to start.
+        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        await launched.close()
+
+
+async def open_console(browser: Browser, base_url: str, csp_errors: list[str]) -> Page:
+    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(15_000)
+    page = await context.new_page()
+    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+    await page.goto(f"{base_url}/console/")
+    return page
+
+
+async def sign_in(page: Page, login: str) -> None:
+    """Through the provider's own login page, as a person would."""
+    await page.get_by_role("button", name="Sign in with").click()
+    await page.get_by_label("Login").fill(login)
+    await page.get_by_label("Password").fill(USERS[login]["password"])
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#who")).to_contain_text(f"{login} · {USERS[login]['role']}")
+    assert "code=" not in page.url  # the code left the address bar at once
+
+
+async def assert_accessible(page: Page, axe_source: str) -> None:
+    # evaluate runs outside the page's CSP, which (rightly) refuses injected scripts.
+    await page.evaluate(axe_source)
+    result: dict[str, Any] = await page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    serious = [(v["id"], v["help"], [n["target"] for n in v["nodes"]][:3])
+               for v in result["violations"] if v["impact"] in SERIOUS]
+    assert not serious, serious
+
+
+async def test_sign_in_see_a_request_live_approve_dispatch(
+        console_system: ConsoleSystem, browser: Browser, axe_source: str, artifacts: Path) -> None:
+    base = console_system.base_url
+    csp_errors: list[str] = []
+
+    operator = await open_console(browser, base, csp_errors)
+    await sign_in(operator, "olga")
+    await expect(operator.locator("#live-status")).to_have_text("Live updates on")
+    await operator.screenshot(path=artifacts / "1-operator-signed-in.png", full_page=True)
+
+    # A request through the API, with the token the operator's console holds.
+    token = await operator.evaluate("JSON.parse(sessionStorage.getItem('pj.console.session')).accessToken")
+    async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+        r = await client.post("/api/pj/execute", headers={"Authorization": f"Bearer {token}", **CSRF},
+                              json={"actionId": "notify.webhook", "payload": {"message": "console e2e"}})
+    assert r.status_code == 202, r.text
+    approval_id = r.json()["approvalId"]
+
+    row = operator.locator(f'tr[data-approval-id="{approval_id}"]')
+    await expect(row).to_be_visible()  # no reload: the event arrived over the stream
+    await expect(operator.locator("#badge")).to_have_text("1")
+    await operator.screenshot(path=artifacts / "2-request-appears-live.png", full_page=True)
+    await assert_accessible(operator, axe_source)
+
+    await row.get_by_role("link").click()
+    await expect(operator.locator("#requester")).to_have_text("olga")
+    await expect(operator.get_by_role("button", name="Approve")).to_be_disabled()  # separation of duties
+    await expect(operator.locator("#decide-reason")).to_contain_text("someone else decides")
+
+    admin = await open_console(browser, base, csp_errors)
+    await sign_in(admin, "alice")
+    await admin.goto(f"{base}/console/#/approvals/{approval_id}")
+    await expect(admin.locator("#plan-hash")).to_have_text(r.json()["data"]["planHash"])
+    await admin.get_by_role("button", name="Reject").click()
+    await expect(admin.locator("#notice")).to_have_text("A note is required to reject: say why.")
+    await admin.get_by_label("Note").fill("Looks right, go ahead.")
+    await admin.get_by_role("button", name="Approve").click()
+    await expect(admin.locator("h1 .status")).to_have_text("approved")
+    await admin.screenshot(path=artifacts / "3-approved-by-another-user.png", full_page=True)
+
+    await admin.get_by_role("button", name="Preview dispatch (dry run)").click()
+    await expect(admin.locator("#action-output")).to_contain_text("nothing was changed")
+    await admin.get_by_role("button", name="Dispatch", exact=True).click()
+    await expect(admin.locator("h1 .status")).to_have_text("dispatched")
+    await expect(admin.locator("#dispatch-result")).to_contain_text("succeeded")
+    await expect(admin.locator("#audit")).to_contain_text("alice (admin)")
+    await admin.screenshot(path=artifacts / "4-dispatched-result.png", full_page=True)
+    await assert_accessible(admin, axe_source)
+
+    # The operator's page followed along live.
+    await expect(operator.locator("h1 .status")).to_have_text("dispatched")
+    await operator.set_viewport_size({"width": 390, "height": 844})
+    await operator.screenshot(path=artifacts / "5-operator-on-a-phone.png", full_page=True)
+
+    await admin.get_by_role("button", name="Sign out").click()
+    await admin.wait_for_url(f"{console_system.provider.issuer}/**")  # the provider ends its session too
+    assert not csp_errors, csp_errors

@@ -6,13 +6,13 @@ import uvicorn
 from pj_common.runtime import start_service
 
 from .app import create_app
+from .server import server_config
 from .settings import GatewaySettings
 
 
 def main() -> None:
     settings = start_service(GatewaySettings, "gateway")
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                loop="uvloop", http="httptools", access_log=False, log_config=None)
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
 
 
 if __name__ == "__main__":

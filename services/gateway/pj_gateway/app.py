@@ -7,11 +7,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import choose_correlation_id, install_error_handlers
-from .routes import approvals, execute, system
+from .deps import CSRF_HEADER
+from .errors import CORRELATION_HEADER, UnexpectedErrors, choose_correlation_id, install_error_handlers
+from .ratelimit import AuthFailureLimit, RateLimits
+from .request_limits import RequestLimits
+from .routes import approvals, console, events, execute, system
 from .settings import GatewaySettings
 from .state import GatewayMetrics, GatewayState
 
@@ -82,6 +86,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """Build the gateway; its broker connection opens in the lifespan and reconnects by itself."""
     settings = settings or GatewaySettings()
     state = GatewayState.build(settings)
+    rate_limits = RateLimits(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,6 +95,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await state.supervisor.wait_ready(timeout=5)
         yield
         await state.supervisor.stop()
+        await rate_limits.aclose()
 
     # FastAPIOffline: /docs and /redoc load their scripts from the gateway, not from a CDN.
     # One schema per model for input and output: the reply models are the contract both ways.
@@ -98,9 +104,30 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         description="Governed actions: nothing with side effects runs until a human approves it.",
         separate_input_output_schemas=False)
     app.state.gateway = state
+    app.state.rate_limits = rate_limits
     install_error_handlers(app)
     app.include_router(execute.router)
     app.include_router(approvals.router)
     app.include_router(system.router)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    # The web console and its live events (the console router's lifespan opens their connections).
+    app.include_router(console.router)
+    app.include_router(events.router)
+    _add_middleware(app, settings, metrics=state.metrics, rate_limits=rate_limits)
     return app
+
+
+def _add_middleware(app: FastAPI, settings: GatewaySettings, *, metrics: GatewayMetrics,
+                    rate_limits: RateLimits) -> None:
+    """Outermost last: metrics and the correlation id see every answer, the unexpected-error guard
+    covers everything inside it, CORS answers preflights before any limit, and an address over its
+    authentication-failure budget is refused before its body is read."""
+    app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(AuthFailureLimit, limits=rate_limits)
+    if settings.cors_origins:
+        # An explicit allow-list: an Origin not on it gets no CORS headers, never its own Origin back.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST"], expose_headers=[CORRELATION_HEADER, "Retry-After"],
+                           allow_headers=["Authorization", "Content-Type", CSRF_HEADER, CORRELATION_HEADER],
+                           max_age=600)
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)

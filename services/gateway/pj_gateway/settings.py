@@ -1,11 +1,14 @@
 """Gateway settings (`PJ_*`)."""
 
-from pydantic import AliasChoices, Field, SecretStr
+from typing import Annotated
 
-from pj_common.settings import CommonSettings
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from pj_common.token_settings import TokenSettings
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(TokenSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     # The runbook calls it METRICS_TOKEN: an operator following it must not leave /metrics open.
@@ -17,3 +20,35 @@ class GatewaySettings(CommonSettings):
     # How long POST /dispatch waits for the plan to finish before answering 202 (still running).
     dispatch_wait_s: float = 10.0
     health_timeout_s: float = 1.5
+
+    # HTTP limits (docs/security.md): every one refuses with the error envelope, never a 500.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_url_bytes: int = Field(default=8192, ge=256)
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    max_json_depth: int = Field(default=32, ge=2)
+    max_json_string: int = Field(default=65536, ge=1)
+
+    # Rate limits: executes and decisions per (tenant, sub), authentication failures per client address.
+    rate_limit_per_min: int = Field(default=60, ge=1)
+    auth_failures_per_min: int = Field(default=20, ge=1)
+    # Shared rate-limit budgets across gateway instances; unset: each gateway counts in memory.
+    redis_url: SecretStr | None = None
+
+    # Browser origins allowed to call the API (comma-separated); empty: no CORS headers at all.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, origins: list[str]) -> list[str]:
+        # An allow-list, never "anything": a wildcard (or `null`) would let any page read the API.
+        for origin in origins:
+            if origin in ("*", "null") or not origin.startswith(("https://", "http://")):
+                raise ValueError(f"PJ_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port])")
+        return origins

@@ -69,15 +69,16 @@ async def test_a_reply_outside_the_contract_is_an_internal_error_not_passed_on(
 
 async def test_a_json_body_without_content_type_says_so(gateway: Gateway, approvals: FakeApprovals) -> None:
     r = await gateway.client.post("/api/pj/execute", content=b'{"actionId": "notify.webhook"}', headers=auth())
-    assert r.status_code == 422
-    assert r.json()["error"] == {"code": "validation_error", "message": "Content-Type must be application/json"}
+    assert r.status_code == 415
+    assert r.json()["error"] == {"code": "unsupported_media_type",
+                                 "message": "Content-Type must be application/json"}
     assert approvals.received == []
 
 
 async def test_a_json_body_sent_as_text_says_so(gateway: Gateway) -> None:
     r = await gateway.client.post("/api/pj/execute", content=b'{"actionId": "notify.webhook"}',
                                   headers={**auth(), "Content-Type": "text/plain"})
-    assert r.status_code == 422
+    assert r.status_code == 415
     assert r.json()["error"]["message"] == "Content-Type must be application/json"
 
 

@@ -16,6 +16,7 @@ from pj_gateway.errors import (
     CORRELATION_HEADER,
     JSON_REQUIRED,
     STATUS_BY_CODE,
+    UnexpectedErrors,
     failure,
     install_error_handlers,
     success,
@@ -45,6 +46,7 @@ class Body(BaseModel):
 def bare_app() -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
+    app.add_middleware(UnexpectedErrors)
 
     @app.get("/refuse/{code}")
     async def refuse(code: str) -> Response:

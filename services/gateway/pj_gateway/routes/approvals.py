@@ -1,8 +1,9 @@
 """The approvals API of the runbook: list, get, chain, count pending, decide, dispatch."""
 
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pj_common.messages import (
@@ -23,13 +24,20 @@ from pj_common.messages import (
 
 from ..deps import CallerDep, State, WriterDep
 from ..envelope import Envelope
-from ..errors import error_responses, success
+from ..errors import BODY_ERRORS, EVERY_ROUTE_ERRORS, error_responses, success
+from ..ratelimit import LimitedWriterDep
 from ..rpc import call, call_and_wait
 
 router = APIRouter(prefix="/api/approvals", tags=["approvals"])
 
-_READ_ERRORS = (401, 500, 503, 504)  # and 422 where the request has parameters
-_WRITE_ERRORS = (401, 403, 404, 409, 422, 500, 503, 504)
+_READ_ERRORS = (*EVERY_ROUTE_ERRORS, 401, 503, 504)  # and 422 where the request has parameters
+_WRITE_ERRORS = (*EVERY_ROUTE_ERRORS, *BODY_ERRORS, 401, 403, 404, 409, 503, 504)
+
+# Deep enough for any page a person reads; a larger offset is a scan, not a page.
+MAX_OFFSET = 1_000_000
+
+# An approval id is a UUID: anything else is a 422 here, never a command approvals must refuse.
+ApprovalId = Annotated[uuid.UUID, Path(description="The approval's id (a UUID)")]
 
 
 class DecideBody(BaseModel):
@@ -50,7 +58,7 @@ async def list_approvals(
     *, request: Request, caller: CallerDep, state: State,
     status: ApprovalStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Response:
     """Newest first; admins, approvers and viewers see their tenant, operators their own requests."""
     page = await call(state, ListApprovals(status=status, limit=limit, offset=offset), ApprovalPage,
@@ -68,28 +76,28 @@ async def count_pending(*, request: Request, caller: CallerDep, state: State) ->
 
 @router.get("/{approval_id}", response_model=Envelope[ApprovalView],
             responses=error_responses(*_READ_ERRORS, 404, 422))
-async def get_approval(*, approval_id: str, request: Request, caller: CallerDep, state: State) -> Response:
+async def get_approval(*, approval_id: ApprovalId, request: Request, caller: CallerDep, state: State) -> Response:
     """One approval with its plan, audit trail and dispatch result."""
-    approval = await call(state, GetApproval(approval_id=approval_id), ApprovalView, token=caller.token,
+    approval = await call(state, GetApproval(approval_id=str(approval_id)), ApprovalView, token=caller.token,
                           correlation_id=caller.correlation_id)
     return success(request, approval)
 
 
 @router.get("/{approval_id}/chain", response_model=Envelope[ChainView],
             responses=error_responses(*_READ_ERRORS, 404, 422))
-async def get_chain(*, approval_id: str, request: Request, caller: CallerDep, state: State) -> Response:
+async def get_chain(*, approval_id: ApprovalId, request: Request, caller: CallerDep, state: State) -> Response:
     """The approval's stages: who may decide each, who did, when, with what note."""
-    chain = await call(state, GetChain(approval_id=approval_id), ChainView, token=caller.token,
+    chain = await call(state, GetChain(approval_id=str(approval_id)), ChainView, token=caller.token,
                        correlation_id=caller.correlation_id)
     return success(request, chain)
 
 
 @router.post("/{approval_id}/decide", response_model=Envelope[ApprovalView],
              responses=error_responses(*_WRITE_ERRORS))
-async def decide(*, approval_id: str, body: DecideBody, request: Request, caller: WriterDep,
+async def decide(*, approval_id: ApprovalId, body: DecideBody, request: Request, caller: LimitedWriterDep,
                  state: State) -> Response:
     """Record a decision; the approval stays pending while later stages or approvals are due."""
-    command = DecideRequest(approval_id=approval_id, status=body.status, note=body.note)
+    command = DecideRequest(approval_id=str(approval_id), status=body.status, note=body.note)
     approval = await call(state, command, ApprovalView, token=caller.token, correlation_id=caller.correlation_id)
     return success(request, approval)
 
@@ -99,12 +107,12 @@ async def decide(*, approval_id: str, body: DecideBody, request: Request, caller
                               "description": "still dispatching after PJ_DISPATCH_WAIT_S (approvalStatus "
                                              "`dispatching`); read the outcome with GET /api/approvals/{id}"},
                         **error_responses(*_WRITE_ERRORS)})
-async def dispatch(*, approval_id: str, request: Request, caller: WriterDep, state: State,
+async def dispatch(*, approval_id: ApprovalId, request: Request, caller: WriterDep, state: State,
                    body: DispatchBody | None = None) -> Response:
     """approved -> dispatching; waits up to PJ_DISPATCH_WAIT_S for the outcome (200), else 202.
     dryRun: every step as it would run, nothing changes (200)."""
     dry_run = body.dryRun if body is not None else False
-    command = DispatchRequest(approval_id=approval_id, dry_run=dry_run)
+    command = DispatchRequest(approval_id=str(approval_id), dry_run=dry_run)
     if dry_run:
         preview = await call(state, command, DispatchOutcome, token=caller.token,
                              correlation_id=caller.correlation_id)

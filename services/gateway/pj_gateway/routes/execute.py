@@ -7,9 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pj_common.messages import DispatchOutcome, DryRunPlan, ExecuteAccepted, ExecuteRequest
 
-from ..deps import State, WriterDep
+from ..deps import State
 from ..envelope import Envelope, ExecuteEnvelope
-from ..errors import error_responses, success
+from ..errors import BODY_ERRORS, EVERY_ROUTE_ERRORS, error_responses, success
+from ..ratelimit import LimitedWriterDep
 from ..rpc import call, call_and_wait
 
 router = APIRouter(prefix="/api/pj", tags=["execute"])
@@ -31,9 +32,9 @@ class ExecuteBody(BaseModel):
               "description": "dry-run: the plan, nothing stored; or a launch-tier action that finished "
                              "within PJ_DISPATCH_WAIT_S, with its dispatch result"},
         202: {"description": "a pending approval (approvalRequired), or a launch-tier action still dispatching"},
-        **error_responses(401, 403, 409, 422, 500, 503, 504),
+        **error_responses(*EVERY_ROUTE_ERRORS, *BODY_ERRORS, 401, 403, 409, 503, 504),
     })
-async def execute(*, body: ExecuteBody, request: Request, caller: WriterDep, state: State) -> Response:
+async def execute(*, body: ExecuteBody, request: Request, caller: LimitedWriterDep, state: State) -> Response:
     """Governed action -> 202 with a pending approval; dry-run -> 200 with the plan, nothing stored;
     launch-tier action -> run at once: 200 with its outcome, or 202 while it still runs."""
     command = ExecuteRequest(action_id=body.actionId, mode=body.mode, request_id=body.requestId,

@@ -15,7 +15,7 @@ from pj_common.errors import ErrorCode, GateError
 from pj_common.messages import CheckHealth, ComponentHealth, HealthReport, MetricsText, ReadMetrics
 
 from ..deps import State
-from ..errors import error_responses, failure
+from ..errors import EVERY_ROUTE_ERRORS, error_responses, failure
 from ..rpc import call
 
 router = APIRouter(tags=["system"])
@@ -105,7 +105,7 @@ async def health(state: State) -> Response:
 @router.get("/metrics", response_class=PlainTextResponse,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "Prometheus text: the gateway's metrics, then the approvals service's"},
-                       **error_responses(401, by_reference=True)})
+                       **error_responses(*EVERY_ROUTE_ERRORS, 401, by_reference=True)})
 async def metrics(*, request: Request, state: State,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(metrics_bearer)]) -> Response:
     """The gateway's own metrics plus the approvals service's (the runbook's approval metrics)."""

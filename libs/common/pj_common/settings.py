@@ -1,4 +1,7 @@
-"""Settings every service shares, read from `PJ_*` environment variables."""
+"""Settings every service shares, read from `PJ_*` environment variables.
+
+Token settings are not among them: see pj_common.token_settings (gateway and approvals only).
+"""
 
 import os
 from pathlib import Path
@@ -20,7 +23,8 @@ def describe_settings_error(exc: ValidationError) -> str:
 
 
 class CommonSettings(BaseSettings):
-    """Broker, token and logging settings shared by the gateway, approvals and dispatcher."""
+    """Broker and logging settings every process shares. No token key: only the processes that verify
+    tokens (TokenSettings) hold one, so the dispatcher, which talks to hostile upstream servers, holds none."""
 
     model_config = SettingsConfigDict(env_prefix="PJ_", extra="ignore", populate_by_name=True)
 
@@ -28,9 +32,6 @@ class CommonSettings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Every exchange and queue name starts with this; tests use a unique one per run.
     amqp_prefix: str = "pj"
-    jwt_secret: SecretStr | None = None
-    jwt_issuer: str = "puddlejumper"
-    jwt_audience: str = "pj-approval-gate"
     log_level: str = "INFO"
 
     @model_validator(mode="before")
@@ -54,29 +55,10 @@ class CommonSettings(BaseSettings):
                         raise ValueError(f"{env_name}_FILE: cannot read {path}: {exc.strerror}") from exc
         return data
 
-    @model_validator(mode="after")
-    def _require_secret_outside_dev(self) -> "CommonSettings":
-        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < MIN_SECRET_LENGTH:
-            raise ValueError(f"PJ_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters (HS256 key)")
-        if self.jwt_secret is None:
-            if self.env != "dev":
-                raise ValueError(
-                    "PJ_JWT_SECRET is not set: it is required unless PJ_ENV=dev "
-                    "(a development secret is used only then)"
-                )
-            self.jwt_secret = SecretStr(DEV_JWT_SECRET)
-        return self
-
     def secret_values(self) -> tuple[str, ...]:
         """Every secret these settings hold, to scrub from anything that leaves the process."""
         return tuple(v.get_secret_value() for v in self.__dict__.values()
                      if isinstance(v, SecretStr) and v.get_secret_value())
-
-    @property
-    def jwt_key(self) -> str:
-        """The HMAC key that signs and verifies tokens."""
-        assert self.jwt_secret is not None  # set by the validator
-        return self.jwt_secret.get_secret_value()
 
 
 class DispatchSigningSettings(CommonSettings):

@@ -36,6 +36,7 @@ from pj_common.messages import (
     ReplyAddress,
     StepReport,
 )
+from pj_common.service_identity import ServicePrincipals
 from pj_common.transport import reply, send_reply
 
 from .service import ApprovalService, DispatchStarted
@@ -55,10 +56,14 @@ class Call:
     envelope: CommandEnvelope
     message: AbstractIncomingMessage
     verifier: TokenVerifier
+    services: ServicePrincipals
 
     @property
     def principal(self) -> Principal:
-        return self.verifier.verify(self.envelope.token)
+        """The verified sender; a service identity only for a command and tenant of its grant."""
+        principal = self.verifier.verify(self.envelope.token)
+        self.services.authorize(principal, self.envelope.command.name)
+        return principal
 
     @property
     def correlation_id(self) -> str:
@@ -96,9 +101,11 @@ def routes(svc: ApprovalService) -> dict[type[BaseModel], Route]:
 
 
 class Handlers:
-    def __init__(self, service: ApprovalService, verifier: TokenVerifier) -> None:
+    def __init__(self, service: ApprovalService, verifier: TokenVerifier,
+                 services: ServicePrincipals | None = None) -> None:
         self._service = service
         self._verifier = verifier
+        self._services = services or ServicePrincipals()
         self._routes = routes(service)
         self.reply_channel: AbstractChannel | None = None
 
@@ -143,7 +150,9 @@ class Handlers:
         route = self._routes.get(type(command))
         if route is None:
             raise GateError(ErrorCode.VALIDATION_ERROR, f"unsupported command {command.name}")
-        return await route(command, Call(envelope, message, self._verifier))
+        # A JWKS key id seen for the first time is fetched here, asynchronously; verify itself is synchronous.
+        await self._verifier.prepare(envelope.token)
+        return await route(command, Call(envelope, message, self._verifier, self._services))
 
     async def on_report(self, message: AbstractIncomingMessage) -> None:
         """Record a step report; when it ends the dispatch, tell the waiting caller (if any)."""

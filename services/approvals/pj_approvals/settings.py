@@ -3,11 +3,12 @@
 from pathlib import Path
 
 from pj_common.settings import DispatchSigningSettings
+from pj_common.token_settings import ServiceIdentitySettings
 
 DEFAULT_CATALOG = Path(__file__).with_name("default_catalog.yaml")
 
 
-class ApprovalsSettings(DispatchSigningSettings):
+class ApprovalsSettings(DispatchSigningSettings, ServiceIdentitySettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/pj"
     catalog: Path = DEFAULT_CATALOG
     pending_ttl_s: float = 48 * 3600

@@ -15,7 +15,8 @@ from .state import GatewayState
 CSRF_HEADER = "X-PuddleJumper-Request"
 
 # auto_error=False: a missing token is our `unauthorized` envelope, not FastAPI's own 401 body.
-bearer = HTTPBearer(auto_error=False, description="A JWT signed with PJ_JWT_SECRET (`make token`)")
+bearer = HTTPBearer(auto_error=False, description="A JWT from the identity provider (PJ_JWT_JWKS_URL or "
+                                                    "PJ_JWT_PUBLIC_KEY), or signed with PJ_JWT_SECRET (`make token`)")
 
 
 async def get_state(request: Request) -> GatewayState:
@@ -41,6 +42,8 @@ async def get_caller(
     token = credentials.credentials.strip() if credentials is not None else ""
     if not token:
         raise GateError(ErrorCode.UNAUTHORIZED, "missing bearer token")
+    # A JWKS key id seen for the first time is fetched here, asynchronously; verify itself is synchronous.
+    await state.verifier.prepare(token)
     caller = Caller(state.verifier.verify(token), token, correlation_id(request))
     request.state.caller = caller  # for the access log line
     return caller

@@ -38,7 +38,7 @@ class GatewayState:
         topology = Topology(settings.amqp_prefix)
         rpc = RpcClient(topology.commands)
         state = cls(settings=settings, topology=topology,
-                    verifier=TokenVerifier(settings.jwt_key, settings.jwt_issuer, settings.jwt_audience),
+                    verifier=settings.token_verifier(),
                     rpc=rpc, supervisor=None,  # type: ignore[arg-type]  # set just below
                     metrics=GatewayMetrics())
         state.supervisor = Supervisor(settings.amqp_url, state._setup, name="gateway", on_lost=state._lost)

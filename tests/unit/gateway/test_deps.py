@@ -60,7 +60,7 @@ async def test_the_scheme_is_case_insensitive(client: httpx.AsyncClient, scheme:
 async def test_a_token_signed_with_another_key_is_401(client: httpx.AsyncClient) -> None:
     r = await client.get("/read", headers={"Authorization": f"Bearer {token(secret='x' * 40)}"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
-    assert r.json()["error"]["message"].startswith("invalid token")
+    assert r.json()["error"]["message"] == "token signature does not verify"
 
 
 @pytest.mark.parametrize("csrf", [None, "", "false", "1", "TRUE"])

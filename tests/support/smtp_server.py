@@ -7,8 +7,8 @@ requires AUTH LOGIN/PLAIN with those credentials (without TLS: a test server on 
 
 import threading
 from dataclasses import dataclass, field
-from email import message_from_bytes
-from email.message import Message
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -19,16 +19,17 @@ from tests.support.system import free_port
 
 @dataclass
 class SmtpState:
-    messages: list[Message] = field(default_factory=list)
+    messages: list[EmailMessage] = field(default_factory=list)
     recipients: list[list[str]] = field(default_factory=list)  # each message's RCPT TO addresses
     refuse: int = 0
+    port: int = 0  # where it listens
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refuse_next(self, n: int = 1) -> None:
         with self.lock:
             self.refuse += n
 
-    def to(self, address: str) -> list[Message]:
+    def to(self, address: str) -> list[EmailMessage]:
         """The messages delivered to `address`, oldest first."""
         with self.lock:
             return [m for m, rcpt in zip(self.messages, self.recipients, strict=True) if address in rcpt]
@@ -44,7 +45,7 @@ class _Handler:
                 self._state.refuse -= 1
                 return "451 4.3.0 try again later"
             content = envelope.original_content or b""
-            self._state.messages.append(message_from_bytes(content))
+            self._state.messages.append(message_from_bytes(content, _class=EmailMessage, policy=policy.default))
             self._state.recipients.append(list(envelope.rcpt_tos))
         return "250 OK"
 
@@ -63,4 +64,5 @@ def start_smtp_server(login: tuple[str, str] | None = None) -> tuple[Controller,
         options = {"authenticator": _authenticator(login), "auth_require_tls": False, "auth_required": True}
     controller = Controller(_Handler(state), hostname="127.0.0.1", port=free_port(), **options)
     controller.start()
+    state.port = controller.port
     return controller, state

@@ -1,0 +1,131 @@
+"""The notifier's rounds against the real PostgreSQL, the local Slack API, SMTP server and webhook sink."""
+
+from datetime import timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from pj_common.messages import ApprovalStatus
+from pj_common.transport import Retryable
+from pj_notifier import store
+from pj_notifier.service import Notifier
+from tests.integration.notifier.conftest import CHANNEL, approval_event, created
+from tests.support.slack_api import SlackState
+from tests.support.smtp_server import SmtpState
+from tests.support.webhook_sink import SinkState
+
+S = ApprovalStatus
+
+
+def subject(message: EmailMessage) -> str:
+    """The Subject, unfolded (a long one is folded onto the next line, which the parser keeps a space of)."""
+    return str(message["Subject"]).strip()
+
+
+def buttons(message: dict[str, Any]) -> set[str]:
+    return {e["action_id"] for b in message.get("blocks", []) if b["type"] == "actions" for e in b["elements"]}
+
+
+async def test_a_new_request_goes_to_slack_email_and_webhook_once(
+        notifier: Notifier, pool: AsyncConnectionPool[Any], slack: SlackState, smtp: SmtpState, sink: SinkState,
+        approval_id: str) -> None:
+    event = created(approval_id)
+    await notifier.handle_event(event)
+    [posted] = slack.posted(CHANNEL)
+    assert buttons(posted) == {"pj_approve", "pj_reject", "pj_open"}
+    assert approval_id in str(posted["blocks"]) and "erin" in posted["text"]
+    assert len(slack.posted("DU0ALICE")) == 1 and len(slack.posted("DU0BOB")) == 1, "DMs to each approver"
+    assert slack.posted("DU0ERIN") == [], "the requester is not asked to approve"
+    assert [c.body["email"] for c in slack.calls("users.lookupByEmail")] == ["bob@example.com"]
+    [to_alice] = smtp.to("alice@example.com")
+    body = to_alice.get_content()
+    assert "erin asked for notify.webhook" in body and f"https://gate.example/console/approvals/{approval_id}" in body
+    assert "post (webhook.post)" in body and "Expires:" in body
+    [hook] = sink.deliveries
+    assert hook.signature_ok and hook.body["notice"] == "pending" and hook.body["approvalId"] == approval_id
+
+    await notifier.handle_event(event)  # the same event again (a redelivery)
+    assert len(slack.calls("chat.postMessage")) == 3 and len(smtp.messages) == 2 and len(sink.deliveries) == 1
+    async with pool.connection() as conn:
+        deliveries = await store.deliveries_of(conn, approval_id)
+    assert {(d.channel, d.recipient) for d in deliveries} == {
+        ("slack", f"#{CHANNEL}"), ("slack", "@alice"), ("slack", "@bob"), ("email", "alice@example.com"),
+        ("email", "bob@example.com"), ("webhook", sink.url)}
+    assert {d.outcome for d in deliveries} == {"sent"}
+
+
+async def test_the_slack_message_is_updated_in_place_as_the_approval_moves_on(
+        notifier: Notifier, slack: SlackState, smtp: SmtpState, approval_id: str) -> None:
+    first = created(approval_id)
+    await notifier.handle_event(first)
+    at = first.occurred_at
+    for minutes, (type_, to) in enumerate([("approval.decided", S.APPROVED),
+                                           ("approval.dispatch.started", S.DISPATCHING),
+                                           ("approval.dispatch.completed", S.DISPATCHED)], start=1):
+        await notifier.handle_event(approval_event(type_, to, approval_id=approval_id,
+                                                   at=at + timedelta(minutes=minutes)))
+    [message] = slack.posted(CHANNEL)
+    assert message["edits"] == 3, "one update per event, no new message"
+    assert buttons(message) == {"pj_open"} and "Dispatched" in message["text"]
+    assert "*Decided by:* alice" in str(message["blocks"])
+    [to_erin] = slack.posted("DU0ERIN")  # the requester's own message, posted on approval, then updated
+    assert to_erin["edits"] == 2 and "Dispatched" in to_erin["text"]
+    subjects = [subject(m) for m in smtp.to("erin@example.com")]
+    assert subjects == ["[approval] Approved: notify.webhook requested by erin",
+                        "[approval] Dispatched: notify.webhook requested by erin"]
+
+
+async def test_a_failed_send_is_retried_alone(notifier: Notifier, slack: SlackState, smtp: SmtpState,
+                                              approval_id: str) -> None:
+    slack.fail_next(1, status=503)  # the first Slack call: the channel post
+    with pytest.raises(Retryable):
+        await notifier.handle_event(event := created(approval_id))
+    assert slack.posted(CHANNEL) == [] and len(smtp.messages) == 2
+    await notifier.handle_event(event)
+    assert len(slack.posted(CHANNEL)) == 1 and len(smtp.messages) == 2, "only what failed is sent again"
+
+
+async def test_a_permanent_failure_is_recorded_and_not_retried(
+        notifier: Notifier, pool: AsyncConnectionPool[Any], slack: SlackState, approval_id: str) -> None:
+    slack.error_next("channel_not_found")
+    await notifier.handle_event(event := created(approval_id))  # no Retryable: nothing to gain by trying again
+    await notifier.handle_event(event)
+    assert slack.posted(CHANNEL) == []
+    async with pool.connection() as conn:
+        failed = [d for d in await store.deliveries_of(conn, approval_id) if d.outcome == "failed"]
+    assert [(d.recipient, d.detail) for d in failed] == [(f"#{CHANNEL}", "slack chat.postMessage: channel_not_found")]
+
+
+async def test_a_reminder_then_an_escalation_once_per_stage_never_after_pending(
+        notifier: Notifier, slack: SlackState, smtp: SmtpState, approval_id: str) -> None:
+    clock = notifier._now  # the fixture's Clock
+    event = created(approval_id, action_id="notify.quick", at=clock())  # remind after 1 s, escalate after 2 s
+    await notifier.handle_event(event)
+    await notifier.scan_reminders()
+    assert len(smtp.messages) == 2, "nothing due yet"
+    clock.now += timedelta(seconds=1.5)  # type: ignore[attr-defined]
+    await notifier.scan_reminders()
+    reminders = [m for m in smtp.messages if subject(m).startswith("[approval] Reminder")]
+    assert sorted(m["To"] for m in reminders) == ["alice@example.com", "bob@example.com"]
+    card = slack.posted(CHANNEL)[0]
+    [thread] = [m for m in slack.calls("chat.postMessage") if m.body.get("thread_ts") == card["ts"]]
+    assert "Reminder" in thread.body["text"]
+    assert smtp.to("dave@example.com") == []
+    clock.now += timedelta(seconds=1)  # type: ignore[attr-defined]
+    await notifier.scan_reminders()
+    await notifier.scan_reminders()
+    [escalation] = smtp.to("dave@example.com")
+    assert subject(escalation).startswith("[approval] Escalation")
+    assert len(slack.posted("DU0DAVE")) == 1
+    assert len([m for m in smtp.messages if subject(m).startswith("[approval] Reminder")]) == 2, "once per stage"
+
+    other = created(approval_id := approval_id[:-4] + "ffff", action_id="notify.quick", at=clock())
+    await notifier.handle_event(other)
+    await notifier.handle_event(approval_event("approval.decided", S.APPROVED, approval_id=approval_id,
+                                               action_id="notify.quick", at=clock()))
+    clock.now += timedelta(seconds=5)  # type: ignore[attr-defined]
+    sent = len(smtp.messages)
+    await notifier.scan_reminders()
+    assert len(smtp.messages) == sent, "no reminder once it left pending"

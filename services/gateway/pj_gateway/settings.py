@@ -5,6 +5,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from pj_common.settings import CommonSettings
 from pj_common.token_settings import TokenSettings
 
 
@@ -52,3 +53,20 @@ class GatewaySettings(TokenSettings):
             if origin in ("*", "null") or not origin.startswith(("https://", "http://")):
                 raise ValueError(f"PJ_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port])")
         return origins
+
+
+class ConsoleSettings(CommonSettings):
+    """The web console's sign-in (`PJ_OIDC_*`) and live view; read by the console's routes only.
+
+    Without an issuer the console offers only the development role picker (PJ_ENV=dev with a secret)."""
+
+    # The OpenID provider's issuer URL; the gateway reads its /.well-known/openid-configuration.
+    oidc_issuer: str | None = None
+    oidc_client_id: str = "pj-console"
+    # Only for a confidential client: the gateway adds it when it redeems codes, the browser never sees it.
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid profile offline_access"
+    # Sent as the `resource` parameter (RFC 8707) to providers that need it to issue tokens for the API.
+    oidc_resource: str | None = None
+    # Recent events each gateway keeps to replay to a reconnecting console (Last-Event-ID).
+    console_event_history: int = Field(default=1000, ge=1)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pj_common.errors import ErrorCode, GateError
 
-from .settings import ConsoleSettings
+from ..settings import ConsoleSettings
 
 DISCOVERY_TTL_S = 300.0
 

@@ -22,9 +22,9 @@ from pj_common.errors import ErrorCode, GateError
 
 from ..console.events import EventHub
 from ..console.oidc import OidcClient, TokenGrant
-from ..console.settings import ConsoleSettings
 from ..deps import CSRF_HEADER, CallerDep, State
 from ..errors import error_responses
+from ..settings import ConsoleSettings
 from ..state import GatewayState
 
 STATIC = Path(__file__).resolve().parent.parent / "console" / "static"

@@ -21,7 +21,8 @@ processes() {
   for i in $(seq 1 "$dispatchers"); do
     port=0
     [ "$dispatcher_metrics_port" -gt 0 ] && port=$((dispatcher_metrics_port + i - 1))
-    echo "dispatcher-$i env PJ_DISPATCHER_METRICS_PORT=$port $py -m pj_dispatcher"
+    # No token key for a dispatcher, even one exported in this shell: it verifies no token (docs/security.md).
+    echo "dispatcher-$i env -u PJ_JWT_SECRET -u PJ_JWT_SECRET_FILE PJ_DISPATCHER_METRICS_PORT=$port $py -m pj_dispatcher"
   done
   echo "webhook-sink $py tests/support/webhook_sink.py --port ${PJ_WEBHOOK_SINK_PORT:-9099}"
   echo "gateway $py -m pj_gateway"

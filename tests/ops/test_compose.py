@@ -162,11 +162,18 @@ def test_services_share_prod_settings(services: dict[str, dict[str, Any]]) -> No
     for name in ("gateway", "approvals", "dispatcher", "migrate"):
         variables = env(services[name])
         assert variables["PJ_ENV"] == "prod", name
-        assert variables["PJ_JWT_SECRET"].startswith("${PJ_JWT_SECRET:?"), f"{name} must require the secret"
         assert urlsplit(variables["PJ_AMQP_URL"]).hostname == "rabbitmq", name
         assert urlsplit(variables["PJ_DATABASE_URL"]).hostname == "postgres", name
+    for name in ("gateway", "approvals", "migrate"):
+        assert env(services[name])["PJ_JWT_SECRET"].startswith("${PJ_JWT_SECRET:?"), f"{name} must require the secret"
     secrets = {env(services[name])["PJ_JWT_SECRET"] for name in ("gateway", "approvals")}
     assert len(secrets) == 1, "gateway and approvals must verify tokens with the same secret"
+
+
+def test_the_dispatcher_gets_no_token_settings(services: dict[str, dict[str, Any]]) -> None:
+    """It talks to hostile upstream servers and verifies no token: a JWT secret there could mint admin."""
+    leaked = sorted(name for name in env(services["dispatcher"]) if name.startswith("PJ_JWT"))
+    assert not leaked, f"the dispatcher must not receive {leaked}"
 
 
 def test_startup_order(services: dict[str, dict[str, Any]]) -> None:

@@ -28,7 +28,8 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (CommonSettings, GatewaySetti
                                                     DispatcherSettings)
 PLACEHOLDER = "REPLACE_ME"
 
-# What each workload runs, and the settings it cannot start without (PJ_ENV=prod requires the JWT secret).
+# What each workload runs, and the settings it cannot start without (PJ_ENV=prod requires a token key of the
+# processes that verify tokens; the dispatcher verifies none).
 EXPECTED_COMMANDS = {
     "gateway": ["python", "-m", "pj_gateway"],
     "approvals": ["python", "-m", "pj_approvals"],
@@ -38,7 +39,7 @@ EXPECTED_COMMANDS = {
 REQUIRED_SECRETS = {
     "gateway": {"PJ_JWT_SECRET", "PJ_AMQP_URL"},
     "approvals": {"PJ_JWT_SECRET", "PJ_AMQP_URL", "PJ_DATABASE_URL"},
-    "dispatcher": {"PJ_JWT_SECRET", "PJ_AMQP_URL"},
+    "dispatcher": {"PJ_DISPATCH_SIGNING_KEY", "PJ_AMQP_URL"},
     "migrate": {"PJ_JWT_SECRET", "PJ_DATABASE_URL"},
 }
 # A URL that carries a password: scheme://user:password@host
@@ -262,6 +263,15 @@ def test_secret_references_resolve(docs: list[Doc], secret: Doc) -> None:
         for env in REQUIRED_SECRETS[name]:
             assert env in refs, f"{name} cannot start without {env}"
             assert not refs[env].get("optional", False), f"{name}: {env} is required, not optional"
+
+
+def test_the_dispatcher_gets_no_token_settings(docs: list[Doc], config: dict[str, str]) -> None:
+    """It talks to hostile upstream servers and verifies no token: a JWT secret there could mint admin."""
+    dispatcher = only_container(workloads(docs)["dispatcher"])
+    leaked = sorted(env["name"] for env in dispatcher.get("env", []) if env["name"].startswith("PJ_JWT"))
+    assert not leaked, f"the dispatcher must not receive {leaked}"
+    # Every workload reads the ConfigMap: a token key there would reach the dispatcher too.
+    assert not [key for key in config if key.startswith("PJ_JWT_SECRET")]
 
 
 def test_gateway_probes_hit_health_on_the_container_port(docs: list[Doc], config: dict[str, str]) -> None:

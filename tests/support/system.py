@@ -108,6 +108,18 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
                 await channel.exchange_delete(exchange)
 
 
+# Only the processes that verify tokens get token settings: a dispatcher (or the notifier) holds no key
+# that could mint one, as in docker-compose.yml and ops/k8s.
+TOKEN_VERIFIERS = frozenset({"pj_gateway", "pj_approvals"})
+
+
+def process_env(module: str, env: dict[str, str]) -> dict[str, str]:
+    """`env` as the process running `module` gets it: without PJ_JWT_* unless it verifies tokens."""
+    if module in TOKEN_VERIFIERS:
+        return env
+    return {k: v for k, v in env.items() if not k.startswith("PJ_JWT_")}
+
+
 @dataclass
 class System:
     """Processes of one running system, their logs, and how to reach its gateway."""
@@ -120,8 +132,8 @@ class System:
     def start(self, name: str, module: str, **extra_env: str) -> None:
         with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", module], cwd=REPO, env={**self.env, **extra_env}, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", module], cwd=REPO, env=process_env(module, {**self.env, **extra_env}),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=_die_with_parent)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:

@@ -291,12 +291,22 @@ async def _quietly(settlement: Awaitable[None]) -> None:
         log.warning("could not settle message: %r", exc, extra={"scope": "amqp.settle_failed"})
 
 
+# Handlers running now (see `consume`).
+_HANDLERS: set[asyncio.Task[None]] = set()
+
+
 async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *,
                   prefetch: int, dead_letters: DeadLetterRoute | None = None) -> Callable[[], Awaitable[None]]:
     """Start consuming `queue_name` with manual acks and at most `prefetch` messages in flight.
 
     `dead_letters`: where this queue's dead letters go, with why in their headers (see `settle`).
     Returns a function that stops new deliveries (messages already delivered finish as usual).
+
+    A handler runs to its end even when the channel closes under it: aiormq cancels a channel's
+    consumer tasks when it closes, which would cut a handler off halfway (a dispatch step that ran,
+    its report not yet confirmed) and lose what it did. So each handler runs in a task of its own,
+    shielded from that cancellation; its settlement on the dead channel is then a no-op, and the
+    broker's redelivery of the message is recognised by the consumers (claims, message ids).
     """
     if dead_letters is not None and not dead_letters.channel.publisher_confirms:
         raise ValueError("the dead-letter channel needs publisher confirms: a dead letter is acked only once "
@@ -305,7 +315,10 @@ async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *
     queue = await channel.get_queue(queue_name, ensure=False)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        await settle(handler, message, queue=queue_name, dead_letters=dead_letters)
+        task = asyncio.create_task(settle(handler, message, queue=queue_name, dead_letters=dead_letters))
+        _HANDLERS.add(task)  # a reference, so the task lives on once the channel's own task is cancelled
+        task.add_done_callback(_HANDLERS.discard)
+        await asyncio.shield(task)
 
     tag = await queue.consume(on_message)
 

@@ -93,3 +93,36 @@ async def test_a_dropped_connection_forgets_the_session_and_sets_up_a_new_one(am
     finally:
         await supervisor.stop()
     assert connections[1].is_closed
+
+
+async def test_a_handler_runs_to_its_end_when_its_channel_closes_under_it(amqp_url: str, topology: Topology) -> None:
+    # aiormq cancels a closing channel's consumer tasks: a dispatch step cut off there would be lost.
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        await declare_topology(await connection.channel(), topology)
+        consumer = await connection.channel()
+        started, go_on = asyncio.Event(), asyncio.Event()
+        finished: list[bytes] = []
+
+        async def handler(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            started.set()
+            await go_on.wait()
+            finished.append(message.body)
+
+        await consume(consumer, topology.commands, handler, prefetch=1)
+        publisher = await connection.channel()
+        await publisher.default_exchange.publish(aio_pika.Message(b"work"), routing_key=topology.commands)
+        await asyncio.wait_for(started.wait(), 10)
+        await consumer.close()  # as when the broker connection drops mid-handler
+        go_on.set()
+        for _ in range(100):
+            if finished:
+                break
+            await asyncio.sleep(0.02)
+        assert finished == [b"work"]
+        # The message was not settled on the closed channel: the broker delivers it again.
+        again = await (await connection.channel()).get_queue(topology.commands, ensure=False)
+        redelivered = await again.get(no_ack=True, fail=False, timeout=5)
+        assert redelivered is not None and redelivered.body == b"work" and redelivered.redelivered
+    finally:
+        await connection.close()

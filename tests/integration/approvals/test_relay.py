@@ -325,7 +325,7 @@ def gauge(text: str, name: str) -> float:
 async def test_the_outbox_gauges_show_orders_that_wait_and_for_how_long(
         queued: ApprovalService, pool: AsyncConnectionPool[Any], confirm_channel: AbstractChannel,
         topology: Topology) -> None:
-    [aid] = await dispatched(queued)
+    assert len(await dispatched(queued)) == 1
     await asyncio.sleep(0.2)
     waiting = await queued.metrics_text()
     assert gauge(waiting, "dispatch_outbox_orders") >= 1

@@ -26,6 +26,8 @@ from .conftest import CSRF, system_env
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "console"
 SERIOUS = ("serious", "critical")
+ACCESS_TTL_S = 70
+SESSION_TOKEN = "JSON.parse(sessionStorage.getItem('pj.console.session')).accessToken"
 
 
 def ensure_chromium() -> None:
@@ -61,7 +63,9 @@ async def console_system(database_url: str, amqp_url: str, sink: SinkState,
     port = free_port()
     prefix = f"pjc-{uuid.uuid4().hex[:10]}"
     logdir = tmp_path_factory.mktemp("console-logs")
-    with start_provider([f"http://127.0.0.1:{port}/console/"], log=logdir / "oidc.log") as provider:
+    # Access tokens of 70 s: the console refreshes a minute before expiry, so within the test.
+    with start_provider([f"http://127.0.0.1:{port}/console/"], access_ttl_s=ACCESS_TTL_S,
+                        log=logdir / "oidc.log") as provider:
         env = system_env(database_url, amqp_url, prefix, port, sink.url)
         del env["PJ_JWT_SECRET"]  # one key source: the provider's keys
         env.update(PJ_JWT_JWKS_URL=provider.jwks_url, PJ_JWT_ALGORITHMS="RS256", PJ_JWT_ISSUER=provider.issuer,
@@ -140,7 +144,7 @@ async def test_sign_in_see_a_request_live_approve_dispatch(
     await operator.screenshot(path=artifacts / "1-operator-signed-in.png", full_page=True)
 
     # A request through the API, with the token the operator's console holds.
-    token = await operator.evaluate("JSON.parse(sessionStorage.getItem('pj.console.session')).accessToken")
+    token = await operator.evaluate(SESSION_TOKEN)
     async with httpx.AsyncClient(base_url=base, timeout=20) as client:
         r = await client.post("/api/pj/execute", headers={"Authorization": f"Bearer {token}", **CSRF},
                               json={"actionId": "notify.webhook", "payload": {"message": "console e2e"}})
@@ -182,6 +186,16 @@ async def test_sign_in_see_a_request_live_approve_dispatch(
     await expect(operator.locator("h1 .status")).to_have_text("dispatched")
     await operator.set_viewport_size({"width": 390, "height": 844})
     await operator.screenshot(path=artifacts / "5-operator-on-a-phone.png", full_page=True)
+
+    # The operator's token was refreshed before it expired, and the console goes on with the new one.
+    for _ in range(100):  # wait_for_function would need 'unsafe-eval', which the CSP rightly refuses
+        if await operator.evaluate(SESSION_TOKEN) != token:
+            break
+        await operator.wait_for_timeout(200)
+    assert await operator.evaluate(SESSION_TOKEN) != token, "the access token was not refreshed"
+    await operator.get_by_role("link", name="Back to the queue").click()
+    await expect(operator.get_by_role("heading", name="Approvals")).to_be_visible()
+    await expect(operator.locator("#queue-empty")).to_be_visible()  # nothing pending any more
 
     await admin.get_by_role("button", name="Sign out").click()
     await admin.wait_for_url(f"{console_system.provider.issuer}/**")  # the provider ends its session too

@@ -2,6 +2,7 @@
 
 import logging
 import select
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,7 +92,9 @@ class ApprovalsApp:
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
         self._sweeper = Periodic(self._sweep, settings.sweep_interval_s, name="expiry-sweeper",
                                  scope="sweeper.failed", logger=log, level=logging.ERROR)
-        # Re-issues (or, after the last attempt, fails) dispatches whose lease ran out.
+        # Re-issues (or, after the last attempt, fails) dispatches whose lease ran out; only once this
+        # process has been connected to the broker for a whole lease (see `_reap`).
+        self._connected_since: float | None = None
         self._reaper = Periodic(self._reap, settings.reaper_interval_s, name="lease-reaper",
                                 scope="reaper.failed", logger=log, level=logging.ERROR)
         self.event_relay = EventRelay(self.pool, lambda: self.confirm_channel, exchange=self.topology.events,
@@ -124,6 +127,7 @@ class ApprovalsApp:
                       dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange,
                                                    self.settings.secret_values()))
         self._orders.wake()  # orders queued while the broker was away go out now
+        self._connected_since = time.monotonic()
 
     async def _count_dead_letters(self) -> None:
         """Set pj_dead_letters from the dead-letter queue (kept as it was while the broker is away)."""
@@ -132,6 +136,7 @@ class ApprovalsApp:
             self.metrics.dead_letters.set(count)
 
     def _lost(self) -> None:
+        self._connected_since = None
         self.confirm_channel = None
         self.handlers.reply_channel = None
 
@@ -142,7 +147,18 @@ class ApprovalsApp:
             log.info("expired %d approvals", expired, extra={"scope": "sweeper.expired"})
 
     async def _reap(self) -> bool:
-        """Re-issue or fail dispatches past their lease; True when a full batch was handled."""
+        """Re-issue or fail dispatches past their lease; True when a full batch was handled.
+
+        Leases are renewed, and steps reported, over the broker: while it is away (or this process
+        cannot reach it) every lease runs out unrenewed, though its dispatcher may be alive, with a
+        step done and its report waiting to go out. So the reaper runs only once this process has
+        been connected for a whole lease: each live dispatcher has had that long to reconnect and
+        renew or report, and only a dead one's lease is still out of date. A broker outage delays the
+        recovery of dead dispatchers' dispatches by one lease instead of re-running live ones' steps.
+        """
+        since = self._connected_since
+        if since is None or time.monotonic() - since < self.settings.dispatch_lease_s:
+            return False
         reaped = await self.service.reap_expired_leases(batch=_REAP_BATCH)
         if reaped:
             log.warning("re-issued or failed %d dispatches past their lease", reaped,

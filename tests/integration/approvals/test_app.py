@@ -1,6 +1,7 @@
-"""The approvals database pool (pj_approvals.app.database_pool) against the real PostgreSQL: connections a
+"""The approvals process (pj_approvals.app): its database pool against the real PostgreSQL (connections a
 server restart closed are replaced, a stuck statement fails at its timeout, and a command that cannot get
-a connection in time is answered database_unavailable before the gateway's RPC timeout."""
+a connection in time is answered database_unavailable before the gateway's RPC timeout), and its lease
+reaper, which waits for a whole lease of broker connection."""
 
 import asyncio
 import time
@@ -10,12 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import aio_pika
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from pj_approvals import store
-from pj_approvals.app import database_pool
+from pj_approvals.app import ApprovalsApp, database_pool
 from pj_approvals.domain import Transition, edge
 from pj_approvals.handlers import Handlers
 from pj_approvals.service import ApprovalService
@@ -23,6 +25,7 @@ from pj_approvals.settings import ApprovalsSettings
 from pj_common.auth import Principal, TokenVerifier, mint_token
 from pj_common.errors import ErrorCode
 from pj_common.messages import ApprovalStatus, CommandEnvelope, CountPending, PendingCount
+from pj_common.topology import Topology
 from pj_gateway.settings import GatewaySettings
 
 KEY, ISSUER, AUDIENCE = "k" * 40, "puddlejumper", "pj-approval-gate"
@@ -147,3 +150,29 @@ async def test_a_command_that_waits_past_the_pool_timeout_answers_database_unava
 def test_the_pool_gives_up_before_the_gateway_does() -> None:
     approvals, gateway = ApprovalsSettings(env="dev"), GatewaySettings(env="dev")
     assert approvals.db_pool_timeout_s < gateway.rpc_timeout_s
+
+
+async def test_the_reaper_waits_until_the_broker_connection_has_lasted_a_whole_lease(
+        database_url: str, amqp_url: str, topology: Topology) -> None:
+    # Leases are renewed over the broker: right after it comes back, a lapsed lease may belong to a
+    # live dispatcher that has not reconnected yet, so nothing is reaped for one lease.
+    app = ApprovalsApp(settings(database_url, amqp_url=amqp_url, amqp_prefix=topology.prefix, dispatch_lease_s=0.5))
+    reaps: list[int] = []
+
+    async def reap(batch: int = 100) -> int:
+        reaps.append(batch)
+        return 0
+
+    app.service.reap_expired_leases = reap  # type: ignore[method-assign]  # counts the passes, reaps nothing
+    assert await app._reap() is False and reaps == []  # never connected
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        await app._setup(connection)
+        assert await app._reap() is False and reaps == []  # connected for less than a lease
+        await asyncio.sleep(0.6)
+        await app._reap()
+        assert len(reaps) == 1
+        app._lost()  # the connection dropped: the clock starts again at the next connection
+        assert await app._reap() is False and len(reaps) == 1
+    finally:
+        await connection.close()

@@ -11,8 +11,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from pj_common.auth import TokenVerifier
 from pj_common.deadletters import DeadLetterRoute, read_dead_letter_count
+from pj_common.jwks import JwksKeys
 from pj_common.metrics import MetricsServer
 from pj_common.runtime import Periodic
 from pj_common.topology import Topology, declare_topology
@@ -87,8 +87,8 @@ class ApprovalsApp:
         self.service = ApprovalService(self.pool, self.catalog, settings, metrics=self.metrics,
                                        order_queue=self.topology.dispatch, on_order_queued=self._orders.wake,
                                        clock=utcnow)
-        verifier = TokenVerifier(settings.jwt_key, settings.jwt_issuer, settings.jwt_audience)
-        self.handlers = Handlers(self.service, verifier)
+        self.verifier = settings.token_verifier()
+        self.handlers = Handlers(self.service, self.verifier, settings.service_identities())
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
         self._sweeper = Periodic(self._sweep, settings.sweep_interval_s, name="expiry-sweeper",
                                  scope="sweeper.failed", logger=log, level=logging.ERROR)
@@ -189,6 +189,8 @@ class ApprovalsApp:
         if applied:
             log.info("migrations applied: %s", ", ".join(applied), extra={"scope": "db.migrated"})
         await self.pool.open(wait=True, timeout=30)
+        if isinstance(self.verifier.keys, JwksKeys):
+            await self.verifier.keys.start()  # the identity provider's keys, before the first command
         self.supervisor.start()
         self._orders.start()
         self._listener.start()

@@ -6,7 +6,7 @@ from typing import Any
 
 import aio_pika
 import httpx
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.deadletters import DeadLetterRoute
@@ -30,6 +30,13 @@ log = logging.getLogger("pj.notifier")
 def notifier_queue(topology: Topology) -> str:
     """The notifier's own quorum queue on the events exchange, shared by every notifier process."""
     return f"{topology.prefix}.notifier"
+
+
+async def declare_notifier_queue(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare the notifier's queue and bind it to every approval event (idempotent)."""
+    queue = await channel.declare_queue(notifier_queue(topology), durable=True,
+                                        arguments=work_queue_arguments(topology))
+    await queue.bind(topology.events, routing_key="approval.#")
 
 
 class NotifierApp:
@@ -62,9 +69,7 @@ class NotifierApp:
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await declare_topology(channel, self.topology)
-        queue = await channel.declare_queue(notifier_queue(self.topology), durable=True,
-                                            arguments=work_queue_arguments(self.topology))
-        await queue.bind(self.topology.events, routing_key="approval.#")
+        await declare_notifier_queue(channel, self.topology)
         confirm = self.supervisor.watch(await connection.channel(publisher_confirms=True))
         events = self.supervisor.watch(await connection.channel(publisher_confirms=False))
         self._stop_consuming = await consume(

@@ -108,7 +108,14 @@ async def approval_lock(conn: AsyncConnection[Any], approval_id: str) -> AsyncIt
     try:
         yield
     finally:
-        await conn.execute("SELECT pg_advisory_unlock(hashtextextended('pj_notifier.' || %s, 0))", (approval_id,))
+        try:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended('pj_notifier.' || %s, 0))",
+                               (approval_id,))
+        except BaseException:
+            # A lock left on a pooled connection would block this approval for good: end the session
+            # instead (the pool replaces a closed connection), which releases it.
+            await conn.close()
+            raise
 
 
 @dataclass

@@ -47,7 +47,7 @@ down: ## stop what `make up` started
 	@bash ops/dev/run.sh stop
 
 token: venv ## print a JWT for the running configuration (ROLE= SUB= TENANT=)
-	@$(PY) -m pj_common.token --role $(ROLE) --sub $(SUB) --tenant $(TENANT)
+	@$(VENV)/bin/pj token --role $(ROLE) --sub $(SUB) --tenant $(TENANT)
 
 dlq: venv ## list dead letters: id, original queue, reason, deliveries, age (JSON=1: as JSON)
 	@$(PY) -m pj_common.deadletters list $(if $(JSON),--json)

@@ -99,7 +99,7 @@ def _fail(message: str, code: ExitCode, *, as_json: bool, error: ClientError | N
             "code": "usage", "message": message}})
         typer.echo(body, err=True)
     else:
-        Console(stderr=True).print(f"[bold red]pj:[/] {message}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]pj:[/] {message}", highlight=False)
     return typer.Exit(int(code))
 
 
@@ -159,7 +159,7 @@ def login(
     path = config_path()
     target = (url or session.url or load(path).url).rstrip("/")
     if not token:
-        Console(stderr=True).print(DEVICE_FLOW_LATER, highlight=False)
+        Console(stderr=True, soft_wrap=True).print(DEVICE_FLOW_LATER, highlight=False)
         token = str(typer.prompt("Bearer token", hide_input=True)).strip()
     if check:
         with GatewayClient(target, token) as gate:

@@ -114,9 +114,10 @@ def parse_jwks(document: Any) -> dict[str | None, jwt.PyJWK]:
 class JwksKeys:
     """The signing keys of a JWKS URL, cached by key id.
 
-    `prepare` fetches when a token's key id is unknown or the cache is older than `max_age_s`, at most
-    once per `min_refresh_interval_s` (callers arriving during a fetch wait for it instead of starting
-    another). A failed fetch keeps the keys it had.
+    `prepare` fetches when a token's key id is unknown (the caller waits for it), or in the background
+    when the cache is older than `max_age_s` (the caller goes on with the cached key); at most once per
+    `min_refresh_interval_s`, and callers arriving during a fetch wait for it instead of starting another.
+    A failed fetch keeps the keys it had.
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class JwksKeys:
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[bool] | None = None
         self.fetches = 0  # requests made to the URL: what the once-a-minute limit bounds
 
     @property
@@ -150,13 +152,23 @@ class JwksKeys:
         return key
 
     async def prepare(self, header: Mapping[str, Any]) -> None:
-        stale = self._fetched_at is None or self._clock() - self._fetched_at > self._max_age_s
-        if stale or _kid(header) not in self._keys:
+        if _kid(header) not in self._keys:
             await self.refresh()
+        elif self._fetched_at is not None and self._clock() - self._fetched_at > self._max_age_s and (
+                self._background is None or self._background.done()):
+            # Old but known: verify with it now, and pick up withdrawn keys without making anyone wait.
+            self._background = asyncio.create_task(self.refresh(), name="jwks-refresh")
 
     async def start(self) -> None:
         """The first fetch, at process start (a failure is logged; tokens then trigger the next one)."""
         await self.refresh()
+
+    async def stop(self) -> None:
+        """Cancel a background refresh still running (at process stop)."""
+        task, self._background = self._background, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
 
     async def refresh(self) -> bool:
         """Fetch the document again unless that was tried less than `min_refresh_interval_s` ago; True if

@@ -209,5 +209,7 @@ class ApprovalsApp:
         await self._release_event_cursor()
         self._metrics_server.stop()
         await self.supervisor.stop()
+        if isinstance(self.verifier.keys, JwksKeys):
+            await self.verifier.keys.stop()
         await self.pool.close()
 

@@ -104,3 +104,23 @@ async def test_a_slow_fetch_does_not_block_the_event_loop(key_a: SigningKey) -> 
         assert not refresh.done()
         assert verifier.verify(key_a.token(issuer=ISSUER)).subject == "alice"
         assert await refresh
+
+
+async def test_an_old_cache_is_refreshed_in_the_background(key_a: SigningKey, key_b: SigningKey) -> None:
+    with jwks_endpoint(key_a) as endpoint:
+        keys = JwksKeys(endpoint.url, min_refresh_interval_s=0, max_age_s=0.1)
+        verifier = TokenVerifier(keys, ISSUER, AUDIENCE, algorithms=["RS256"])
+        await keys.start()
+        endpoint.publish(key_b)  # key A withdrawn: tokens already verified stay cached until they expire
+        await asyncio.sleep(0.15)
+        endpoint.delay_s = 0.3
+        token = key_a.token(subject="dave", issuer=ISSUER)
+        await asyncio.wait_for(verifier.prepare(token), 0.1)  # does not wait for the slow provider
+        assert verifier.verify(token).subject == "dave"
+        for _ in range(50):  # the background refresh lands
+            if keys.key_ids == {"key-b"}:
+                break
+            await asyncio.sleep(0.02)
+        assert keys.key_ids == {"key-b"}
+        assert "unknown key" in refused(verifier, key_a.token(subject="erin", issuer=ISSUER))
+        await keys.stop()

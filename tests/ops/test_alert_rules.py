@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from pj_approvals.metrics import ApprovalMetrics
+from pj_notifier.metrics import NotifierMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "ops" / "alerts" / "approval-alerts.yml"
@@ -30,6 +31,7 @@ EXPECTED = {
     "NoApprovalsProcessed": "warn",
     "DeadLettersPresent": "warn",
     "DispatchOutboxStuck": "page",
+    "NotificationsFailing": "warn",
 }
 
 # Which metrics each alert is about (a rule over the wrong metric fails here even if the name exists).
@@ -43,6 +45,7 @@ EXPECTED_METRICS = {
                              "approvals_rejected_total"},
     "DeadLettersPresent": {"pj_dead_letters"},
     "DispatchOutboxStuck": {"dispatch_outbox_oldest_seconds"},
+    "NotificationsFailing": {"notifier_notifications_failed_total"},
 }
 
 PROMQL_KEYWORDS = {"by", "without", "and", "or", "unless", "on", "ignoring", "group_left", "group_right",
@@ -88,7 +91,18 @@ def exposed() -> set[str]:
         else:
             (collector.labels(*labels) if labels else collector).inc()
     text = metrics.render().decode()
-    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+            } | notifier_samples()
+
+
+def notifier_samples() -> set[str]:
+    """The sample names a notifier's own /metrics serves once each metric has data."""
+    metrics = NotifierMetrics()
+    for collector in vars(metrics).values():
+        if isinstance(collector, Counter | Gauge):
+            labels = ["x"] * len(getattr(collector, "_labelnames", ()))
+            (collector.labels(*labels) if labels else collector).inc()
+    return {sample.name for family in metrics.registry.collect() for sample in family.samples}
 
 
 def test_the_seven_alerts_with_their_severities(rules: dict[str, dict[str, Any]]) -> None:
@@ -121,6 +135,8 @@ def test_conditions(rules: dict[str, dict[str, Any]]) -> None:
     assert squash["DeadLettersPresent"] == "max(pj_dead_letters)>0" and rules["DeadLettersPresent"]["for"] == "5m"
     assert squash["DispatchOutboxStuck"] == "max(dispatch_outbox_oldest_seconds)>60"
     assert rules["DispatchOutboxStuck"]["for"] == "2m"
+    assert squash["NotificationsFailing"] == "sum(increase(notifier_notifications_failed_total[10m]))>5"
+    assert rules["NotificationsFailing"]["for"] == "10m"
 
 
 def test_every_referenced_metric_is_exposed(rules: dict[str, dict[str, Any]], exposed: set[str]) -> None:

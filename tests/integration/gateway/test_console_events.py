@@ -18,6 +18,7 @@ from pj_common.auth import mint_token
 from pj_common.messages import ApprovalEvent, ApprovalStatus
 from pj_common.topology import Topology, declare_topology
 from pj_gateway.app import create_app
+from pj_gateway.routes import events as events_route
 from pj_gateway.settings import GatewaySettings
 
 from .conftest import SECRET, auth
@@ -150,3 +151,11 @@ async def test_a_stream_ends_when_its_token_expires_and_needs_a_token(amqp_url: 
         assert (await client.get("/api/events")).status_code == 401
         seen = await read_events(client, {"Authorization": f"Bearer {short}"}, until=5, timeout=8)
     assert [e["event"] for e in seen] == ["ready", "expired"]
+
+
+async def test_a_stream_ends_after_its_lifetime_so_a_stopping_gateway_is_not_held(
+        amqp_url: str, topology: Topology, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events_route, "STREAM_MAX_S", 1.0)
+    async with serve(amqp_url, topology) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        seen = await read_events(client, auth("viewer", "vic", "acme", csrf=False), until=5, timeout=8)
+    assert [e["event"] for e in seen] == ["ready", "end"]

@@ -1,8 +1,10 @@
 """GET /api/events: lifecycle events of the caller's tenant as Server-Sent Events (the console's live view).
 
 The stream is read with the bearer token in the Authorization header (never in the URL). It ends when
-the token expires, so a stream never outlives the right to read it; the client reconnects with a fresh
-token and its Last-Event-ID, and gets what it missed meanwhile.
+the token expires, so a stream never outlives the right to read it, and after STREAM_MAX_S in any case:
+a stopping gateway (uvicorn) waits for open responses before it shuts down, and proxies drop idle
+long-lived connections. The client reconnects at once with its token and Last-Event-ID, and gets what
+it missed meanwhile.
 """
 
 import asyncio
@@ -24,6 +26,7 @@ from .console import ConsoleDep
 router = APIRouter(prefix="/api", tags=["events"])
 
 RETRY_MS = 2000  # how long a browser waits before reconnecting
+STREAM_MAX_S = 55.0
 
 
 def token_expiry(token: str) -> float:
@@ -38,18 +41,23 @@ async def events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
 ) -> AsyncIterable[ServerSentEvent]:
     """`approval` events (the contract's ApprovalEvent, id = eventId) of the caller's tenant; operators get
-    their own requests' only. `resync`: events may have been missed, reload. Ends when the token expires."""
+    their own requests' only. `resync`: events may have been missed, reload. `expired` (the token) or `end`
+(after STREAM_MAX_S) close the stream: reconnect with Last-Event-ID."""
     yield ServerSentEvent(event="ready", data={"tenant": caller.principal.tenant}, retry=RETRY_MS)
     expires = token_expiry(caller.token)
+    ends = min(expires, time.time() + STREAM_MAX_S)
     stream = console.events.subscribe(caller.principal, last_event_id)
     try:
         while True:
             try:
                 # Not asyncio.timeout around the loop: it would cancel whatever runs while this generator
                 # is suspended at a yield.
-                item = await asyncio.wait_for(anext(stream), max(expires - time.time(), 0))
+                item = await asyncio.wait_for(anext(stream), max(ends - time.time(), 0))
             except TimeoutError:
-                yield ServerSentEvent(event="expired", data={"reason": "token expired"})
+                if ends >= expires:
+                    yield ServerSentEvent(event="expired", data={"reason": "token expired"})
+                else:
+                    yield ServerSentEvent(event="end", data={"reason": "reconnect with Last-Event-ID"})
                 return
             yield _to_sse(item)
     finally:

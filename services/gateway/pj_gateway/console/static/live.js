@@ -1,6 +1,6 @@
 // Live events from GET /api/events (Server-Sent Events). Read with fetch, not EventSource, so the token
 // goes in the Authorization header and never in the URL. Reconnects with backoff and Last-Event-ID; the
-// server ends a stream when the token expires, and the next one uses the refreshed token.
+// server ends a stream when the token expires (or after a while: `end`), and the next one uses the current token.
 import { session } from './auth.js';
 
 export function connectLive({ onEvent, onResync, onStatus }) {
@@ -8,6 +8,7 @@ export function connectLive({ onEvent, onResync, onStatus }) {
   let stopped = false;
   let controller = null;
   let attempt = 0;
+  let ended = false;
 
   function dispatch(block) {
     let event = 'message';
@@ -25,6 +26,7 @@ export function connectLive({ onEvent, onResync, onStatus }) {
     if (event === 'approval') onEvent(JSON.parse(data.join('\n')));
     else if (event === 'resync') onResync();
     else if (event === 'ready') { attempt = 0; onStatus('live'); }
+    else if (event === 'end' || event === 'expired') ended = true;  // a planned end: reconnect at once
   }
 
   async function run() {
@@ -53,6 +55,10 @@ export function connectLive({ onEvent, onResync, onStatus }) {
         if (stopped) return;
       }
       if (stopped) return;
+      if (ended) {
+        ended = false;
+        continue;
+      }
       onStatus('reconnecting');
       attempt += 1;
       await new Promise((resolve) => { setTimeout(resolve, Math.min(500 * 2 ** attempt, 15000)); });

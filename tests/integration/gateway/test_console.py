@@ -122,3 +122,16 @@ async def test_without_an_issuer_the_console_says_sign_in_is_not_configured(gate
     config = (await gateway.client.get("/console/config.json")).json()
     assert config["signIn"] is None and config["devTokens"] is False
     assert SECRET  # the gateway of this module verifies with the shared secret
+
+
+async def test_an_unreachable_provider_is_a_clear_error_not_a_crash(
+        gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.system import free_port
+
+    monkeypatch.setenv("PJ_OIDC_ISSUER", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    async with gateway_factory() as gateway:
+        r = await gateway.client.get("/console/config.json")
+        assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+        assert "discovery document could not be read" in r.json()["error"]["message"]
+        page = await gateway.client.get("/console/")
+        assert page.status_code == 200  # the page itself still loads and says what is wrong

@@ -388,8 +388,9 @@ async function start() {
 async function boot() {
   try {
     const response = await fetch('/console/config.json', { cache: 'no-store' });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    config = await response.json();
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error?.message || `HTTP ${response.status}`);
+    config = body;
   } catch (error) {
     render(h('h1', {}, 'The console is unavailable'), h('p', {}, `Its configuration could not be read (${error.message}).`));
     return;

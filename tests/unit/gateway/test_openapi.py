@@ -92,7 +92,9 @@ def test_the_error_envelope_schema(spec: dict[str, Any]) -> None:
 
 def test_the_api_uses_the_bearer_scheme_and_posts_declare_the_csrf_header(spec: dict[str, Any]) -> None:
     assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
-        "type": "http", "scheme": "bearer", "description": "A JWT signed with PJ_JWT_SECRET (`make token`)"}
+        "type": "http", "scheme": "bearer",
+        "description": "A JWT from the identity provider (PJ_JWT_JWKS_URL or PJ_JWT_PUBLIC_KEY), or signed with "
+                       "PJ_JWT_SECRET (`make token`)"}
     for path, method, op in operations(spec):
         if path.startswith("/api/"):
             assert op["security"] == [{"HTTPBearer": []}], (method, path)

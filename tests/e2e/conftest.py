@@ -19,6 +19,7 @@ from tests.support.webhook_sink import SinkState, start_sink
 SECRET = "e2e-jwt-secret-0123456789abcdef0123456789"
 SIGNING_KEY = "e2e-dispatch-signing-key-0123456789abcdef"
 WEBHOOK_SECRET = "e2e-webhook-secret"
+METRICS_TOKEN = "e2e-metrics-token"
 ISSUER, AUDIENCE = "puddlejumper", "pj-approval-gate"
 CSRF = {"X-PuddleJumper-Request": "true"}
 
@@ -65,6 +66,7 @@ def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook
         database_url=database_url, amqp_url=amqp_url, prefix=prefix, port=port, webhook_url=webhook_url,
         secrets=SystemSecrets(jwt=SECRET, signing_key=SIGNING_KEY, webhook=WEBHOOK_SECRET),
         PJ_DISPATCHER_CONCURRENCY="2",
+        PJ_METRICS_TOKEN=METRICS_TOKEN,  # outside dev the gateway serves /metrics only with its token
         # A claim is held by the dispatcher that confirmed it: a killed one's dispatch resumes when the
         # reaper re-issues it after its lease, so the lease is short here (renewed every 2 s).
         PJ_DISPATCH_LEASE_S="10", PJ_LEASE_RENEW_S="2", PJ_REAPER_INTERVAL_S="1")

@@ -14,7 +14,7 @@ import pytest
 from tests.support.system import System, free_port
 from tests.support.webhook_sink import SinkState
 
-from .conftest import CSRF, SECRET, approve, headers, request_approval, token
+from .conftest import CSRF, METRICS_TOKEN, SECRET, approve, headers, request_approval, token
 
 
 def tenant() -> str:
@@ -228,7 +228,8 @@ async def test_roles_and_visibility(client: httpx.AsyncClient) -> None:
 
 
 async def test_metrics_expose_the_runbook_counters(client: httpx.AsyncClient) -> None:
-    r = await client.get("/metrics")
+    assert (await client.get("/metrics")).status_code == 401  # outside dev, never without the token
+    r = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
     for name in ("approvals_created_total", "approvals_approved_total", "approvals_rejected_total",

@@ -6,15 +6,19 @@ route can be driven through HTTP without PostgreSQL; the real approvals service 
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 from pj_common.auth import mint_token
@@ -114,6 +118,12 @@ async def approvals(amqp_url: str, topology: Topology) -> AsyncIterator[FakeAppr
 class Gateway:
     client: httpx.AsyncClient
     state: GatewayState
+    app: FastAPI
+
+    def client_from(self, address: str) -> httpx.AsyncClient:
+        """Another client of the same gateway, from another address."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://gateway")
 
 
 GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Gateway]]
@@ -134,7 +144,7 @@ def gateway_factory(amqp_url: str, topology: Topology) -> GatewayFactory:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                yield Gateway(client, app.state.gateway)
+                yield Gateway(client, app.state.gateway, app)
 
     return start
 
@@ -177,3 +187,23 @@ def approval_view(status: ApprovalStatus = ApprovalStatus.PENDING) -> ApprovalVi
         dispatched_at=None, finished_at=None, expires_at=NOW,
         audit=[AuditEntry(event="approval.created", actor="bob", role="operator", from_status=None,
                           to_status=ApprovalStatus.PENDING, note=None, correlation_id="c-1", at=NOW)])
+
+
+# ---------------------------------------------------------------- Redis, for budgets shared by gateway instances
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The local Redis (PJ_TEST_REDIS_URL): skipped locally when it is down, a failure when CI is set."""
+    url = os.environ.get("PJ_TEST_REDIS_URL", DEFAULT_REDIS)
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=2):
+            pass
+    except OSError:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is not reachable at {url} (CI is set: the real service is required)")
+        pytest.skip(f"Redis is not reachable at {url}")
+    return url

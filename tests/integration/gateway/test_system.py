@@ -52,6 +52,22 @@ async def test_metrics_token_from_the_runbooks_name_closes_metrics(
         assert "pj_gateway_requests_total" in r.text
 
 
+@pytest.mark.parametrize(("env", "status"), [("prod", 401), ("dev", 200)])
+async def test_metrics_need_a_token_outside_dev(
+        approvals: FakeApprovals, gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch,
+        env: str, status: int) -> None:
+    """No token configured: a production gateway keeps /metrics closed; only dev serves it open."""
+    approvals.answer("metrics", ok(MetricsText(text="approvals_created_total 0\n")))
+    for name in ("PJ_METRICS_TOKEN", "METRICS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    async with gateway_factory(env=env) as gateway:
+        r = await gateway.client.get("/metrics", headers={"Authorization": "Bearer anything"})
+        assert r.status_code == status, r.text
+        if status == 401:
+            assert r.json()["error"]["code"] == "unauthorized" and "PJ_METRICS_TOKEN" in r.json()["error"]["message"]
+            assert "approvals_created_total" not in r.text
+
+
 ASSET = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""")
 
 

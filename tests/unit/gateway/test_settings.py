@@ -52,3 +52,16 @@ def test_an_unreadable_file_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, 
 def test_an_explicit_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METRICS_TOKEN", "env")
     assert token_of(GatewaySettings(metrics_token="given")) == "given"
+
+
+def test_cors_is_off_unless_origins_are_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert GatewaySettings().cors_origins == []
+    monkeypatch.setenv("PJ_CORS_ORIGINS", " https://a.example.com, http://localhost:5173 ,")
+    assert GatewaySettings().cors_origins == ["https://a.example.com", "http://localhost:5173"]
+
+
+@pytest.mark.parametrize("origins", ["*", "null", "https://a.example.com,*", "a.example.com"])
+def test_cors_refuses_anything_but_origins(monkeypatch: pytest.MonkeyPatch, origins: str) -> None:
+    monkeypatch.setenv("PJ_CORS_ORIGINS", origins)
+    with pytest.raises(ValueError, match="PJ_CORS_ORIGINS"):
+        GatewaySettings()

@@ -21,7 +21,8 @@ from ..rpc import call
 router = APIRouter(tags=["system"])
 
 metrics_bearer = HTTPBearer(auto_error=False, scheme_name="metricsToken",
-                            description="PJ_METRICS_TOKEN (alias METRICS_TOKEN), required when set")
+                            description="PJ_METRICS_TOKEN (alias METRICS_TOKEN); outside PJ_ENV=dev /metrics "
+                                        "answers only with it, so it must be set there")
 
 
 class DispatcherHealth(BaseModel):
@@ -110,6 +111,10 @@ async def metrics(*, request: Request, state: State,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(metrics_bearer)]) -> Response:
     """The gateway's own metrics plus the approvals service's (the runbook's approval metrics)."""
     expected = state.settings.metrics_token
+    if expected is None and state.settings.env != "dev":
+        # Outside dev /metrics is never open: it names routes, tenants' volumes and the system's state.
+        return failure(request, ErrorCode.UNAUTHORIZED, "metrics token required: set PJ_METRICS_TOKEN",
+                       status_code=401)
     if expected is not None:
         given = credentials.credentials.strip() if credentials is not None else ""
         if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):

@@ -91,10 +91,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.supervisor.start()
+        await state.load_token_keys()
         # Serve even if the broker is down: requests get 503 broker_unavailable until it is back.
         await state.supervisor.wait_ready(timeout=5)
         yield
         await state.supervisor.stop()
+        await state.release_token_keys()
         await rate_limits.aclose()
 
     # FastAPIOffline: /docs and /redoc load their scripts from the gateway, not from a CDN.

@@ -6,6 +6,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from pj_common.auth import TokenVerifier
+from pj_common.jwks import JwksKeys
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import RpcClient, Supervisor
 
@@ -43,6 +44,16 @@ class GatewayState:
                     metrics=GatewayMetrics())
         state.supervisor = Supervisor(settings.amqp_url, state._setup, name="gateway", on_lost=state._lost)
         return state
+
+    async def load_token_keys(self) -> None:
+        """Fetch the identity provider's keys (a JWKS source) before the first request; a failure is
+        logged, and the first token then fetches them."""
+        if isinstance(self.verifier.keys, JwksKeys):
+            await self.verifier.keys.start()
+
+    async def release_token_keys(self) -> None:
+        if isinstance(self.verifier.keys, JwksKeys):
+            await self.verifier.keys.stop()
 
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()

@@ -49,6 +49,7 @@ def b64(data: bytes) -> str:
 
 async def test_an_rs256_token_from_the_provider_is_accepted(
         gateway: Gateway, approvals: FakeApprovals, idp: JwksEndpoint, key: SigningKey) -> None:
+    assert idp.fetches == 1  # at start, before any request
     approvals.answer("count_pending", ok(PendingCount(pending_count=2)))
     token = key.token(subject="Alice", role="viewer", issuer=ISSUER)
     r = await gateway.client.get(PENDING, headers=bearer(token))

@@ -2,6 +2,8 @@
 
 import sys
 
+from psycopg_pool import PoolTimeout
+
 from pj_common.runtime import run, serve, start_service
 
 from . import store
@@ -16,7 +18,10 @@ async def serve_notifier(settings: NotifierSettings) -> None:
         app = NotifierApp(settings)
     except CatalogError as exc:
         sys.exit(f"notifier: {exc}")
-    await serve(app, name="notifier", log_fields={"prefetch": settings.notifier_prefetch})
+    try:
+        await serve(app, name="notifier", log_fields={"prefetch": settings.notifier_prefetch})
+    except PoolTimeout as exc:
+        sys.exit(f"notifier: the database is unreachable (PJ_DATABASE_URL): {exc}")
 
 
 async def migrate(settings: NotifierSettings) -> None:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Start (foreground or background) or stop the local system: gateway, approvals, N dispatchers and a
-# webhook sink for notify.webhook. Used by `make run`, `make up` and `make down`; `plan` prints what
-# would be started.
+# Start (foreground or background) or stop the local system: gateway, approvals, N dispatchers, the
+# notifier and a webhook sink for notify.webhook. Used by `make run`, `make up` and `make down`; `plan`
+# prints what would be started.
 #
 # Each approvals and dispatcher process serves its own /metrics on the ports ops/prometheus/prometheus.yml
 # scrapes: approvals on PJ_APPROVALS_METRICS_PORT (9101), dispatcher-N on PJ_DISPATCHER_METRICS_PORT + N - 1
-# (9102, 9103, ...); 0 turns them off. `make up` keeps the previous run's logs as .run/logs/<name>.log.1.
+# (9102, 9103, ...), the notifier on PJ_NOTIFIER_METRICS_PORT (9109); 0 turns them off. `make up` keeps
+# the previous run's logs as .run/logs/<name>.log.1.
 # PJ_RUN_DIR (default .run) holds the pid files and logs; the tests give each run its own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +16,7 @@ py=.venv/bin/python
 rundir=${PJ_RUN_DIR:-.run}
 approvals_metrics_port=${PJ_APPROVALS_METRICS_PORT:-9101}
 dispatcher_metrics_port=${PJ_DISPATCHER_METRICS_PORT:-9102}
+notifier_metrics_port=${PJ_NOTIFIER_METRICS_PORT:-9109}
 
 processes() {
   echo "approvals env PJ_APPROVALS_METRICS_PORT=$approvals_metrics_port $py -m pj_approvals"
@@ -24,6 +26,9 @@ processes() {
     # No token key for a dispatcher, even one exported in this shell: it verifies no token (docs/security.md).
     echo "dispatcher-$i env -u PJ_JWT_SECRET -u PJ_JWT_SECRET_FILE PJ_DISPATCHER_METRICS_PORT=$port $py -m pj_dispatcher"
   done
+  # It tells approvers per the catalog's `notifications` (PJ_CATALOG); with none configured it sends
+  # nothing. Like a dispatcher it verifies no token, so it gets no token key.
+  echo "notifier env -u PJ_JWT_SECRET -u PJ_JWT_SECRET_FILE PJ_NOTIFIER_METRICS_PORT=$notifier_metrics_port $py -m pj_notifier"
   echo "webhook-sink $py tests/support/webhook_sink.py --port ${PJ_WEBHOOK_SINK_PORT:-9099}"
   echo "gateway $py -m pj_gateway"
 }

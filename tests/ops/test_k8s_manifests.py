@@ -18,6 +18,7 @@ from pj_common.settings import MIN_SECRET_LENGTH, CommonSettings
 from pj_common.topology import Topology
 from pj_dispatcher.settings import DispatcherSettings
 from pj_gateway.settings import GatewaySettings
+from pj_notifier.settings import NotifierSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "ops" / "k8s"
@@ -25,7 +26,7 @@ SECRET_EXAMPLE = K8S / "secret.example.yaml"
 # The real Secret an operator makes from the example lives next to it (git-ignored): never read it.
 REAL_SECRET = K8S / "secret.yaml"
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (CommonSettings, GatewaySettings, ApprovalsSettings,
-                                                    DispatcherSettings)
+                                                    DispatcherSettings, NotifierSettings)
 PLACEHOLDER = "REPLACE_ME"
 
 # What each workload runs, and the settings it cannot start without (PJ_ENV=prod requires a token key of the
@@ -35,12 +36,14 @@ EXPECTED_COMMANDS = {
     "approvals": ["python", "-m", "pj_approvals"],
     "dispatcher": ["python", "-m", "pj_dispatcher"],
     "migrate": ["python", "-m", "pj_approvals", "migrate"],
+    "notifier": ["python", "-m", "pj_notifier"],
 }
 REQUIRED_SECRETS = {
     "gateway": {"PJ_JWT_SECRET", "PJ_AMQP_URL"},
     "approvals": {"PJ_JWT_SECRET", "PJ_AMQP_URL", "PJ_DATABASE_URL"},
     "dispatcher": {"PJ_DISPATCH_SIGNING_KEY", "PJ_AMQP_URL"},
     "migrate": {"PJ_JWT_SECRET", "PJ_DATABASE_URL"},
+    "notifier": {"PJ_AMQP_URL", "PJ_DATABASE_URL"},
 }
 # A URL that carries a password: scheme://user:password@host
 URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@:]+:[^/\s@]+@", re.IGNORECASE)
@@ -201,9 +204,9 @@ def test_every_object_is_in_the_namespace(docs: list[Doc]) -> None:
 
 
 def test_expected_objects_exist(docs: list[Doc]) -> None:
-    assert set(of_kind(docs, "Deployment")) == {"gateway", "approvals", "dispatcher"}
+    assert set(of_kind(docs, "Deployment")) == {"gateway", "approvals", "dispatcher", "notifier"}
     assert set(of_kind(docs, "Job")) == {"migrate"}
-    assert set(of_kind(docs, "Service")) == {"gateway", "approvals", "dispatcher"}
+    assert set(of_kind(docs, "Service")) == {"gateway", "approvals", "dispatcher", "notifier"}
     assert len(of_kind(docs, "ScaledObject")) == 1
     assert len(of_kind(docs, "TriggerAuthentication")) == 1
 
@@ -270,6 +273,8 @@ def test_the_dispatcher_gets_no_token_settings(docs: list[Doc], config: dict[str
     dispatcher = only_container(workloads(docs)["dispatcher"])
     leaked = sorted(env["name"] for env in dispatcher.get("env", []) if env["name"].startswith("PJ_JWT"))
     assert not leaked, f"the dispatcher must not receive {leaked}"
+    notifier = only_container(workloads(docs)["notifier"])  # it calls Slack and webhooks, and verifies no token
+    assert not [env["name"] for env in notifier.get("env", []) if env["name"].startswith("PJ_JWT")]
     # Every workload reads the ConfigMap: a token key there would reach the dispatcher too.
     assert not [key for key in config if key.startswith("PJ_JWT_SECRET")]
 
@@ -294,7 +299,8 @@ def test_gateway_probes_hit_health_on_the_container_port(docs: list[Doc], config
 
 
 @pytest.mark.parametrize("name, port_key", [("approvals", "PJ_APPROVALS_METRICS_PORT"),
-                                            ("dispatcher", "PJ_DISPATCHER_METRICS_PORT")])
+                                            ("dispatcher", "PJ_DISPATCHER_METRICS_PORT"),
+                                            ("notifier", "PJ_NOTIFIER_METRICS_PORT")])
 def test_metrics_are_exposed_by_a_headless_service(docs: list[Doc], config: dict[str, str],
                                                    name: str, port_key: str) -> None:
     container = only_container(of_kind(docs, "Deployment")[name])
@@ -321,6 +327,7 @@ def test_replicas(docs: list[Doc]) -> None:
     assert deployments["gateway"]["spec"]["replicas"] == 2
     assert deployments["approvals"]["spec"]["replicas"] == 2
     assert "replicas" not in deployments["dispatcher"]["spec"], "KEDA owns the dispatcher replica count"
+    assert deployments["notifier"]["spec"]["replicas"] == 2
 
 
 def test_keda_scales_the_dispatcher_on_the_dispatch_queue(docs: list[Doc], config: dict[str, str],

@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-APP_SERVICES = {"gateway", "approvals", "dispatcher", "migrate", "webhook-sink"}
+APP_SERVICES = {"gateway", "approvals", "dispatcher", "migrate", "webhook-sink", "notifier"}
 EXPECTED_SERVICES = APP_SERVICES | {"rabbitmq", "postgres"}
 SERVICE_MODULES = {"gateway": "pj_gateway", "approvals": "pj_approvals", "dispatcher": "pj_dispatcher",
-                   "migrate": "pj_approvals"}
+                   "migrate": "pj_approvals", "notifier": "pj_notifier"}
 # Module -> the workspace member that provides it.
 MODULE_DIRS = {"pj_gateway": "services/gateway", "pj_approvals": "services/approvals",
-               "pj_dispatcher": "services/dispatcher"}
+               "pj_dispatcher": "services/dispatcher", "pj_notifier": "services/notifier"}
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_gateway_publishes_8080(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_services_share_prod_settings(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("gateway", "approvals", "dispatcher", "migrate"):
+    for name in ("gateway", "approvals", "dispatcher", "migrate", "notifier"):
         variables = env(services[name])
         assert variables["PJ_ENV"] == "prod", name
         assert urlsplit(variables["PJ_AMQP_URL"]).hostname == "rabbitmq", name
@@ -174,10 +174,13 @@ def test_the_dispatcher_gets_no_token_settings(services: dict[str, dict[str, Any
     """It talks to hostile upstream servers and verifies no token: a JWT secret there could mint admin."""
     leaked = sorted(name for name in env(services["dispatcher"]) if name.startswith("PJ_JWT"))
     assert not leaked, f"the dispatcher must not receive {leaked}"
+    assert not [name for name in env(services["notifier"]) if name.startswith("PJ_JWT")], "nor the notifier"
 
 
 def test_startup_order(services: dict[str, dict[str, Any]]) -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["approvals"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    for name in ("approvals", "gateway", "dispatcher"):
+    for name in ("approvals", "gateway", "dispatcher", "notifier"):
         assert services[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+    # The notifier keeps its own tables in the database the migrate job made ready.
+    assert services["notifier"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"

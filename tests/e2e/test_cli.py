@@ -110,7 +110,7 @@ async def test_execute_list_show_approve_dispatch(pj_env: dict[str, str], tmp_pa
     assert "pending" in shown.out and "post-webhook" in shown.out and "hello from pj" in shown.out
 
     # Separation of duties: the requester may not approve their own request.
-    own = await pj(pj_env, "approve", approval_id, "--note", "mine", "--json", as_user=alice)
+    own = await pj_here(pj_env, "approve", approval_id, "--note", "mine", "--json", as_user=alice)
     assert own.code == 5, own
     assert own.error()["code"] == "self_approval_forbidden"
 
@@ -118,7 +118,7 @@ async def test_execute_list_show_approve_dispatch(pj_env: dict[str, str], tmp_pa
     assert approved.code == 0, approved
     assert approved.json()["approval_status"] == "approved" and approved.json()["approver_id"] == "bob"
 
-    late = await pj(pj_env, "approve", approval_id, "--json", as_user=carol)
+    late = await pj_here(pj_env, "approve", approval_id, "--json", as_user=carol)
     assert late.code == 4, late
     assert late.error()["code"] == "invalid_state"
 
@@ -184,30 +184,41 @@ async def test_token_signs_for_the_system_only_with_its_key(pj_env: dict[str, st
     assert bad_role.code == 2 and "superuser" in bad_role.err, bad_role
 
 
-async def test_watch_prints_each_event_as_it_happens(pj_env: dict[str, str]) -> None:
-    t = new_tenant()
+async def start_watch(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """`pj watch args...`, returned once it says it is watching (events before that are not its)."""
     watcher = await asyncio.create_subprocess_exec(
-        str(PJ), "watch", "--tenant", t, "--count", "2", "--for", "30", "--json", env=pj_env,
+        str(PJ), "watch", "--count", "2", "--for", "30", "--json", *args, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert watcher.stderr is not None
+    ready = await asyncio.wait_for(watcher.stderr.readline(), 20)
+    assert ready.startswith(b"watching "), ready
+    return watcher
+
+
+async def test_watch_prints_each_event_as_it_happens(pj_env: dict[str, str]) -> None:
+    """Through the gateway's stream (the token's tenant) and straight from the broker (filtered by tenant)."""
+    t = new_tenant()
+    watchers = await asyncio.gather(
+        start_watch({**pj_env, "PJ_TOKEN": token("viewer", "vera", t)}),
+        start_watch(pj_env, "--broker", "--tenant", t))
     try:
-        assert watcher.stderr is not None
-        ready = await asyncio.wait_for(watcher.stderr.readline(), 20)
-        assert b"watching" in ready and b".events" in ready, ready
-        run = await pj(pj_env, "execute", "notify.webhook", "-q", as_user=f"operator:olga:{t}")
+        run = await pj_here(pj_env, "execute", "notify.webhook", "-q", as_user=f"operator:olga:{t}")
         approval_id = run.out.strip()
         assert run.code == 0, run
-        rejected = await pj(pj_env, "reject", approval_id, "--note", "not today", as_user=f"admin:alice:{t}")
+        rejected = await pj_here(pj_env, "reject", approval_id, "--note", "not today", as_user=f"admin:alice:{t}")
         assert rejected.code == 0, rejected
-        out, _ = await asyncio.wait_for(watcher.communicate(), 30)
+        outputs = await asyncio.wait_for(asyncio.gather(*(w.communicate() for w in watchers)), 30)
     finally:
-        if watcher.returncode is None:
-            watcher.kill()
-            await watcher.wait()
-    assert watcher.returncode == 0
-    events = [json.loads(line) for line in out.decode().splitlines()]
-    assert [(e["type"], e["toStatus"], e["approvalId"]) for e in events] == [
-        ("approval.created", "pending", approval_id), ("approval.decided", "rejected", approval_id)]
-    assert events[1]["note"] == "not today" and events[1]["actor"] == "alice"
+        for watcher in watchers:
+            if watcher.returncode is None:
+                watcher.kill()
+                await watcher.wait()
+    for watcher, (out, _) in zip(watchers, outputs, strict=True):
+        assert watcher.returncode == 0
+        events = [json.loads(line) for line in out.decode().splitlines()]
+        assert [(e["type"], e["toStatus"], e["approvalId"]) for e in events] == [
+            ("approval.created", "pending", approval_id), ("approval.decided", "rejected", approval_id)]
+        assert events[1]["note"] == "not today" and events[1]["actor"] == "alice"
 
 
 async def test_dlq_lists_the_systems_dead_letters(pj_env: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console, RenderableType
 
 from pj_common.errors import ErrorCode
-from pj_common.messages import ApprovalStatus, DispatchOutcome
+from pj_common.messages import ApprovalEvent, ApprovalStatus, DispatchOutcome
 
 from . import render
 from .api import error_body
@@ -349,13 +349,11 @@ def health(ctx: typer.Context, as_json: JsonOption = False) -> None:
         raise typer.Exit(int(ExitCode.UNAVAILABLE))
 
 
-# ---------------------------------------------------------------- the broker: events and dead letters
+# ---------------------------------------------------------------- events and dead letters
 
 
 @dataclass(frozen=True, slots=True)
 class WatchOptions:
-    amqp_url: str
-    prefix: str
     pattern: str
     tenant: str | None
     count: int | None
@@ -363,24 +361,36 @@ class WatchOptions:
     as_json: bool
 
 
-async def _watch(options: WatchOptions) -> None:
-    from pj_common.topology import Topology
-
+def _event_source(session: Session, options: WatchOptions, *, broker: bool) -> AsyncGenerator[ApprovalEvent, None]:
+    """Through the gateway (the caller's token and tenant), or straight from the broker's exchange."""
     from .events import approval_events
+    from .sse import gateway_events
 
-    out, err = Console(), Console(stderr=True)
-    topology = Topology(options.prefix)
+    err = Console(stderr=True, soft_wrap=True)
+    if broker:
+        amqp_url = os.environ.get("PJ_AMQP_URL", DEFAULT_AMQP_URL)
+        prefix = os.environ.get("PJ_AMQP_PREFIX", "pj")
+        return approval_events(amqp_url, prefix=prefix, pattern=options.pattern, tenant=options.tenant,
+                               on_ready=lambda: err.print(f"watching {prefix}.events ({options.pattern}); "
+                                                          "Ctrl-C stops", highlight=False))
+    profile = session.profile()
+    return gateway_events(profile.url, profile.token,
+                          on_ready=lambda: err.print(f"watching {profile.url}/api/events ({options.pattern}); "
+                                                     "Ctrl-C stops", highlight=False),
+                          on_resync=lambda why: err.print(f"[yellow]events may have been missed:[/] {why}"))
 
-    def ready() -> None:
-        err.print(f"watching {topology.events} ({options.pattern}); Ctrl-C stops", highlight=False)
 
-    events = approval_events(options.amqp_url, prefix=options.prefix, pattern=options.pattern,
-                             tenant=options.tenant, on_ready=ready)
+async def _watch(options: WatchOptions, events: AsyncGenerator[ApprovalEvent, None]) -> None:
+    from .events import topic_matches
+
+    out = Console()
     shown = 0
     async with contextlib.aclosing(events):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(options.seconds):
                 async for event in events:
+                    if not topic_matches(options.pattern, event.type) or options.tenant not in (None, event.tenant_id):
+                        continue
                     if options.as_json:
                         typer.echo(event.model_dump_json(by_alias=True))
                     else:
@@ -394,8 +404,7 @@ async def _watch(options: WatchOptions) -> None:
 @handled
 def watch(
     *,
-    amqp_url: AmqpUrlOption = DEFAULT_AMQP_URL,
-    prefix: PrefixOption = "pj",
+    ctx: typer.Context,
     pattern: Annotated[str, typer.Option("--type", help="Event types, a topic pattern such as "
                                                         "approval.dispatch.*")] = "approval.#",
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's events.", show_default=False)] = None,
@@ -403,13 +412,15 @@ def watch(
                                               show_default=False)] = None,
     seconds: Annotated[float | None, typer.Option("--for", min=0, help="Stop after this many seconds.",
                                                   show_default=False)] = None,
+    broker: Annotated[bool, typer.Option("--broker", help="Read the broker's events exchange (every tenant; "
+                                                          "PJ_AMQP_URL, PJ_AMQP_PREFIX) instead of the "
+                                                          "gateway's stream (your token's tenant).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
-    """Lifecycle events as they happen, one line each, from the broker's events exchange."""
-    options = WatchOptions(amqp_url=amqp_url, prefix=prefix, pattern=pattern, tenant=tenant, count=count,
-                           seconds=seconds, as_json=as_json)
+    """Lifecycle events as they happen, one line each."""
+    options = WatchOptions(pattern=pattern, tenant=tenant, count=count, seconds=seconds, as_json=as_json)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_watch(options))
+        asyncio.run(_watch(options, _event_source(session_of(ctx), options, broker=broker)))
 
 
 async def _with_dead_letters(amqp_url: str, prefix: str, use: Callable[["DeadLetterQueue"], Awaitable[T]]) -> T:

@@ -20,6 +20,21 @@ from .errors import NotFound, Unavailable
 ALL_EVENTS = "approval.#"
 
 
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """Whether a topic exchange would route `routing_key` to a binding with `pattern` (`*`: one word,
+    `#`: zero or more), for the events that come through the gateway's stream, which binds everything."""
+    return _words_match(pattern.split("."), routing_key.split("."))
+
+
+def _words_match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_words_match(rest, words[skip:]) for skip in range(len(words) + 1))
+    return bool(words) and head in ("*", words[0]) and _words_match(rest, words[1:])
+
+
 class RecentIds:
     """The last `size` event ids seen, to drop redelivered copies without growing for ever."""
 

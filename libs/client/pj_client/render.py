@@ -1,5 +1,6 @@
 """How `pj` shows the reply models to people: rich tables and lines. Scripts use `--json` instead."""
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,7 @@ def approvals_table(page: ApprovalPage) -> Table:
     table = Table(title="Approvals", caption=f"{len(page.approvals)} of {page.total} "
                   f"(offset {page.offset}); {page.pending_count} pending", caption_justify="left")
     for column in ("ID", "STATUS", "ACTION", "REQUESTER", "APPROVER", "CREATED"):
-        table.add_column(column, no_wrap=column == "ID")
+        table.add_column(column, no_wrap=column in ("ID", "CREATED"))
     for approval in page.approvals:
         table.add_row(approval.id, status_text(approval.approval_status), approval.action_id,
                       approval.operator_id, approval.approver_id or "", when(approval.created_at))
@@ -83,13 +84,17 @@ def plan_table(steps: Sequence[PlanStep], *, title: str = "Plan") -> Table:
     return table
 
 
+def _compact(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+
+
 def _step_detail(step: StepResult) -> str:
     if step.error is not None:
         return f"{step.error.code}: {step.error.message}"
     if step.result:
         # Links first: a pull request's URL is what a reader looks for.
         links = [str(v) for k, v in step.result.items() if k.lower().endswith("url")]
-        return " ".join(links) or ", ".join(f"{k}={v}" for k, v in list(step.result.items())[:4])
+        return " ".join(links) or ", ".join(f"{k}={_compact(v)}" for k, v in list(step.result.items())[:4])
     return ""
 
 
@@ -108,7 +113,8 @@ def steps_table(steps: Sequence[StepResult], *, title: str = "Dispatch result") 
 def _audit_line(entry: AuditEntry) -> tuple[str, str, str, str, str]:
     change = f"{entry.from_status or '—'} → {entry.to_status}"
     who = f"{entry.actor} ({entry.role})" if entry.actor else "system"
-    return when(entry.at), entry.event, change, who, entry.note or ""
+    # "approval." starts every event: left out, the column stays narrow enough for a laptop's terminal.
+    return when(entry.at), entry.event.removeprefix("approval."), change, who, entry.note or ""
 
 
 def audit_table(audit: Sequence[AuditEntry]) -> Table:
@@ -164,11 +170,11 @@ def decided(approval: ApprovalView) -> Text:
 
 
 def accepted(reply: ExecuteAccepted) -> Group:
-    verb = "created" if reply.created else "already existed (same request id)"
+    first = "Stored" if reply.created else "Already stored under this request id"
+    then = "it waits for approval." if reply.approval_required else "it runs at once (launch tier)."
     return Group(_fields([("Approval", reply.approval_id), ("Status", status_text(reply.approval_status)),
                           ("Request id", reply.request_id), ("Plan hash", reply.plan_hash)]),
-                 Text(f"The request {verb}; " + ("it waits for approval." if reply.approval_required
-                                                 else "it runs at once (launch tier).")))
+                 Text(f"{first}; {then}"))
 
 
 def dry_run(plan: DryRunPlan) -> Group:

@@ -192,6 +192,28 @@ async def test_sign_in_see_a_request_live_approve_dispatch(
     await expect(operator.get_by_role("heading", name="Approvals")).to_be_visible()
     await expect(operator.locator("#queue-empty")).to_be_visible()  # nothing pending any more
 
+    # A stale page (its live updates cut off) acting on an approval decided elsewhere meanwhile: the API's
+    # 409 in words, and the page reloaded.
+    await admin.route("**/api/events", lambda route: route.abort())
+    async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+        operator_token = await operator.evaluate(SESSION_TOKEN)
+        r = await client.post("/api/pj/execute", headers={"Authorization": f"Bearer {operator_token}", **CSRF},
+                              json={"actionId": "notify.webhook", "payload": {"message": "stale page"}})
+        assert r.status_code == 202, r.text
+        second_id = r.json()["approvalId"]
+        await admin.goto(f"{base}/console/#/approvals/{second_id}")
+        await admin.reload()
+        await expect(admin.get_by_role("button", name="Approve")).to_be_enabled()
+        admin_token = await admin.evaluate(SESSION_TOKEN)
+        decided = await client.post(f"/api/approvals/{second_id}/decide", json={"status": "rejected", "note": "no"},
+                                    headers={"Authorization": f"Bearer {admin_token}", **CSRF})
+        assert decided.status_code == 200, decided.text
+    await admin.get_by_role("button", name="Approve").click()
+    await expect(admin.locator("#notice")).to_contain_text("Someone else changed this approval meanwhile")
+    await expect(admin.locator("h1 .status")).to_have_text("rejected")
+    await admin.screenshot(path=artifacts / "6-conflict-explained.png", full_page=True)
+    await admin.unroute("**/api/events")
+
     await admin.get_by_role("button", name="Sign out").click()
     await admin.wait_for_url(f"{console_system.provider.issuer}/**")  # the provider ends its session too
     assert not csp_errors, csp_errors

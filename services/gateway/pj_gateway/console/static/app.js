@@ -18,6 +18,7 @@ let me = null;
 let stopLive = null;
 const queue = { status: 'pending', action: '', requester: '', offset: 0 };
 let reloadTimer = null;
+let shownStamp = null;
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -216,7 +217,9 @@ function permissions(approval, chain) {
   let decide = decideOpen ? null : `It is ${label}: there is nothing to decide.`;
   if (!decide && approval.operator_id === me.sub) decide = 'You requested it: someone else decides (separation of duties).';
   else if (!decide && stage && !stage.roles.includes(me.role)) decide = `The ${stage.name} stage is decided by ${stage.roles.join(' or ')}.`;
-  else if (!decide && stage?.decisions.some((d) => d.approverId === me.sub)) decide = 'You have already decided this stage.';
+  else if (!decide && chain?.stages.some((st) => st.decisions.some((d) => d.approverId === me.sub))) {
+    decide = 'You have already decided this approval: nobody counts twice.';
+  }
   const dispatchOpen = ['approved', 'dispatch_failed'].includes(status);
   let dispatch = null;
   if (!dispatchOpen) dispatch = status === 'pending' ? 'It can be dispatched once approved.' : `It is ${label}: there is nothing to dispatch.`;
@@ -239,6 +242,7 @@ function actionsSection(approval, chain) {
       if (error instanceof ApiError && error.status === 409) await detailView(approval.id);
     } finally {
       busy(false);
+      refreshBadge();
     }
   };
   const decide = (status) => act(async () => {
@@ -302,6 +306,11 @@ async function detailView(id) {
   }
   const route = currentRoute();
   if (route.name !== 'approval' || route.id !== id) return;
+  // A live event about a change already shown (our own decision, say) must not wipe a preview or a note.
+  const stamp = JSON.stringify([id, approval.approval_status, approval.updated_at, (approval.audit || []).length,
+    (approval.dispatch_result || []).length, chain?.stages.map((st) => st.decisions.length)]);
+  if (stamp === shownStamp && main.querySelector('#plan-hash')) return;
+  shownStamp = stamp;
   render(
     h('p', {}, h('a', { href: '#/' }, '← Back to the queue')),
     h('h1', {}, `${approval.action_id} `, statusTag(approval.approval_status)),

@@ -1,0 +1,59 @@
+"""The floor's arithmetic: parts x counts, the rate it allows, the targets, the counts file."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import floor_model
+
+
+def test_floor_is_the_sum_of_each_unit_cost_times_its_count() -> None:
+    floor = floor_model.lifecycle_floor({"http_request": 0.1, "rpc_round_trip": 0.5, "sql_update": 0.2},
+                                        {"http_request": 3, "rpc_round_trip": 4, "sql_update": 5.5})
+    assert floor["by_unit_ms"] == pytest.approx({"http_request": 0.3, "rpc_round_trip": 2.0, "sql_update": 1.1})
+    assert floor["ms_per_lifecycle"] == pytest.approx(3.4)
+    assert floor["max_lifecycles_per_s"] == pytest.approx(2000 / 3.4)
+    assert floor["missing"] == []
+
+
+def test_a_counted_unit_without_a_measurement_is_missing_not_zero() -> None:
+    floor = floor_model.lifecycle_floor({"http_request": 0.1, "sql_select": None}, {
+        "http_request": 2, "sql_select": 2, "event_publish": 4, "durable_message": 0})
+    assert floor["ms_per_lifecycle"] == pytest.approx(0.2)
+    assert sorted(floor["missing"]) == ["event_publish", "sql_select"]  # a count of 0 needs no measurement
+
+
+def test_max_rate_is_the_cores_milliseconds_over_the_floor() -> None:
+    assert floor_model.max_rate(3.3) == pytest.approx(606.06, abs=0.01)  # ARCHITECTURE.md's ~600/s
+    assert floor_model.max_rate(4.0, cores=4) == pytest.approx(1000)
+    assert floor_model.max_rate(0) is None
+
+
+def test_the_floor_against_the_issue_targets() -> None:
+    ok = floor_model.against_targets(3.0)
+    assert ok["max_rate_per_s"] == pytest.approx(666.67, abs=0.01)
+    assert ok["max_rate_over_target"] == pytest.approx(666.67 / 420, abs=1e-3)
+    assert ok["ms_left_for_the_code"] == pytest.approx(1.2)
+    assert ok["cpu_ms_at_rate_target"] == pytest.approx(2000 / 420)
+    over = floor_model.against_targets(5.0)
+    assert over["max_rate_per_s"] == pytest.approx(400) and over["max_rate_over_target"] < 1
+    assert over["ms_left_for_the_code"] == pytest.approx(-0.8)
+
+
+def test_default_counts_name_only_units_the_floor_measures() -> None:
+    assert set(floor_model.LIFECYCLE_COUNTS) <= set(floor_model.UNITS)
+    assert floor_model.LIFECYCLE_COUNTS["http_request"] == 3 and floor_model.LIFECYCLE_COUNTS["rpc_round_trip"] == 4
+
+
+def test_counts_file_replaces_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "counts.json"
+    path.write_text(json.dumps({"http_request": 3, "rpc_round_trip": 2.5}))
+    assert floor_model.load_counts(path) == {"http_request": 3.0, "rpc_round_trip": 2.5}
+
+
+@pytest.mark.parametrize("data", [[1, 2], {"http_requests": 3}, {"sql_insert": -1}, {"sql_insert": True},
+                                  {"sql_insert": "2"}, {"sql_insert": float("nan")}])
+def test_bad_counts_are_refused(data: object) -> None:
+    with pytest.raises(ValueError):
+        floor_model.check_counts(data)

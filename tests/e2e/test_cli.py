@@ -60,7 +60,8 @@ async def pj(env: dict[str, str], *args: str, as_user: str | None = None, **extr
     return Run(proc.returncode, out.decode(), err.decode())
 
 
-async def pj_here(env: dict[str, str], *args: str, as_user: str | None = None, **extra_env: str | None) -> Run:
+async def pj_here(env: dict[str, str], *args: str, as_user: str | None = None, typed: str | None = None,
+                  **extra_env: str | None) -> Run:
     """The same command in this process (typer's runner, in a thread of its own since a command may run
     an event loop): a subprocess costs a second or more of start-up on a busy machine, this none. The
     lifecycle and `watch` run the installed entry point; the other checks run here."""
@@ -69,7 +70,8 @@ async def pj_here(env: dict[str, str], *args: str, as_user: str | None = None, *
         extra_env["PJ_TOKEN"] = token(role, sub, tenant)
     # The runner sets these for the call only; every PJ_ variable of the test run is cleared first.
     cleared: dict[str, str | None] = {k: None for k in os.environ if k.startswith("PJ_")}
-    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env={**cleared, **env, **extra_env})
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), input=typed,
+                                     env={**cleared, **env, **extra_env})
     return Run(result.exit_code, result.stdout, result.stderr)
 
 
@@ -168,6 +170,13 @@ async def test_login_keeps_the_token_in_a_private_file(pj_env: dict[str, str], t
 
     listed = await pj_here(env, "list", "--json")  # no flag, no environment: the stored URL and token
     assert listed.code == 0 and listed.json()["total"] == 0, listed
+
+    # Without --token it asks (the device flow is not there yet, and it says so); the new token replaces the old.
+    other = token("viewer", "vera", t)
+    asked = await pj_here(env, "login", typed=other + "\n")
+    assert asked.code == 0, asked
+    assert "device flow" in asked.err and other not in asked.out + asked.err
+    assert json.loads(config.read_text()) == {"url": pj_env["PJ_URL"], "token": other}
 
 
 async def test_token_signs_for_the_system_only_with_its_key(pj_env: dict[str, str]) -> None:

@@ -160,7 +160,7 @@ def login(
     target = (url or session.url or load(path).url).rstrip("/")
     if not token:
         Console(stderr=True, soft_wrap=True).print(DEVICE_FLOW_LATER, highlight=False)
-        token = str(typer.prompt("Bearer token", hide_input=True)).strip()
+        token = str(typer.prompt("Bearer token", hide_input=True, err=True)).strip()
     if check:
         with GatewayClient(target, token) as gate:
             gate.count_pending()  # any authenticated read: a refused token fails here, before it is stored

@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION: Final = 1
@@ -50,9 +50,29 @@ class Contract(BaseModel):
 # ---------------------------------------------------------------- parts shared by commands, replies and orders
 
 
+def without_nul(value: Any) -> Any:
+    """`value` with every NUL character in its strings (keys too) replaced by U+FFFD.
+
+    PostgreSQL's text and jsonb cannot hold NUL: an upstream answer carrying one would make its step
+    report impossible to store, a poison message retried until it is dead-lettered.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 class ErrorBody(Contract):
     code: str
     message: str
+
+    @field_validator("code", "message")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        return str(without_nul(value))
 
 
 class PlanStep(Contract):
@@ -81,6 +101,11 @@ class StepResult(Contract):
     duration_ms: float | None = None
     result: dict[str, Any] | None = None
     error: ErrorBody | None = None
+
+    @field_validator("step_id", "connector", "operation", "result")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return without_nul(value)
 
 
 # ---------------------------------------------------------------- replies (approvals -> the caller of a command)

@@ -431,3 +431,14 @@ def test_a_reply_is_read_straight_into_its_model() -> None:
     assert isinstance(parsed.data, DispatchOutcome) and parsed.data.approval_status is ApprovalStatus.DISPATCHING
     with pytest.raises(ValidationError):
         Reply[PendingCount].model_validate_json(raw)
+
+
+def test_a_step_result_never_carries_a_nul_character_postgresql_cannot_store() -> None:
+    wire = json.dumps({"stepId": "s\u0000", "connector": "webhook", "operation": "post", "status": "failed",
+                       "result": {"body\u0000": ["a\u0000b", {"n": 1, "t": "\u0000"}]},
+                       "error": {"code": "bad\u0000", "message": "upstream said \u0000"}})
+    step = StepResult.model_validate_json(wire)
+    assert "\x00" not in step.model_dump_json()
+    assert step.result == {"body\ufffd": ["a\ufffdb", {"n": 1, "t": "\ufffd"}]}
+    assert step.error == ErrorBody(code="bad\ufffd", message="upstream said \ufffd")
+    assert step.step_id == "s\ufffd"

@@ -81,6 +81,7 @@ class DeadReason(StrEnum):
     PERMANENT = "permanent"            # the handler raised Permanent: processing can never succeed
     INVALID = "invalid"                # the body is not a valid message (it can never be parsed)
     DELIVERY_LIMIT = "delivery_limit"  # it failed again on its last allowed delivery
+    OVERSIZED = "oversized"            # larger than PJ_MAX_MESSAGE_BYTES: dead-lettered unread
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only ever used when PJ_ENV=dev, so a developer machine runs with no setup at all.
@@ -33,6 +33,9 @@ class CommonSettings(BaseSettings):
     # Every exchange and queue name starts with this; tests use a unique one per run.
     amqp_prefix: str = "pj"
     log_level: str = "INFO"
+    # The largest message a consumer takes; a larger one is dead-lettered at once (reason `oversized`),
+    # unread. Commands through the gateway are bounded by its body limit; this bounds direct publishers.
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="before")
     @classmethod

@@ -222,12 +222,18 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
 
 
 async def settle(handler: Handler, message: AbstractIncomingMessage, *, queue: str = "",
-                 dead_letters: DeadLetterRoute | None = None) -> None:
+                 dead_letters: DeadLetterRoute | None = None, max_bytes: int | None = None) -> None:
     """Run `handler` and ack, dead-letter or retry the message by what it did.
 
     With `dead_letters`, a dead letter is republished there with why (and then acked); without, it
     is rejected, and the queue's own dead-letter exchange (if any) takes it with only `x-death`.
+    A message over `max_bytes` is dead-lettered at once, never handed to `handler`.
     """
+    if max_bytes is not None and len(message.body) > max_bytes:
+        await _dead_letter(message, DeadReason.OVERSIZED, Permanent(
+            f"message of {len(message.body)} bytes is over PJ_MAX_MESSAGE_BYTES ({max_bytes})"),
+            queue=queue or message.routing_key or "", route=dead_letters)
+        return
     try:
         await handler(message)
     except (Permanent, ValidationError, ValueError) as exc:
@@ -295,11 +301,13 @@ async def _quietly(settlement: Awaitable[None]) -> None:
 _HANDLERS: set[asyncio.Task[None]] = set()
 
 
-async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *,
-                  prefetch: int, dead_letters: DeadLetterRoute | None = None) -> Callable[[], Awaitable[None]]:
+async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *, prefetch: int,
+                  dead_letters: DeadLetterRoute | None = None,
+                  max_bytes: int | None = None) -> Callable[[], Awaitable[None]]:
     """Start consuming `queue_name` with manual acks and at most `prefetch` messages in flight.
 
     `dead_letters`: where this queue's dead letters go, with why in their headers (see `settle`).
+    `max_bytes`: larger messages are dead-lettered unread (PJ_MAX_MESSAGE_BYTES).
     Returns a function that stops new deliveries (messages already delivered finish as usual).
 
     A handler runs to its end even when the channel closes under it: aiormq cancels a channel's
@@ -315,7 +323,8 @@ async def consume(channel: AbstractChannel, queue_name: str, handler: Handler, *
     queue = await channel.get_queue(queue_name, ensure=False)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(settle(handler, message, queue=queue_name, dead_letters=dead_letters))
+        task = asyncio.create_task(settle(handler, message, queue=queue_name, dead_letters=dead_letters,
+                                          max_bytes=max_bytes))
         _HANDLERS.add(task)  # a reference, so the task lives on once the channel's own task is cancelled
         task.add_done_callback(_HANDLERS.discard)
         await asyncio.shield(task)

@@ -120,10 +120,10 @@ class ApprovalsApp:
         self.handlers.reply_channel = watch(await connection.channel(publisher_confirms=False))
         commands = watch(await connection.channel(publisher_confirms=False))
         await consume(commands, self.topology.commands, self.handlers.on_command,
-                      prefetch=self.settings.command_prefetch)
+                      prefetch=self.settings.command_prefetch, max_bytes=self.settings.max_message_bytes)
         results = watch(await connection.channel(publisher_confirms=False))
         await consume(results, self.topology.results, self.handlers.on_report,
-                      prefetch=self.settings.command_prefetch,
+                      prefetch=self.settings.command_prefetch, max_bytes=self.settings.max_message_bytes,
                       dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange,
                                                    self.settings.secret_values()))
         self._orders.wake()  # orders queued while the broker was away go out now

@@ -67,6 +67,7 @@ class DispatcherApp:
         orders = watch(await connection.channel(publisher_confirms=False))
         self._stop_consuming = await consume(
             orders, self.topology.dispatch, self.intake.on_order, prefetch=self.settings.concurrency,
+            max_bytes=self.settings.max_message_bytes,
             dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange, self.settings.secret_values()))
 
     def _lost(self) -> None:

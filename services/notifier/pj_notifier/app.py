@@ -74,6 +74,7 @@ class NotifierApp:
         events = self.supervisor.watch(await connection.channel(publisher_confirms=False))
         self._stop_consuming = await consume(
             events, notifier_queue(self.topology), self.notifier.on_event, prefetch=self.settings.notifier_prefetch,
+            max_bytes=self.settings.max_message_bytes,
             dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange, self.settings.secret_values()))
         self.metrics.broker_connected.set(1)
 

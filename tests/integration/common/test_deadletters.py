@@ -99,6 +99,30 @@ async def test_the_transport_dead_letters_with_why_and_acks_the_original(connect
     assert await _depth(check, topology.dispatch, 0) == 0, "the original was acked"
 
 
+async def test_an_oversized_message_is_dead_lettered_unread(connection: AbstractConnection,
+                                                            topology: Topology) -> None:
+    confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    consumer = await connection.channel(publisher_confirms=False)
+    seen: list[int] = []
+
+    async def handler(message: AbstractIncomingMessage) -> None:
+        seen.append(len(message.body))
+
+    await consume(consumer, topology.dispatch, handler, prefetch=4, max_bytes=1024,
+                  dead_letters=DeadLetterRoute(confirm, topology.dead_letter_exchange))
+    for body in (b"x" * 2048, b"y" * 1024):
+        await confirm.default_exchange.publish(aio_pika.Message(body), routing_key=topology.dispatch)
+    (dead,) = await _drain(await connection.channel(), topology.dead_letters)
+    assert dead.headers["x-pj-dead-reason"] == "oversized"
+    assert "2048 bytes is over PJ_MAX_MESSAGE_BYTES (1024)" in str(dead.headers["x-pj-last-error"])
+    for _ in range(50):
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    assert seen == [1024], "only the message within the bound reached the handler"
+    await consumer.close()
+
+
 async def test_listing_loses_and_reorders_nothing(connection: AbstractConnection, topology: Topology) -> None:
     channel = await connection.channel()
     ids = [f"d-{i}" for i in range(6)]

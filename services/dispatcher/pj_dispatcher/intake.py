@@ -1,16 +1,18 @@
 """Order intake: takes dispatch orders off the queue, confirms each with the approvals service, and
 hands the confirmed plan to the runner; on shutdown, drains the orders still running.
 
-Orders leave approvals at least once (its outbox may publish one twice), so no order runs on its own
-word: every one is confirmed with get_dispatch_plan, which also binds the order's claim to this
+Only orders approvals signed are taken: an unsigned one, or one whose signature does not check
+out (forged, or altered on the way), is counted and dead-lettered at once with why, unread: a
+message forged with broker access runs nothing and asks nothing. Orders leave approvals at least
+once (its outbox may publish one twice), so no order runs on its own word either: every signed one
+is confirmed with get_dispatch_plan, which also binds the order's claim to this
 process (its holder id) if no other process took it first. A stale order (its claim no longer holds
 the dispatch, or another dispatcher holds it) is dropped; a confirmed one runs the plan approvals
 returns, after the steps already done. A copy of an order whose claim is already running in this
 process, or is spent here (its plan ran to its final report, its lease was lost, or approvals said
 stale), is dropped before asking: the holder check cannot tell two copies in one process apart, and
-approvals may not have recorded the final report yet when a late copy asks. The
-signature is still checked: a bad one is counted and logged. The transport acks an order only after
-the plan's final report is confirmed by the broker.
+approvals may not have recorded the final report yet when a late copy asks. The transport acks an
+order only after the plan's final report is confirmed by the broker.
 """
 
 import asyncio
@@ -22,6 +24,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from pj_common.messages import DispatchOrder, DispatchPlan
 from pj_common.signing import SIGNATURE_HEADER, is_signed
+from pj_common.transport import Permanent
 
 from .metrics import DispatcherMetrics
 from .runner import PlanRunner
@@ -37,7 +40,8 @@ SPENT_CLAIMS_KEPT = 10_000
 
 
 def admission(*, signature: str, redelivered: bool) -> str:
-    """How the order arrived, for the `dispatch_orders` metric (every order is confirmed all the same).
+    """How the order arrived, for the `dispatch_orders` metric (`unsigned` and `bad_signature` ones are
+    dead-lettered, the others confirmed).
 
     `signature` is `valid`, `missing` or `bad`.
     """
@@ -74,6 +78,9 @@ class OrderIntake:
         order = DispatchOrder.model_validate_json(message.body)
         how = admission(signature=self._signature(order, message), redelivered=bool(message.redelivered))
         self._metrics.orders.labels(how).inc()
+        if how in ("unsigned", "bad_signature"):
+            raise Permanent(f"dispatch order {'without a signature' if how == 'unsigned' else 'with a bad signature'}"
+                            ": only orders signed by approvals are taken")
         claim = (order.approval_id, order.claim_token)
         if claim in self._claims or claim in self._spent:
             self._drop_duplicate(order, message)
@@ -128,7 +135,7 @@ class OrderIntake:
         if SIGNATURE_HEADER not in headers:
             return "missing"
         self._metrics.bad_signature.inc()
-        log.warning("dispatch order with a bad signature: runs only what approvals confirms for its claim",
+        log.warning("dispatch order with a bad signature: dead-lettered, nothing runs",
                     extra={"scope": "dispatcher.unsigned_order", "approvalId": order.approval_id,
                            "messageId": message.message_id})
         return "bad"

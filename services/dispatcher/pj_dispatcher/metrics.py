@@ -19,13 +19,14 @@ class DispatcherMetrics:
         self.stale = Counter("dispatch_orders_stale", "Orders dropped: their claim no longer "
                              "holds (or never did), or another dispatcher holds it",
                              registry=r)
-        self.orders = Counter("dispatch_orders", "Orders taken (each confirmed with approvals before it runs), by "
-                              "delivery: `signed` (first delivery), `redelivered`, `unsigned`, `bad_signature`",
+        self.orders = Counter("dispatch_orders", "Orders received, by delivery: `signed` (first delivery) and "
+                              "`redelivered` (each confirmed with approvals before it runs), `unsigned` and "
+                              "`bad_signature` (dead-lettered, never run)",
                               ["admission"], registry=r)
         self.duplicates = Counter("dispatch_orders_duplicate", "Copies of an order whose claim was already "
                                   "running, or spent, in this process: dropped", registry=r)
         self.bad_signature = Counter("dispatch_orders_bad_signature",
-                                     "Orders whose signature header did not check out (confirmed, never trusted)",
+                                     "Orders whose signature header did not check out (dead-lettered, never run)",
                                      registry=r)
         self.lease_renewals = Counter("dispatch_lease_renewals", "Lease renewals, by outcome: granted, refused "
                                       "(the claim is stale), unanswered", ["outcome"], registry=r)

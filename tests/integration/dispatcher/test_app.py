@@ -21,6 +21,7 @@ from pj_common.messages import (
     Reply,
     StepReport,
 )
+from pj_common.signing import signature_headers
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import consume, json_message, publish_confirmed, reply
 from pj_dispatcher.app import DispatcherApp
@@ -109,8 +110,9 @@ async def test_concurrency_bounds_the_orders_run_at_once_and_so_the_steps(
         for n in range(3):
             order = DispatchOrder(approval_id=f"apr-{n}", tenant_id="t", action_id="notify.webhook",
                                   claim_token=f"claim-{n}", steps=two_steps())
-            await publish_confirmed(publisher, topology.dispatch, json_message(order.to_json(),
-                                                                               message_id=order.message_id))
+            body = order.to_json()
+            await publish_confirmed(publisher, topology.dispatch, json_message(
+                body, message_id=order.message_id, headers=signature_headers(body, settings.signing_key)))
         await asyncio.wait_for(three_done.wait(), 30)
     finally:
         await app.stop()

@@ -253,23 +253,30 @@ async def test_copies_of_an_order_at_two_dispatcher_processes_run_once(
     assert len(approvals.finals) == 1
 
 
-async def test_an_unsigned_order_is_confirmed_first(system: System, receiver: Receiver) -> None:
+async def dead_letter(system: System) -> AbstractIncomingMessage:
+    """The one message in the dead-letter queue (waiting up to 10 s for it)."""
+    queue = await (await system.connection.channel()).get_queue(system.topology.dead_letters, ensure=False)
+    for _ in range(100):
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            return message
+        await asyncio.sleep(0.1)
+    raise AssertionError("nothing was dead-lettered")
+
+
+@pytest.mark.parametrize("key", [None, "not-the-key-approvals-signs-with-0123456789"], ids=["unsigned", "forged"])
+async def test_an_order_approvals_did_not_sign_is_dead_lettered_and_runs_nothing(
+        system: System, receiver: Receiver, key: str | None) -> None:
     approvals = await system.approvals(steps("a"))
-    await system.publish(order_for(steps("a", "b")))  # its own steps are not what approvals confirms
-    await asyncio.wait_for(approvals.finished.wait(), 20)
-    assert approvals.commands == ["get_dispatch_plan"]
-    assert receiver.steps() == ["a"]
-
-
-async def test_a_forged_signature_runs_nothing_approvals_did_not_claim(system: System, receiver: Receiver) -> None:
-    approvals = await system.approvals([], stale=True)
     order = order_for(steps("a"))
-    await system.publish(order, headers=signed(order, "not-the-key-approvals-signs-with-0123456789"))
-    await asyncio.wait_for(approvals.asked.wait(), 10)
-    await asyncio.sleep(0.5)  # time enough for anything to run, if it ran
-    assert approvals.commands == ["get_dispatch_plan"]
-    assert receiver.bodies == []
-    assert system.app.metrics.registry.get_sample_value("dispatch_orders_bad_signature_total") == 1
+    await system.publish(order, headers=signed(order, key) if key else None)
+    dead = await dead_letter(system)
+    assert dead.message_id == order.message_id and dead.headers["x-pj-dead-reason"] == "permanent"
+    assert str(dead.headers["x-pj-last-error"]).startswith("Permanent: ")
+    await asyncio.sleep(0.3)  # time enough for anything to run, if it ran
+    assert approvals.commands == [] and receiver.bodies == []
+    bad = system.app.metrics.registry.get_sample_value("dispatch_orders_bad_signature_total")
+    assert bad == (1 if key else 0)
 
 
 @pytest.mark.parametrize("system", [{"PJ_ORDER_HOLD_MAX_S": 1.0, "PJ_STEP_DEADLINE_S": 0.5,

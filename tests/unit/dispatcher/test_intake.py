@@ -13,7 +13,7 @@ import pytest
 
 from pj_common.messages import DispatchOrder, DispatchPlan, PlanStep, StepResult
 from pj_common.signing import signature_headers
-from pj_common.transport import Retryable
+from pj_common.transport import Permanent, Retryable
 from pj_dispatcher.intake import OrderIntake, admission
 from pj_dispatcher.metrics import DispatcherMetrics
 from pj_dispatcher.settings import DispatcherSettings
@@ -172,8 +172,8 @@ async def test_an_order_handed_back_or_unconfirmed_is_not_spent() -> None:
     unavailable, plain = Unavailable(DispatchPlan(stale=False, steps=[STEP])), Runner()
     intake = intake_for(unavailable, plain, DispatcherMetrics())
     with pytest.raises(Retryable):
-        await intake.on_order(Delivery(ORDER.to_json()))  # type: ignore[arg-type]
-    await intake.on_order(Delivery(ORDER.to_json(), redelivered=True))  # type: ignore[arg-type]
+        await intake.on_order(signed(ORDER))  # type: ignore[arg-type]
+    await intake.on_order(signed(ORDER, redelivered=True))  # type: ignore[arg-type]
     assert len(plain.orders) == 1
 
 
@@ -187,16 +187,15 @@ async def test_a_copy_arriving_while_the_first_is_being_confirmed_is_dropped() -
 
     approvals, runner = Slow(DispatchPlan(stale=False, steps=[STEP])), Runner()
     intake = intake_for(approvals, runner, DispatcherMetrics())
-    first = asyncio.create_task(intake.on_order(Delivery(ORDER.to_json())))  # type: ignore[arg-type]
+    first = asyncio.create_task(intake.on_order(signed(ORDER)))  # type: ignore[arg-type]
     await asyncio.sleep(0.01)
-    await intake.on_order(Delivery(ORDER.to_json()))  # type: ignore[arg-type]
+    await intake.on_order(signed(ORDER))  # type: ignore[arg-type]
     gate.set()
     await first
     assert len(runner.orders) == 1 and len(approvals.asked) == 1
 
 
 @pytest.mark.parametrize("delivery", [
-    pytest.param(lambda o: Delivery(o.to_json()), id="unsigned"),
     pytest.param(lambda o: signed(o, redelivered=True), id="redelivered"),
     pytest.param(lambda o: signed(o.model_copy(update={"lease_expires_at": None})), id="no-lease"),
     pytest.param(lambda o: signed(o.model_copy(update={"lease_expires_at": datetime.now(UTC)})), id="lease-short"),
@@ -213,14 +212,15 @@ async def test_any_order_is_confirmed_and_runs_the_confirmed_plan(delivery: Any)
     assert ran.steps == [STEP] and ran.completed == [] and ran.lease_expires_at == lease
 
 
-async def test_a_forged_signature_is_counted_logged_and_runs_nothing_approvals_did_not_claim(
+async def test_a_forged_signature_is_counted_logged_and_dead_lettered_unrun(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "pj.dispatcher")
-    approvals, runner, metrics = Approvals(DispatchPlan(stale=True)), Runner(), DispatcherMetrics()
+    approvals, runner, metrics = Approvals(DispatchPlan(stale=False, steps=[STEP])), Runner(), DispatcherMetrics()
     order = leased(ORDER, 60)
     forged = Delivery(order.to_json(), headers=signature_headers(order.to_json(), "someone-elses-key-" * 3))
-    await intake_for(approvals, runner, metrics).on_order(forged)  # type: ignore[arg-type]
-    assert approvals.asked == [order] and runner.orders == []
+    with pytest.raises(Permanent, match="bad signature"):  # the transport dead-letters it with this reason
+        await intake_for(approvals, runner, metrics).on_order(forged)  # type: ignore[arg-type]
+    assert approvals.asked == [] and runner.orders == []
     assert metrics.registry.get_sample_value("dispatch_orders_bad_signature_total") == 1
     assert admissions(metrics) == {"bad_signature": 1}
     (record,) = [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.unsigned_order"]
@@ -232,15 +232,19 @@ async def test_a_signature_of_other_bytes_does_not_check_out() -> None:
     order = leased(ORDER, 60)
     tampered = leased(ORDER, 60, steps=[PlanStep(step_id="evil", connector="webhook", operation="post")])
     delivery = Delivery(tampered.to_json(), headers=signature_headers(order.to_json(), KEY))
-    await intake_for(approvals, runner, DispatcherMetrics()).on_order(delivery)  # type: ignore[arg-type]
-    assert len(approvals.asked) == 1 and runner.orders[0].steps == [STEP]
+    with pytest.raises(Permanent, match="bad signature"):
+        await intake_for(approvals, runner, DispatcherMetrics()).on_order(delivery)  # type: ignore[arg-type]
+    assert approvals.asked == [] and runner.orders == []
 
 
-async def test_an_unsigned_order_is_not_logged_as_forged(caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_unsigned_order_is_dead_lettered_unrun_and_not_logged_as_forged(
+        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "pj.dispatcher")
-    metrics = DispatcherMetrics()
-    await intake_for(Approvals(DispatchPlan(stale=False, steps=[STEP])), Runner(), metrics).on_order(
-        Delivery(ORDER.to_json()))  # type: ignore[arg-type]
+    metrics, approvals, runner = DispatcherMetrics(), Approvals(DispatchPlan(stale=False, steps=[STEP])), Runner()
+    with pytest.raises(Permanent, match="without a signature"):
+        await intake_for(approvals, runner, metrics).on_order(Delivery(ORDER.to_json()))  # type: ignore[arg-type]
+    assert approvals.asked == [] and runner.orders == []
+    assert admissions(metrics) == {"unsigned": 1}
     assert metrics.registry.get_sample_value("dispatch_orders_bad_signature_total") == 0
     assert not [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.unsigned_order"]
 
@@ -262,7 +266,7 @@ async def test_a_stale_order_is_dropped_and_nothing_runs(caplog: pytest.LogCaptu
 async def test_the_confirmed_plan_runs_not_the_orders_own_steps() -> None:
     runner = Runner()
     await intake_for(Approvals(DispatchPlan(stale=False, steps=[STEP])), runner, DispatcherMetrics()).on_order(
-        Delivery(ORDER.to_json()))  # type: ignore[arg-type]
+        signed(ORDER))  # type: ignore[arg-type]
     (ran,) = runner.orders
     assert ran.steps == [STEP] and ran.completed == []
 
@@ -271,7 +275,7 @@ async def test_a_redelivered_order_resumes_after_its_checkpointed_steps(caplog: 
     caplog.set_level(logging.INFO, "pj.dispatcher")
     runner = Runner()
     await intake_for(Approvals(DispatchPlan(stale=False, steps=[STEP], completed=[DONE])), runner,
-                     DispatcherMetrics()).on_order(Delivery(ORDER.to_json(), redelivered=True))  # type: ignore[arg-type]
+                     DispatcherMetrics()).on_order(signed(ORDER, redelivered=True))  # type: ignore[arg-type]
     assert runner.orders[0].completed == [DONE]
     (record,) = [r for r in caplog.records if getattr(r, "scope", None) == "dispatcher.resumed"]
     assert record.done == ["a"]  # type: ignore[attr-defined]
@@ -282,7 +286,7 @@ async def test_drain_waits_for_running_orders_and_times_out() -> None:
     runner = Runner(hold)
     intake = intake_for(Approvals(DispatchPlan(stale=False, steps=[STEP])), runner, DispatcherMetrics())
     assert await intake.drain(0.01)  # nothing running
-    task = asyncio.create_task(intake.on_order(Delivery(ORDER.to_json())))  # type: ignore[arg-type]
+    task = asyncio.create_task(intake.on_order(signed(ORDER)))  # type: ignore[arg-type]
     await asyncio.sleep(0.01)
     assert not await intake.drain(0.05)  # still running
     hold.set()

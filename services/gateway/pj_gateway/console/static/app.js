@@ -404,9 +404,21 @@ async function boot() {
     render(h('h1', {}, 'The console is unavailable'), h('p', {}, `Its configuration could not be read (${error.message}).`));
     return;
   }
-  signOutButton.addEventListener('click', () => { auth.signOut(config.signIn); start(); });
+  let signingOut = false;
+  signOutButton.addEventListener('click', () => {
+    signingOut = true;
+    auth.signOut(config.signIn);
+    signingOut = false;
+    showNotice('You are signed out.', 'info');
+    start();
+  });
   window.addEventListener('hashchange', () => { if (window.location.hash.startsWith('#/') || !window.location.hash) route(); });
-  auth.onChange((next) => { if (!next) { showNotice('Your session ended. Sign in again.', 'info'); start(); } });
+  auth.onChange((next) => {
+    if (!next && !signingOut) {
+      showNotice('Your session ended. Sign in again.', 'info');
+      start();
+    }
+  });
   try {
     await auth.completeSignIn();
   } catch (error) {

@@ -3,6 +3,8 @@ through a real OpenID provider: an operator signs in and sees her request appear
 and dispatches it and sees each step's result. axe-core finds no serious accessibility violation, and the
 page breaks none of its own CSP. Screenshots of each step go to test-artifacts/console/."""
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import uuid
@@ -13,9 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from pj_common.topology import Topology
+from pj_gateway.app import create_app
+from pj_gateway.settings import GatewaySettings
 from tests.support.oidc_provider import OIDC_DIR, USERS, Provider, start_provider
 from tests.support.system import REPO, System, delete_topology, free_port
 from tests.support.webhook_sink import SinkState
@@ -216,4 +221,38 @@ async def test_sign_in_see_a_request_live_approve_dispatch(
 
     await admin.get_by_role("button", name="Sign out").click()
     await admin.wait_for_url(f"{console_system.provider.issuer}/**")  # the provider ends its session too
+    assert not csp_errors, csp_errors
+
+
+@contextlib.asynccontextmanager
+async def dev_gateway(amqp_url: str) -> AsyncIterator[str]:
+    """A gateway with PJ_ENV=dev in this process (its development secret signs the role picker's tokens)."""
+    settings = GatewaySettings(env="dev", amqp_url=amqp_url, amqp_prefix=f"pjd-{uuid.uuid4().hex[:8]}",
+                               rpc_timeout_s=1.0)  # type: ignore[call-arg]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(100):
+        if server.started:
+            break
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        await delete_topology(amqp_url, Topology(settings.amqp_prefix))
+
+
+async def test_development_role_picker(amqp_url: str, browser: Browser) -> None:
+    async with dev_gateway(amqp_url) as base:
+        page = await open_console(browser, base, csp_errors := [])
+        await page.get_by_label("Role", exact=True).select_option("approver")
+        await page.get_by_label("User (subject)").fill("dana")
+        await page.get_by_role("button", name="Use a development token").click()
+        await expect(page.locator("#who")).to_have_text("dana · approver · default")
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.locator("#notice")).to_have_text("You are signed out.")
+        await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        await page.context.close()
     assert not csp_errors, csp_errors

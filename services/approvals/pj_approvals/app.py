@@ -93,8 +93,9 @@ class ApprovalsApp:
         self._sweeper = Periodic(self._sweep, settings.sweep_interval_s, name="expiry-sweeper",
                                  scope="sweeper.failed", logger=log, level=logging.ERROR)
         # Re-issues (or, after the last attempt, fails) dispatches whose lease ran out; only once this
-        # process has been connected to the broker for a whole lease (see `_reap`).
+        # process has reached the broker and the database for a whole lease (see `_reap`).
         self._connected_since: float | None = None
+        self._database_ok_since: float | None = None
         self._reaper = Periodic(self._reap, settings.reaper_interval_s, name="lease-reaper",
                                 scope="reaper.failed", logger=log, level=logging.ERROR)
         self.event_relay = EventRelay(self.pool, lambda: self.confirm_channel, exchange=self.topology.events,
@@ -149,21 +150,33 @@ class ApprovalsApp:
     async def _reap(self) -> bool:
         """Re-issue or fail dispatches past their lease; True when a full batch was handled.
 
-        Leases are renewed, and steps reported, over the broker: while it is away (or this process
-        cannot reach it) every lease runs out unrenewed, though its dispatcher may be alive, with a
-        step done and its report waiting to go out. So the reaper runs only once this process has
-        been connected for a whole lease: each live dispatcher has had that long to reconnect and
-        renew or report, and only a dead one's lease is still out of date. A broker outage delays the
-        recovery of dead dispatchers' dispatches by one lease instead of re-running live ones' steps.
+        Leases are renewed over the broker and recorded in the database, and so are steps' reports:
+        while either is away (or this process cannot reach it) every lease runs out unrenewed, though
+        its dispatcher may be alive, with a step done and its report waiting in a queue. So the
+        reaper runs only once this process has reached both for a whole lease: each live dispatcher
+        has had that long to renew, and each waiting report to be recorded, and only a dead
+        dispatcher's lease is still out of date. An outage delays the recovery of dead dispatchers'
+        dispatches by one lease instead of running live ones' steps again.
         """
-        since = self._connected_since
-        if since is None or time.monotonic() - since < self.settings.dispatch_lease_s:
+        if not await self._settled_for_a_lease():
             return False
         reaped = await self.service.reap_expired_leases(batch=_REAP_BATCH)
         if reaped:
             log.warning("re-issued or failed %d dispatches past their lease", reaped,
                         extra={"scope": "sweeper.leases"})
         return reaped >= _REAP_BATCH
+
+    async def _settled_for_a_lease(self) -> bool:
+        """True when this process has been connected to the broker, and has reached the database at
+        every reaper pass, for at least a whole lease."""
+        now, lease = time.monotonic(), self.settings.dispatch_lease_s
+        if (await self.service.health()).database.status != "ok":
+            self._database_ok_since = None
+            return False
+        if self._database_ok_since is None:
+            self._database_ok_since = now
+        broker_since = self._connected_since
+        return broker_since is not None and min(now - broker_since, now - self._database_ok_since) >= lease
 
     async def _release_event_cursor(self) -> None:
         try:

@@ -152,10 +152,11 @@ def test_the_pool_gives_up_before_the_gateway_does() -> None:
     assert approvals.db_pool_timeout_s < gateway.rpc_timeout_s
 
 
-async def test_the_reaper_waits_until_the_broker_connection_has_lasted_a_whole_lease(
+async def test_the_reaper_waits_until_broker_and_database_have_been_reachable_for_a_whole_lease(
         database_url: str, amqp_url: str, topology: Topology) -> None:
-    # Leases are renewed over the broker: right after it comes back, a lapsed lease may belong to a
-    # live dispatcher that has not reconnected yet, so nothing is reaped for one lease.
+    # Leases are renewed over the broker and recorded in the database: right after either comes back,
+    # a lapsed lease may belong to a live dispatcher that has not renewed yet, so nothing is reaped
+    # for one lease.
     app = ApprovalsApp(settings(database_url, amqp_url=amqp_url, amqp_prefix=topology.prefix, dispatch_lease_s=0.5))
     reaps: list[int] = []
 
@@ -168,11 +169,19 @@ async def test_the_reaper_waits_until_the_broker_connection_has_lasted_a_whole_l
     connection = await aio_pika.connect(amqp_url)
     try:
         await app._setup(connection)
-        assert await app._reap() is False and reaps == []  # connected for less than a lease
+        await asyncio.sleep(0.6)
+        assert await app._reap() is False and reaps == []  # the database is not reachable (pool not open)
+        await app.pool.open(wait=True, timeout=10)
+        assert await app._reap() is False and reaps == []  # reachable for less than a lease
         await asyncio.sleep(0.6)
         await app._reap()
         assert len(reaps) == 1
-        app._lost()  # the connection dropped: the clock starts again at the next connection
+        app._lost()  # the broker connection dropped: its clock starts again at the next connection
+        assert await app._reap() is False and len(reaps) == 1
+        await app._setup(connection)
+        await app.pool.close()  # the database is away: its clock starts again too
+        await asyncio.sleep(0.6)
         assert await app._reap() is False and len(reaps) == 1
     finally:
         await connection.close()
+        await app.pool.close()

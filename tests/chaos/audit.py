@@ -2,7 +2,11 @@
 
 - lost: a request answered 202 that is not in the database, or a dispatched approval a step of which
   never reached the receiver;
-- duplicated: an Idempotency-Key the receiver completed twice (a step effect delivered twice);
+- duplicated: an Idempotency-Key the receiver completed twice (a step effect delivered twice: two
+  requests with one key at once, which the key cannot absorb);
+- replayed: a delivery of a key the receiver had already done, answered from its record with no
+  second effect (see receiver.py); only a dispatcher killed between a step's answer and its report
+  may cause one;
 - stuck: an approval still pending, approved or dispatching after the lease and the reaper's period;
 - recovery s: from the end of the fault (the process killed, the server back) to the first lifecycle
   begun at or after the fault's start that reached `dispatched` after that end.
@@ -34,7 +38,8 @@ class ScenarioResult:
     recovery_s: float | None
     started: int = 0
     failed: int = 0  # lifecycles that did not reach `dispatched` (client gave up; see `give_ups`)
-    resent: int = 0  # keys that reached the receiver more than once (abandoned first, then completed once)
+    resent: int = 0  # keys that reached the receiver more than once (abandoned or replayed included)
+    replayed: int = 0  # deliveries of keys already done, answered from the receiver's record
     statuses: dict[str, int] = field(default_factory=dict)
     fault: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
@@ -74,15 +79,18 @@ def audit(scenario: str, records: list[Lifecycle], rows: list[dict[str, Any]], r
     for c in records:
         for key, n in c.answers.items():
             answers[key] = answers.get(key, 0) + n
-    # When each delivery of a duplicated key arrived and finished, in seconds after the fault began.
+    # When each delivery of a duplicated or replayed key arrived and finished, in seconds after the fault began.
+    replayed = [d.key for d in deliveries if d.replayed]
     timelines = {k: [{"arrived": round(d.arrived - fault_at, 3), "finished": round(d.finished - fault_at, 3),
-                      "completed": d.completed} for d in deliveries if d.key == k] for k in duplicated[:10]}
+                      "completed": d.completed, "replayed": d.replayed} for d in deliveries if d.key == k]
+                 for k in [*duplicated[:10], *replayed[:10]]}
     return ScenarioResult(
         scenario=scenario, lifecycles=sum(1 for c in records if c.finished is not None),
         lost=len(lost_requests) + len(lost_steps), duplicated=len(duplicated), stuck=len(stuck),
         recovery_s=None if recovery is None else round(recovery, 2), started=len(records),
-        failed=sum(1 for c in records if c.finished is None), resent=resent, statuses=statuses, fault=fault,
-        details={"lost_requests": lost_requests[:20], "lost_steps": lost_steps[:20], "duplicated_keys": timelines,
+        failed=sum(1 for c in records if c.finished is None), resent=resent, replayed=len(replayed),
+        statuses=statuses, fault=fault,
+        details={"lost_requests": lost_requests[:20], "lost_steps": lost_steps[:20], "key_timelines": timelines,
                  "stuck_approvals": stuck[:20], "give_ups": give_ups, "answers": dict(sorted(answers.items())),
                  "anomalies": [a for c in records for a in c.anomalies][:20],
                  "redispatched": sum(c.redispatches for c in records), "deliveries": len(deliveries),
@@ -92,12 +100,13 @@ def audit(scenario: str, records: list[Lifecycle], rows: list[dict[str, Any]], r
 # Every scenario's result in this run, for the table at the end (conftest.pytest_terminal_summary).
 RESULTS: list[ScenarioResult] = []
 
-COLUMNS = ("scenario", "lifecycles", "lost", "duplicated", "stuck", "recovery s", "failed", "resent")
+COLUMNS = ("scenario", "lifecycles", "lost", "duplicated", "stuck", "recovery s", "failed", "resent", "replayed")
 
 
 def table(results: list[ScenarioResult]) -> str:
     rows = [COLUMNS] + [(r.scenario, str(r.lifecycles), str(r.lost), str(r.duplicated), str(r.stuck),
-                         "-" if r.recovery_s is None else f"{r.recovery_s:.2f}", str(r.failed), str(r.resent))
+                         "-" if r.recovery_s is None else f"{r.recovery_s:.2f}", str(r.failed), str(r.resent),
+                         str(r.replayed))
                         for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths,

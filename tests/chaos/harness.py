@@ -39,6 +39,8 @@ MODULES = {"approvals": "pj_approvals", "dispatcher": "pj_dispatcher", "gateway"
 # Short leases and a fast reaper, so "stuck" is decided within seconds: a dispatch whose lease is not
 # renewed for LEASE_S is re-issued (up to 3 attempts) or failed within SWEEP_S more.
 LEASE_S = 6.0
+# Orders each dispatcher runs at once.
+DISPATCHER_CONCURRENCY = 8
 SWEEP_S = 1.0
 
 CHAOS_ACTIONS: dict[str, Any] = {
@@ -60,7 +62,7 @@ def _env(database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: 
     return service_env(
         database_url=database_url, amqp_url=amqp_url, prefix=prefix, port=port, webhook_url=webhook_url,
         secrets=SystemSecrets(jwt=JWT_SECRET, signing_key=SIGNING_KEY, webhook=WEBHOOK_SECRET),
-        PJ_CATALOG=str(catalog), PJ_RPC_TIMEOUT_S="5", PJ_DISPATCHER_CONCURRENCY="8",
+        PJ_CATALOG=str(catalog), PJ_RPC_TIMEOUT_S="5", PJ_DISPATCHER_CONCURRENCY=str(DISPATCHER_CONCURRENCY),
         PJ_DISPATCH_LEASE_S=f"{LEASE_S:g}", PJ_SWEEP_INTERVAL_S=f"{SWEEP_S:g}", PJ_REAPER_INTERVAL_S=f"{SWEEP_S:g}",
         PJ_LEASE_RENEW_S=f"{LEASE_S / 4:g}", PJ_LEASE_MARGIN_S="1", PJ_OUTBOX_POLL_INTERVAL_S="0.5",
         # A few identities drive every lifecycle: the per-caller rate limit would refuse most of them.

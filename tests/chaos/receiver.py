@@ -1,11 +1,15 @@
 """The recording webhook receiver of the chaos suite: verifies each delivery's signature, can be slowed,
-and records for every delivery its Idempotency-Key, when it arrived, and whether it *completed*.
+honours the Idempotency-Key as the webhook connector asks of every receiver, and records for every
+delivery its key, when it arrived, and whether it *completed* or was *replayed*.
 
-A delivery completes when the receiver has done its work and hands its 200 back to a sender that is
-still there to read it. A sender killed while the receiver works (kill -9 mid-step) never learns the
-outcome: its delivery is recorded as abandoned, and the re-sent step that follows is the one expected
-repetition of at-least-once delivery. The same key completed twice is a duplicated effect: a step
-whose success a dispatcher saw was run again, or two workers ran it at once (a lease that ran out).
+A delivery completes when the receiver has done its work (the step's effect) and hands its 200 back
+to a sender that is still there to read it. A sender killed while the receiver works (kill -9
+mid-step) never learns the outcome: its delivery is recorded as abandoned. A delivery whose key the
+receiver has already done is replayed: answered 200 at once, with no second effect, as a receiver
+that de-duplicates on the key does. That is at-least-once delivery meeting an idempotent receiver;
+it follows only a dispatcher that died between a step's answer and its report (the suite checks
+this: no other scenario may replay). The same key completed twice is a duplicated effect the key
+could not absorb: two workers ran the step at once (a lease that ran out under a live dispatcher).
 """
 
 import hashlib
@@ -29,6 +33,7 @@ class Delivery:
     finished: float = 0.0
     signature_ok: bool = False
     completed: bool = False  # the 200 reached a sender still connected
+    replayed: bool = False  # its key was already done: answered from the record, no second effect
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Receiver:
     slow_every: int = 0  # with slow_delay_s: every Nth delivery takes slow_delay_s instead
     slow_delay_s: float = 0.0
     deliveries: list[Delivery] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)  # keys whose effect the receiver has performed
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
@@ -70,6 +76,9 @@ class Receiver:
 
     def completions(self) -> Counter[str]:
         return Counter(d.key for d in self.snapshot() if d.completed)
+
+    def replays(self) -> list[Delivery]:
+        return [d for d in self.snapshot() if d.replayed]
 
     def reached(self) -> set[str]:
         """Keys that reached the receiver with a valid signature, completed or not."""
@@ -114,11 +123,15 @@ def _handler(state: Receiver) -> type[BaseHTTPRequestHandler]:
                                             self.headers.get("X-PJ-Signature", ""))
             delay = state._delay()
             with state.lock:
+                delivery.replayed = delivery.signature_ok and delivery.key in state.done
                 state.deliveries.append(delivery)
-            if delay:
+            if delay and not delivery.replayed:
                 time.sleep(delay)
             status = 200 if delivery.signature_ok else 401
-            answer = json.dumps({"ok": status == 200}).encode()
+            if status == 200 and not delivery.replayed:
+                with state.lock:  # the effect is done, whether or not the sender is still there
+                    state.done.add(delivery.key)
+            answer = json.dumps({"ok": status == 200, "replayed": delivery.replayed}).encode()
             gone = _peer_gone(self.connection)
             try:
                 self.send_response(status)
@@ -131,7 +144,7 @@ def _handler(state: Receiver) -> type[BaseHTTPRequestHandler]:
             except OSError:
                 sent = False
             delivery.finished = time.time()
-            delivery.completed = status == 200 and sent and not gone
+            delivery.completed = status == 200 and sent and not gone and not delivery.replayed
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -74,6 +74,10 @@ lint: venv ## ruff over libs, services, tests and bench; mypy --strict over libs
 	$(PY) -m ruff check libs services tests bench
 	$(PY) -m mypy -p pj_common -p pj_client -p pj_gateway -p pj_approvals -p pj_dispatcher -p pj_notifier
 
+.PHONY: fuzz
+fuzz: venv ## schemathesis against the gateway's /openapi.json on a real system, as every role (PJ_FUZZ_EXAMPLES=100)
+	PJ_FUZZ_FULL=1 $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+
 schemas: venv ## write the message models' JSON Schemas to docs/schemas
 	$(PY) -m pj_common.schemas docs/schemas
 

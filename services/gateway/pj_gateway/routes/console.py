@@ -161,7 +161,15 @@ class Me(BaseModel):
     role: Role
 
 
-@router.get("/me", response_model=Me, responses=error_responses(401))
+class MeBody(BaseModel):
+    """What /console/me answers: the caller under `data`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Me
+
+
+@router.get("/me", response_model=MeBody, responses=error_responses(401))
 async def console_me(caller: CallerDep) -> Response:
     """Who the token says the caller is (the console shows it and decides which buttons to offer)."""
     me = Me(sub=caller.principal.subject, tenant=caller.principal.tenant, role=caller.principal.role)

@@ -1,0 +1,47 @@
+"""A real system for the fuzzer: approvals, a dispatcher and the gateway as subprocesses, on a database and
+broker prefix of their own, with a local webhook receiver."""
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pj_common.topology import Topology
+from tests.support.system import System, SystemSecrets, delete_topology, free_port, fresh_database, service_env
+from tests.support.webhook_sink import start_sink
+
+SECRET = "fuzz-jwt-secret-0123456789abcdef0123456789"
+SIGNING_KEY = "fuzz-dispatch-signing-key-0123456789abcdef"
+WEBHOOK_SECRET = "fuzz-webhook-secret"
+METRICS_TOKEN = "fuzz-metrics-token"
+TENANT = "default"  # the shipped catalog's tenant
+
+
+@pytest.fixture(scope="session")
+async def fuzz_system(pg_admin_url: str, amqp_url: str,
+                      tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+    server, sink = start_sink(WEBHOOK_SECRET)
+    prefix = f"pjf-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    try:
+        async with fresh_database(pg_admin_url, "pj_fuzz") as database_url:
+            env = service_env(
+                database_url=database_url, amqp_url=amqp_url, prefix=prefix, port=port, webhook_url=sink.url,
+                secrets=SystemSecrets(jwt=SECRET, signing_key=SIGNING_KEY, webhook=WEBHOOK_SECRET),
+                PJ_METRICS_TOKEN=METRICS_TOKEN, PJ_DISPATCH_WAIT_S="1", PJ_LOG_LEVEL="WARNING",
+                # The fuzzer sends thousands of requests a minute from one address and caller: the rate
+                # limits would answer most of them 429 (which the spec documents) and hide the routes.
+                PJ_RATE_LIMIT_PER_MIN="1000000", PJ_AUTH_FAILURES_PER_MIN="1000000")
+            system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path_factory.mktemp("fuzz"))
+            try:
+                system.start("approvals", "pj_approvals")
+                system.start("dispatcher", "pj_dispatcher")
+                system.start("gateway", "pj_gateway")
+                await system.wait_healthy(dispatchers=1)
+                yield system
+            finally:
+                system.stop_all()
+                await delete_topology(amqp_url, Topology(prefix))
+    finally:
+        server.shutdown()
+        server.server_close()

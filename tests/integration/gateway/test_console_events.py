@@ -21,7 +21,7 @@ from pj_gateway.app import create_app
 from pj_gateway.routes import events as events_route
 from pj_gateway.settings import GatewaySettings
 
-from .conftest import SECRET, auth
+from .conftest import APPROVAL_ID, SECRET, FakeApprovals, approval_view, auth, ok
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -159,3 +159,20 @@ async def test_a_stream_ends_after_its_lifetime_so_a_stopping_gateway_is_not_hel
     async with serve(amqp_url, topology) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
         seen = await read_events(client, auth("viewer", "vic", "acme", csrf=False), until=5, timeout=8)
     assert [e["event"] for e in seen] == ["ready", "end"]
+
+
+async def test_an_operator_stream_asks_approvals_about_an_approval_it_has_not_seen_created(
+        amqp_url: str, topology: Topology, exchange: aio_pika.abc.AbstractExchange,
+        approvals: FakeApprovals) -> None:
+    approvals.answer("get_approval", ok(approval_view()))  # requested by bob, before this gateway started
+    decided = event("acme", APPROVAL_ID, type_="approval.decided", actor="alice")
+    async with serve(amqp_url, topology) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        bob = asyncio.create_task(read_events(client, auth("operator", "bob", "acme", csrf=False), until=2))
+        olga = asyncio.create_task(read_events(client, auth("operator", "olga", "acme", csrf=False), until=2))
+        await wait_subscribed()
+        await publish(exchange, decided, event("acme", "olgas-own", actor="olga"))
+        seen_by_bob, seen_by_olga = await bob, await olga
+    assert [e.get("id") for e in seen_by_bob] == [None, decided.event_id]
+    assert [e["data"].get("approvalId") for e in seen_by_olga] == [None, "olgas-own"]
+    asked = [m.command for m in approvals.received if m.command.name == "get_approval"]
+    assert asked and all(c.approval_id == APPROVAL_ID for c in asked)  # type: ignore[union-attr]

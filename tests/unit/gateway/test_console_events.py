@@ -31,7 +31,9 @@ def test_visibility_is_the_tenant_and_for_operators_their_own_requests() -> None
     assert not h.visible(ADMIN, event("globex", "g-1"))
     assert h.visible(OPERATOR, event("acme", "mine", "approval.decided", actor="alice"))
     assert not h.visible(OPERATOR, event("acme", "theirs", "approval.decided", actor="alice"))
-    assert not h.visible(OPERATOR, event("acme", "unknown", "approval.decided", actor="alice"))
+    assert h.visible(OPERATOR, event("acme", "unknown", "approval.decided", actor="alice")) is None  # ask approvals
+    h.remember_owner("unknown", "olga")
+    assert h.visible(OPERATOR, event("acme", "unknown", "approval.decided", actor="alice"))
 
 
 async def test_replay_after_last_event_id_then_live_and_duplicates_dropped() -> None:

@@ -3,7 +3,8 @@
 Each gateway binds a server-named, exclusive, auto-delete queue to the events exchange (`approval.#`), so
 every gateway sees every event and no queue outlives its gateway. Events go to each open stream whose
 caller may see them: the caller's tenant only, and for an operator only the approvals that operator
-requested (as the API's list does). The last events are kept so a reconnecting stream replays what it
+requested (as the API's list does; for an approval requested before this gateway started, the stream
+asks approvals with the operator's own token). The last events are kept so a reconnecting stream replays what it
 missed after its Last-Event-ID; when that id is no longer known, or the broker connection was lost
 meanwhile, the stream is told to `resync` (reload what it shows) instead.
 """
@@ -97,18 +98,26 @@ class EventHub:
             return  # the relay publishes at least once
         self._recent.append(event)
         if event.type == "approval.created" and event.actor:
-            self._owners[event.approval_id] = event.actor
-            if len(self._owners) > OWNERS_KEPT:
-                self._owners.popitem(last=False)
+            self.remember_owner(event.approval_id, event.actor)
         for subscription in list(self._subscribers):
-            if self.visible(subscription.principal, event):
+            if self.visible(subscription.principal, event) is not False:
                 subscription.offer(event)
 
-    def visible(self, principal: Principal, event: ApprovalEvent) -> bool:
-        """The caller's tenant only; operators only their own requests' events."""
+    def visible(self, principal: Principal, event: ApprovalEvent) -> bool | None:
+        """The caller's tenant only; operators only their own requests' events. None: an operator and an
+        approval requested before this gateway started; the stream asks approvals (`remember_owner`)."""
         if event.tenant_id != principal.tenant:
             return False
-        return principal.sees_whole_tenant or self._owners.get(event.approval_id) == principal.subject
+        if principal.sees_whole_tenant:
+            return True
+        owner = self._owners.get(event.approval_id)
+        return None if owner is None else owner == principal.subject
+
+    def remember_owner(self, approval_id: str, requester: str) -> None:
+        """Who requested an approval, as approvals answered a stream that asked."""
+        self._owners[approval_id] = requester
+        if len(self._owners) > OWNERS_KEPT:
+            self._owners.popitem(last=False)
 
     def _broadcast_resync(self, reason: str) -> None:
         for subscription in list(self._subscribers):
@@ -119,7 +128,7 @@ class EventHub:
         if last_event_id not in ids:
             return [Resync("the last event seen is no longer kept")]
         after = list(self._recent)[ids.index(last_event_id) + 1:]
-        return [e for e in after if self.visible(principal, e)]
+        return [e for e in after if self.visible(principal, e) is not False]
 
     async def subscribe(self, principal: Principal, last_event_id: str | None) -> AsyncGenerator[StreamItem, None]:
         """The caller's events from now on, after those missed since `last_event_id` when given."""

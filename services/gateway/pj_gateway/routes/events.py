@@ -16,11 +16,14 @@ import jwt
 from fastapi import APIRouter, Header
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from pj_common.messages import ApprovalEvent
+from pj_common.errors import GateError
+from pj_common.messages import ApprovalEvent, ApprovalView, GetApproval
 
-from ..console.events import Resync
-from ..deps import CallerDep
+from ..console.events import EventHub, Resync
+from ..deps import Caller, CallerDep, State
 from ..errors import error_responses
+from ..rpc import call
+from ..state import GatewayState
 from .console import ConsoleDep
 
 router = APIRouter(prefix="/api", tags=["events"])
@@ -37,12 +40,12 @@ def token_expiry(token: str) -> float:
 
 @router.get("/events", response_class=EventSourceResponse, responses=error_responses(401))
 async def events(
-    *, caller: CallerDep, console: ConsoleDep,
+    *, caller: CallerDep, console: ConsoleDep, state: State,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
 ) -> AsyncIterable[ServerSentEvent]:
     """`approval` events (the contract's ApprovalEvent, id = eventId) of the caller's tenant; operators get
-    their own requests' only. `resync`: events may have been missed, reload. `expired` (the token) or `end`
-(after STREAM_MAX_S) close the stream: reconnect with Last-Event-ID."""
+    their own requests' only. `resync`: events may have been missed, reload. `expired` (the token) or
+    `end` (after STREAM_MAX_S) close the stream: reconnect with Last-Event-ID."""
     yield ServerSentEvent(event="ready", data={"tenant": caller.principal.tenant}, retry=RETRY_MS)
     expires = token_expiry(caller.token)
     ends = min(expires, time.time() + STREAM_MAX_S)
@@ -59,9 +62,25 @@ async def events(
                 else:
                     yield ServerSentEvent(event="end", data={"reason": "reconnect with Last-Event-ID"})
                 return
-            yield _to_sse(item)
+            if isinstance(item, Resync) or await _may_see(state, caller, item, hub=console.events):
+                yield _to_sse(item)
     finally:
         await stream.aclose()
+
+
+async def _may_see(state: GatewayState, caller: Caller, event: ApprovalEvent, *, hub: EventHub) -> bool:
+    """The hub's answer, or, where it does not know the requester, approvals' (with the caller's token:
+    an approval the caller may not read is not found)."""
+    known = hub.visible(caller.principal, event)
+    if known is not None:
+        return known
+    try:
+        approval = await call(state, GetApproval(approval_id=event.approval_id), ApprovalView, token=caller.token,
+                              correlation_id=caller.correlation_id)
+    except GateError:
+        return False
+    hub.remember_owner(approval.id, approval.operator_id)
+    return approval.operator_id == caller.principal.subject
 
 
 def _to_sse(item: ApprovalEvent | Resync) -> ServerSentEvent:

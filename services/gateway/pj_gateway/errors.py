@@ -42,6 +42,10 @@ STATUS_BY_CODE: dict[str, int] = {
     ErrorCode.RATE_LIMITED: 429,
 }
 
+# What a 503 tells a client to wait: the services reconnect to the broker and the database with a
+# back-off of at most 5 s, so a retry this much later is likely to find them back.
+UNAVAILABLE_RETRY_AFTER_S = 2
+
 _CODE_BY_HTTP_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                         405: "method_not_allowed"}
 
@@ -58,7 +62,7 @@ _STATUS_MEANING = {
     429: "Over a rate limit; `Retry-After` says when to retry",
     431: "The headers are over PJ_MAX_HEADER_BYTES",
     500: "Unexpected error (logged with the correlation id)",
-    503: "A backend is unavailable",
+    503: "A backend is unavailable; `Retry-After` says when to retry",
     504: "No reply in time: the outcome is unknown, not failed",
 }
 
@@ -107,6 +111,8 @@ def failure(request: Request, code: str, message: str, *, status_code: int | Non
     headers = {CORRELATION_HEADER: cid}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if retry_after_s is None and status == 503:
+        retry_after_s = UNAVAILABLE_RETRY_AFTER_S
     if retry_after_s is not None:
         headers["Retry-After"] = str(retry_after_s)
     return JSONResponse(body, status_code=status, headers=headers)
@@ -138,7 +144,7 @@ def error_responses(*statuses: int, by_reference: bool = False) -> dict[int | st
             response["model"] = ErrorEnvelope
         if status == 401:
             response["headers"] = {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}
-        if status == 429:
+        if status in (429, 503):
             response["headers"] = {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}
         responses[status] = response
     return responses

@@ -34,6 +34,7 @@ async def test_a_publish_error_on_a_live_channel_is_503_broker_unavailable(
     r = await gateway.client.get("/api/approvals/count/pending", headers=auth(csrf=False))
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "broker_unavailable"
+    assert r.headers["Retry-After"] == "2"  # the services reconnect within seconds
     assert approvals.received == []
 
 

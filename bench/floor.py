@@ -17,8 +17,9 @@ two edges for each process involved:
 
 RabbitMQ is one process tree for every vhost and user of the broker: its CPU in a window includes the
 traffic of anyone else using it. The broker's rate with nothing of ours running is measured just before
-and just after each AMQP part and subtracted (both figures are kept). Then the floor of one lifecycle is
-the sum of count x CPU per unit (bench/floor_model.py) and the rate it allows on 2 cores is 2000 / floor.
+each AMQP part and subtracted (gross and net are both kept, and the rate just after, for comparison).
+Then the floor of one lifecycle is the sum of count x CPU per unit (bench/floor_model.py), and the rate
+it allows on 2 cores is 2000 / floor.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=float(env_default("FLOOR_WARMUP", "1")),
                         help="unmeasured load before each window (FLOOR_WARMUP, default 1)")
     parser.add_argument("--idle", type=float, default=2.0,
-                        help="seconds the broker's background rate is measured before and after each AMQP part")
+                        help="seconds the broker's background rate is measured before (and after) each AMQP part")
     parser.add_argument("--concurrency", type=int, default=32, help="operations in flight in each part (32)")
     parser.add_argument("--pool", type=int, default=16, help="PostgreSQL connections (approvals' db_pool_max, 16)")
     parser.add_argument("--parts", default=env_default("FLOOR_PARTS", ",".join(PARTS)),
@@ -84,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amqp-url", default=env_default("PJ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
                         help="the RabbitMQ server (PJ_AMQP_URL)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results directory")
+    parser.add_argument("--recompute", type=Path, default=None,
+                        help="measure nothing: the floor of an earlier floor-*.json at --counts (or the defaults)")
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if unknown := [p for p in args.parts if p not in PARTS]:
@@ -387,7 +390,9 @@ class Spec:
 async def run_roles(run: Run, specs: list[Spec], *, broker: bool) -> dict[str, Any]:
     """Start the roles, wait until each is ready, measure a window, stop them; the broker's background
     rate before and after when it is watched, and the PostgreSQL backends the roles report."""
-    background = [await broker_rate(run)] if broker else []
+    if broker:  # what the previous part left the broker to do (a quorum queue's log) settles first
+        await asyncio.sleep(1.0)
+    before = await broker_rate(run) if broker else None
     roles: dict[str, Role] = {}
     try:
         for spec in specs:
@@ -401,9 +406,9 @@ async def run_roles(run: Run, specs: list[Spec], *, broker: bool) -> dict[str, A
         await stop_roles(list(roles.values()))
     window["roles_info"] = {label: role.info for label, role in roles.items() if role.info}
     if broker:
-        await asyncio.sleep(0.5)  # the broker closes our connections first
-        background.append(await broker_rate(run))
-        window["broker"] = broker_net(window, background)
+        # After the window the broker still writes what this part gave it (a quorum queue's log), so
+        # only the rate before is subtracted; the rate after is kept to show how much that is.
+        window["broker"] = broker_net(window, before, after=await broker_rate(run))
     return window
 
 
@@ -437,14 +442,13 @@ def postgres_aux_ticks(postmaster: int | None) -> int | None:
     return total
 
 
-def broker_net(window: dict[str, Any], background: list[float | None]) -> dict[str, Any]:
-    """The broker's CPU in the window, gross and less its measured background rate (before/after mean)."""
+def broker_net(window: dict[str, Any], before: float | None, *, after: float | None) -> dict[str, Any]:
+    """The broker's CPU in the window, gross and less its background rate measured just before."""
     gross = window["cpu_s"].get("broker")
-    rates = [r for r in background if r is not None]
-    rate = sum(rates) / len(rates) if len(rates) == len(background) and rates else None
-    net = None if gross is None or rate is None else gross - rate * window["wall_s"]
-    return {"gross_s": gross, "background_per_s_before_after": background,
-            "background_s": None if rate is None else round(rate * window["wall_s"], 3),
+    background = None if before is None else before * window["wall_s"]
+    net = None if gross is None or background is None else gross - background
+    return {"gross_s": gross, "background_per_s_before": before, "rate_per_s_after": after,
+            "background_s": None if background is None else round(background, 3),
             "net_s": None if net is None else round(net, 3)}
 
 
@@ -598,6 +602,8 @@ def summarize(result: dict[str, Any], counts: dict[str, float]) -> dict[str, Any
         "counts_source": "docs/performance.md, Per lifecycle (see bench/floor_model.py)",
         "floor": floor,
         "floor_broker_gross": floor_model.lifecycle_floor(gross, counts),
+        "floor_at_other_counts": {name: {"counts": other, **floor_model.lifecycle_floor(unit_ms, other)}
+                                  for name, other in floor_model.OTHER_COUNTS.items()},
         "targets": floor_model.against_targets(floor["ms_per_lifecycle"]),
         "not_counted": list(floor_model.NOT_COUNTED),
     })
@@ -631,11 +637,14 @@ def report(result: dict[str, Any]) -> str:
     meta, targets, gross = result["meta"], result["targets"], result["floor_broker_gross"]
     windows = [p["window"] for p in result["parts"].values()]
     during = [w["loadavg_at_end"][0] for w in windows]
-    others = [w["machine"]["others_busy_s"] for w in windows]
+    busy = [w["machine"]["others_busy_s"] for w in windows]
+    others = "; ".join(f"{name} {fmt(f['ms_per_lifecycle'], 2)} ms ({fmt(f['max_lifecycles_per_s'], 0)}/s)"
+                       for name, f in result["floor_at_other_counts"].items())
     return "\n".join([
         table(result), "",
+        f"the same parts at other counts (bench/floor_model.py OTHER_COUNTS): {others}",
         f"load average before {meta['loadavg_before']}, at the end of each window {during}, after "
-        f"{meta['loadavg_after']}; CPU of other processes in the windows (s): {others}",
+        f"{meta['loadavg_after']}; CPU of other processes in the windows (s): {busy}",
         f"broker background subtracted; with the broker's gross CPU the floor is "
         f"{fmt(gross['ms_per_lifecycle'], 2)} ms ({fmt(gross['max_lifecycles_per_s'], 0)} lifecycles/s)",
         f"targets: >= {targets['rate_target_per_s']:g} lifecycles/s "
@@ -650,6 +659,9 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.recompute is not None:  # new counts against parts already measured
+        print(report(summarize(json.loads(args.recompute.read_text()), args.lifecycle_counts)))
+        return 0
     import uvloop
 
     result = uvloop.run(run_floor(args))

@@ -36,6 +36,19 @@ LIFECYCLE_COUNTS: dict[str, float] = {
     "sql_select": 2,  # the approval, its decisions
 }
 
+# Other counts to hold the same measured parts against, to tell what the unit costs do from what the
+# counts do. Hypothetical, both: no code does either today.
+OTHER_COUNTS: dict[str, dict[str, float]] = {
+    # What ARCHITECTURE.md's budget of ~3.3 ms assumed: 3 HTTP requests, 3 RPC round trips, 1 durable
+    # message, 3 transactions (taken as 1 insert and 2 updates).
+    "architecture_budget": {"http_request": 3, "rpc_round_trip": 3, "durable_message": 1, "sql_insert": 1,
+                            "sql_update": 2},
+    # The lean flow the levers aim at: no plan-confirmation RPC, no pre-reads, the events of a
+    # lifecycle in one publish, one compare-and-set per transition (decide, dispatch, finish).
+    "lean_flow": {"http_request": 3, "http_client_call": 1, "rpc_round_trip": 3, "durable_message": 2,
+                  "event_publish": 1, "sql_insert": 1, "sql_update": 3},
+}
+
 # What each unit is, for the table and the JSON.
 UNITS: dict[str, str] = {
     "http_request": "HTTP request, FastAPI + uvicorn (server CPU)",

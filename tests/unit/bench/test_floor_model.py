@@ -57,3 +57,13 @@ def test_counts_file_replaces_the_defaults(tmp_path: Path) -> None:
 def test_bad_counts_are_refused(data: object) -> None:
     with pytest.raises(ValueError):
         floor_model.check_counts(data)
+
+
+def test_the_architecture_budget_counts_at_its_own_unit_costs_give_its_budget() -> None:
+    # ARCHITECTURE.md: HTTP 100 µs, RPC 450 µs, durable message 250 µs, 3 transactions 1,140 µs: ~3 ms
+    # of the ~3.3 ms it states (the rest is what it does not itemise).
+    costs = {"http_request": 0.1, "rpc_round_trip": 0.45, "durable_message": 0.25, "sql_insert": 0.38,
+             "sql_update": 0.38}
+    floor = floor_model.lifecycle_floor(costs, floor_model.OTHER_COUNTS["architecture_budget"])
+    assert floor["ms_per_lifecycle"] == pytest.approx(3.04)
+    assert floor["missing"] == []

@@ -84,5 +84,8 @@ schemas: venv ## write the message models' JSON Schemas to docs/schemas
 bench: venv ## throughput and latency figures to bench/results (see bench/README.md)
 	$(PY) bench/run.py
 
+bench-floor: venv ## CPU of the parts alone (FastAPI, aio-pika, psycopg) and the lifecycle floor they allow (bench/floor.py)
+	$(PY) -m bench.floor
+
 clean: ## remove .venv, .run and caches
 	rm -rf $(VENV) .run .pytest_cache

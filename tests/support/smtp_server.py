@@ -2,7 +2,8 @@
 
 `start_smtp_server()` serves on a free port in aiosmtpd's own thread; `refuse_next` makes it answer the
 next N transactions with a temporary failure (451), as a server under load does. With `login`, it
-requires AUTH LOGIN/PLAIN with those credentials (without TLS: a test server on the loopback only).
+offers AUTH LOGIN/PLAIN without TLS (a test server on the loopback only) and accepts only those
+credentials.
 """
 
 import threading
@@ -12,7 +13,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.system import free_port
 
@@ -23,6 +24,7 @@ class SmtpState:
     recipients: list[list[str]] = field(default_factory=list)  # each message's RCPT TO addresses
     refuse: int = 0
     port: int = 0  # where it listens
+    logins: list[str] = field(default_factory=list)  # users that logged in
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refuse_next(self, n: int = 1) -> None:
@@ -50,9 +52,35 @@ class _Handler:
         return "250 OK"
 
 
-def _authenticator(login: tuple[str, str]) -> Any:
+class _Session(Session):
+    """aiosmtpd sets the deprecated `login_data` itself after every successful AUTH, and its warning would
+    fail the session under pytest's `filterwarnings = error`: the same attribute, without the warning."""
+
+    @property  # type: ignore[override]
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class _SMTP(SMTP):
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _SMTP(self.handler, **self.SMTP_kwargs)
+
+
+def _authenticator(login: tuple[str, str], state: SmtpState) -> Any:
     def check(server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
         ok = isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == login
+        if ok:
+            with state.lock:
+                state.logins.append(login[0])
         return AuthResult(success=ok)
     return check
 
@@ -61,8 +89,9 @@ def start_smtp_server(login: tuple[str, str] | None = None) -> tuple[Controller,
     state = SmtpState()
     options: dict[str, Any] = {}
     if login is not None:
-        options = {"authenticator": _authenticator(login), "auth_require_tls": False, "auth_required": True}
-    controller = Controller(_Handler(state), hostname="127.0.0.1", port=free_port(), **options)
+        # Offered, not required: aiosmtpd warns on every connection when AUTH is required without TLS.
+        options = {"authenticator": _authenticator(login, state), "auth_require_tls": False}
+    controller = _Controller(_Handler(state), hostname="127.0.0.1", port=free_port(), **options)
     controller.start()
     state.port = controller.port
     return controller, state

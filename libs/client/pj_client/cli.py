@@ -383,7 +383,7 @@ def _event_source(session: Session, options: WatchOptions, *, broker: bool) -> A
 async def _watch(options: WatchOptions, events: AsyncGenerator[ApprovalEvent, None]) -> None:
     from .events import topic_matches
 
-    out = Console()
+    out = Console(soft_wrap=True)  # one line per event, however narrow the terminal
     shown = 0
     async with contextlib.aclosing(events):
         with contextlib.suppress(TimeoutError):

@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
@@ -57,11 +57,13 @@ def approvals_table(page: ApprovalPage) -> Table:
     """One page of approvals, newest first."""
     table = Table(title="Approvals", caption=f"{len(page.approvals)} of {page.total} "
                   f"(offset {page.offset}); {page.pending_count} pending", caption_justify="left")
-    for column in ("ID", "STATUS", "ACTION", "REQUESTER", "APPROVER", "CREATED"):
-        table.add_column(column, no_wrap=column in ("ID", "CREATED"))
+    for column in ("ID", "STATUS", "ACTION", "REQUESTER", "APPROVER", "CREATED (UTC)"):
+        # The id is copied from here whole; in a narrow terminal the other cells wrap rather than lose letters.
+        table.add_column(column, no_wrap=column in ("ID", "STATUS"), overflow="fold")
     for approval in page.approvals:
+        created = approval.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(approval.id, status_text(approval.approval_status), approval.action_id,
-                      approval.operator_id, approval.approver_id or "", when(approval.created_at))
+                      approval.operator_id, approval.approver_id or "", created)
     return table
 
 
@@ -197,7 +199,7 @@ def outcome(result: DispatchOutcome) -> Group:
 def event_line(event: ApprovalEvent) -> Text:
     """One event as a line: time, type, approval, the change, who, tenant, note."""
     line = Text(f"{when(event.occurred_at)}  ")
-    line.append(f"{event.type:<28}", style="bold")
+    line.append(f"{event.type.removeprefix('approval.'):<19}", style="bold")
     line.append(f" {event.approval_id}  {event.action_id}  ")
     line.append_text(status_text(event.from_status or "—"))
     line.append(" → ")

@@ -297,7 +297,8 @@ class ListApprovals(Contract):
     name: Literal["list_approvals"] = "list_approvals"
     status: ApprovalStatus | None = None
     limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0)
+    # Bounded as the gateway bounds it: a larger offset is a scan, not a page.
+    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class GetApproval(Contract):

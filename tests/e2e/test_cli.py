@@ -178,6 +178,12 @@ async def test_login_keeps_the_token_in_a_private_file(pj_env: dict[str, str], t
     assert "device flow" in asked.err and other not in asked.out + asked.err
     assert json.loads(config.read_text()) == {"url": pj_env["PJ_URL"], "token": other}
 
+    config.write_text("{damaged")
+    damaged = await pj_here(env, "list")
+    assert damaged.code == 2 and "not a pj config" in damaged.err, damaged
+    named = await pj_here(env, "list", "--json", PJ_URL=pj_env["PJ_URL"], PJ_TOKEN=other)
+    assert named.code == 0, named  # URL and token both given: the file is not read
+
 
 async def test_token_signs_for_the_system_only_with_its_key(pj_env: dict[str, str]) -> None:
     minted = await pj_here(pj_env, "token", "--role", "operator", "--sub", "olga", "--tenant", "acme",

@@ -63,7 +63,10 @@ class Session:
     token: str | None
 
     def profile(self) -> Profile:
-        return resolve(url=self.url, token=self.token, stored=load(config_path()))
+        # The file is read only for what flags and environment left open: a damaged one stops no script
+        # that names both.
+        stored = StoredConfig() if self.url and self.token else load(config_path())
+        return resolve(url=self.url, token=self.token, stored=stored)
 
     def gateway(self) -> GatewayClient:
         profile = self.profile()

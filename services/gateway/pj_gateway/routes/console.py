@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,9 +83,16 @@ ConsoleDep = Annotated[ConsoleState, Depends(get_console)]
 router = APIRouter(prefix="/console", tags=["console"], lifespan=console_lifespan)
 
 
-def _require_csrf(request: Request) -> None:
-    if request.headers.get(CSRF_HEADER) != "true":
+async def require_csrf(
+    csrf: Annotated[str | None, Header(alias=CSRF_HEADER, examples=["true"],
+                                       description="Must be `true` (a browser form cannot set it)")] = None,
+) -> None:
+    """The console's POSTs carry the CSRF header as every API write does."""
+    if csrf != "true":
         raise GateError(ErrorCode.CSRF_REQUIRED, f"header {CSRF_HEADER}: true is required")
+
+
+Csrf = Depends(require_csrf)
 
 
 @router.get("", include_in_schema=False)
@@ -142,11 +149,25 @@ async def console_config(state: State, console: ConsoleDep) -> Response:
     return JSONResponse(config.model_dump(), headers={**SECURITY_HEADERS, **NO_STORE})
 
 
-@router.post("/auth/token", responses=error_responses(403, 404, 422, 504))
-async def console_token(request: Request, grant: TokenGrant, console: ConsoleDep) -> Response:
+class TokenAnswer(BaseModel):
+    """The identity provider's token response (RFC 6749 section 5.1), passed on as it came; a refusal is
+    the provider's own `{error, error_description}` with its status."""
+
+    model_config = ConfigDict(extra="allow")
+
+    access_token: str
+    token_type: str
+    expires_in: int | None = None
+    refresh_token: str | None = None
+    id_token: str | None = None
+    scope: str | None = None
+
+
+@router.post("/auth/token", response_model=TokenAnswer, dependencies=[Csrf],
+             responses=error_responses(403, 404, 422, 504))
+async def console_token(grant: TokenGrant, console: ConsoleDep) -> Response:
     """The provider's token endpoint on the console's behalf (code + PKCE verifier, or refresh token);
     the provider's answer is passed back as it is, status included."""
-    _require_csrf(request)
     status, body = await console.oidc.token(grant)
     return JSONResponse(body, status_code=status, headers={**SECURITY_HEADERS, **NO_STORE})
 
@@ -184,12 +205,15 @@ class DevTokenBody(BaseModel):
     tenant: str = Field(default="default", min_length=1, max_length=200, pattern=r"^[\w.-]+$")
 
 
-@router.post("/dev-token", responses=error_responses(403, 404, 422))
-async def dev_token(request: Request, body: DevTokenBody, state: State) -> Response:
+@router.post("/dev-token", response_model=TokenAnswer, responses=error_responses(403, 404, 422))
+async def dev_token(
+    body: DevTokenBody, state: State,
+    csrf: Annotated[str | None, Header(alias=CSRF_HEADER, examples=["true"], description="Must be `true`")] = None,
+) -> Response:
     """PJ_ENV=dev only: a token for any role, signed with the development secret (404 otherwise)."""
     if not _dev_tokens(state):
         raise GateError(ErrorCode.NOT_FOUND, "development tokens exist only when PJ_ENV=dev with a PJ_JWT_SECRET")
-    _require_csrf(request)
+    await require_csrf(csrf)
     settings = state.settings
     token = mint_token(settings.jwt_key, subject=body.sub, tenant=body.tenant, role=body.role,
                        issuer=settings.jwt_issuer, audience=settings.jwt_audience, ttl_s=DEV_TOKEN_TTL_S)

@@ -38,7 +38,15 @@ def token_expiry(token: str) -> float:
     return float(claims.get("exp", time.time()))
 
 
-@router.get("/events", response_class=EventSourceResponse, responses=error_responses(401))
+_STREAM = {"content": {"text/event-stream": {"schema": {
+    "type": "string",
+    "description": "Server-Sent Events: `ready`, `approval` (an ApprovalEvent as JSON, id = eventId), `resync`, "
+                   "`expired`, `end`"}}}}
+
+
+@router.get("/events", response_class=EventSourceResponse,
+            responses={200: _STREAM, **error_responses(400, 401, 414, 422, 429, 431, 500, 503, 504,
+                                                       by_reference=True)})
 async def events(
     *, caller: CallerDep, console: ConsoleDep, state: State,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,

@@ -1,4 +1,4 @@
-"""`pj`: the approval gate from a terminal, over the gateway's HTTP API (and RabbitMQ for `watch` and `dlq`).
+"""`pj`: the approval gate from a terminal, over the gateway's HTTP API (RabbitMQ for `dlq` and `watch --broker`).
 
 Every command takes `--json` (the reply model as JSON on stdout, errors as JSON on stderr) and ends
 with an exit status a script can branch on: 0 ok, 1 failed (a dispatch that ended dispatch_failed, a
@@ -31,7 +31,7 @@ from .payload import PayloadError, read_payload
 from .progress import dispatch_live
 
 # The broker client (aio_pika), the token settings and JWT (cryptography) are imported by the commands
-# that use them: every `pj` run pays for what it imports, and most need neither (1.8 s -> 0.6 s a run).
+# that use them: every `pj` run pays for what it imports at start-up, and most runs need neither.
 if TYPE_CHECKING:
     from pj_common.deadletters import DeadLetterQueue
 

@@ -108,6 +108,8 @@ def server_config(app: FastAPI, settings: GatewaySettings, **overrides: Any) -> 
     options: dict[str, Any] = {
         "host": settings.gateway_host, "port": settings.gateway_port, "loop": "uvloop",
         "http": limited_protocol(settings), "access_log": False, "log_config": None,
+        # The same bound if someone serves the gateway with `http="h11"` instead.
+        "h11_max_incomplete_event_size": settings.max_url_bytes + settings.max_header_bytes,
         **overrides,
     }
     return uvicorn.Config(app, **options)

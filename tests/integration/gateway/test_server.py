@@ -45,8 +45,16 @@ def settings(amqp_url: str, topology: Topology) -> GatewaySettings:
 
 
 @pytest.fixture
-async def served(settings: GatewaySettings, approvals: FakeApprovals) -> AsyncIterator[tuple[str, int]]:
+def app_state() -> list[FastAPI]:
+    """The served app, once `served` made it (for a test that breaks something behind it)."""
+    return []
+
+
+@pytest.fixture
+async def served(settings: GatewaySettings, approvals: FakeApprovals,
+                 app_state: list[FastAPI]) -> AsyncIterator[tuple[str, int]]:
     app = create_app(settings)
+    app_state.append(app)
 
     @app.get("/api/test-only/boom", include_in_schema=False)
     async def boom() -> None:
@@ -90,6 +98,19 @@ async def test_a_5xx_keeps_the_keep_alive_connection(
         assert first.headers.get("connection") != "close"
         second = await client.get("/api/approvals?limit=0", headers=auth(csrf=False))
         assert second.status_code == 422 and second.json()["error"]["code"] == "validation_error"
+        assert client_port(second) == client_port(first), "the second request needed a new connection"
+
+
+async def test_a_503_keeps_the_keep_alive_connection(served: tuple[str, int], app_state: list[FastAPI]) -> None:
+    """The broker gone: 503 `broker_unavailable`, and the connection serves the next request."""
+    host, port = served
+    app_state[0].state.gateway.rpc.detach()
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10,
+                                 limits=httpx.Limits(max_connections=1)) as client:
+        first = await client.get("/api/approvals/count/pending", headers=auth(csrf=False))
+        assert first.status_code == 503 and first.json()["error"]["code"] == "broker_unavailable"
+        second = await client.get("/api/approvals?limit=0", headers=auth(csrf=False))
+        assert second.status_code == 422
         assert client_port(second) == client_port(first), "the second request needed a new connection"
 
 

@@ -64,8 +64,9 @@ async def console_system(database_url: str, amqp_url: str, sink: SinkState,
     prefix = f"pjc-{uuid.uuid4().hex[:10]}"
     logdir = tmp_path_factory.mktemp("console-logs")
     # Access tokens of 70 s: the console refreshes a minute before expiry, so within the test.
+    # Tenants of this run only: the e2e database is shared with the other e2e modules.
     with start_provider([f"http://127.0.0.1:{port}/console/"], access_ttl_s=ACCESS_TTL_S,
-                        log=logdir / "oidc.log") as provider:
+                        tenant_prefix=f"{prefix}-", log=logdir / "oidc.log") as provider:
         env = system_env(database_url, amqp_url, prefix, port, sink.url)
         del env["PJ_JWT_SECRET"]  # one key source: the provider's keys
         env.update(PJ_JWT_JWKS_URL=provider.jwks_url, PJ_JWT_ALGORITHMS="RS256", PJ_JWT_ISSUER=provider.issuer,

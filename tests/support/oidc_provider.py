@@ -64,13 +64,15 @@ class Provider:
 
 
 @contextlib.contextmanager
-def start_provider(redirect_uris: list[str], *, access_ttl_s: int = 300,
+def start_provider(redirect_uris: list[str], *, access_ttl_s: int = 300, tenant_prefix: str = "",
                    log: Path | None = None) -> Iterator[Provider]:
-    """Run the provider until the context ends; the console client may return to `redirect_uris`."""
+    """Run the provider until the context ends; the console client may return to `redirect_uris`.
+    `tenant_prefix` goes before every user's tenant (a test's own tenants in a shared database)."""
     ensure_installed()
     port = free_port()
     env = {**os.environ, "OIDC_PORT": str(port), "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_AUDIENCE": AUDIENCE,
-           "OIDC_REDIRECT_URIS": " ".join(redirect_uris), "OIDC_ACCESS_TTL_S": str(access_ttl_s)}
+           "OIDC_REDIRECT_URIS": " ".join(redirect_uris), "OIDC_ACCESS_TTL_S": str(access_ttl_s),
+           "OIDC_TENANT_PREFIX": tenant_prefix}
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115  # closed below
     proc = subprocess.Popen(["node", "server.mjs"], cwd=OIDC_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)

@@ -8,6 +8,7 @@
 //   OIDC_ACCESS_TTL_S   access token lifetime (default 300)
 //   OIDC_USERS          path of a JSON file {login: {password, role, tenant, name}}
 //   OIDC_ROLE_CLAIM, OIDC_TENANT_CLAIM  claim names for role and tenant (default role, tenant)
+//   OIDC_TENANT_PREFIX  put before every user's tenant (a test run's own tenants in a shared database)
 // It prints "listening <issuer>" once it accepts connections.
 import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -22,6 +23,7 @@ const audience = env('OIDC_AUDIENCE', 'urn:pj-approval-gate');
 const accessTtl = Number(env('OIDC_ACCESS_TTL_S', '300'));
 const roleClaim = env('OIDC_ROLE_CLAIM', 'role');
 const tenantClaim = env('OIDC_TENANT_CLAIM', 'tenant');
+const tenantPrefix = env('OIDC_TENANT_PREFIX', '');
 const users = JSON.parse(readFileSync(env('OIDC_USERS', new URL('users.json', import.meta.url)), 'utf8'));
 const SCOPES = 'openid profile offline_access pj';
 
@@ -31,7 +33,7 @@ const jwk = { ...privateKey.export({ format: 'jwk' }), kid: `pj-test-${Date.now(
 
 function personClaims(login) {
   const user = users[login];
-  return { [roleClaim]: user.role, [tenantClaim]: user.tenant };
+  return { [roleClaim]: user.role, [tenantClaim]: `${tenantPrefix}${user.tenant}` };
 }
 
 const provider = new Provider(issuer, {

@@ -1,5 +1,6 @@
 """`python -m pj_notifier`: run one notifier process; `python -m pj_notifier migrate`: create its tables."""
 
+import signal
 import sys
 
 from psycopg_pool import PoolTimeout
@@ -19,7 +20,9 @@ async def serve_notifier(settings: NotifierSettings) -> None:
     except CatalogError as exc:
         sys.exit(f"notifier: {exc}")
     try:
-        await serve(app, name="notifier", log_fields={"prefetch": settings.notifier_prefetch})
+        # SIGHUP reloads the catalog, as it does for approvals (edit both processes' file, signal both).
+        await serve(app, name="notifier", signals={signal.SIGHUP: app.reload_catalog},
+                    log_fields={"prefetch": settings.notifier_prefetch})
     except PoolTimeout as exc:
         sys.exit(f"notifier: the database is unreachable (PJ_DATABASE_URL): {exc}")
 

@@ -16,7 +16,7 @@ from pj_common.topology import Topology, declare_topology, work_queue_arguments
 from pj_common.transport import Supervisor, consume
 
 from . import store
-from .catalog import NotifyCatalog, load_catalog
+from .catalog import CatalogError, NotifyCatalog, load_catalog
 from .channels.email import EmailSender
 from .channels.slack import SlackClient
 from .channels.webhook import WebhookSender
@@ -57,8 +57,7 @@ class NotifierApp:
             slack=SlackClient(self.http, base_url=settings.slack_api_url, token=token),
             email=EmailSender(settings),
             webhook=WebhookSender(self.http, secret=secret.get_secret_value() if secret else None))
-        self.notifier = Notifier(self.pool, self.catalog, channels, metrics=self.metrics,
-                                 console_url=settings.console_url, pending_ttl_s=settings.pending_ttl_s)
+        self.notifier = Notifier(self.pool, self.catalog, channels, metrics=self.metrics, settings=settings)
         self.reminders = Periodic(self.notifier.scan_reminders, settings.reminder_scan_interval_s,
                                   name="reminder-scan", scope="notifier.reminder_scan_failed", logger=log)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="notifier", on_lost=self._lost)
@@ -77,6 +76,17 @@ class NotifierApp:
             max_bytes=self.settings.max_message_bytes,
             dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange, self.settings.secret_values()))
         self.metrics.broker_connected.set(1)
+
+    def reload_catalog(self) -> None:
+        """Read the catalog file again (SIGHUP); a file that does not read keeps the current catalog."""
+        try:
+            self.catalog = load_catalog(self.settings.catalog)
+        except CatalogError as exc:
+            log.error("catalog not reloaded, the previous one stays in use: %s", exc,
+                      extra={"scope": "notifier.catalog_reload_failed"})
+            return
+        self.notifier.use_catalog(self.catalog)
+        log.info("catalog reloaded", extra={"scope": "notifier.catalog_reloaded"})
 
     def _lost(self) -> None:
         self.metrics.broker_connected.set(0)

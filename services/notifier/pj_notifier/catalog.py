@@ -72,6 +72,7 @@ class ActionInfo(_Lenient):
     description: str = ""
     stages: tuple[StageInfo, ...] = (StageInfo(name="approval"),)
     pending_ttl: Duration | None = None
+    dispatch_window: Duration | None = None
     plan: tuple[StepInfo, ...] = ()
 
     def plan_in_brief(self) -> str:

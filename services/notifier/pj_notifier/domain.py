@@ -89,11 +89,14 @@ class Timing:
     pending_ttl_s: float
     remind_after_s: float
     escalate_after_s: float | None  # None: no escalation group configured
+    dispatch_window_s: float = 24 * 3600
 
     @classmethod
-    def of(cls, action: ActionInfo, route: Route, default_pending_ttl_s: float) -> "Timing":
-        return cls(pending_ttl_s=action.pending_ttl or default_pending_ttl_s, remind_after_s=route.remind_after,
-                   escalate_after_s=route.escalate_after if route.escalation_group() else None)
+    def of(cls, action: ActionInfo, route: Route, *, pending_ttl_s: float, dispatch_window_s: float) -> "Timing":
+        """The action's own times (catalog) over approvals' defaults, and the route's reminder times."""
+        return cls(pending_ttl_s=action.pending_ttl or pending_ttl_s, remind_after_s=route.remind_after,
+                   escalate_after_s=route.escalate_after if route.escalation_group() else None,
+                   dispatch_window_s=action.dispatch_window or dispatch_window_s)
 
 
 def _stage_started(state: Tracked, at: datetime, timing: Timing) -> Tracked:
@@ -123,7 +126,7 @@ def apply_event(state: Tracked | None, event: ApprovalEvent, action: ActionInfo,
         return _created(current, event, timing)
     if event.type == "approval.decided":
         return _decided(current, event, action, timing=timing)
-    return _moved(current, event)
+    return _moved(current, event, timing=timing)
 
 
 def _created(state: Tracked, event: ApprovalEvent, timing: Timing) -> tuple[Tracked, list[Notice]]:
@@ -150,13 +153,16 @@ def _decided(state: Tracked, event: ApprovalEvent, action: ActionInfo, *,
         if state.status is not ApprovalStatus.PENDING:
             return advanced, []
         return _stage_started(advanced, event.occurred_at, timing), [Notice(NoticeKind.PENDING, advanced.stage_index)]
-    return _moved(decided, event)
+    return _moved(decided, event, timing=timing)
 
 
-def _moved(state: Tracked, event: ApprovalEvent) -> tuple[Tracked, list[Notice]]:
+def _moved(state: Tracked, event: ApprovalEvent, *, timing: Timing) -> tuple[Tracked, list[Notice]]:
     if state.updated_at > event.occurred_at:
         return state, []
     moved = _left_pending(replace(state, updated_at=event.occurred_at), event.to_status)
+    if event.type == "approval.decided" and event.to_status is ApprovalStatus.APPROVED:
+        # Approval opens the dispatch window: from now on the approval expires at its end.
+        moved = replace(moved, expires_at=event.occurred_at + timedelta(seconds=timing.dispatch_window_s))
     if event.to_status is ApprovalStatus.PENDING:  # not an edge of the state machine today; keep the stage
         return replace(moved, remind_at=state.remind_at, escalate_at=state.escalate_at), []
     notice = OUTCOME_NOTICE.get(event.to_status)

@@ -64,9 +64,12 @@ class View:
                 f"{self.state.stage_votes} of {stage.approvals_required} approvals; roles: {', '.join(stage.roles)})")
 
     def expires_line(self) -> str:
-        if self.state.status is not ApprovalStatus.PENDING:
-            return "no longer pending"
-        return _when(self.state.expires_at)
+        status = self.state.status
+        if status is ApprovalStatus.PENDING:
+            return _when(self.state.expires_at)
+        if status in (ApprovalStatus.APPROVED, ApprovalStatus.DISPATCH_FAILED):
+            return f"{_when(self.state.expires_at)} unless dispatched by then"
+        return "no longer pending"
 
     def facts(self) -> list[tuple[str, str]]:
         """(label, value) lines shared by every channel."""

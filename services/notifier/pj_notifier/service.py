@@ -28,6 +28,7 @@ from .channels.webhook import WebhookSender
 from .domain import Notice, NoticeKind, Timing, Tracked, apply_event, due_nudges, is_quiet
 from .metrics import NotifierMetrics
 from .recipients import Target, targets_of
+from .settings import NotifierSettings
 
 log = logging.getLogger("pj.notifier")
 
@@ -66,15 +67,20 @@ class _Round:
 
 class Notifier:
     def __init__(self, pool: AsyncConnectionPool[Any], catalog: NotifyCatalog, channels: Channels, *,
-                 metrics: NotifierMetrics, console_url: str, pending_ttl_s: float,
+                 metrics: NotifierMetrics, settings: NotifierSettings,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._pool = pool
         self._catalog = catalog
         self._channels = channels
         self._metrics = metrics
-        self._console_url = console_url
-        self._pending_ttl_s = pending_ttl_s
+        self._console_url = settings.console_url
+        self._pending_ttl_s = settings.pending_ttl_s
+        self._dispatch_window_s = settings.dispatch_window_s
         self._now = now
+
+    def use_catalog(self, catalog: NotifyCatalog) -> None:
+        """Read notification settings from `catalog` from now on (a reload)."""
+        self._catalog = catalog
 
     # ------------------------------------------------------------ events
 
@@ -92,7 +98,8 @@ class Notifier:
                 state = await store.get_tracked(conn, event.approval_id)
                 seen = notices is not None
                 if notices is None or state is None:
-                    timing = Timing.of(action, route, self._pending_ttl_s)
+                    timing = Timing.of(action, route, pending_ttl_s=self._pending_ttl_s,
+                                       dispatch_window_s=self._dispatch_window_s)
                     state, notices = apply_event(state, event, action, timing=timing)
                     await store.save_tracked(conn, state)
                     await store.record_event(conn, event.event_id, approval_id=event.approval_id, notices=notices)

@@ -16,6 +16,8 @@ class NotifierSettings(CommonSettings):
     # Approvals' default time to live of a pending approval, to say in a message when it expires
     # (an action's own pending_ttl in the catalog wins).
     pending_ttl_s: float = 48 * 3600
+    # Approvals' default dispatch window: an approved approval must be dispatched within it.
+    dispatch_window_s: float = 24 * 3600
     # Messages link to <console_url>/console/approvals/<id>.
     console_url: str = "http://127.0.0.1:8080"
     # Events handled at once by this process (its prefetch on the notifier queue).

@@ -131,7 +131,7 @@ async def notifier(pool: AsyncConnectionPool[Any], settings: NotifierSettings) -
         channels = Channels(slack=SlackClient(http, base_url=settings.slack_api_url, token=SLACK_TOKEN),
                             email=EmailSender(settings), webhook=WebhookSender(http, secret=WEBHOOK_SECRET))
         yield Notifier(pool, load_catalog(settings.catalog), channels, metrics=NotifierMetrics(),
-                       console_url=settings.console_url, pending_ttl_s=3600, now=Clock())
+                       settings=settings, now=Clock())
 
 
 def approval_event(type_: str, to: ApprovalStatus, *, approval_id: str, action_id: str = "notify.webhook",

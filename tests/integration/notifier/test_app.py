@@ -138,3 +138,19 @@ async def test_a_killed_notifier_restarted_posts_nothing_twice(
     assert len(slack.posted(CHANNEL)) == 1 and len(slack.posted("DU0ALICE")) == 1
     assert sorted(m["To"] for m in smtp.messages) == ["alice@example.com", "bob@example.com", "erin@example.com"]
     assert process.returncode == 0, (tmp_path / "notifier.log").read_text()[-2000:]
+
+
+def test_sighup_reloads_the_catalog_and_a_bad_file_keeps_the_last_good_one(
+        settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, catalog_path: Path) -> None:
+    for name, value in settings_env.items():
+        monkeypatch.setenv(name, value)
+    app = NotifierApp(NotifierSettings())
+    assert app.catalog.route("default", "notify.webhook").remind_after == 4 * 3600
+    catalog_path.write_text(catalog_path.read_text().replace("escalate_to: leads", "escalate_to: leads\n"
+                                                                                   "      remind_after: 2h"))
+    app.reload_catalog()
+    assert app.catalog.route("default", "notify.webhook").remind_after == 2 * 3600
+    assert app.notifier._catalog is app.catalog, "the notifier reads the new one"
+    catalog_path.write_text(catalog_path.read_text().replace("remind_after: 2h", "remind_after: soon"))
+    app.reload_catalog()
+    assert app.catalog.route("default", "notify.webhook").remind_after == 2 * 3600

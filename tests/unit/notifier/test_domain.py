@@ -48,6 +48,7 @@ def test_each_stage_decided_tells_the_next_stage_and_counts_n_of_m() -> None:
     assert notices == [Notice(NoticeKind.APPROVED, 1)]
     assert state.status is ApprovalStatus.APPROVED and state.decided_by == ("carol", "alice", "bob")
     assert state.remind_at is None and state.escalate_at is None
+    assert state.expires_at == later + timedelta(seconds=TIMING.dispatch_window_s), "the dispatch window opens"
 
 
 def test_outcomes_tell_the_requester() -> None:
@@ -95,8 +96,9 @@ def test_reminder_and_escalation_fall_due_only_while_pending() -> None:
 
 def test_no_escalation_without_a_group() -> None:
     route = CAT.route("acme", "notify.webhook").model_copy(update={"escalate_to": None})
-    timing = Timing.of(CAT.action("notify.webhook"), route, 100.0)
+    timing = Timing.of(CAT.action("notify.webhook"), route, pending_ttl_s=100.0, dispatch_window_s=50.0)
     assert timing.escalate_after_s is None and timing.pending_ttl_s == 7200 and timing.remind_after_s == 1800
+    assert timing.dispatch_window_s == 50
 
 
 def test_quiet_hours_span_midnight_in_the_tenants_time_zone() -> None:

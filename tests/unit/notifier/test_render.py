@@ -36,6 +36,8 @@ def test_a_pending_slack_message_carries_approve_and_reject_with_the_approval_id
     after = {e["action_id"] for e in render.slack_blocks(NoticeKind.DISPATCHED, decided)[-1]["elements"]}
     assert after == {"pj_open"}, "no buttons once it left pending"
     assert "no longer pending" in str(render.slack_blocks(NoticeKind.DISPATCHED, decided))
+    approved = render.View(replace(STATE, status=ApprovalStatus.APPROVED), VIEW.action, VIEW.console_url)
+    assert approved.expires_line() == "2026-11-02 09:00 UTC unless dispatched by then"
 
 
 def test_a_webhook_carries_the_notice_as_json() -> None:

@@ -173,10 +173,17 @@ class ChaosSystem:
             await asyncio.sleep(0.5)
 
 
+COPY_MARK = "x-chaos-copy"
+
+
 class QueueMangler:
     """Takes a share of the messages of some queues (as one more competing consumer), holds them a
     moment, and puts each back twice, shuffled: duplicated and reordered deliveries, body and headers
-    (signatures, message ids) untouched."""
+    (signatures, message ids) untouched but for a mark on the copies.
+
+    A copy is mangled no further: taken again (it competes for its queue like any message), it is put
+    back at once, unheld and single. Each message is duplicated once and reordered by a moment; a
+    copy of a copy of a copy would hold some messages back for ever longer, a delay no broker adds."""
 
     def __init__(self, amqp_url: str, queues: list[str], *, hold_s: float = 0.2, prefetch: int = 8) -> None:
         self._url = amqp_url
@@ -185,6 +192,7 @@ class QueueMangler:
         self._prefetch = prefetch
         self._held: list[AbstractIncomingMessage] = []
         self._task: asyncio.Task[None] | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
         self.mangled: dict[str, int] = dict.fromkeys(queues, 0)
 
     def start(self) -> None:
@@ -199,7 +207,7 @@ class QueueMangler:
     async def _run(self) -> None:
         connection = await aio_pika.connect(self._url, timeout=10)
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = self._channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self._prefetch)
             tags = []
             for name in self._queues:
@@ -218,18 +226,27 @@ class QueueMangler:
             await connection.close()
 
     async def _hold(self, message: AbstractIncomingMessage) -> None:
+        if (message.headers or {}).get(COPY_MARK):
+            assert self._channel is not None  # set before consuming starts
+            await self._put_back(self._channel, message)
+            await message.ack()
+            return
         self._held.append(message)
+
+    @staticmethod
+    async def _put_back(channel: aio_pika.abc.AbstractChannel, message: AbstractIncomingMessage) -> None:
+        assert message.routing_key is not None
+        await channel.default_exchange.publish(aio_pika.Message(
+            message.body, headers={**(message.headers or {}), COPY_MARK: 1}, message_id=message.message_id,
+            content_type=message.content_type, correlation_id=message.correlation_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=message.routing_key)
 
     async def _flush(self, channel: aio_pika.abc.AbstractChannel) -> None:
         batch, self._held[:] = list(self._held), []
         copies = [m for m in batch for _ in range(2)]
         random.shuffle(copies)
         for message in copies:
-            assert message.routing_key is not None
-            await channel.default_exchange.publish(aio_pika.Message(
-                message.body, headers=dict(message.headers or {}), message_id=message.message_id,
-                content_type=message.content_type, correlation_id=message.correlation_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=message.routing_key)
+            await self._put_back(channel, message)
         for message in batch:
             self.mangled[message.routing_key or "?"] = self.mangled.get(message.routing_key or "?", 0) + 1
             await message.ack()

@@ -5,6 +5,7 @@ page breaks none of its own CSP. Screenshots of each step go to test-artifacts/c
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import uuid
@@ -23,9 +24,9 @@ from pj_gateway.app import create_app
 from pj_gateway.settings import GatewaySettings
 from tests.support.oidc_provider import OIDC_DIR, USERS, Provider, start_provider
 from tests.support.system import REPO, System, delete_topology, free_port
-from tests.support.webhook_sink import SinkState
+from tests.support.webhook_sink import SinkState, start_sink
 
-from .conftest import CSRF, system_env
+from .conftest import CSRF, WEBHOOK_SECRET, system_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "console"
@@ -50,6 +51,7 @@ def ensure_chromium() -> None:
 class ConsoleSystem:
     system: System
     provider: Provider
+    sink: SinkState
 
     @property
     def base_url(self) -> str:
@@ -57,7 +59,16 @@ class ConsoleSystem:
 
 
 @pytest.fixture(scope="module")
-async def console_system(database_url: str, amqp_url: str, sink: SinkState,
+def console_sink() -> Iterator[SinkState]:
+    """A webhook receiver of this module's own: the other e2e modules count what theirs receives."""
+    server, state = start_sink(WEBHOOK_SECRET)
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+async def console_system(database_url: str, amqp_url: str, console_sink: SinkState,
                          tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleSystem]:
     """Gateway, approvals and a dispatcher that verify tokens with the OpenID provider's JWKS."""
     port = free_port()
@@ -67,7 +78,7 @@ async def console_system(database_url: str, amqp_url: str, sink: SinkState,
     # Tenants of this run only: the e2e database is shared with the other e2e modules.
     with start_provider([f"http://127.0.0.1:{port}/console/"], access_ttl_s=ACCESS_TTL_S,
                         tenant_prefix=f"{prefix}-", log=logdir / "oidc.log") as provider:
-        env = system_env(database_url, amqp_url, prefix, port, sink.url)
+        env = system_env(database_url, amqp_url, prefix, port, console_sink.url)
         del env["PJ_JWT_SECRET"]  # one key source: the provider's keys
         env.update(PJ_JWT_JWKS_URL=provider.jwks_url, PJ_JWT_ALGORITHMS="RS256", PJ_JWT_ISSUER=provider.issuer,
                    PJ_JWT_AUDIENCE=provider.audience, PJ_OIDC_ISSUER=provider.issuer,
@@ -79,7 +90,7 @@ async def console_system(database_url: str, amqp_url: str, sink: SinkState,
             system.start("dispatcher", "pj_dispatcher")
             system.start("gateway", "pj_gateway")
             await system.wait_healthy(dispatchers=1)
-            yield ConsoleSystem(system, provider)
+            yield ConsoleSystem(system, provider, console_sink)
         finally:
             system.stop_all()
             await delete_topology(amqp_url, Topology(prefix))
@@ -179,6 +190,8 @@ async def test_sign_in_see_a_request_live_approve_dispatch(
     await admin.get_by_role("button", name="Dispatch", exact=True).click()
     await expect(admin.locator("h1 .status")).to_have_text("dispatched")
     await expect(admin.locator("#dispatch-result")).to_contain_text("succeeded")
+    delivered = [d for d in console_system.sink.deliveries if "console e2e" in json.dumps(d.body)]
+    assert len(delivered) == 1 and delivered[0].signature_ok, console_system.sink.deliveries
     await expect(admin.locator("#audit")).to_contain_text("alice (admin)")
     await admin.screenshot(path=artifacts / "4-dispatched-result.png", full_page=True)
     await assert_accessible(admin, axe_source)

@@ -87,7 +87,9 @@ def _health_response(health: GatewayHealth, status_code: int) -> Response:
 
 
 @router.get("/health", response_model=GatewayHealth,
-            responses={503: {"model": GatewayHealth, "description": "no broker connection (status `error`)"}})
+            responses={503: {"model": GatewayHealth, "description": "no broker connection (status `error`)"},
+                       # Not 429: the authentication-failure limit never refuses /health.
+                       **error_responses(400, 414, 431, 500)})
 async def health(state: State) -> Response:
     """ok: everything answers; degraded: the broker is up but something behind it is not; error: no broker.
     Every check is listed; one that could not be made is `unknown`."""

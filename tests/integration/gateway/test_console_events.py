@@ -14,10 +14,11 @@ import httpx
 import pytest
 import uvicorn
 
-from pj_common.auth import mint_token
+from pj_common.auth import Principal, Role, mint_token
 from pj_common.messages import ApprovalEvent, ApprovalStatus
 from pj_common.topology import Topology, declare_topology
 from pj_gateway.app import create_app
+from pj_gateway.console.events import EventHub, Resync
 from pj_gateway.routes import events as events_route
 from pj_gateway.settings import GatewaySettings
 
@@ -176,3 +177,25 @@ async def test_an_operator_stream_asks_approvals_about_an_approval_it_has_not_se
     assert [e["data"].get("approvalId") for e in seen_by_olga] == [None, "olgas-own"]
     asked = [m.command for m in approvals.received if m.command.name == "get_approval"]
     assert asked and all(c.approval_id == APPROVAL_ID for c in asked)  # type: ignore[union-attr]
+
+
+async def test_a_lost_broker_connection_tells_streams_to_resync_and_reconnects(
+        amqp_url: str, topology: Topology, exchange: aio_pika.abc.AbstractExchange) -> None:
+    hub = EventHub(amqp_url, topology.events, history=10)
+    hub.start()
+    try:
+        assert await hub.wait_ready(10)
+        stream = hub.subscribe(Principal(subject="alice", tenant="acme", role=Role.ADMIN), None)
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.1)
+        connection = hub._supervisor.connection  # what a broker restart would drop
+        assert connection is not None
+        await connection.close()
+        assert isinstance(await asyncio.wait_for(waiting, 5), Resync)  # when it was lost
+        assert isinstance(await asyncio.wait_for(anext(stream), 15), Resync)  # and when it is back
+        after = event("acme", "after-reconnect")
+        await publish(exchange, after)
+        assert await asyncio.wait_for(anext(stream), 5) == after
+        await stream.aclose()
+    finally:
+        await hub.stop()

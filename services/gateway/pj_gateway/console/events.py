@@ -61,6 +61,7 @@ class EventHub:
         self._recent: deque[ApprovalEvent] = deque(maxlen=history)
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._subscribers: set[Subscription] = set()
+        self._connected_before = False
         self._supervisor = Supervisor(amqp_url, self._setup, name="gateway-events", on_lost=self._lost)
 
     def start(self) -> None:
@@ -80,6 +81,9 @@ class EventHub:
         await queue.bind(exchange, routing_key="approval.#")
         await queue.consume(self._on_message, no_ack=True)  # a live view: an event lost with the queue is resynced
         self._supervisor.watch(channel)
+        if self._connected_before:  # events of the outage went nowhere: whoever streams reloads now
+            self._broadcast_resync("the gateway is back on the broker")
+        self._connected_before = True
 
     def _lost(self) -> None:
         self._broadcast_resync("the gateway lost its broker connection")

@@ -168,6 +168,13 @@ async def test_sign_in_see_a_request_live_approve_dispatch(
     await expect(operator.locator("#badge")).to_have_text("1")
     await operator.screenshot(path=artifacts / "2-request-appears-live.png", full_page=True)
     await assert_accessible(operator, axe_source)
+    await operator.get_by_label("Requester").fill("somebody-else")
+    await operator.get_by_role("button", name="Apply filters").click()
+    await expect(operator.locator("#queue-empty")).to_be_visible()
+    await operator.get_by_label("Requester").fill("olga")
+    await operator.get_by_label("Action").fill("notify.webhook")
+    await operator.get_by_role("button", name="Apply filters").click()
+    await expect(row).to_be_visible()
 
     await row.get_by_role("link").click()
     await expect(operator.locator("#requester")).to_have_text("olga")

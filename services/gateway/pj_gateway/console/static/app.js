@@ -137,28 +137,53 @@ function approvalRow(a) {
     h('td', { class: 'optional' }, when(a.expires_at)));
 }
 
+const SCAN_PAGE = 200;
+const SCAN_MAX = 1000;
+
+function matchesFilters(a) {
+  return (!queue.action || a.action_id.includes(queue.action))
+    && (!queue.requester || a.operator_id.includes(queue.requester));
+}
+
+// One page of the queue as {approvals, total, offset, note}. The API filters by status and pages; for
+// action and requester the console reads the newest SCAN_MAX (status-filtered) and pages the matches.
+async function queuePage() {
+  const status = queue.status ? { status: queue.status } : {};
+  if (!queue.action && !queue.requester) {
+    const { data } = await api.list({ limit: PAGE_SIZE, offset: queue.offset, ...status });
+    return { approvals: data.approvals, total: data.total, offset: data.offset, note: '' };
+  }
+  const matches = [];
+  let read = 0;
+  let total = 0;
+  do {
+    const { data } = await api.list({ limit: SCAN_PAGE, offset: read, ...status });
+    matches.push(...data.approvals.filter(matchesFilters));
+    read += data.approvals.length;
+    total = data.total;
+    if (!data.approvals.length) break;
+  } while (read < total && read < SCAN_MAX);
+  const note = read < total ? ` among the newest ${read}` : '';
+  return { approvals: matches.slice(queue.offset, queue.offset + PAGE_SIZE), total: matches.length, offset: queue.offset, note };
+}
+
 async function queueView() {
   let page;
   try {
-    const params = { limit: PAGE_SIZE, offset: queue.offset };
-    if (queue.status) params.status = queue.status;
-    ({ data: page } = await api.list(params));
+    page = await queuePage();
   } catch (error) {
     render(h('h1', {}, 'Approvals'), filtersForm(), h('p', { class: 'error-text' }, describeError(error)));
     return;
   }
-  // The API filters by status and pages; action and requester narrow the page shown.
-  const shown = page.approvals.filter((a) => (!queue.action || a.action_id.includes(queue.action))
-    && (!queue.requester || a.operator_id.includes(queue.requester)));
-  const table = shown.length
+  const table = page.approvals.length
     ? h('div', { class: 'table-wrap' }, h('table', { id: 'queue' },
-      h('caption', { class: 'hint' }, `${page.total} matching, newest first`),
+      h('caption', { class: 'hint' }, `${page.total} matching${page.note}, newest first`),
       h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Action'), h('th', { scope: 'col' }, 'Requester'),
         h('th', { scope: 'col' }, 'Status'), h('th', { scope: 'col', class: 'optional' }, 'Requested'),
         h('th', { scope: 'col', class: 'optional' }, 'Expires'))),
-      h('tbody', {}, shown.map(approvalRow))))
+      h('tbody', {}, page.approvals.map(approvalRow))))
     : h('p', { id: 'queue-empty' }, 'No approvals match.');
-  const last = Math.min(page.offset + page.limit, page.total);
+  const last = Math.min(page.offset + PAGE_SIZE, page.total);
   const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' },
     h('button', { type: 'button', class: 'secondary', disabled: page.offset === 0,
       onclick: () => { queue.offset = Math.max(queue.offset - PAGE_SIZE, 0); queueView(); } }, 'Previous page'),

@@ -2,14 +2,19 @@
 each notification once; send the reminders and escalations that fall due.
 
 At least once, each sent once: an event's state change and its notices are recorded in one
-transaction, then each (channel, recipient) is sent and recorded in turn, all under the approval's
-lock. A redelivered event (a crash, a retry after a failure) sends only what is not recorded yet. A
-crash between a send and its record sends that one again: the only window left.
+transaction, then each (channel, recipient) is claimed, sent and recorded in turn, all under the
+approval's lock. A redelivered event (a crash, a retry after a failure) sends only what is not
+recorded yet. A claim left unfinished (the process died mid-send, or no answer came) means the
+notification may have gone out: a Slack channel message is then looked for by its metadata before it
+is posted again; a direct message (whose history the bot does not read) is not posted again (at most
+once), and an email or webhook is sent again (a webhook with the same Idempotency-Key, an email with
+the same Message-ID).
 """
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +66,7 @@ class _Round:
     action: ActionInfo
     route: Route
     done: set[tuple[str, str]]
+    unsure: set[tuple[str, str]]  # claimed by an attempt that never finished: it may have been sent
     cards: dict[str, tuple[str, str]]
     retry: list[DeliveryFailed] = field(default_factory=list)
 
@@ -149,7 +155,8 @@ class Notifier:
 
     async def _round(self, conn: store.Connection, key: str, state: Tracked, *, action: ActionInfo,
                      route: Route) -> _Round:
-        return _Round(key=key, state=state, action=action, route=route, done=await store.delivered(conn, key),
+        done, unsure = await store.delivered(conn, key)
+        return _Round(key=key, state=state, action=action, route=route, done=done, unsure=unsure,
                       cards=await store.slack_messages(conn, state.approval_id))
 
     async def _send(self, conn: store.Connection, run: _Round, notices: Sequence[Notice]) -> None:
@@ -166,31 +173,41 @@ class Notifier:
                 await self._deliver(conn, run, kind, target=Target("slack", recipient))
 
     async def _deliver(self, conn: store.Connection, run: _Round, kind: NoticeKind, *, target: Target) -> None:
+        """Claim, send, record; a failure that surely sent nothing drops the claim, one that may have
+        sent keeps it (the next attempt checks first)."""
         view = render.View(run.state, run.action, self._console_url)
+        unsure = (target.channel, target.recipient) in run.unsure
+        delivery = store.Delivery(run.key, target.channel, target.recipient, run.state.approval_id, kind.value,
+                                  "sending")
+        if not unsure:
+            await store.record_delivery(conn, delivery)
         try:
-            if target.channel == "slack":
-                await self._slack(conn, run, kind, recipient=target.recipient, view=view)
-            elif target.channel == "email":
-                await self._channels.email.send(target.recipient, subject=render.subject(kind, view),
-                                                body=render.email_body(kind, view),
-                                                message_id=f"{run.key}.{abs(hash(target.recipient))}")
-            else:
-                await self._channels.webhook.post(target.recipient, render.webhook_body(kind, view, event_id=run.key),
-                                                  idempotency_key=f"{run.key}:{target.recipient}")
+            await self._send_one(conn, run, kind, target=target, view=view, unsure=unsure)
         except DeliveryFailed as exc:
             self._failed(run, target, kind=kind, exc=exc)
             if exc.permanent:
-                await store.record_delivery(conn, store.Delivery(run.key, target.channel, target.recipient,
-                                                                 run.state.approval_id, kind.value, "failed",
-                                                                 exc.reason))
+                await store.record_delivery(conn, replace(delivery, outcome="failed", detail=exc.reason))
+            elif not (exc.unsure or unsure):
+                await store.release_delivery(conn, delivery)
             return
-        await store.record_delivery(conn, store.Delivery(run.key, target.channel, target.recipient,
-                                                         run.state.approval_id, kind.value, "sent"))
+        await store.record_delivery(conn, replace(delivery, outcome="sent"))
         run.done.add((target.channel, target.recipient))
         self._metrics.sent.labels(target.channel).inc()
 
+    async def _send_one(self, conn: store.Connection, run: _Round, kind: NoticeKind, *, target: Target,
+                        view: render.View, unsure: bool) -> None:
+        if target.channel == "slack":
+            await self._slack(conn, run, kind, recipient=target.recipient, view=view, unsure=unsure)
+        elif target.channel == "email":
+            await self._channels.email.send(target.recipient, subject=render.subject(kind, view),
+                                            body=render.email_body(kind, view),
+                                            message_id=f"{run.key}.{_digest(target.recipient)}")
+        else:
+            await self._channels.webhook.post(target.recipient, render.webhook_body(kind, view, event_id=run.key),
+                                              idempotency_key=f"{run.key}:{target.recipient}")
+
     async def _slack(self, conn: store.Connection, run: _Round, kind: NoticeKind, *, recipient: str,
-                     view: render.View) -> None:
+                     view: render.View, unsure: bool) -> None:
         """A reminder or escalation is a new message (in the approval's thread where there is one, so it
         notifies); anything else updates the approval's message for this recipient, or posts it."""
         card = run.cards.get(recipient)
@@ -198,14 +215,26 @@ class Notifier:
         text, blocks = render.slack_text(card_kind, view), render.slack_blocks(card_kind, view)
         slack = self._channels.slack
         if card is not None and kind not in NUDGES:
-            await slack.update(SlackPost(channel=card[0], ts=card[1]), text=text, blocks=blocks)
+            await slack.update(SlackPost(channel=card[0], ts=card[1]), text=text, blocks=blocks)  # the same twice
             return
-        channel = card[0] if card is not None else await self._slack_address(run.route, recipient)
-        post = await slack.post(channel, text=text, blocks=blocks, thread_ts=card[1] if card is not None else None)
+        key = f"{run.key}|{recipient}"
+        post = await self._earlier_post(recipient, key) if unsure else None
+        if post is None:
+            channel = card[0] if card is not None else await self._slack_address(run.route, recipient)
+            post = await slack.post(channel, text=text, blocks=blocks, key=key,
+                                    thread_ts=card[1] if card is not None else None)
         if card is None and kind not in NUDGES:
             await store.save_slack_message(conn, run.state.approval_id, recipient, slack_channel=post.channel,
                                            ts=post.ts)
             run.cards[recipient] = (post.channel, post.ts)
+
+    async def _earlier_post(self, recipient: str, key: str) -> SlackPost | None:
+        """The message an unfinished attempt may have posted: looked for in a channel's history; a direct
+        message cannot be looked for, so it is given up rather than posted twice."""
+        if not recipient.startswith("#"):
+            raise DeliveryFailed("a direct message may have been posted by an attempt that did not finish; "
+                                 "not posted again", permanent=True)
+        return await self._channels.slack.find_post(recipient[1:], key)
 
     async def _slack_address(self, route: Route, recipient: str) -> str:
         """`#C123` -> the channel id; `@alice` -> alice's Slack user id (configured, or found by email)."""
@@ -225,6 +254,11 @@ class Notifier:
             "notice": kind.value, "key": run.key, "permanent": exc.permanent})
         if not exc.permanent:
             run.retry.append(exc)
+
+
+def _digest(text: str) -> str:
+    """A short stable digest (Python's hash() differs between processes)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _raise_if_retry(run: _Round) -> None:

@@ -71,6 +71,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (approval_id, recipient)
     );
     """,
+    # A notification is claimed ('sending') before it is sent and finished after: a claim found later
+    # (its process died, or the answer never came) says the notification may have gone out.
+    """
+    ALTER TABLE notifier_deliveries DROP CONSTRAINT notifier_deliveries_outcome_check,
+        ADD CONSTRAINT notifier_deliveries_outcome_check CHECK (outcome IN ('sending', 'sent', 'failed'));
+    """,
 )
 
 
@@ -181,10 +187,16 @@ async def record_event(conn: AsyncConnection[Any], event_id: str, *, approval_id
                        (event_id, approval_id, body))
 
 
-async def delivered(conn: AsyncConnection[Any], event_id: str) -> set[tuple[str, str]]:
-    """(channel, recipient) pairs already done for this event (sent, or given up on for good)."""
-    cursor = await conn.execute("SELECT channel, recipient FROM notifier_deliveries WHERE event_id = %s", (event_id,))
-    return {(str(c), str(r)) for c, r in await cursor.fetchall()}
+async def delivered(conn: AsyncConnection[Any], event_id: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(channel, recipient) pairs of this event: those done (sent, or given up on for good), and those
+    claimed by an attempt that never finished (it may have sent them)."""
+    cursor = await conn.execute("SELECT channel, recipient, outcome FROM notifier_deliveries WHERE event_id = %s",
+                                (event_id,))
+    done: set[tuple[str, str]] = set()
+    unsure: set[tuple[str, str]] = set()
+    for channel, recipient, outcome in await cursor.fetchall():
+        (unsure if outcome == "sending" else done).add((str(channel), str(recipient)))
+    return done, unsure
 
 
 @dataclass(frozen=True)
@@ -199,10 +211,19 @@ class Delivery:
 
 
 async def record_delivery(conn: AsyncConnection[Any], d: Delivery) -> None:
+    """Claim a delivery (`sending`), or record how it ended (`sent`, `failed`) over its claim."""
     await conn.execute(
         "INSERT INTO notifier_deliveries (event_id, channel, recipient, approval_id, notice, outcome, detail) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id, channel, recipient) DO UPDATE "
+        "SET outcome = excluded.outcome, detail = excluded.detail, at = now() "
+        "WHERE notifier_deliveries.outcome = 'sending'",
         (d.event_id, d.channel, d.recipient, d.approval_id, d.notice, d.outcome, d.detail))
+
+
+async def release_delivery(conn: AsyncConnection[Any], d: Delivery) -> None:
+    """Drop a claim whose attempt surely sent nothing, so the next attempt sends without doubt."""
+    await conn.execute("DELETE FROM notifier_deliveries WHERE event_id = %s AND channel = %s AND recipient = %s "
+                       "AND outcome = 'sending'", (d.event_id, d.channel, d.recipient))
 
 
 async def deliveries_of(conn: AsyncConnection[Any], approval_id: str) -> list[Delivery]:

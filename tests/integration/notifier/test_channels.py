@@ -30,11 +30,12 @@ async def failure(call: object) -> DeliveryFailed:
 
 async def test_slack_posts_updates_and_finds_users(http: httpx.AsyncClient, slack: SlackState) -> None:
     client = SlackClient(http, base_url=slack.url, token=SLACK_TOKEN)
-    post = await client.post(CHANNEL, text="hello", blocks=[{"type": "section", "text": {"type": "mrkdwn",
-                                                                                         "text": "hello"}}])
+    post = await client.post(CHANNEL, text="hello", key="e-1|#C", blocks=[
+        {"type": "section", "text": {"type": "mrkdwn", "text": "hello"}}])
     await client.update(post, text="changed", blocks=[])
     assert slack.posted(CHANNEL)[0]["text"] == "changed"
-    dm = await client.post("U0BOB", text="to bob", blocks=[])
+    assert await client.find_post(CHANNEL, "e-1|#C") == post and await client.find_post(CHANNEL, "other") is None
+    dm = await client.post("U0BOB", text="to bob", blocks=[], key="e-1|@bob")
     assert dm.channel == "DU0BOB", "a DM is updated by its own channel id"
     assert await client.user_id("bob@example.com") == "U0BOB"
     assert await client.user_id("bob@example.com") == "U0BOB" and len(slack.calls("users.lookupByEmail")) == 1
@@ -43,16 +44,16 @@ async def test_slack_posts_updates_and_finds_users(http: httpx.AsyncClient, slac
 async def test_slack_failures_are_classified(http: httpx.AsyncClient, slack: SlackState) -> None:
     client = SlackClient(http, base_url=slack.url, token=SLACK_TOKEN)
     slack.rate_limit_next(retry_after="7")
-    limited = await failure(client.post(CHANNEL, text="x", blocks=[]))
+    limited = await failure(client.post(CHANNEL, text="x", blocks=[], key="k"))
     assert not limited.permanent and limited.retry_after == 7
     slack.fail_next(status=502)
-    assert not (await failure(client.post(CHANNEL, text="x", blocks=[]))).permanent
+    assert not (await failure(client.post(CHANNEL, text="x", blocks=[], key="k"))).permanent
     assert (await failure(client.user_id("nobody@example.com"))).permanent  # users_not_found
     assert (await failure(client.update(SlackPost(CHANNEL, "1.000001"), text="x", blocks=[]))).permanent
     wrong = SlackClient(http, base_url=slack.url, token="xoxb-wrong")
-    assert "invalid_auth" in (await failure(wrong.post(CHANNEL, text="x", blocks=[]))).reason
+    assert "invalid_auth" in (await failure(wrong.post(CHANNEL, text="x", blocks=[], key="k"))).reason
     assert (await failure(SlackClient(http, base_url=slack.url, token=None).post(CHANNEL, text="x",
-                                                                                  blocks=[]))).permanent
+                                                                                  blocks=[], key="k"))).permanent
 
 
 async def test_email_logs_in_and_a_busy_server_is_retried() -> None:

@@ -1,17 +1,25 @@
 """The notifier's rounds against the real PostgreSQL, the local Slack API, SMTP server and webhook sink."""
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
+import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.messages import ApprovalStatus
 from pj_common.transport import Retryable
 from pj_notifier import store
-from pj_notifier.service import Notifier
-from tests.integration.notifier.conftest import CHANNEL, approval_event, created
+from pj_notifier.catalog import load_catalog
+from pj_notifier.channels.email import EmailSender
+from pj_notifier.channels.slack import SlackClient
+from pj_notifier.channels.webhook import WebhookSender
+from pj_notifier.metrics import NotifierMetrics
+from pj_notifier.service import Channels, Notifier
+from pj_notifier.settings import NotifierSettings
+from tests.integration.notifier.conftest import CHANNEL, SLACK_TOKEN, WEBHOOK_SECRET, approval_event, created
 from tests.support.slack_api import SlackState
 from tests.support.smtp_server import SmtpState
 from tests.support.webhook_sink import SinkState
@@ -129,3 +137,43 @@ async def test_a_reminder_then_an_escalation_once_per_stage_never_after_pending(
     sent = len(smtp.messages)
     await notifier.scan_reminders()
     assert len(smtp.messages) == sent, "no reminder once it left pending"
+
+
+@pytest.fixture
+async def impatient(pool: AsyncConnectionPool[Any], settings: NotifierSettings) -> AsyncIterator[Notifier]:
+    """A notifier whose Slack requests give up after 0.3 s: a slow answer leaves the outcome unknown."""
+    async with httpx.AsyncClient(timeout=0.3) as http:
+        channels = Channels(slack=SlackClient(http, base_url=settings.slack_api_url, token=SLACK_TOKEN),
+                            email=EmailSender(settings), webhook=WebhookSender(http, secret=WEBHOOK_SECRET))
+        yield Notifier(pool, load_catalog(settings.catalog), channels, metrics=NotifierMetrics(), settings=settings)
+
+
+async def test_a_post_whose_answer_never_came_is_found_not_posted_twice(
+        impatient: Notifier, pool: AsyncConnectionPool[Any], slack: SlackState, approval_id: str) -> None:
+    slack.slow_next(1, delay_s=1.0)  # the channel post goes through, its answer comes too late
+    with pytest.raises(Retryable):
+        await impatient.handle_event(event := created(approval_id))
+    assert len(slack.posted(CHANNEL)) == 1
+    async with pool.connection() as conn:
+        [claim] = [d for d in await store.deliveries_of(conn, approval_id) if d.recipient == f"#{CHANNEL}"]
+    assert claim.outcome == "sending", "the attempt's outcome is unknown"
+    await impatient.handle_event(event)  # the event again: the message is found by its metadata
+    assert len(slack.posted(CHANNEL)) == 1
+    assert slack.calls("conversations.history")
+    await impatient.handle_event(approval_event("approval.decided", S.REJECTED, approval_id=approval_id,
+                                                at=event.occurred_at + timedelta(minutes=1)))
+    [message] = slack.posted(CHANNEL)
+    assert message.get("edits") == 1 and "Rejected" in message["text"], "the found message is the one updated"
+
+
+async def test_a_direct_message_of_unknown_outcome_is_not_posted_again(
+        impatient: Notifier, pool: AsyncConnectionPool[Any], slack: SlackState, approval_id: str) -> None:
+    slack.pass_next(1)  # the channel post
+    slack.slow_next(1, delay_s=1.0)  # alice's direct message (the targets go in order)
+    with pytest.raises(Retryable):
+        await impatient.handle_event(event := created(approval_id))
+    await impatient.handle_event(event)
+    assert len(slack.posted("DU0ALICE")) == 1, "at most once: the bot cannot read its DM history"
+    async with pool.connection() as conn:
+        [dm] = [d for d in await store.deliveries_of(conn, approval_id) if d.recipient == "@alice"]
+    assert dm.outcome == "failed" and "not posted again" in (dm.detail or "")

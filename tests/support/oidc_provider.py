@@ -7,12 +7,14 @@ provider's token without a browser.
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,10 +47,19 @@ def ensure_installed() -> None:
     _need(shutil.which("node") is not None and shutil.which("npm") is not None, "Node.js and npm are not installed")
     stamp = OIDC_DIR / "node_modules" / ".package-lock.json"
     lock = OIDC_DIR / "package-lock.json"
-    if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
+
+    def installed() -> bool:
+        return stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime
+
+    if installed():
         return
-    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=OIDC_DIR,
-                          capture_output=True, text=True, timeout=300, check=False)
+    # One installer at a time: `npm ci` empties node_modules first, under any other test run using it.
+    with open(tempfile.gettempdir() + "/pj-oidc-npm.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if installed():
+            return
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=OIDC_DIR,
+                              capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"npm ci failed in {OIDC_DIR}:\n{done.stdout}\n{done.stderr}"
 
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -82,6 +82,7 @@ class Notifier:
         self._console_url = settings.console_url
         self._pending_ttl_s = settings.pending_ttl_s
         self._dispatch_window_s = settings.dispatch_window_s
+        self._retention = timedelta(seconds=settings.notifier_retention_s)
         self._now = now
 
     def use_catalog(self, catalog: NotifyCatalog) -> None:
@@ -127,6 +128,10 @@ class Notifier:
             due = await store.due_for_nudge(conn, now, batch)
         for approval_id in due:
             await self._nudge(approval_id, now)
+        async with self._pool.connection() as conn:
+            purged = await store.purge_finished(conn, now - self._retention, batch)
+        if purged:
+            log.info("forgot %d finished approvals", purged, extra={"scope": "notifier.purged", "approvals": purged})
         self._metrics.last_scan.set(now.timestamp())
         return False  # the rest (quiet hours, failures) waits for the next interval
 

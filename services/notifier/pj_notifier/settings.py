@@ -26,6 +26,9 @@ class NotifierSettings(CommonSettings):
     reminder_scan_interval_s: float = Field(default=30.0, gt=0)
     # Per request to Slack or a webhook, and per SMTP session.
     notifier_http_timeout_s: float = Field(default=10.0, gt=0)
+    # How long the notifier keeps what it knows of an approval that ended (its events, deliveries and
+    # Slack messages): a message is no longer updated after that. Purged by the reminder scan.
+    notifier_retention_s: float = Field(default=30 * 86400, gt=0)
     notifier_metrics_port: int = 0
     notifier_metrics_host: str = "127.0.0.1"
     notifier_db_pool_max: int = Field(default=8, ge=2)

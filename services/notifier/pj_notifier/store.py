@@ -77,6 +77,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE notifier_deliveries DROP CONSTRAINT notifier_deliveries_outcome_check,
         ADD CONSTRAINT notifier_deliveries_outcome_check CHECK (outcome IN ('sending', 'sent', 'failed'));
     """,
+    # What an approval's rows are found (and purged) by.
+    """
+    CREATE INDEX notifier_events_approval ON notifier_events (approval_id);
+    CREATE INDEX notifier_deliveries_approval ON notifier_deliveries (approval_id);
+    CREATE INDEX notifier_approvals_finished ON notifier_approvals (updated_at)
+        WHERE status IN ('rejected', 'dispatched', 'dispatch_failed', 'expired');
+    """,
 )
 
 
@@ -253,6 +260,22 @@ async def due_for_nudge(conn: AsyncConnection[Any], now: datetime, batch: int) -
         "SELECT approval_id FROM notifier_approvals WHERE status = 'pending' "
         "AND LEAST(remind_at, escalate_at) <= %s ORDER BY LEAST(remind_at, escalate_at) LIMIT %s", (now, batch))
     return [str(r[0]) for r in await cursor.fetchall()]
+
+
+async def purge_finished(conn: AsyncConnection[Any], before: datetime, batch: int) -> int:
+    """Forget approvals that ended before `before`, with their events, deliveries and Slack messages; the
+    number forgotten. (An event of one arriving later still finds its record: only old ones go.)"""
+    cursor = await conn.execute(
+        "WITH gone AS (DELETE FROM notifier_approvals WHERE approval_id IN ("
+        "    SELECT approval_id FROM notifier_approvals"
+        "     WHERE status IN ('rejected', 'dispatched', 'dispatch_failed', 'expired') AND updated_at < %s"
+        "     LIMIT %s) RETURNING approval_id),"
+        " events AS (DELETE FROM notifier_events WHERE approval_id IN (SELECT approval_id FROM gone)),"
+        " sent AS (DELETE FROM notifier_deliveries WHERE approval_id IN (SELECT approval_id FROM gone)),"
+        " slack AS (DELETE FROM notifier_slack_messages WHERE approval_id IN (SELECT approval_id FROM gone))"
+        " SELECT count(*) FROM gone", (before, batch))
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def nudge_done(conn: AsyncConnection[Any], approval_id: str, *, kind: NoticeKind, stage_index: int) -> None:

@@ -177,3 +177,21 @@ async def test_a_direct_message_of_unknown_outcome_is_not_posted_again(
     async with pool.connection() as conn:
         [dm] = [d for d in await store.deliveries_of(conn, approval_id) if d.recipient == "@alice"]
     assert dm.outcome == "failed" and "not posted again" in (dm.detail or "")
+
+
+async def test_approvals_that_ended_long_ago_are_forgotten(
+        notifier: Notifier, pool: AsyncConnectionPool[Any], approval_id: str) -> None:
+    clock = notifier._now  # the fixture's Clock
+    ended, waiting = approval_id, approval_id[:-4] + "eeee"
+    await notifier.handle_event(created(ended, at=clock()))
+    await notifier.handle_event(approval_event("approval.decided", S.REJECTED, approval_id=ended, at=clock()))
+    await notifier.handle_event(created(waiting, at=clock()))
+    await notifier.scan_reminders()
+    async with pool.connection() as conn:
+        assert await store.get_tracked(conn, ended) is not None, "kept within the retention"
+    clock.now += timedelta(days=31)  # type: ignore[attr-defined]
+    await notifier.scan_reminders()
+    async with pool.connection() as conn:
+        assert await store.get_tracked(conn, ended) is None and await store.deliveries_of(conn, ended) == []
+        assert await store.slack_messages(conn, ended) == {}
+        assert await store.get_tracked(conn, waiting) is not None, "a pending approval is never forgotten"

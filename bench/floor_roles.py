@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 MAX_OPS = 5_000_000  # every loop is bounded in count as well as in time
-BACKLOG = 256  # a publisher waits while its consumer is this far behind, so both count the same messages
+BACKLOG = 128  # a publisher waits while its consumer is this far behind, so both count the same messages
 # A body of the size of the system's commands and orders (a few hundred bytes of JSON).
 BODY = json.dumps({"command": {"type": "execute", "tenant": "bench", "actionId": "notify.webhook",
                                "payload": {"message": "floor", "n": 1, "pad": "x" * 256}},

@@ -135,6 +135,14 @@ class Route(_Strict):
     quiet_hours: QuietHours | None = None
     actions: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-action overrides (read by `route`)
 
+    @field_validator("webhooks")
+    @classmethod
+    def _http_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            if not re.match(r"https?://[^/\s]+", url):
+                raise ValueError(f"webhook {url!r} is not an http(s) URL")
+        return urls
+
     def person(self, subject: str) -> Person:
         """How to reach `subject`: the people map, else the subject itself when it is an email address."""
         found = self.people.get(subject)

@@ -95,7 +95,9 @@ def _when(at: datetime | None) -> str:
 
 
 def subject(kind: NoticeKind, view: View) -> str:
-    return f"[approval] {HEADLINES[kind]}: {view.state.action_id} requested by {view.requester}"
+    """One line (a header never takes a line break, whatever a token's subject holds)."""
+    text = f"[approval] {HEADLINES[kind]}: {view.state.action_id} requested by {view.requester}"
+    return " ".join(text.split())
 
 
 def email_body(kind: NoticeKind, view: View) -> str:

@@ -47,6 +47,7 @@ def test_people_are_reached_by_their_settings_or_an_email_subject() -> None:
     ("timezone: Europe/Berlin", "timezone: Mars/Olympus"),
     ("channels: [slack, email, webhook]", "channels: [pager]"),
     ("groups: {leads: [dave]}", "groupz: {leads: [dave]}"),
+    ('webhooks: ["http://127.0.0.1:9/hook"]', 'webhooks: ["hooks.example.com/pj"]'),
 ])
 def test_bad_notification_settings_stop_the_start_with_what_is_wrong(change: str, reason: str) -> None:
     with pytest.raises(CatalogError, match="notifications"):

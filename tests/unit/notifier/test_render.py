@@ -25,6 +25,8 @@ def test_an_email_says_who_asked_for_what_the_plan_the_stage_the_expiry_and_link
                      "https://gate.example/console/approvals/a-1"):
         assert expected in body
     assert render.subject(NoticeKind.REMINDER, VIEW).startswith("[approval] Reminder")
+    odd = render.View(replace(STATE, requester="eve\r\nBcc: all@example.com"), VIEW.action, VIEW.console_url)
+    assert "\n" not in render.subject(NoticeKind.PENDING, odd), "no header injection through a subject"
 
 
 def test_a_pending_slack_message_carries_approve_and_reject_with_the_approval_id() -> None:

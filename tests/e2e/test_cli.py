@@ -241,3 +241,7 @@ async def test_dlq_lists_the_systems_dead_letters(pj_env: dict[str, str]) -> Non
     elsewhere = await pj_here(pj_env, "dlq", "list", "--prefix", f"nothing-{uuid.uuid4().hex[:6]}")
     assert listed.code == 0 and isinstance(listed.json(), list), listed
     assert elsewhere.code == 3 and "has the system run" in elsewhere.err, elsewhere
+    absent = await pj_here(pj_env, "dlq", "replay", "--id", f"no-such-letter-{uuid.uuid4()}", "--json")
+    assert absent.code == 3 and absent.json()["missing"] and not absent.json()["replayed"], absent
+    neither = await pj_here(pj_env, "dlq", "replay")
+    assert neither.code == 2 and "--all" in neither.err, neither

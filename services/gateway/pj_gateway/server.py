@@ -42,7 +42,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             # Bytes of a head not parsed yet: httptools buffers one header whole before reporting it.
-            self._head_bytes += len(data)
+            # Only up to the blank line that ends the head: a body written with it is not head.
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end
             if self._head_bytes > self.max_url + self.max_headers + 1024:
                 self._refusal = ErrorCode.HEADERS_TOO_LARGE
                 self.send_400_response("")

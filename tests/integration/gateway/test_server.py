@@ -131,6 +131,15 @@ async def test_the_servers_own_refusals_are_the_envelope(
     assert body["correlationId"]
 
 
+async def test_a_body_arriving_with_its_head_is_not_counted_as_head(served: tuple[str, int]) -> None:
+    """A client that writes head and a large body at once: the body is not part of the header limit."""
+    body = json.dumps({"actionId": "notify.webhook", "payload": {"x": ["x" * 1000] * 200}}).encode()
+    head = (b"POST /api/pj/execute HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    status, answer = await raw_request(served, head + body)
+    assert status == 401 and answer["error"]["code"] == "unauthorized", answer
+
+
 async def test_a_chunked_body_over_the_limit_is_413_on_the_wire(served: tuple[str, int]) -> None:
     """No Content-Length at all: the gateway counts the body as it arrives and stops at the limit."""
     host, port = served

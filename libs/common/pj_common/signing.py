@@ -1,9 +1,10 @@
-"""Signatures on the messages that make things happen: dispatch orders (approvals -> dispatcher).
+"""Signatures on the messages that make things happen: dispatch orders (approvals -> dispatcher) and
+step reports (dispatcher -> approvals).
 
 The signature is an HMAC-SHA256 of the message body's exact bytes, carried in an AMQP header, so
 nothing has to be re-serialized to check it. Only approvals and the dispatchers hold the key
 (PJ_DISPATCH_SIGNING_KEY); the gateway does not. Whoever can publish to the broker without the key
-cannot make a dispatcher run anything on an order's word alone.
+cannot make a dispatcher run anything, nor change an approval with a forged report.
 """
 
 import hashlib

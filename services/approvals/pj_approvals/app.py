@@ -88,7 +88,8 @@ class ApprovalsApp:
                                        order_queue=self.topology.dispatch, on_order_queued=self._orders.wake,
                                        clock=utcnow)
         self.verifier = settings.token_verifier()
-        self.handlers = Handlers(self.service, self.verifier, settings.service_identities())
+        self.handlers = Handlers(self.service, self.verifier, settings.service_identities(),
+                                 report_key=settings.signing_key)
         self.supervisor = Supervisor(settings.amqp_url, self._setup, name="approvals", on_lost=self._lost)
         self._sweeper = Periodic(self._sweep, settings.sweep_interval_s, name="expiry-sweeper",
                                  scope="sweeper.failed", logger=log, level=logging.ERROR)

@@ -37,7 +37,8 @@ from pj_common.messages import (
     StepReport,
 )
 from pj_common.service_identity import ServicePrincipals
-from pj_common.transport import reply, send_reply
+from pj_common.signing import is_signed
+from pj_common.transport import Permanent, reply, send_reply
 
 from .service import ApprovalService, DispatchStarted
 
@@ -102,9 +103,10 @@ def routes(svc: ApprovalService) -> dict[type[BaseModel], Route]:
 
 class Handlers:
     def __init__(self, service: ApprovalService, verifier: TokenVerifier,
-                 services: ServicePrincipals | None = None) -> None:
+                 services: ServicePrincipals | None = None, *, report_key: str) -> None:
         self._service = service
         self._verifier = verifier
+        self._report_key = report_key  # PJ_DISPATCH_SIGNING_KEY: dispatchers sign their step reports with it
         self._services = services or ServicePrincipals()
         self._routes = routes(service)
         self.reply_channel: AbstractChannel | None = None
@@ -155,7 +157,13 @@ class Handlers:
         return await route(command, Call(envelope, message, self._verifier, self._services))
 
     async def on_report(self, message: AbstractIncomingMessage) -> None:
-        """Record a step report; when it ends the dispatch, tell the waiting caller (if any)."""
+        """Record a step report; when it ends the dispatch, tell the waiting caller (if any).
+
+        Only a report a dispatcher signed is read: an unsigned or forged one is dead-lettered with why
+        (the transport does it on `Permanent`) and changes nothing."""
+        if not is_signed(message.body, message.headers, self._report_key):
+            raise Permanent("step report without a valid signature: only dispatchers holding "
+                            "PJ_DISPATCH_SIGNING_KEY report steps")
         report = StepReport.model_validate_json(message.body)
         finished = await self._service.record_report(report)
         channel = self.reply_channel

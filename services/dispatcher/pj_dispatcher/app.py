@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from pj_common.deadletters import DeadLetterRoute
 from pj_common.messages import StepReport
 from pj_common.metrics import MetricsServer
+from pj_common.signing import signature_headers
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import Retryable, RpcClient, Supervisor, consume, json_message, publish_confirmed
 
@@ -78,8 +79,10 @@ class DispatcherApp:
         channel = self._confirm
         if channel is None:
             raise Retryable("broker connection lost before the step report was published")
+        body = report.to_json()  # signed: approvals reads no report it cannot check came from a dispatcher
         await asyncio.wait_for(publish_confirmed(channel, self.topology.results, json_message(
-            report.to_json(), message_id=report.message_id)), REPORT_CONFIRM_TIMEOUT_S)
+            body, message_id=report.message_id, headers=signature_headers(body, self.settings.signing_key))),
+            REPORT_CONFIRM_TIMEOUT_S)
 
     async def start(self) -> None:
         self.supervisor.start()

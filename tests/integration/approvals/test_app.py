@@ -134,7 +134,8 @@ class Incoming:
 
 async def test_a_command_that_waits_past_the_pool_timeout_answers_database_unavailable(make_pool: Any) -> None:
     pool = await make_pool(db_pool_min=1, db_pool_max=1, db_pool_timeout_s=0.3)
-    handlers = Handlers(cast(ApprovalService, PendingCounter(pool)), TokenVerifier(KEY, ISSUER, AUDIENCE))
+    handlers = Handlers(cast(ApprovalService, PendingCounter(pool)), TokenVerifier(KEY, ISSUER, AUDIENCE),
+                        report_key=KEY)
     token = mint_token(KEY, subject="olga", tenant="t-pool", role="operator", issuer=ISSUER, audience=AUDIENCE)
     body = CommandEnvelope(command=CountPending(), token=token).to_json()
     async with pool.connection():  # every connection busy

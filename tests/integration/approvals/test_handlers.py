@@ -50,6 +50,9 @@ from pj_common.messages import (
     StepReport,
     StepResult,
 )
+from pj_common.settings import DEV_DISPATCH_SIGNING_KEY
+from pj_common.signing import signature_headers
+from pj_common.transport import Permanent
 
 KEY, ISSUER, AUDIENCE = "k" * 40, "puddlejumper", "pj-approval-gate"
 
@@ -84,14 +87,16 @@ def token(tenant: str) -> Callable[[Role], str]:
 
 @pytest.fixture
 def handlers(make_service: Callable[..., ApprovalService]) -> Handlers:
-    return Handlers(make_service(), TokenVerifier(KEY, ISSUER, AUDIENCE))
+    return Handlers(make_service(), TokenVerifier(KEY, ISSUER, AUDIENCE), report_key=DEV_DISPATCH_SIGNING_KEY)
 
 
-async def incoming(channel: AbstractChannel, queue: AbstractQueue, body: bytes, *,
-                   reply_to: str | None = None, correlation_id: str | None = None) -> AbstractIncomingMessage:
+async def incoming(channel: AbstractChannel, queue: AbstractQueue, body: bytes, *, reply_to: str | None = None,
+                   correlation_id: str | None = None, headers: dict[str, Any] | None = None
+                   ) -> AbstractIncomingMessage:
     """`body` published to the broker and received back: the message a consumer would be handed."""
     await channel.default_exchange.publish(
-        aio_pika.Message(body, reply_to=reply_to, correlation_id=correlation_id), routing_key=queue.name)
+        aio_pika.Message(body, reply_to=reply_to, correlation_id=correlation_id, headers=headers),
+        routing_key=queue.name)
     for _ in range(250):
         message = await queue.get(no_ack=True, fail=False, timeout=5)
         if message is not None:
@@ -217,7 +222,13 @@ async def test_the_report_that_ends_a_dispatch_notifies_the_waiting_caller(
     done = StepResult(step_id="post-webhook", connector="webhook", operation="post", status="succeeded", attempts=1)
     report = StepReport(approval_id=created.approval_id, tenant_id=tenant, claim_token=order.claim_token, step=done,
                         plan_status="dispatched", results=[done], notify=order.notify)
-    await handlers.on_report(await incoming(channel, inbox, report.to_json()))
+    body = report.to_json()
+    for forged in (None, signature_headers(body, "not-the-dispatchers-key-0123456789abcdef")):
+        with pytest.raises(Permanent, match="signature"):  # dead-lettered by the transport, nothing recorded
+            await handlers.on_report(await incoming(channel, inbox, body, headers=forged))
+    assert await waiting.get(no_ack=True, fail=False) is None  # a recorded final report would have answered
+    await handlers.on_report(await incoming(channel, inbox, body,
+                                            headers=signature_headers(body, DEV_DISPATCH_SIGNING_KEY)))
     final = await waiting.get(no_ack=True, timeout=5)
     assert final.correlation_id == "call-1.done"
     outcome = ok(final.body, DispatchOutcome)

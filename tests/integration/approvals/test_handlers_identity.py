@@ -64,7 +64,7 @@ def handlers(make_service: Callable[..., ApprovalService], tenant: str, tmp_path
     service.reload_catalog(load_catalog(tmp_path / "catalog.yaml"))
     grants = ServicePrincipals({SERVICE: ServiceGrant(commands=frozenset({"execute", "get_approval"}),
                                                       tenants=frozenset({tenant.upper()}))})
-    return Handlers(service, TokenVerifier(KEY, ISSUER, AUDIENCE), grants)
+    return Handlers(service, TokenVerifier(KEY, ISSUER, AUDIENCE), grants, report_key=KEY)
 
 
 def bearer(subject: str, role: Role, tenant: str) -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import sys
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,10 @@ async def pj_here(env: dict[str, str], *args: str, as_user: str | None = None, t
     cleared: dict[str, str | None] = {k: None for k in os.environ if k.startswith("PJ_")}
     result = await asyncio.to_thread(CliRunner().invoke, app, list(args), input=typed,
                                      env={**cleared, **env, **extra_env})
-    return Run(result.exit_code, result.stdout, result.stderr)
+    crash = ""
+    if result.exc_info is not None and result.exception is not None and not isinstance(result.exception, SystemExit):
+        crash = "".join(traceback.format_exception(*result.exc_info))  # shown by a failing assert's message
+    return Run(result.exit_code, result.stdout, result.stderr + crash)
 
 
 def new_tenant() -> str:

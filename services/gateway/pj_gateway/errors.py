@@ -156,12 +156,14 @@ def is_json_media_type(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def _describe(request: Request, exc: RequestValidationError) -> str:
+def _not_json(request: Request, exc: RequestValidationError) -> bool:
+    # FastAPI hands a body it did not parse as JSON (no or another Content-Type) to validation as bytes.
+    return isinstance(exc.body, bytes | bytearray) and not is_json_media_type(request.headers.get("content-type"))
+
+
+def _describe(exc: RequestValidationError) -> str:
     # Never the input: a 422 must not hand back what was sent (a token, a whole command envelope).
     errors = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()]
-    # FastAPI hands a body it did not parse as JSON (no or another Content-Type) to validation as bytes.
-    if isinstance(exc.body, bytes | bytearray) and not is_json_media_type(request.headers.get("content-type")):
-        return JSON_REQUIRED
     parts = []
     for err in errors[:5]:
         # A location may be a key the client sent: shortened, so it cannot carry much back.
@@ -180,7 +182,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return failure(request, ErrorCode.VALIDATION_ERROR, _describe(request, exc))
+        if _not_json(request, exc):  # a form post to a JSON route (request_limits lets forms through)
+            return failure(request, ErrorCode.UNSUPPORTED_MEDIA_TYPE, JSON_REQUIRED)
+        return failure(request, ErrorCode.VALIDATION_ERROR, _describe(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

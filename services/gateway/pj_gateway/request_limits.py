@@ -4,6 +4,9 @@ Pure ASGI, so the body is counted as it arrives: a lying or absent `Content-Leng
 upload) cannot get a larger body in. A JSON body is checked once here (UTF-8, depth, string length,
 control characters, non-finite numbers) and then replayed to the route unchanged, so pydantic only
 ever sees a document the rest of the system can store and send.
+
+A form post (`application/x-www-form-urlencoded`, as Slack sends its interactions) is only size-limited
+here: a route that reads forms checks them itself, and a JSON route refuses one with 415.
 """
 
 import json
@@ -153,11 +156,17 @@ class RequestLimits:
         if not body:
             return
         content_type = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"content-type"), None)
+        if _is_form(content_type):
+            return
         if not is_json_media_type(content_type):
             raise _Refused(Refusal(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json", 415))
         reason = check_json(body, max_depth=self.settings.max_json_depth, max_string=self.settings.max_json_string)
         if reason is not None:
             raise _Refused(Refusal(ErrorCode.VALIDATION_ERROR, reason, 422))
+
+
+def _is_form(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from pj_common.messages import ApprovalPage, DecideRequest
 from pj_gateway.errors import CORRELATION_HEADER
@@ -195,3 +197,19 @@ async def test_a_long_url_is_414_and_large_headers_are_431(gateway: Gateway) -> 
     assert_refused(r, 414, "uri_too_long")
     r = await gateway.client.get("/api/approvals", headers={**auth(), "X-Padding": "p" * 20000})
     assert_refused(r, 431, "headers_too_large")
+
+
+async def test_a_form_post_reaches_a_route_that_reads_forms_but_not_over_the_limit(small: Gateway) -> None:
+    """Slack posts its interactions as forms: such a route gets the exact bytes (it checks a signature over
+    them); the size limit still holds."""
+
+    async def echo_length(request: Request) -> JSONResponse:
+        return JSONResponse({"bytes": len(await request.body())})
+
+    small.app.add_api_route("/api/test-only/form", echo_length, methods=["POST"])
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = b"payload=" + b"%7B%22a%22%3A1%7D" * 100
+    r = await small.client.post("/api/test-only/form", content=body, headers=form)
+    assert r.status_code == 200 and r.json() == {"bytes": len(body)}
+    r = await small.client.post("/api/test-only/form", content=b"payload=" + b"x" * 20000, headers=form)
+    assert_refused(r, 413, "payload_too_large")

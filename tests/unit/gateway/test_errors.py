@@ -108,8 +108,8 @@ async def test_success_writes_the_envelope_from_the_model_with_wire_names(client
                                      {"Content-Type": "application/x-www-form-urlencoded"}])
 async def test_a_body_not_sent_as_json_says_content_type(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
     r = await client.post("/body", content=json.dumps({"name": "abc"}).encode(), headers=headers)
-    assert r.status_code == 422
-    assert r.json()["error"] == {"code": "validation_error", "message": JSON_REQUIRED}
+    assert r.status_code == 415
+    assert r.json()["error"] == {"code": "unsupported_media_type", "message": JSON_REQUIRED}
 
 
 async def test_a_json_body_that_does_not_match_names_the_field(client: httpx.AsyncClient) -> None:

@@ -154,3 +154,24 @@ def test_sighup_reloads_the_catalog_and_a_bad_file_keeps_the_last_good_one(
     catalog_path.write_text(catalog_path.read_text().replace("remind_after: 2h", "remind_after: soon"))
     app.reload_catalog()
     assert app.catalog.route("default", "notify.webhook").remind_after == 2 * 3600
+
+
+async def test_a_notifier_killed_in_the_middle_of_a_post_does_not_post_it_again(
+        env: dict[str, str], events: Callable[[ApprovalEvent], asyncio.Future[None]], slack: SlackState,
+        smtp: SmtpState, sink: SinkState, approval_id: str, tmp_path: Path) -> None:
+    slack.slow_next(1, delay_s=5.0)  # the channel post (the first Slack call) is taken, its answer held back
+    process = start_process(env, tmp_path / "notifier.log")
+    try:
+        await events(created(approval_id))
+        await eventually(lambda: len(slack.posted(CHANNEL)) == 1, "the post reached Slack", timeout=20)
+    finally:
+        stop_process(process, signal.SIGKILL)  # before the answer came: the event was never acked
+    process = start_process(env, tmp_path / "notifier.log")
+    try:
+        await eventually(lambda: len(sink.deliveries) == 1, "the restarted process finished the event", timeout=20)
+    finally:
+        stop_process(process)
+    assert len(slack.posted(CHANNEL)) == 1, "found by its metadata, not posted again"
+    assert slack.calls("conversations.history")
+    assert len(slack.posted("DU0ALICE")) == 1 and len(slack.posted("DU0BOB")) == 1
+    assert sorted(m["To"] for m in smtp.messages) == ["alice@example.com", "bob@example.com"]

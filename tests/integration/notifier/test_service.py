@@ -7,12 +7,13 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from psycopg_pool import AsyncConnectionPool
 
 from pj_common.messages import ApprovalStatus
 from pj_common.transport import Retryable
 from pj_notifier import store
-from pj_notifier.catalog import load_catalog
+from pj_notifier.catalog import load_catalog, parse_catalog
 from pj_notifier.channels.email import EmailSender
 from pj_notifier.channels.slack import SlackClient
 from pj_notifier.channels.webhook import WebhookSender
@@ -195,3 +196,19 @@ async def test_approvals_that_ended_long_ago_are_forgotten(
         assert await store.get_tracked(conn, ended) is None and await store.deliveries_of(conn, ended) == []
         assert await store.slack_messages(conn, ended) == {}
         assert await store.get_tracked(conn, waiting) is not None, "a pending approval is never forgotten"
+
+
+async def test_no_reminder_in_quiet_hours_it_waits_for_their_end(
+        notifier: Notifier, settings: NotifierSettings, smtp: SmtpState, approval_id: str) -> None:
+    clock = notifier._now  # the fixture's Clock
+    text = settings.catalog.read_text()  # type: ignore[union-attr]
+    quiet_all_day = text.replace("      escalate_to: leads\n", "      escalate_to: leads\n      quiet_hours: "
+                                 "{start: '00:00', end: '23:59:59', timezone: Europe/Berlin}\n")
+    notifier.use_catalog(parse_catalog(yaml.safe_load(quiet_all_day)))
+    await notifier.handle_event(created(approval_id, action_id="notify.quick", at=clock()))
+    clock.now = clock.now.replace(hour=12) + timedelta(days=1)  # type: ignore[attr-defined]  # noon, Berlin: quiet
+    await notifier.scan_reminders()
+    assert [subject(m) for m in smtp.messages if "Reminder" in subject(m)] == []
+    notifier.use_catalog(parse_catalog(yaml.safe_load(text)))  # quiet hours over
+    await notifier.scan_reminders()
+    assert len([m for m in smtp.messages if "Reminder" in subject(m)]) == 2

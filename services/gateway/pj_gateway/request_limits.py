@@ -51,6 +51,18 @@ def _refuse_constant(name: str) -> float:
     raise _NotFinite(f"{name} is not a number JSON allows")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two values for one key: parsers disagree on which wins, so the document means nothing certain.
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _DuplicateKey("a key appears twice in one object")
+    return document
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999 parses to infinity without passing through parse_constant
@@ -65,11 +77,14 @@ def check_json(body: bytes, *, max_depth: int, max_string: int) -> str | None:
     except UnicodeDecodeError:
         return "the body is not valid UTF-8"
     try:
-        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                              object_pairs_hook=_unique_keys)
     except RecursionError:
         return f"JSON nested deeper than {max_depth} levels"
     except _NotFinite as exc:
         return f"non-finite number refused: {exc}"
+    except _DuplicateKey as exc:
+        return f"the body is ambiguous: {exc}"
     except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
         return f"the body is not JSON: {str(exc).split(':', 1)[0]}"
     return _check_values(document, max_depth=max_depth, max_string=max_string)

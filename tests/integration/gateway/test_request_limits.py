@@ -108,6 +108,7 @@ async def test_a_body_that_is_not_json_is_415(gateway: Gateway, content_type: st
     (execute_body(json.loads("[" * 8 + "]" * 8)), "nested deeper"),
     (b'{"payload": ' + b"[" * 3000 + b"]" * 3000 + b"}", "nested deeper"),
     (b'{"actionId": "notify.webhook", "payload": {', "not JSON"),
+    (b'{"actionId": "notify.webhook", "actionId": "admin.everything"}', "ambiguous"),
 ])
 async def test_a_json_body_the_contract_cannot_hold_is_422(
         small: Gateway, approvals: FakeApprovals, body: bytes, reason: str) -> None:

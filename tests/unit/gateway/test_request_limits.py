@@ -40,3 +40,8 @@ def test_ordinary_text_passes(text: str) -> None:
 def test_control_characters_and_lone_surrogates_are_refused(char: str) -> None:
     assert "control characters" in str(check_json(json.dumps({"t": f"a{char}b"}).encode(), max_depth=4,
                                                   max_string=100))
+
+
+def test_a_key_twice_in_one_object_is_refused() -> None:
+    assert "twice" in str(check_json(b'{"status": "rejected", "status": "approved"}', max_depth=4, max_string=10))
+    assert check_json(b'{"a": {"k": 1}, "b": {"k": 2}}', max_depth=4, max_string=10) is None

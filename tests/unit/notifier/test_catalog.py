@@ -64,3 +64,14 @@ def test_the_packaged_default_catalog_reads(tmp_path: Path) -> None:
     assert "environment.create" in catalog.actions
     with pytest.raises(CatalogError):
         load_catalog(tmp_path / "missing.yaml")
+
+
+def test_approvals_reads_the_same_file_with_the_notification_settings_in_it(tmp_path: Path) -> None:
+    """The settings live where approvals' strict catalog allows free keys (each tenant's entry)."""
+    from pj_approvals.catalog import load_catalog as approvals_load_catalog
+
+    path = tmp_path / "catalog.yaml"
+    path.write_text(CATALOG)
+    approvals = approvals_load_catalog(path)
+    assert approvals.tenant_settings("acme")["notifications"]["escalate_to"] == "leads"
+    assert load_catalog(path).route("acme", "notify.webhook").remind_after == 1800

@@ -72,7 +72,7 @@ async def pj_here(env: dict[str, str], *args: str, as_user: str | None = None, t
     # The runner sets these for the call only; every PJ_ variable of the test run is cleared first.
     cleared: dict[str, str | None] = {k: None for k in os.environ if k.startswith("PJ_")}
     result = await asyncio.to_thread(CliRunner().invoke, app, list(args), input=typed,
-                                     env={**cleared, **env, **extra_env})
+                                     env={**cleared, **env, **extra_env}, prog_name="pj")
     crash = ""
     if result.exc_info is not None and result.exception is not None and not isinstance(result.exception, SystemExit):
         crash = "".join(traceback.format_exception(*result.exc_info))  # shown by a failing assert's message
@@ -155,6 +155,24 @@ async def test_exit_statuses_per_outcome(pj_env: dict[str, str]) -> None:
     assert unknown_action.code == 2 and "unknown_action" in unknown_action.err, unknown_action
     assert no_note.code == 2 and "--note" in no_note.err, no_note
     assert (away.code, away.error()["code"]) == (6, "gateway_unreachable"), away
+
+
+async def test_shell_completion_offers_the_approvals_one_may_see(pj_env: dict[str, str]) -> None:
+    t = new_tenant()
+    mine = await pj_here(pj_env, "execute", "notify.webhook", "-q", as_user=f"operator:olga:{t}")
+    assert mine.code == 0, mine
+    approval_id = mine.out.strip()
+
+    def completing(words: str) -> dict[str, str]:
+        return {"_PJ_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1),
+                "PJ_TOKEN": token("admin", "alice", t)}
+
+    ids = await pj_here(pj_env, **completing(f"pj show {approval_id[:4]}"))
+    assert ids.code == 0 and ids.out.split() == [approval_id], ids
+    commands = await pj_here(pj_env, **completing("pj dis"))
+    assert commands.out.split() == ["dispatch"], commands
+    nowhere = await pj_here(pj_env, **completing("pj approve "), PJ_URL=f"http://127.0.0.1:{free_port()}")
+    assert nowhere.code == 0 and not nowhere.out.strip(), nowhere  # no gateway: nothing offered, no error
 
 
 async def test_login_keeps_the_token_in_a_private_file(pj_env: dict[str, str], tmp_path: Path) -> None:

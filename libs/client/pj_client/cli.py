@@ -52,7 +52,23 @@ AmqpUrlOption = Annotated[str, typer.Option("--amqp-url", envvar="PJ_AMQP_URL", 
                                             help=f"RabbitMQ URL [default: {DEFAULT_AMQP_URL}]")]
 PrefixOption = Annotated[str, typer.Option("--prefix", envvar="PJ_AMQP_PREFIX",
                                            help="The system's broker name prefix.")]
-ApprovalId = Annotated[str, typer.Argument(help="The approval's id.", show_default=False)]
+
+
+def complete_approval_ids(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of an approval id: the newest the caller may see, with status and action."""
+    try:
+        profile = resolve(url=os.environ.get("PJ_URL"), token=os.environ.get("PJ_TOKEN"),
+                          stored=load(config_path()))
+        with GatewayClient(profile.url, profile.token, timeout=2.0) as gate:
+            page = gate.list_approvals(limit=50)
+    except (ClientError, ConfigError):
+        return []  # completion offers nothing rather than an error in the middle of a command line
+    return [(a.id, f"{a.approval_status} {a.action_id} by {a.operator_id}") for a in page.approvals
+            if a.id.startswith(incomplete)]
+
+
+ApprovalId = Annotated[str, typer.Argument(help="The approval's id.", show_default=False,
+                                           autocompletion=complete_approval_ids)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,7 +256,8 @@ class Notifier:
         self._metrics.failed.labels(target.channel, "permanent" if exc.permanent else "retry").inc()
         log.warning("notification not delivered%s: %s", "" if exc.permanent else " (tried again)", exc.reason, extra={
             "scope": "notifier.delivery_failed", "approvalId": run.state.approval_id, "channel": target.channel,
-            "notice": kind.value, "key": run.key, "permanent": exc.permanent})
+            "notice": kind.value, "key": run.key, "permanent": exc.permanent,
+            "mayHaveBeenSent": exc.unsure or (target.channel, target.recipient) in run.unsure})
         if not exc.permanent:
             run.retry.append(exc)
 

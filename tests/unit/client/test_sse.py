@@ -1,11 +1,13 @@
 """pj_client.sse: the gateway's event stream decoded, and its control events (ready, end, expired, resync)."""
 
+import contextlib
 import json
 
+import httpx
 import pytest
 
 from pj_client.errors import Unauthorized
-from pj_client.sse import ServerSentEvent, SseDecoder, _Listener
+from pj_client.sse import ServerSentEvent, SseDecoder, _Listener, gateway_events
 
 EVENT = {"schemaVersion": 1, "eventId": "1042", "type": "approval.decided",
          "approvalId": "c16206b0-db8b-4441-b186-a4032785cb7c", "tenantId": "acme", "actionId": "notify.webhook",
@@ -53,3 +55,48 @@ def test_end_asks_for_a_reconnection_and_expired_for_a_new_token() -> None:
     assert listener.ended
     with pytest.raises(Unauthorized, match="log in again"):
         listener.take(ServerSentEvent("expired", "{}"))
+
+
+def sse_body(*events: tuple[str, str, str | None]) -> bytes:
+    lines = []
+    for name, data, event_id in events:
+        lines += [f"event: {name}", *([f"id: {event_id}"] if event_id else []), f"data: {data}", ""]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def approval_event(event_id: str, to: str) -> str:
+    return json.dumps({**EVENT, "eventId": event_id, "toStatus": to})
+
+
+async def test_the_stream_reconnects_after_end_with_the_last_event_id() -> None:
+    asked_after: list[str | None] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == "Bearer t-1"
+        asked_after.append(request.headers.get("Last-Event-ID"))
+        if len(asked_after) == 1:
+            body = sse_body(("ready", "{}", None), ("approval", approval_event("7", "approved"), "7"),
+                            ("end", "{}", None))
+        else:  # the replay repeats what the first stream sent: shown once
+            body = sse_body(("ready", "{}", None), ("approval", approval_event("7", "approved"), "7"),
+                            ("approval", approval_event("8", "rejected"), "8"))
+        return httpx.Response(200, content=body, headers={"Content-Type": "text/event-stream"})
+
+    ready: list[bool] = []
+    events = gateway_events("http://gate.test", "t-1", on_ready=lambda: ready.append(True),
+                            transport=httpx.MockTransport(gateway))
+    async with contextlib.aclosing(events):
+        seen = [await anext(events), await anext(events)]
+    assert [(e.event_id, e.to_status) for e in seen] == [("7", "approved"), ("8", "rejected")]
+    assert asked_after == [None, "7"] and ready == [True]
+
+
+async def test_a_refused_token_ends_the_watch() -> None:
+    def gateway(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"success": False, "correlationId": "c",
+                                         "error": {"code": "unauthorized", "message": "token expired"}})
+
+    events = gateway_events("http://gate.test", "old", transport=httpx.MockTransport(gateway))
+    async with contextlib.aclosing(events):
+        with pytest.raises(Unauthorized, match="token expired"):
+            await anext(events)

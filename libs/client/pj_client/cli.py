@@ -351,7 +351,13 @@ def dispatch(
         with session.gateway() as gate:
             result = gate.dispatch(approval_id, dry_run=True)
     else:
-        result = asyncio.run(_dispatch_live(session, approval_id, wait=wait, timeout_s=timeout, show=not as_json))
+        try:
+            result = asyncio.run(_dispatch_live(session, approval_id, wait=wait, timeout_s=timeout,
+                                                show=not as_json))
+        except KeyboardInterrupt:
+            # Only the watching stops: a dispatch the gateway accepted runs to its end regardless.
+            raise _fail(f"stopped watching; a dispatch already started goes on: `pj show {approval_id}`",
+                        ExitCode.UNAVAILABLE, as_json=as_json) from None
     emit(result, render.outcome(result), as_json=as_json)
     if result.approval_status == ApprovalStatus.DISPATCH_FAILED:
         raise typer.Exit(int(ExitCode.FAILURE))

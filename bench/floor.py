@@ -457,13 +457,19 @@ def postgres_aux_ticks(postmaster: int | None) -> int | None:
 
 
 def broker_net(window: dict[str, Any], before: float | None, *, after: float | None) -> dict[str, Any]:
-    """The broker's CPU in the window, gross and less its background rate measured just before."""
+    """The broker's CPU in the window, gross and less the background: the lower of its rates just before
+    and just after (after, it still writes this part's quorum log, so its rate can only be too high).
+    Other users' traffic comes in bursts; a background above the window's gross was not the window's, and
+    then nothing is subtracted."""
     gross = window["cpu_s"].get("broker")
-    background = None if before is None else before * window["wall_s"]
+    rates = [r for r in (before, after) if r is not None]
+    background = min(rates) * window["wall_s"] if rates else None
     net = None if gross is None or background is None else gross - background
-    return {"gross_s": gross, "background_per_s_before": before, "rate_per_s_after": after,
+    subtracted = net is not None and net >= 0
+    return {"gross_s": gross, "background_per_s_before": before, "background_per_s_after": after,
             "background_s": None if background is None else round(background, 3),
-            "net_s": None if net is None else round(net, 3)}
+            "background_subtracted": subtracted,
+            "net_s": round(net, 3) if subtracted and net is not None else gross}
 
 
 def broker_units(window: dict[str, Any], ops: int) -> tuple[float | None, float | None]:
@@ -613,18 +619,30 @@ def part_runs(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [run for runs in result["parts"].values() for run in (runs if isinstance(runs, list) else [runs])]
 
 
+def gross_ms(figures: dict[str, Any]) -> float | None:
+    """A unit's CPU ms with the broker's gross CPU in place of its net (nothing subtracted)."""
+    if figures["ms"] is None:
+        return None
+    if figures.get("broker_gross_ms") is None:
+        return float(figures["ms"])
+    return float(figures["ms"] - (figures["by_process_ms"].get("broker") or 0) + figures["broker_gross_ms"])
+
+
 def least_costly(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each unit's figures from its least costly repeat, with every repeat's total and their median."""
+    """Each unit's figures from its least costly repeat, with every repeat's total and their median.
+
+    Repeats are ranked by their gross cost (nothing subtracted), so a repeat whose broker background
+    happened to be overestimated is never chosen for that."""
     repeats: dict[str, list[dict[str, Any]]] = {}
     for run in part_runs(result):
         for name, figures in run["units"].items():
             repeats.setdefault(name, []).append(figures)
     units: dict[str, dict[str, Any]] = {}
     for name, each in repeats.items():
-        measured = sorted((f for f in each if f["ms"] is not None), key=lambda f: f["ms"])
+        measured = sorted((f for f in each if gross_ms(f) is not None), key=lambda f: gross_ms(f) or 0.0)
         chosen = measured[0] if measured else each[0]
         totals = [f["ms"] for f in each]
-        units[name] = {**chosen, "ms_each_repeat": totals,
+        units[name] = {**chosen, "ms_gross": gross_ms(chosen), "ms_each_repeat": totals,
                        "ms_median": statistics.median(t for t in totals if t is not None) if measured else None}
     return units
 
@@ -632,9 +650,7 @@ def least_costly(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def summarize(result: dict[str, Any], counts: dict[str, float]) -> dict[str, Any]:
     units = least_costly(result)
     unit_ms = {name: figures["ms"] for name, figures in units.items()}
-    gross = {name: (figures["ms"] - (figures["by_process_ms"].get("broker") or 0) + figures["broker_gross_ms"])
-             if figures["ms"] is not None and figures.get("broker_gross_ms") is not None else figures["ms"]
-             for name, figures in units.items()}
+    gross = {name: figures["ms_gross"] for name, figures in units.items()}
     floor = floor_model.lifecycle_floor(unit_ms, counts)
     result.update({
         "units": units,

@@ -24,12 +24,23 @@ def test_the_floor_with_the_broker_gross_adds_back_what_was_subtracted() -> None
     assert result["floor_broker_gross"]["ms_per_lifecycle"] == pytest.approx(1.0)
 
 
-def test_the_broker_background_measured_before_is_subtracted() -> None:
+def test_the_lower_background_rate_is_subtracted_unless_it_exceeds_the_window() -> None:
     window = {"cpu_s": {"broker": 1.0}, "wall_s": 4.0}
-    net = floor.broker_net(window, 0.05, after=0.3)
+    net = floor.broker_net(window, 0.05, after=0.3)  # after: the part's own late work is in it too
     assert net["background_s"] == pytest.approx(0.2) and net["net_s"] == pytest.approx(0.8)
-    assert net["rate_per_s_after"] == 0.3  # kept, not subtracted: it holds this part's own late work
-    assert floor.broker_net(window, None, after=None)["net_s"] is None  # nothing measured, nothing subtracted
+    assert net["background_subtracted"]
+    burst = floor.broker_net(window, 0.4, after=0.5)  # someone else's burst just before and after
+    assert burst["net_s"] == 1.0 and not burst["background_subtracted"]
+    assert floor.broker_net(window, None, after=None)["net_s"] == 1.0  # nothing measured, nothing subtracted
+
+
+def test_repeats_are_ranked_by_their_gross_cost() -> None:
+    lucky = {"ms": 0.3, "by_process_ms": {"broker": 0.0}, "broker_gross_ms": 0.5}  # a large background subtracted
+    plain = {"ms": 0.4, "by_process_ms": {"broker": 0.1}, "broker_gross_ms": 0.12}
+    result = {"parts": {"rpc_round_trip": [{"units": {"rpc_round_trip": lucky}},
+                                           {"units": {"rpc_round_trip": plain}}]}}
+    unit = floor.least_costly(result)["rpc_round_trip"]
+    assert unit["ms"] == 0.4 and unit["ms_gross"] == pytest.approx(0.42)
 
 
 def test_per_op_needs_operations_and_a_measurement() -> None:

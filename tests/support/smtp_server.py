@@ -3,17 +3,27 @@
 `start_smtp_server()` serves on a free port in aiosmtpd's own thread; `refuse_next` makes it answer the
 next N transactions with a temporary failure (451), as a server under load does. With `login`, it
 offers AUTH LOGIN/PLAIN without TLS (a test server on the loopback only) and accepts only those
-credentials.
+credentials. With `starttls`, it requires STARTTLS before MAIL, with a certificate for 127.0.0.1 made
+for the run (`state.ca_file` verifies it).
 """
 
+import datetime
+import ipaddress
+import ssl
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.support.system import free_port
 
@@ -25,6 +35,7 @@ class SmtpState:
     refuse: int = 0
     port: int = 0  # where it listens
     logins: list[str] = field(default_factory=list)  # users that logged in
+    ca_file: Path | None = None  # with starttls: the certificate to trust
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refuse_next(self, n: int = 1) -> None:
@@ -85,12 +96,38 @@ def _authenticator(login: tuple[str, str], state: SmtpState) -> Any:
     return check
 
 
-def start_smtp_server(login: tuple[str, str] | None = None) -> tuple[Controller, SmtpState]:
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files in `directory`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "smtp.crt", directory / "smtp.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def start_smtp_server(login: tuple[str, str] | None = None, *,
+                      starttls: bool = False) -> tuple[Controller, SmtpState]:
     state = SmtpState()
     options: dict[str, Any] = {}
+    if starttls:
+        cert_file, key_file = _certificate(Path(tempfile.mkdtemp(prefix="pj-smtp-")))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        options = {"tls_context": context, "require_starttls": True}
+        state.ca_file = cert_file
     if login is not None:
         # Offered, not required: aiosmtpd warns on every connection when AUTH is required without TLS.
-        options = {"authenticator": _authenticator(login, state), "auth_require_tls": False}
+        options |= {"authenticator": _authenticator(login, state), "auth_require_tls": False}
     controller = _Controller(_Handler(state), hostname="127.0.0.1", port=free_port(), **options)
     controller.start()
     state.port = controller.port

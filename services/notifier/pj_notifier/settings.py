@@ -43,5 +43,8 @@ class NotifierSettings(CommonSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "approvals@localhost"
+    # CA certificates (PEM) to verify the SMTP server with, for a server whose certificate a private CA
+    # signed; unset: the system's CAs.
+    smtp_ca_file: Path | None = None
     # Outgoing notification webhooks are signed like the webhook connector's (X-PJ-Signature).
     notifier_webhook_secret: SecretStr | None = None

@@ -86,3 +86,20 @@ async def test_webhooks_are_signed_and_their_failures_classified(http: httpx.Asy
     sink.fail_next = [400]
     assert (await failure(sender.post(sink.url, {}, idempotency_key="k"))).permanent
     assert (await failure(WebhookSender(http, secret=None).post(sink.url, {}, idempotency_key="k"))).permanent
+
+
+async def test_email_upgrades_to_tls_with_starttls_and_checks_the_certificate() -> None:
+    controller, smtp = start_smtp_server(starttls=True)  # MAIL is refused before STARTTLS
+    try:
+        assert smtp.ca_file is not None
+        settings = NotifierSettings(env="dev", smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_ca_file=smtp.ca_file)
+        await EmailSender(settings).send("alice@example.com", subject="Hello", body="Body", message_id="m-1")
+        assert len(smtp.to("alice@example.com")) == 1
+        untrusted = EmailSender(settings.model_copy(update={"smtp_ca_file": None}))
+        refused = await failure(untrusted.send("alice@example.com", subject="x", body="x", message_id="m-2"))
+        assert "certificate" in refused.reason.lower() or "ssl" in refused.reason.lower()
+        plain = EmailSender(settings.model_copy(update={"smtp_starttls": False}))
+        assert await failure(plain.send("alice@example.com", subject="x", body="x", message_id="m-3"))
+        assert len(smtp.messages) == 1
+    finally:
+        controller.stop()

@@ -28,7 +28,7 @@ class EmailSender:
                 message, hostname=s.smtp_host, port=s.smtp_port, use_tls=s.smtp_tls,
                 start_tls=s.smtp_starttls and not s.smtp_tls, username=s.smtp_username,
                 password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                timeout=s.notifier_http_timeout_s)
+                cert_bundle=str(s.smtp_ca_file) if s.smtp_ca_file else None, timeout=s.notifier_http_timeout_s)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise DeliveryFailed(f"smtp: recipient refused: {exc}", permanent=True) from exc
         except aiosmtplib.SMTPAuthenticationError as exc:

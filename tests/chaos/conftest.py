@@ -30,7 +30,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("name") if callspec is not None else None
         if name not in IN_MAKE_TEST and not run_all():
-            item.add_marker(pytest.mark.skip(reason="runs under `make chaos` only until its mechanism lands"))
+            item.add_marker(pytest.mark.skip(
+                reason="runs under `make chaos` (the short version in `make test` takes one scenario of each kind)"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ for the run (`state.ca_file` verifies it).
 
 import datetime
 import ipaddress
+import shutil
 import ssl
 import tempfile
 import threading
@@ -132,3 +133,10 @@ def start_smtp_server(login: tuple[str, str] | None = None, *,
     controller.start()
     state.port = controller.port
     return controller, state
+
+
+def stop_smtp_server(controller: Controller, state: SmtpState) -> None:
+    """Stop serving and remove the run's certificate, if one was made."""
+    controller.stop()
+    if state.ca_file is not None:
+        shutil.rmtree(state.ca_file.parent, ignore_errors=True)

@@ -12,7 +12,7 @@ from pj_notifier.channels.webhook import WebhookSender
 from pj_notifier.settings import NotifierSettings
 from tests.integration.notifier.conftest import CHANNEL, SLACK_TOKEN, WEBHOOK_SECRET
 from tests.support.slack_api import SlackState
-from tests.support.smtp_server import start_smtp_server
+from tests.support.smtp_server import start_smtp_server, stop_smtp_server
 from tests.support.webhook_sink import SinkState
 
 
@@ -102,4 +102,4 @@ async def test_email_upgrades_to_tls_with_starttls_and_checks_the_certificate() 
         assert await failure(plain.send("alice@example.com", subject="x", body="x", message_id="m-3"))
         assert len(smtp.messages) == 1
     finally:
-        controller.stop()
+        stop_smtp_server(controller, smtp)

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -175,3 +176,41 @@ async def test_a_notifier_killed_in_the_middle_of_a_post_does_not_post_it_again(
     assert slack.calls("conversations.history")
     assert len(slack.posted("DU0ALICE")) == 1 and len(slack.posted("DU0BOB")) == 1
     assert sorted(m["To"] for m in smtp.messages) == ["alice@example.com", "bob@example.com"]
+
+
+async def test_two_notifiers_share_the_queue_and_post_each_message_once(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, events: Callable[[ApprovalEvent], asyncio.Future[None]],
+        slack: SlackState) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    apps = [NotifierApp(NotifierSettings()) for _ in range(2)]
+    for app in apps:
+        await app.start()
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(6)]
+        published = []
+        for aid in ids:  # every event of each approval at once: the processes take them in any order
+            first = created(aid)
+            published.append(events(first))
+            for minutes, (type_, to) in enumerate([("approval.decided", S.APPROVED), ("approval.dispatch.started",
+                                                   S.DISPATCHING), ("approval.dispatch.completed", S.DISPATCHED)], 1):
+                published.append(events(approval_event(type_, to, approval_id=aid,
+                                                        at=first.occurred_at + timedelta(minutes=minutes))))
+        await asyncio.gather(*published)
+
+        def finished() -> bool:
+            texts = [m["text"] for m in slack.posted(CHANNEL)]
+            return len(texts) >= len(ids) and all("Dispatched" in t for t in texts)
+
+        await eventually(finished, "every approval's message says dispatched", timeout=30)
+        assert len(slack.posted(CHANNEL)) == len(ids), "one message per approval, whichever process took what"
+        assert len(slack.posted("DU0ALICE")) == len(ids) and len(slack.posted("DU0ERIN")) == len(ids)
+        assert all(sum(a.metrics.registry.get_sample_value("notifier_events_total", {"type": t, "seen": "new"}) or 0
+                       for a in apps) == len(ids) for t in ("approval.created", "approval.decided"))
+        for app in apps:  # the broker hands the shared queue's events to both
+            taken = [s.value for m in app.metrics.registry.collect() if m.name == "notifier_events"
+                     for s in m.samples if s.name == "notifier_events_total"]
+            assert sum(taken) > 0
+    finally:
+        for app in apps:
+            await app.stop()

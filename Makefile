@@ -27,7 +27,7 @@ TENANT ?= default
 help: ## this list
 	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.synced: uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
+$(VENV)/.synced: uv.lock pyproject.toml libs/*/pyproject.toml services/*/pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --frozen --python $(PYTHON) --quiet
 	@touch $@
@@ -84,6 +84,7 @@ schemas: venv ## write the message models' JSON Schemas to docs/schemas
 bench: venv ## throughput and latency figures to bench/results (see bench/README.md)
 	$(PY) bench/run.py
 
+.PHONY: bench-floor
 bench-floor: venv ## CPU of the parts alone (FastAPI, aio-pika, psycopg) and the lifecycle floor they allow (bench/floor.py)
 	$(PY) -m bench.floor
 

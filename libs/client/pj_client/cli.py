@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
+import httpx
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console, RenderableType
@@ -24,9 +25,11 @@ from pj_common.messages import ApprovalEvent, ApprovalStatus, DispatchOutcome
 
 from . import render
 from .api import error_body
-from .config import ConfigError, Profile, StoredConfig, config_path, load, resolve, save
+from .config import ConfigError, Profile, SignIn, StoredConfig, config_path, load, resolve, save
+from .credentials import current
 from .errors import ClientError, ExitCode, NotFound, Unauthorized, Unavailable
 from .http import AsyncGatewayClient, GatewayClient
+from .oidc import DeviceAuthorization, discover, poll_for_tokens, provider_client, start_device_flow
 from .payload import PayloadError, read_payload
 from .progress import dispatch_live
 
@@ -39,8 +42,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-DEVICE_FLOW_LATER = ("Signing in through your identity provider (OpenID device flow) is not available yet: "
-                     "paste a bearer token instead (on a development system, `pj token` prints one).")
+DEFAULT_LOGIN_SCOPE = "openid profile offline_access"
+NO_PROVIDER = ("No identity provider to sign in with: neither --issuer (PJ_OIDC_ISSUER) nor the gateway's console "
+               "names one. Paste a bearer token from your provider (on a development system, `pj token` prints one).")
 
 app = typer.Typer(name="pj", no_args_is_help=True, rich_markup_mode="rich",
                   help="The approval gate from a terminal: request, review, approve, dispatch, watch.")
@@ -80,8 +84,11 @@ class Session:
 
     def profile(self) -> Profile:
         # The file is read only for what flags and environment left open: a damaged one stops no script
-        # that names both.
-        stored = StoredConfig() if self.url and self.token else load(config_path())
+        # that names both. Its token, when used, is renewed first if it has expired.
+        if self.url and self.token:
+            stored = StoredConfig()
+        else:
+            stored = load(config_path()) if self.token else current(config_path())
         return resolve(url=self.url, token=self.token, stored=stored)
 
     def gateway(self) -> GatewayClient:
@@ -161,6 +168,74 @@ def _claims(token: str) -> dict[str, Any]:
     return {key: claims[key] for key in ("sub", "role", "tenant", "exp") if key in claims}
 
 
+def _gateway_sign_in(target: str) -> dict[str, Any]:
+    """The OpenID provider the gateway's console signs in with (`signIn` of /console/config.json), or {}."""
+    try:
+        response = httpx.get(f"{target}/console/config.json", timeout=5.0)
+        sign_in = response.json().get("signIn") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return {}  # an older gateway, or none there yet: the issuer must come from --issuer
+    return sign_in if isinstance(sign_in, dict) and sign_in.get("issuer") else {}
+
+
+def _with_offline_access(scopes: str) -> str:
+    """The console's scopes, plus offline_access: a terminal needs a refresh token to outlive one access token."""
+    names = scopes.split()
+    return " ".join([*names, "offline_access"] if "offline_access" not in names else names)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderChoice:
+    """Where `pj login` signs in, and what it asks for."""
+
+    issuer: str
+    client_id: str
+    scope: str
+    resource: str | None
+
+
+def _provider_choice(target: str, *, issuer: str | None, client_id: str) -> ProviderChoice | None:
+    """--issuer (or PJ_OIDC_ISSUER), else the gateway's own provider; None when neither names one. The scopes
+    (and RFC 8707 resource) are the console's when it signs in at the same provider."""
+    console = _gateway_sign_in(target)
+    chosen = (issuer or str(console.get("issuer") or "")).rstrip("/")
+    if not chosen:
+        return None
+    same = str(console.get("issuer") or "").rstrip("/") == chosen
+    scopes = _with_offline_access(str(console["scopes"])) if same and console.get("scopes") else DEFAULT_LOGIN_SCOPE
+    resource = str(console["resource"]) if same and console.get("resource") else None
+    return ProviderChoice(issuer=chosen, client_id=client_id, scope=scopes, resource=resource)
+
+
+def _show_code(err: Console, started: DeviceAuthorization) -> None:
+    minutes = max(1, started.expires_in // 60)
+    if started.verification_uri_complete:
+        err.print(f"To sign in, open this page in a browser and check that it shows the code "
+                  f"[bold]{started.user_code}[/]:\n  {started.verification_uri_complete}", highlight=False)
+    else:
+        err.print(f"To sign in, open this page in a browser and enter the code [bold]{started.user_code}[/]:"
+                  f"\n  {started.verification_uri}", highlight=False)
+    err.print(f"Waiting for you to confirm (the code expires in {minutes} min; Ctrl-C gives up)...", highlight=False)
+
+
+def _device_sign_in(choice: ProviderChoice, err: Console) -> tuple[str, SignIn] | None:
+    """The device flow at the provider: the access token and how to renew it; None when it offers no device flow."""
+    with provider_client() as http:
+        discovery = discover(http, choice.issuer)
+        if discovery.device_authorization_endpoint is None:
+            err.print(f"{choice.issuer} offers no device sign-in (its discovery document has no "
+                      "device_authorization_endpoint): paste a token from it instead.", highlight=False)
+            return None
+        started = start_device_flow(http, discovery, client_id=choice.client_id, scope=choice.scope,
+                                    resource=choice.resource)
+        _show_code(err, started)
+        tokens = poll_for_tokens(http, discovery, started, client_id=choice.client_id)
+    # Counted from the answer: renewal starts RENEW_EARLY_S before the end, which covers its latency.
+    sign_in = SignIn(issuer=discovery.issuer, client_id=choice.client_id, token_endpoint=discovery.token_endpoint,
+                     refresh_token=tokens.refresh_token, expires_at=tokens.expires_at(time.time()))
+    return tokens.access_token, sign_in
+
+
 @app.command()
 @handled
 def login(
@@ -168,23 +243,37 @@ def login(
     ctx: typer.Context,
     url: Annotated[str | None, typer.Option("--url", help="The gateway's base URL to store.",
                                             show_default=False)] = None,
-    token: Annotated[str | None, typer.Option("--token", help="The bearer token to store (else asked for).",
-                                              show_default=False)] = None,
+    token: Annotated[str | None, typer.Option("--token", help="The bearer token to store (no sign-in at the "
+                                                              "identity provider).", show_default=False)] = None,
+    issuer: Annotated[str | None, typer.Option("--issuer", envvar="PJ_OIDC_ISSUER", show_default=False,
+                                               help="The OpenID provider to sign in with [default: the "
+                                                    "gateway's, from its console configuration]")] = None,
+    client_id: Annotated[str, typer.Option("--client-id", help="Your organisation's client for `pj` at the "
+                                                              "provider (public, device flow).")] = "pj-cli",
     check: Annotated[bool, typer.Option(help="Ask the gateway whether it accepts the token first.")] = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Store the gateway's URL and your bearer token in your config directory (mode 0600)."""
+    """Sign in (OpenID device flow where your provider offers it, else a pasted token) and store the gateway's
+    URL and your token in your config directory (mode 0600)."""
     session = session_of(ctx)
     path = config_path()
     target = (url or session.url or load(path).url).rstrip("/")
+    err = Console(stderr=True, soft_wrap=True)
+    sign_in: SignIn | None = None
     if not token:
-        Console(stderr=True, soft_wrap=True).print(DEVICE_FLOW_LATER, highlight=False)
-        token = str(typer.prompt("Bearer token", hide_input=True, err=True)).strip()
+        choice = _provider_choice(target, issuer=issuer, client_id=client_id)
+        signed = _device_sign_in(choice, err) if choice is not None else None
+        if signed is not None:
+            token, sign_in = signed
+        else:
+            if choice is None:
+                err.print(NO_PROVIDER, highlight=False)
+            token = str(typer.prompt("Bearer token", hide_input=True, err=True)).strip()
     if check:
         with GatewayClient(target, token) as gate:
             gate.count_pending()  # any authenticated read: a refused token fails here, before it is stored
-    save(path, StoredConfig(url=target, token=token))
-    result = {"url": target, "config": str(path), **_claims(token)}
+    save(path, StoredConfig(url=target, token=token, sign_in=sign_in))
+    result = {"url": target, "config": str(path), **({"issuer": sign_in.issuer} if sign_in else {}), **_claims(token)}
     if as_json:
         typer.echo(json.dumps(result))
     else:

@@ -23,6 +23,18 @@ class ConfigError(Exception):
     """The config file exists but cannot be read or written as a config (a usage error)."""
 
 
+class SignIn(BaseModel):
+    """How the stored token was had from an OpenID provider, and how to renew it (`pj login` device flow)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    issuer: str
+    client_id: str
+    token_endpoint: str
+    refresh_token: str | None = None
+    expires_at: float | None = None  # the access token's end, Unix time; None: unknown, never renewed early
+
+
 class StoredConfig(BaseModel):
     """What `pj login` stores."""
 
@@ -30,6 +42,7 @@ class StoredConfig(BaseModel):
 
     url: str = DEFAULT_URL
     token: str | None = None
+    sign_in: SignIn | None = None  # None: a pasted token, used until the gateway refuses it
 
 
 @dataclass(frozen=True, slots=True)

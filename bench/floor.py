@@ -210,8 +210,8 @@ async def wait_ready(role: Role, timeout: float = 60) -> None:
 async def stop_roles(roles: list[Role]) -> None:
     for role in roles:
         role.control.stop.value = 1
-        if role.control.counter is None or role.label == "server":
-            role.process.terminate()  # uvicorn stops on SIGTERM
+        if role.label == "server":
+            role.process.terminate()  # uvicorn watches no flag: it stops on SIGTERM
     loop = asyncio.get_running_loop()
     for role in roles:
         await loop.run_in_executor(None, role.process.join, 15)

@@ -1215,6 +1215,7 @@ def service_env(setup: Setup, webhook_url: str) -> dict[str, str]:
         "PJ_WEBHOOK_URL": webhook_url,
         "PJ_WEBHOOK_SECRET": setup.webhook_secret,
         "PJ_WEBHOOK_ALLOW_PRIVATE": "1",
+        "PJ_CONNECTOR_ALLOW_HTTP": "1",  # the local receiver speaks plain http
         "PJ_LOG_LEVEL": setup.args.log_level,
         # The bench's few callers send thousands of requests a minute: it measures the system's work,
         # not the per-caller rate limit (which would answer most of them 429).

@@ -65,6 +65,7 @@ def service_env(*, database_url: str, amqp_url: str, prefix: str, port: int, web
         "PJ_WEBHOOK_URL": webhook_url,
         "PJ_WEBHOOK_SECRET": secrets.webhook,
         "PJ_WEBHOOK_ALLOW_PRIVATE": "1",
+        "PJ_CONNECTOR_ALLOW_HTTP": "1",  # the local receivers and fake APIs speak plain http
         "PJ_DISPATCH_WAIT_S": "10",
         "PJ_CONNECTOR_RETRY_BASE_S": "0.05",
         "PJ_LOG_LEVEL": "INFO",

@@ -1,6 +1,7 @@
 """Dispatcher settings: `PJ_*`, plus the connector credentials under their conventional names."""
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 
@@ -50,6 +51,10 @@ class DispatcherSettings(DispatchSigningSettings):
     # Per read of a connector's answer; the whole attempt is bounded by step_deadline_s.
     read_timeout_s: float = 30.0
 
+    # Connector base URLs must be https outside dev. This lets a prod-like run (the end-to-end, chaos and
+    # bench harnesses, docker compose's local sink) use http:// servers of its own: local testing only.
+    connector_allow_http: bool = False
+
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     webhook_allow_private: bool = False
@@ -65,9 +70,34 @@ class DispatcherSettings(DispatchSigningSettings):
     slack_api_url: str = "https://slack.com/api"
 
     @model_validator(mode="after")
+    def _connector_urls_are_https_outside_dev(self) -> "DispatcherSettings":
+        # A connector sends a token (or a signed body) to its base URL: over http anyone on the path reads it.
+        allow_http = self.env == "dev" or self.connector_allow_http
+        for env_name, url in (("PJ_WEBHOOK_URL", self.webhook_url), ("PJ_GITHUB_API_URL", self.github_api_url),
+                              ("PJ_GRAPH_API_URL", self.graph_api_url), ("PJ_GRAPH_LOGIN_URL", self.graph_login_url),
+                              ("PJ_SLACK_API_URL", self.slack_api_url)):
+            if url is not None:
+                check_connector_url(env_name, url, allow_http=allow_http)
+        return self
+
+    @model_validator(mode="after")
     def _a_delivery_fits_a_wait_and_an_attempt(self) -> "DispatcherSettings":
         # A fresh delivery must be able to wait out the longest accepted rate limit and then make one
         # attempt, or a rate-limited step would be handed back to the queue for good.
         if self.order_hold_max_s <= self.rate_limit_max_wait_s + self.step_deadline_s:
             raise ValueError("PJ_ORDER_HOLD_MAX_S must exceed PJ_RATE_LIMIT_MAX_WAIT_S + PJ_STEP_DEADLINE_S")
         return self
+
+
+def check_connector_url(env_name: str, url: str, *, allow_http: bool) -> None:
+    """Refuse a connector base URL that is not https (or http when allowed) with a host.
+
+    The message names the setting, never the value: a URL may carry credentials."""
+    parts = urlsplit(url)
+    schemes = ("https", "http") if allow_http else ("https",)
+    if parts.scheme not in schemes:
+        raise ValueError(f"{env_name} must be an https:// URL outside dev (PJ_ENV=prod); http:// is accepted "
+                         "only with PJ_ENV=dev or PJ_CONNECTOR_ALLOW_HTTP=1, which are for local testing"
+                         if parts.scheme == "http" else f"{env_name} must be an https:// URL")
+    if not parts.hostname:
+        raise ValueError(f"{env_name} must name a host")

@@ -1,7 +1,10 @@
 """The signed webhook connector against a real HTTP receiver on 127.0.0.1."""
 
+import datetime
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -9,8 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from pj_common.messages import DispatchOrder, PlanStep, StepReport
+from pj_dispatcher.connectors.addresses import Resolver, system_resolver
 from pj_dispatcher.connectors.base import ConnectorError, StepContext
-from pj_dispatcher.connectors.webhook import WebhookConnector, refuse_private_target
+from pj_dispatcher.connectors.webhook import WebhookConnector
 from pj_dispatcher.metrics import DispatcherMetrics
 from pj_dispatcher.runner import PlanRunner
 from pj_dispatcher.settings import DispatcherSettings
@@ -32,8 +36,9 @@ def context(payload: Any = None, operation: str = "post") -> StepContext:
     return StepContext(approval_id="a-1", tenant_id="acme", action_id="notify.webhook", step=step)
 
 
-def connector(client: httpx.AsyncClient, url: str, allow_private: bool = True) -> WebhookConnector:
-    return WebhookConnector(client, url=url, secret=SecretStr(SECRET), allow_private=allow_private)
+def connector(client: httpx.AsyncClient, url: str, allow_private: bool = True,
+              resolve: Resolver = system_resolver) -> WebhookConnector:
+    return WebhookConnector(client, url=url, secret=SecretStr(SECRET), allow_private=allow_private, resolve=resolve)
 
 
 async def run_one_step(settings: DispatcherSettings, hook: Any, approval_id: str, body: str,
@@ -120,11 +125,114 @@ async def test_private_targets_are_refused_unless_allowed(sink: SinkState) -> No
     async with httpx.AsyncClient() as client:
         with pytest.raises(ConnectorError) as err:
             await connector(client, sink.url, allow_private=False).run(context())
-    assert err.value.code == "target_not_allowed" and sink.attempts == 0
-    for url in ("http://10.1.2.3/x", "http://169.254.169.254/latest", "http://[::1]:8080/", "http://0.0.0.0/",
-                "http://100.64.0.1/cgnat"):
-        with pytest.raises(ConnectorError):
-            await refuse_private_target(url)
+        assert err.value.code == "target_not_allowed" and sink.attempts == 0
+        for url in ("http://10.1.2.3/x", "http://169.254.169.254/latest", "http://[::1]:8080/", "http://0.0.0.0/",
+                    "http://100.64.0.1/cgnat", "http://[::ffff:127.0.0.1]/", "http://[2002:a9fe:a9fe::]/",
+                    "http://[64:ff9b::a9fe:a9fe]/", "http://[fd00::1]/", "http://[fe80::1]/", "http://224.0.0.1/",
+                    "http://2130706433/"):  # 127.0.0.1 spelled as one number: judged by what it resolves to
+            with pytest.raises(ConnectorError) as err:
+                await connector(client, url, allow_private=False).run(context())
+            assert err.value.code == "target_not_allowed" and not err.value.retryable, url
+
+
+async def test_a_name_is_judged_by_what_it_resolves_to(sink: SinkState) -> None:
+    """`localhost` by name, through the system resolver: refused; allowed in dev, it reaches the sink."""
+    by_name = sink.url.replace("127.0.0.1", "localhost")
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(ConnectorError) as err:
+            await connector(client, by_name, allow_private=False).run(context())
+        assert err.value.code == "target_not_allowed" and "loopback" in err.value.message
+        assert sink.attempts == 0
+        await connector(client, by_name, allow_private=True).run(context("by name"))
+    (delivery,) = sink.deliveries
+    assert delivery.headers["Host"] == by_name.split("/")[2]  # the URL's host and port, not the address
+
+
+class Rebinding:
+    """A DNS answer that changes after the first lookup, as a rebinding attacker's server does: the first
+    answer is the sink's address, every later one an address where nothing listens."""
+
+    def __init__(self, first: Sequence[str], later: Sequence[str]) -> None:
+        self.first, self.later = first, later
+        self.lookups = 0
+
+    async def __call__(self, host: str, port: int) -> Sequence[str]:
+        self.lookups += 1
+        return self.first if self.lookups == 1 else self.later
+
+
+async def test_the_connection_goes_to_the_address_that_was_resolved_once(sink: SinkState) -> None:
+    port = sink.url.split(":")[2].split("/")[0]
+    resolver = Rebinding(["127.0.0.1"], ["127.0.0.2"])  # the sink listens on 127.0.0.1 only
+    async with httpx.AsyncClient() as client:
+        await connector(client, f"http://hook.pj.invalid:{port}/hook", resolve=resolver).run(context("pinned"))
+    assert resolver.lookups == 1  # a second lookup would have sent the request to 127.0.0.2
+    (delivery,) = sink.deliveries
+    assert delivery.headers["Host"] == f"hook.pj.invalid:{port}" and delivery.signature_ok
+
+
+async def test_an_address_that_refuses_the_connection_gives_way_to_the_next_checked_one(sink: SinkState) -> None:
+    port = sink.url.split(":")[2].split("/")[0]
+    resolver = Rebinding(["127.0.0.2", "127.0.0.1"], ["127.0.0.3"])
+    async with httpx.AsyncClient() as client:
+        await connector(client, f"http://hook.pj.invalid:{port}/hook", resolve=resolver).run(context())
+    assert resolver.lookups == 1 and len(sink.deliveries) == 1
+
+
+def certificate_for(name: str, directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate valid for the DNS name `name` only (no IP address), and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "hook.crt", directory / "hook.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+async def test_https_keeps_the_name_for_sni_and_the_certificate_check(tmp_path: Path) -> None:
+    """Connected to the checked address, TLS still names the URL's host: the server sees it as SNI, and
+    the certificate (valid for that name only, not for 127.0.0.1) is verified against it."""
+    name = "hook.pj.test"
+    cert_file, key_file = certificate_for(name, tmp_path)
+    server_names: list[str | None] = []
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+
+    def record_server_name(sock: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        server_names.append(server_name)
+
+    server_tls.sni_callback = record_server_name
+    server, state = start_sink(SECRET)
+    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
+    port = server.server_address[1]
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert_file))
+        async with httpx.AsyncClient(verify=trusting) as client:
+            resolver = Rebinding(["127.0.0.1"], ["127.0.0.2"])
+            await connector(client, f"https://{name}:{port}/hook", resolve=resolver).run(context("tls"))
+        async with httpx.AsyncClient(verify=trusting) as client:  # a new pool: no connection made by name
+            with pytest.raises(ConnectorError) as err:  # by address, the same certificate does not verify
+                await connector(client, f"https://127.0.0.1:{port}/hook").run(context())
+            assert "CERTIFICATE_VERIFY_FAILED" in err.value.message
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server_names[0] == name and resolver.lookups == 1
+    (delivery,) = state.deliveries
+    assert delivery.headers["Host"] == f"{name}:{port}"
 
 
 async def test_missing_settings_are_named() -> None:

@@ -17,7 +17,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Start every test from no PJ_* configuration, whatever the surrounding shell exports."""
     for name in ("PJ_JWT_SECRET", "PJ_JWT_SECRET_FILE", "PJ_ENV", "PJ_JWT_ISSUER", "PJ_JWT_AUDIENCE", "PJ_AMQP_URL",
                  "PJ_AMQP_PREFIX", "PJ_LOG_LEVEL", "PJ_DISPATCH_SIGNING_KEY", "GITHUB_DISPATCH_TOKEN",
-                 "PJ_WEBHOOK_SECRET"):
+                 "PJ_WEBHOOK_SECRET", "PJ_WEBHOOK_URL"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -1,18 +1,21 @@
-"""Signed webhook: POST JSON with an HMAC-SHA256 signature and an idempotency key."""
+"""Signed webhook: POST JSON with an HMAC-SHA256 signature and an idempotency key.
 
-import asyncio
+The URL is the operator's, but what its host resolves to is whoever runs its DNS: each attempt resolves
+the host once, checks every address (pj_dispatcher.connectors.addresses) and connects to a checked
+address itself, with the URL's Host header and TLS server name, so a second lookup cannot rebind the
+connection to an internal address.
+"""
+
 import hashlib
 import hmac
-import ipaddress
 import json
-import socket
 import time
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
 
+from .addresses import IPAddress, Resolver, TargetRefused, resolve_checked, system_resolver
 from .base import ApiConnector, Operation, StepContext, StepOutput, permanent
 from .http_errors import classify_status, classify_transport
 
@@ -23,38 +26,16 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-# RFC 6598 carrier-grade NAT space: not "private" to the ipaddress module, but never a public target.
-_SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
-
-
-async def refuse_private_target(url: str) -> None:
-    """SSRF guard: refuse hosts that resolve to private, loopback, link-local or reserved addresses."""
-    host = urlsplit(url).hostname
-    if not host:
-        raise permanent("invalid_target", f"webhook URL has no host: {url!r}")
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise permanent("invalid_target", f"cannot resolve webhook host {host!r}: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
-                or address.is_multicast or address.is_unspecified or address in _SHARED_ADDRESS_SPACE):
-            raise permanent("target_not_allowed",
-                            f"webhook host {host!r} resolves to non-public address {address}; "
-                            "set PJ_WEBHOOK_ALLOW_PRIVATE=1 to allow it")
-
-
 class WebhookConnector(ApiConnector):
     name = "webhook"
 
     def __init__(self, client: httpx.AsyncClient, *, url: str | None, secret: SecretStr | None,
-                 allow_private: bool) -> None:
+                 allow_private: bool, resolve: Resolver = system_resolver) -> None:
         self._client = client
         self._url = url
         self._secret = secret
         self._allow_private = allow_private
+        self._resolve = resolve
 
     def missing_settings(self) -> list[str]:
         missing: list[str] = []
@@ -73,8 +54,8 @@ class WebhookConnector(ApiConnector):
 
     async def _post(self, ctx: StepContext) -> StepOutput:
         assert self._url is not None and self._secret is not None  # checked by missing_settings
-        if not self._allow_private:
-            await refuse_private_target(self._url)
+        url = httpx.URL(self._url)
+        addresses = await self._checked_addresses(url)
         body = json.dumps({"approvalId": ctx.approval_id, "actionId": ctx.action_id,
                            "payload": ctx.step.params.get("body")}, separators=(",", ":")).encode()
         timestamp = str(int(time.time()))
@@ -83,14 +64,41 @@ class WebhookConnector(ApiConnector):
             "X-PJ-Timestamp": timestamp,
             "X-PJ-Signature": sign(self._secret.get_secret_value(), timestamp, body),
             "Idempotency-Key": ctx.idempotency_key,
+            "Host": url.netloc.decode("ascii"),  # the URL's, not the address connected to
         }
-        try:
-            response = await self._client.post(self._url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise classify_transport(exc, "webhook") from exc
+        response = await self._send_pinned(url, addresses, body=body, headers=headers)
         if response.is_redirect:
             raise permanent("redirect_refused", f"webhook answered {response.status_code} redirect; not followed",
                             response.status_code)
         if not response.is_success:
             raise classify_status(response, "webhook")
         return StepOutput(result={"status": response.status_code}, http_status=response.status_code)
+
+    async def _checked_addresses(self, url: httpx.URL) -> list[IPAddress]:
+        if not url.host:
+            raise permanent("invalid_target", "webhook URL has no host")
+        try:
+            return await resolve_checked(url.host, url.port or (443 if url.scheme == "https" else 80),
+                                         resolve=self._resolve, allow_private=self._allow_private)
+        except TargetRefused as exc:
+            raise permanent(exc.code, f"webhook: {exc.message}") from exc
+
+    async def _send_pinned(self, url: httpx.URL, addresses: list[IPAddress], *, body: bytes,
+                           headers: dict[str, str]) -> httpx.Response:
+        """POST to the first of `addresses` that accepts a connection; never to any other address."""
+        last: httpx.ConnectError | None = None
+        for address in addresses:
+            # The certificate is checked against the URL's host, as if it had been connected to by name.
+            # The client's pool keys connections by address; the webhook has one URL, so a pooled
+            # connection to this address was always made under this name.
+            extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
+            request = self._client.build_request("POST", url.copy_with(host=str(address)), content=body,
+                                                 headers=headers, extensions=extensions)
+            try:
+                return await self._client.send(request, follow_redirects=False)
+            except httpx.ConnectError as exc:
+                last = exc  # nothing was sent: the next checked address may be tried
+            except httpx.HTTPError as exc:
+                raise classify_transport(exc, "webhook") from exc
+        assert last is not None  # resolve_checked returns at least one address
+        raise classify_transport(last, "webhook") from last

@@ -659,6 +659,8 @@ def summarize(result: dict[str, Any], counts: dict[str, float]) -> dict[str, Any
         "counts_source": "docs/performance.md, Per lifecycle (see bench/floor_model.py)",
         "floor": floor,
         "floor_broker_gross": floor_model.lifecycle_floor(gross, counts),
+        "floor_by_process": floor_model.floor_by_process(
+            {name: figures["by_process_ms"] for name, figures in units.items()}, counts),
         "floor_at_other_counts": {name: {"counts": other, **floor_model.lifecycle_floor(unit_ms, other)}
                                   for name, other in floor_model.OTHER_COUNTS.items()},
         "targets": floor_model.against_targets(floor["ms_per_lifecycle"]),
@@ -702,6 +704,8 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join([
         table(result), "",
         f"the same parts at other counts (bench/floor_model.py OTHER_COUNTS): {others}",
+        "the floor by process of the system (ms): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["floor_by_process"].items()),
         f"load average before {meta['loadavg_before']}, at the end of each window {during}, after "
         f"{meta['loadavg_after']}; CPU of other processes in the windows (s): {busy}",
         f"broker background subtracted; with the broker's gross CPU the floor is "

@@ -72,6 +72,39 @@ NOT_COUNTED = (
 )
 
 
+# Which process of the system plays each role of a unit, and its share of the unit's count per lifecycle:
+# the gateway makes 3 of the 4 RPC calls (the dispatcher the 4th, get_dispatch_plan); approvals publishes
+# the order and consumes the step result, the dispatcher the other way round.
+PROCESS_SPLIT: dict[tuple[str, str], dict[str, float]] = {
+    ("http_request", "server"): {"gateway": 1.0},
+    ("http_client_call", "client"): {"dispatcher": 1.0},
+    ("rpc_round_trip", "caller"): {"gateway": 0.75, "dispatcher": 0.25},
+    ("rpc_round_trip", "responder"): {"approvals": 1.0},
+    ("rpc_round_trip", "broker"): {"rabbitmq": 1.0},
+    ("durable_message", "publisher"): {"approvals": 0.5, "dispatcher": 0.5},
+    ("durable_message", "consumer"): {"dispatcher": 0.5, "approvals": 0.5},
+    ("durable_message", "broker"): {"rabbitmq": 1.0},
+    ("event_publish", "publisher"): {"approvals": 1.0},
+    ("event_publish", "broker"): {"rabbitmq": 1.0},
+    **{(unit, "client"): {"approvals": 1.0} for unit in ("sql_insert", "sql_update", "sql_select")},
+    **{(unit, "backends"): {"postgresql": 1.0} for unit in ("sql_insert", "sql_update", "sql_select")},
+}
+
+
+def floor_by_process(by_process_ms: Mapping[str, Mapping[str, float | None]],
+                     counts: Mapping[str, float]) -> dict[str, float]:
+    """The floor divided among the system's processes (PROCESS_SPLIT), to set beside the bench's CPU per
+    process; it sums to the floor when every role has a place in the split."""
+    out: dict[str, float] = {}
+    for unit, roles in by_process_ms.items():
+        for role, ms in roles.items():
+            if ms is None or not counts.get(unit):
+                continue
+            for process, share in PROCESS_SPLIT.get((unit, role), {"unplaced": 1.0}).items():
+                out[process] = out.get(process, 0.0) + counts[unit] * share * ms
+    return out
+
+
 def max_rate(ms_per_op: float, *, cores: int = CORES) -> float | None:
     """Operations per second that `cores` fully busy CPUs allow at `ms_per_op` of CPU each (None at 0)."""
     if ms_per_op <= 0:

@@ -67,3 +67,27 @@ def test_the_architecture_budget_counts_at_its_own_unit_costs_give_its_budget() 
     floor = floor_model.lifecycle_floor(costs, floor_model.OTHER_COUNTS["architecture_budget"])
     assert floor["ms_per_lifecycle"] == pytest.approx(3.04)
     assert floor["missing"] == []
+
+
+def test_the_floor_by_process_divides_the_floor_among_the_systems_processes() -> None:
+    by_process = {"http_request": {"server": 0.2}, "rpc_round_trip": {"caller": 0.3, "responder": 0.3, "broker": 0.2},
+                  "durable_message": {"publisher": 0.1, "consumer": 0.1, "broker": 0.2},
+                  "sql_update": {"client": 0.15, "backends": 0.1}}
+    counts = {"http_request": 3, "rpc_round_trip": 4, "durable_message": 2, "sql_update": 5}
+    split = floor_model.floor_by_process(by_process, counts)
+    assert split["gateway"] == pytest.approx(3 * 0.2 + 3 * 0.3)  # 3 of the 4 RPC calls
+    assert split["dispatcher"] == pytest.approx(0.3 + 0.1 + 0.1)  # the 4th call, the result out, the order in
+    assert split["approvals"] == pytest.approx(4 * 0.3 + 0.1 + 0.1 + 5 * 0.15)
+    assert split["rabbitmq"] == pytest.approx(4 * 0.2 + 2 * 0.2) and split["postgresql"] == pytest.approx(0.5)
+    totals = {unit: sum(ms for ms in roles.values()) for unit, roles in by_process.items()}
+    assert sum(split.values()) == pytest.approx(floor_model.lifecycle_floor(totals, counts)["ms_per_lifecycle"])
+
+
+def test_every_role_the_floor_measures_has_a_process() -> None:
+    roles = {("http_request", "server"), ("http_client_call", "client"), ("rpc_round_trip", "caller"),
+             ("rpc_round_trip", "responder"), ("rpc_round_trip", "broker"), ("durable_message", "publisher"),
+             ("durable_message", "consumer"), ("durable_message", "broker"), ("event_publish", "publisher"),
+             ("event_publish", "broker")} | {(f"sql_{k}", r) for k in ("insert", "update", "select")
+                                              for r in ("client", "backends")}
+    assert set(floor_model.PROCESS_SPLIT) == roles
+    assert all(sum(shares.values()) == pytest.approx(1.0) for shares in floor_model.PROCESS_SPLIT.values())

@@ -32,7 +32,7 @@ from .channels.slack import SlackClient
 from .channels.webhook import WebhookSender
 from .domain import Notice, NoticeKind, Timing, Tracked, apply_event, due_nudges, is_quiet
 from .metrics import NotifierMetrics
-from .recipients import Target, targets_of
+from .recipients import Target, slack_channel, targets_of
 from .settings import NotifierSettings
 
 log = logging.getLogger("pj.notifier")
@@ -69,6 +69,7 @@ class _Round:
     unsure: set[tuple[str, str]]  # claimed by an attempt that never finished: it may have been sent
     cards: dict[str, tuple[str, str]]
     retry: list[DeliveryFailed] = field(default_factory=list)
+    tried: set[tuple[str, str]] = field(default_factory=set)  # in this round, whatever came of it
 
 
 class Notifier:
@@ -171,16 +172,23 @@ class Notifier:
                     await self._deliver(conn, run, notice.kind, target=target)
 
     async def _update_cards(self, conn: store.Connection, run: _Round) -> None:
-        """Every Slack message of the approval shows what it is now: updated in place, once per event."""
+        """Every Slack message of the approval shows what it is now: updated in place, once per event.
+
+        The approvers' channel has one message for every approval, posted by whichever event comes
+        first: with several notifiers, a decision may be handled before the request's creation."""
         kind = CARD_KIND[run.state.status]
-        for recipient in sorted(run.cards):
-            if ("slack", recipient) not in run.done:
+        recipients = set(run.cards)
+        if "slack" in run.route.channels and run.route.slack.channel:
+            recipients.add(slack_channel(run.route.slack.channel))
+        for recipient in sorted(recipients):
+            if ("slack", recipient) not in run.done | run.tried:
                 await self._deliver(conn, run, kind, target=Target("slack", recipient))
 
     async def _deliver(self, conn: store.Connection, run: _Round, kind: NoticeKind, *, target: Target) -> None:
         """Claim, send, record; a failure that surely sent nothing drops the claim, one that may have
         sent keeps it (the next attempt checks first)."""
         view = render.View(run.state, run.action, self._console_url)
+        run.tried.add((target.channel, target.recipient))
         unsure = (target.channel, target.recipient) in run.unsure
         delivery = store.Delivery(run.key, target.channel, target.recipient, run.state.approval_id, kind.value,
                                   "sending")

@@ -204,7 +204,9 @@ async def test_two_notifiers_share_the_queue_and_post_each_message_once(
 
         await eventually(finished, "every approval's message says dispatched", timeout=30)
         assert len(slack.posted(CHANNEL)) == len(ids), "one message per approval, whichever process took what"
-        assert len(slack.posted("DU0ALICE")) == len(ids) and len(slack.posted("DU0ERIN")) == len(ids)
+        # The requester's own message likewise; an approver's only when the request was still pending as
+        # the notifier saw it (a decision handled first means nobody needs asking any more).
+        assert len(slack.posted("DU0ERIN")) == len(ids) and len(slack.posted("DU0ALICE")) <= len(ids)
         assert all(sum(a.metrics.registry.get_sample_value("notifier_events_total", {"type": t, "seen": "new"}) or 0
                        for a in apps) == len(ids) for t in ("approval.created", "approval.decided"))
         for app in apps:  # the broker hands the shared queue's events to both

@@ -212,3 +212,14 @@ async def test_no_reminder_in_quiet_hours_it_waits_for_their_end(
     notifier.use_catalog(parse_catalog(yaml.safe_load(text)))  # quiet hours over
     await notifier.scan_reminders()
     assert len([m for m in smtp.messages if "Reminder" in subject(m)]) == 2
+
+
+async def test_a_decision_handled_before_the_request_still_gets_its_one_channel_message(
+        notifier: Notifier, slack: SlackState, approval_id: str) -> None:
+    first = created(approval_id)
+    await notifier.handle_event(approval_event("approval.decided", S.APPROVED, approval_id=approval_id,
+                                               at=first.occurred_at + timedelta(seconds=1)))
+    await notifier.handle_event(first)  # the creation, handled late (another notifier process was slower)
+    [message] = slack.posted(CHANNEL)
+    assert "Approved" in message["text"] and buttons(message) == {"pj_open"}
+    assert slack.posted("DU0ALICE") == [], "nobody is asked to approve what is approved"

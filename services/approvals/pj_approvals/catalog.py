@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pj_common.auth import Role
 from pj_common.connectors import CONNECTOR_OPERATIONS
 from pj_common.errors import ErrorCode, GateError
+from pj_common.identity import IdentityError, canonical_identity
 from pj_common.messages import PlanStep
 
 from .domain import Rule, Stage
@@ -99,11 +100,34 @@ class Action(_Strict):
                     dispatch_window_s=self.dispatch_window or default_dispatch_window_s)
 
 
+# The `tenants` entry whose targets every tenant inherits; it names no tenant of its own.
+DEFAULT_TENANT_ENTRY = "default"
+
+
 class Catalog(_Strict):
     version: Literal[1] = 1
     actions: dict[str, Action]
     # Connector targets per tenant (repo, site, channel, ...); "default" applies to every tenant.
     tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A tenant without its own entry in `tenants` is refused (`tenant_not_configured`): a token of a
+    # tenant nobody set up must not run plans against the shared default targets. "default" lets such
+    # a tenant in on the `default` entry alone (a development or single-tenant catalog says so explicitly).
+    unlisted_tenants: Literal["refuse", "default"] = "refuse"
+
+    @model_validator(mode="after")
+    def _tenant_keys_are_identities(self) -> "Catalog":
+        """Tenant keys meet tokens' tenants in canonical form: two keys of one canonical form (`Acme`,
+        `acme`) would make one tenant's targets depend on which entry wins."""
+        seen: dict[str, str] = {}
+        for key in self.tenants:
+            try:
+                canonical = canonical_identity(key)
+            except IdentityError as exc:
+                raise ValueError(f"tenants: {key!r} is not a usable tenant id: it {exc}") from None
+            if canonical in seen:
+                raise ValueError(f"tenants: {seen[canonical]!r} and {key!r} name the same tenant")
+            seen[canonical] = key
+        return self
 
     def action(self, action_id: str) -> Action:
         """The action, or `unknown_action`: the catalog fails closed."""
@@ -112,10 +136,28 @@ class Catalog(_Strict):
             raise GateError(ErrorCode.UNKNOWN_ACTION, f"unknown action {action_id!r}")
         return found
 
-    def tenant_settings(self, tenant_id: str) -> dict[str, Any]:
+    def _entry(self, tenant_id: str, *, case_insensitive: bool) -> dict[str, Any] | None:
+        """The tenant's own entry, its key compared in the canonical form tokens' tenants have."""
+        if tenant_id == DEFAULT_TENANT_ENTRY:
+            return None
+        for key, entry in self.tenants.items():
+            if key != DEFAULT_TENANT_ENTRY and canonical_identity(key, case_insensitive=case_insensitive) == tenant_id:
+                return entry
+        return None
+
+    def check_tenant(self, tenant_id: str, *, case_insensitive: bool = True) -> None:
+        """Raise `tenant_not_configured` for a tenant without its own entry, unless the catalog lets
+        unlisted tenants in (`unlisted_tenants: default`). `tenant_id` is canonical (from a token)."""
+        if self.unlisted_tenants == "default" or self._entry(tenant_id, case_insensitive=case_insensitive) is not None:
+            return
+        raise GateError(ErrorCode.TENANT_NOT_CONFIGURED,
+                        f"tenant {tenant_id!r} has no entry in the catalog's tenants section")
+
+    def tenant_settings(self, tenant_id: str, *, case_insensitive: bool = True) -> dict[str, Any]:
         """The tenant's connector targets over the defaults, and its id."""
         merged: dict[str, Any] = {}
-        for source in (self.tenants.get("default", {}), self.tenants.get(tenant_id, {})):
+        own = self._entry(tenant_id, case_insensitive=case_insensitive)
+        for source in (self.tenants.get(DEFAULT_TENANT_ENTRY, {}), own or {}):
             for key, value in copy.deepcopy(source).items():
                 merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(
                     merged.get(key), dict) else value

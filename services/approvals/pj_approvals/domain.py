@@ -190,3 +190,11 @@ def chain_view(rule: Rule, status: str, *, stage_index: int, decisions: list[dic
                        "approvalsRequired": stage.approvals_required, "state": state,
                        "approvals": approvals, "decisions": made})
     return stages
+
+
+def may_find(principal: Principal, *, requester: str, rule: Rule) -> bool:
+    """Whether an approval of the caller's tenant exists for the caller: it may read it (its whole
+    tenant, or its own request) or decide one of its stages. For anyone else it is not found, on a
+    decision as on a read, so a refused decision never tells who requested what."""
+    return (principal.sees_whole_tenant or principal.subject == requester
+            or any(principal.role in stage.roles for stage in rule.stages))

@@ -56,6 +56,7 @@ from .domain import (
     check_may_request,
     edge,
     evaluate_decision,
+    may_find,
     next_status,
     sources_of,
     target_of,
@@ -149,12 +150,20 @@ class ApprovalService:
     # ------------------------------------------------------------ execute
 
     def _plan(self, principal: Principal, req: ExecuteRequest) -> tuple[cat.Action, list[dict[str, Any]], str]:
+        self._check_tenant(principal.tenant)
         action = self._catalog.action(req.action_id)
         check_may_request(principal, action.requesters)
         cat.check_payload(req.action_id, action, req.payload)
         plan = cat.plan_document(cat.build_plan(req.action_id, action, req.payload,
-                                                tenant=self._catalog.tenant_settings(principal.tenant)))
+                                                tenant=self._tenant_settings(principal.tenant)))
         return action, plan, cat.plan_hash(plan)
+
+    def _check_tenant(self, tenant_id: str) -> None:
+        """A tenant the catalog does not list plans and runs nothing (unless the catalog allows it)."""
+        self._catalog.check_tenant(tenant_id, case_insensitive=self._settings.identity_case_insensitive)
+
+    def _tenant_settings(self, tenant_id: str) -> dict[str, Any]:
+        return self._catalog.tenant_settings(tenant_id, case_insensitive=self._settings.identity_case_insensitive)
 
     async def execute(self, principal: Principal, req: ExecuteRequest, correlation_id: str, *,
                       notify: ReplyAddress | None = None, message_id: str | None = None
@@ -307,8 +316,10 @@ class ApprovalService:
                                             with_audit=False, with_decisions=True)
             if seen is None:
                 raise not_found(req.approval_id)
-            self._check_decidable(seen, now)
             rule = Rule.from_json(seen.approval_rule)
+            if not may_find(principal, requester=seen.operator_id, rule=rule):
+                raise not_found(req.approval_id)
+            self._check_decidable(seen, now)
             outcome = evaluate_decision(rule, principal, req.status, stage_index=seen.stage_index,
                                         stage_approvals=seen.stage_approvals, requester=seen.operator_id,
                                         prior_deciders=(d["approverId"] for d in seen.decisions or []))
@@ -436,13 +447,15 @@ class ApprovalService:
     def _check_plan(self, row: store.ApprovalRow, correlation_id: str) -> None:
         """Refuse if the stored plan was altered, or if the current catalog would plan differently."""
         reason = None
+        # A tenant taken out of the catalog since the approval was made dispatches nothing more.
+        self._check_tenant(row.tenant_id)
         if cat.plan_hash(row.plan) != row.plan_hash:
             reason = "the stored plan no longer matches its approved hash"
         else:
             try:
                 action = self._catalog.action(row.action_id)
                 replanned = cat.plan_document(cat.build_plan(row.action_id, action, row.payload,
-                                                             tenant=self._catalog.tenant_settings(row.tenant_id)))
+                                                             tenant=self._tenant_settings(row.tenant_id)))
                 if cat.plan_hash(replanned) != row.plan_hash:
                     reason = "the catalog now plans this request differently than when it was approved"
             except GateError:

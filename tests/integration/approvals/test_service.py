@@ -170,9 +170,13 @@ async def test_requester_cannot_decide_own_request_and_roles_are_enforced(make_s
         await svc.decide(admin, DecideRequest(approval_id=created.approval_id, status="approved"), "c")
     assert err.value.code == ErrorCode.SELF_APPROVAL_FORBIDDEN
     with pytest.raises(GateError) as err:
+        await svc.decide(who(Role.VIEWER, t), DecideRequest(approval_id=created.approval_id,
+                                                            status="approved"), "c")
+    assert err.value.code == ErrorCode.FORBIDDEN
+    with pytest.raises(GateError) as err:  # an operator cannot read another's request: not found, as on a read
         await svc.decide(who(Role.OPERATOR, t), DecideRequest(approval_id=created.approval_id,
                                                               status="approved"), "c")
-    assert err.value.code == ErrorCode.FORBIDDEN
+    assert err.value.code == ErrorCode.NOT_FOUND
     with pytest.raises(GateError) as err:
         await create(svc, who(Role.VIEWER, t), webhook_request(), "c")
     assert err.value.code == ErrorCode.FORBIDDEN
@@ -580,3 +584,35 @@ async def test_dispatch_failed_at_its_lease_logs_the_runbook_scope(
     # Other tests' lapsed dispatches in this database may be failed (and counted) by the same pass.
     assert (svc._metrics.registry.get_sample_value("dispatch_failure_total", {"action_type": "notify.webhook"})
             or 0) >= 1
+
+
+def listing_service(make_service: Any, tmp_path: Path, tenants: dict[str, Any]) -> ApprovalService:
+    """A service whose catalog lists `tenants` and refuses every other one."""
+    data = yaml.safe_load(DEFAULT_CATALOG.read_text())
+    data["unlisted_tenants"] = "refuse"
+    data["tenants"] = {"default": data["tenants"]["default"], **tenants}
+    path = tmp_path / "listing.yaml"
+    path.write_text(yaml.safe_dump(data))
+    svc: ApprovalService = make_service()
+    svc.reload_catalog(load_catalog(path))
+    return svc
+
+
+async def test_a_tenant_the_catalog_does_not_list_plans_nothing(make_service: Any, tmp_path: Path) -> None:
+    listed, unlisted = tenant(), tenant()
+    # The catalog's key in another spelling: tokens' tenants are canonical, so it is the same tenant.
+    svc = listing_service(make_service, tmp_path, {listed.upper(): {}})
+    await create(svc, who(Role.OPERATOR, listed), webhook_request(), "c")
+    for mode in ("execute", "dry-run"):
+        with pytest.raises(GateError) as err:
+            await svc.execute(who(Role.ADMIN, unlisted), ExecuteRequest(action_id="notify.webhook", mode=mode), "c")
+        assert err.value.code == ErrorCode.TENANT_NOT_CONFIGURED
+
+
+async def test_a_tenant_taken_out_of_the_catalog_dispatches_nothing(make_service: Any, tmp_path: Path) -> None:
+    _, admin, aid = await approved(make_service(), webhook_request())
+    svc = listing_service(make_service, tmp_path, {"someone-else": {}})
+    with pytest.raises(GateError) as err:
+        await svc.dispatch(admin, DispatchRequest(approval_id=aid), "c")
+    assert err.value.code == ErrorCode.TENANT_NOT_CONFIGURED
+    assert (await svc.get_approval(admin, aid)).approval_status == "approved"

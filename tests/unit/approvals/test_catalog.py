@@ -958,8 +958,8 @@ def test_load_catalog_reports_every_error_with_its_own_line(tmp_path: Path) -> N
     lines = str(err).splitlines()
     assert lines[0] == "invalid catalog:"
     assert sorted(lines[1:]) == sorted([
-        f"{path}:12: actions.a.b.approval.stages.1.roles.1: Input should be 'admin', 'approver', 'operator' or "
-        "'viewer'",
+        f"{path}:12: actions.a.b.approval.stages.1.roles.1: Input should be 'admin', 'approver', 'operator', "
+        "'viewer' or 'service'",
         f"{path}:18: actions.a.b.plan.1.stepId: String should match pattern '^[a-z0-9][a-z0-9._-]*$'",
         f"{path}:22: actions.c.d.tier: Input should be 'governed' or 'launch'",
     ])
@@ -1000,3 +1000,46 @@ def test_unknown_connector_operations_are_refused_at_load(tmp_path: Path, connec
     with pytest.raises(CatalogError) as err:
         load_catalog(_write(tmp_path, text))
     assert f"no connector operation {connector}.{operation}" in str(err.value)
+
+
+# ---------------------------------------------------------------- tenants the catalog does not list
+
+
+def test_a_tenant_without_an_entry_is_refused_by_default() -> None:
+    catalog = Catalog.model_validate({"actions": {}, "tenants": {"default": {"x": 1}, "acme": {}}})
+    catalog.check_tenant("acme")
+    for unlisted in ("globex", "default"):  # `default` holds shared targets: it is no tenant of its own
+        with pytest.raises(GateError) as err:
+            catalog.check_tenant(unlisted)
+        assert err.value.code == ErrorCode.TENANT_NOT_CONFIGURED
+
+
+def test_unlisted_tenants_are_let_in_only_when_the_catalog_says_so() -> None:
+    catalog = Catalog.model_validate({"actions": {}, "unlisted_tenants": "default",
+                                      "tenants": {"default": {"x": 1}}})
+    catalog.check_tenant("globex")
+    assert catalog.tenant_settings("globex") == {"x": 1, "id": "globex"}
+    with pytest.raises(ValidationError):
+        Catalog.model_validate({"actions": {}, "unlisted_tenants": "any"})
+
+
+def test_tenant_keys_meet_tokens_tenants_in_canonical_form() -> None:
+    catalog = Catalog.model_validate({"actions": {}, "tenants": {" ACME ": {"slack": {"channel": "C1"}}}})
+    catalog.check_tenant("acme")  # a token's tenant is canonical: case-folded and trimmed
+    assert catalog.tenant_settings("acme") == {"slack": {"channel": "C1"}, "id": "acme"}
+    strict = Catalog.model_validate({"actions": {}, "tenants": {"Acme": {}}})
+    strict.check_tenant("Acme", case_insensitive=False)
+    with pytest.raises(GateError):
+        strict.check_tenant("acme", case_insensitive=False)
+
+
+def test_two_keys_of_one_tenant_are_refused() -> None:
+    with pytest.raises(ValidationError, match="name the same tenant"):
+        Catalog.model_validate({"actions": {}, "tenants": {"Acme": {"a": 1}, "acme": {"a": 2}}})
+    with pytest.raises(ValidationError, match="not a usable tenant id"):
+        Catalog.model_validate({"actions": {}, "tenants": {"  ": {}}})
+
+
+def test_the_shipped_catalog_lets_unlisted_tenants_in_explicitly() -> None:
+    assert "unlisted_tenants: default" in DEFAULT_CATALOG.read_text()
+    load_catalog(DEFAULT_CATALOG).check_tenant("anyone")

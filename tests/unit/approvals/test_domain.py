@@ -19,6 +19,7 @@ from pj_approvals.domain import (
     check_may_request,
     edge,
     evaluate_decision,
+    may_find,
     next_status,
     sources_of,
     target_of,
@@ -540,3 +541,19 @@ def test_check_may_dispatch() -> None:
         with pytest.raises(GateError) as info:
             check_may_dispatch(Principal("x", "acme", role))
         assert info.value.code is ErrorCode.FORBIDDEN
+
+
+# ---------------------------------------------------------------- who finds an approval
+
+
+def test_an_approval_is_found_by_its_readers_its_requester_and_its_deciders() -> None:
+    rule = Rule(stages=(Stage("review", frozenset({Role.APPROVER})),), dispatch_window_s=60)
+
+    def finds(role: Role, subject: str) -> bool:
+        return may_find(Principal(subject, "acme", role), requester="olga", rule=rule)
+
+    assert finds(Role.ADMIN, "alice") and finds(Role.VIEWER, "vera") and finds(Role.APPROVER, "april")
+    assert finds(Role.OPERATOR, "olga")  # the requester
+    assert not finds(Role.OPERATOR, "oscar") and not finds(Role.SERVICE, "report-bot")
+    deciding_operators = Rule(stages=(Stage("peer", frozenset({Role.OPERATOR})),), dispatch_window_s=60)
+    assert may_find(Principal("oscar", "acme", Role.OPERATOR), requester="olga", rule=deciding_operators)

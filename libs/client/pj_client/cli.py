@@ -43,8 +43,9 @@ T = TypeVar("T")
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_LOGIN_SCOPE = "openid profile offline_access"
-NO_PROVIDER = ("No identity provider to sign in with: neither --issuer (PJ_OIDC_ISSUER) nor the gateway's console "
-               "names one. Paste a bearer token from your provider (on a development system, `pj token` prints one).")
+NO_PROVIDER = ("Signing in through an identity provider (OpenID device flow) needs one: neither --issuer "
+               "(PJ_OIDC_ISSUER) nor the gateway's console names one. Paste a bearer token from your provider "
+               "instead (on a development system, `pj token` prints one).")
 
 app = typer.Typer(name="pj", no_args_is_help=True, rich_markup_mode="rich",
                   help="The approval gate from a terminal: request, review, approve, dispatch, watch.")

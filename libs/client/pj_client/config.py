@@ -82,7 +82,7 @@ def save(path: Path, config: StoredConfig) -> None:
     try:
         os.fchmod(fd, FILE_MODE)  # an old .tmp file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(config.model_dump(), indent=2) + "\n")
+            out.write(json.dumps(config.model_dump(exclude_none=True), indent=2) + "\n")
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc

@@ -3,6 +3,8 @@
 // Configured from the environment by tests/support/oidc_provider.py:
 //   OIDC_PORT           port on 127.0.0.1 (the issuer is http://127.0.0.1:<port>)
 //   OIDC_CLIENT_ID      the console's client (public: authorization code + PKCE S256, refresh tokens)
+//   OIDC_CLI_CLIENT_ID  the command line's client (public: device authorization grant, refresh tokens;
+//                       default pj-cli)
 //   OIDC_REDIRECT_URIS  space-separated redirect URIs of that client (also its post-logout URIs)
 //   OIDC_AUDIENCE       the API's audience: access tokens are RS256 JWTs for it
 //   OIDC_ACCESS_TTL_S   access token lifetime (default 300)
@@ -18,6 +20,7 @@ const env = (name, fallback) => process.env[name] ?? fallback;
 const port = Number(env('OIDC_PORT', '0'));
 const issuer = `http://127.0.0.1:${port}`;
 const clientId = env('OIDC_CLIENT_ID', 'pj-console');
+const cliClientId = env('OIDC_CLI_CLIENT_ID', 'pj-cli');
 const redirectUris = env('OIDC_REDIRECT_URIS', '').split(' ').filter(Boolean);
 const audience = env('OIDC_AUDIENCE', 'urn:pj-approval-gate');
 const accessTtl = Number(env('OIDC_ACCESS_TTL_S', '300'));
@@ -44,6 +47,13 @@ const provider = new Provider(issuer, {
     response_types: ['code'],
     redirect_uris: redirectUris,
     post_logout_redirect_uris: redirectUris,
+  }, {
+    // `pj login`: a public client on a terminal, signed in with the device authorization grant (RFC 8628).
+    client_id: cliClientId,
+    token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
   }],
   jwks: { keys: [jwk] },
   scopes: ['openid', 'profile', 'offline_access', 'pj'],
@@ -55,6 +65,8 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     rpInitiatedLogout: { enabled: true },
+    // The verification page at /device: the user code, then the login page below, then a confirmation.
+    deviceFlow: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => audience,

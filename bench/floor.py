@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import signal
 import socket
 import statistics
 import subprocess
@@ -359,6 +360,7 @@ async def part_http(run: Run) -> dict[str, Any]:
                 raise RuntimeError(f"the bare app answered {response.status}: {response.body[:200]!r}")
             done[0] += 1
 
+    tasks: list[asyncio.Task[None]] = []
     try:
         await wait_port(port, timeout=30)
         tasks = [asyncio.create_task(worker(c)) for c in clients]
@@ -368,6 +370,9 @@ async def part_http(run: Run) -> dict[str, Any]:
         stop[0] = True
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
     finally:
+        for task in tasks:  # after a failure or an interruption: no request is left waiting
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for client in clients:
             await client.aclose()
         await stop_roles([server])
@@ -594,6 +599,9 @@ async def run_floor(args: argparse.Namespace) -> dict[str, Any]:
         "parts": {}, "failed": {},
     }
     run = Run(args, servers)
+    main_task = asyncio.current_task()
+    if main_task is not None:  # SIGTERM as Ctrl-C: the roles stop and the scratch objects go
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     try:
         await setup_servers(servers)
         result["meta"]["servers"] = {"broker_pid": servers.broker_pid, "postmaster_pid": servers.postmaster_pid,
@@ -727,7 +735,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import uvloop
 
-    result = uvloop.run(run_floor(args))
+    try:
+        result = uvloop.run(run_floor(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM; the servers are cleaned up
+        print("[floor] interrupted: nothing written", file=sys.stderr)
+        return 130
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"floor-{result['meta']['timestamp']}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import select
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -55,6 +58,7 @@ def run_role(role: str, config: dict[str, Any], control: Control) -> None:
     """A spawned process's entry point: run one role on uvloop, report a failure instead of dying mute."""
     try:
         if role == "http_server":
+            _stop_at_deadline(control)
             serve_http(config)
             return
         import uvloop
@@ -63,6 +67,18 @@ def run_role(role: str, config: dict[str, Any], control: Control) -> None:
     except BaseException as exc:  # the measuring process must learn why, whatever it was
         control.messages.put({"error": f"{role}: {exc!r}"})
         raise
+
+
+def _stop_at_deadline(control: Control) -> None:
+    """uvicorn watches no flag: SIGTERM it at the deadline, or as soon as its parent is gone (killed)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while time.monotonic() < control.deadline and os.getppid() == parent and not control.stop.value:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="deadline", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------------------------------

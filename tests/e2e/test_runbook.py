@@ -165,7 +165,8 @@ async def test_auth_csrf_and_validation_errors(client: httpx.AsyncClient) -> Non
     r = await client.get("/api/approvals", headers={"Authorization": "Bearer not-a-jwt"})
     assert r.status_code == 401
     expired = jwt.encode({"sub": "a", "tenant": t, "role": "admin", "iss": "puddlejumper",
-                          "aud": "pj-approval-gate", "exp": int(time.time()) - 10}, SECRET, algorithm="HS256")
+                          "aud": "pj-approval-gate", "iat": int(time.time()) - 160, "exp": int(time.time()) - 100},
+                         SECRET, algorithm="HS256")
     r = await client.get("/api/approvals", headers={"Authorization": f"Bearer {expired}"})
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
     r = await client.post("/api/pj/execute", headers=headers("operator", "bob", t, csrf=False),

@@ -673,8 +673,20 @@ def summarize(result: dict[str, Any], counts: dict[str, float]) -> dict[str, Any
                                   for name, other in floor_model.OTHER_COUNTS.items()},
         "targets": floor_model.against_targets(floor["ms_per_lifecycle"]),
         "not_counted": list(floor_model.NOT_COUNTED),
+        "machine_quiet": machine_quiet(result),
     })
     return result
+
+
+QUIET_SHARE = 0.1  # at most this share of the machine's CPU taken by other processes in every window
+
+
+def machine_quiet(result: dict[str, Any]) -> dict[str, Any]:
+    """Whether other processes left the parts alone: their share of the CPU in each window."""
+    machines = [run["window"]["machine"] for run in part_runs(result) if "machine" in run["window"]]
+    shares = [m["others_busy_s"] / m["busy_s"] if m["busy_s"] else 0.0 for m in machines]
+    return {"quiet": bool(shares) and max(shares) <= QUIET_SHARE, "others_share_min": min(shares, default=None),
+            "others_share_max": max(shares, default=None), "threshold": QUIET_SHARE}
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -723,6 +735,10 @@ def report(result: dict[str, Any]) -> str:
         f"<= {targets['cpu_target_ms']:g} ms system CPU per lifecycle (floor {fmt(targets['floor_ms'], 2)} ms, "
         f"{fmt(100 * targets['floor_share_of_cpu_target'], 0)} % of it; {fmt(targets['ms_left_for_the_code'], 2)} ms "
         "left for the code)",
+        *([] if result["machine_quiet"]["quiet"] else [
+            f"NOT QUIET: other processes took {fmt(100 * (result['machine_quiet']['others_share_min'] or 0), 0)}-"
+            f"{fmt(100 * (result['machine_quiet']['others_share_max'] or 0), 0)} % of the CPU in the windows; "
+            "re-run on a quiet machine before holding this floor against the targets"]),
         *(f"FAILED {name}: {why}" for name, why in result["failed"].items()),
         *(f"missing from the floor: {name}" for name in result["floor"]["missing"]),
     ])

@@ -54,3 +54,14 @@ def test_per_op_needs_operations_and_a_measurement() -> None:
 def test_bad_options_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         floor.parse_args(argv)
+
+
+def window_with(others: float) -> dict[str, object]:
+    return {"window": {"machine": {"busy_s": 8.0, "others_busy_s": others}}, "units": {}}
+
+
+def test_a_run_is_quiet_only_if_other_processes_left_every_window_alone() -> None:
+    quiet = floor.machine_quiet({"parts": {"http": [window_with(0.2), window_with(0.4)]}})
+    assert quiet["quiet"] and quiet["others_share_max"] == pytest.approx(0.05)
+    busy = floor.machine_quiet({"parts": {"http": [window_with(0.2)], "sql_insert": [window_with(4.0)]}})
+    assert not busy["quiet"] and busy["others_share_max"] == pytest.approx(0.5)

@@ -1,8 +1,9 @@
 """Notifier settings: `PJ_*`, plus the Slack bot token under the name the dispatcher reads it by."""
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from pj_common.settings import CommonSettings
 
@@ -35,6 +36,8 @@ class NotifierSettings(CommonSettings):
     # Slack: the same bot token and API base URL as the dispatcher's Slack connector.
     slack_bot_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
     slack_api_url: str = "https://slack.com/api"
+    # As for the dispatcher's connectors: the bot token never travels over plain http outside dev.
+    connector_allow_http: bool = False
     # Email over SMTP: STARTTLS on a plain port (587), or implicit TLS (465) with PJ_SMTP_TLS.
     smtp_host: str | None = None
     smtp_port: int = 587
@@ -48,3 +51,11 @@ class NotifierSettings(CommonSettings):
     smtp_ca_file: Path | None = None
     # Outgoing notification webhooks are signed like the webhook connector's (X-PJ-Signature).
     notifier_webhook_secret: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _slack_over_https(self) -> "NotifierSettings":
+        scheme = urlsplit(self.slack_api_url).scheme
+        if scheme != "https" and not (scheme == "http" and (self.env == "dev" or self.connector_allow_http)):
+            raise ValueError("PJ_SLACK_API_URL must be an https:// URL outside dev (PJ_ENV=prod); http:// is "
+                             "accepted only with PJ_ENV=dev or PJ_CONNECTOR_ALLOW_HTTP=1, for local testing")
+        return self

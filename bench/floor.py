@@ -208,7 +208,8 @@ async def wait_ready(role: Role, timeout: float = 60) -> None:
     role.info = message["ready"]
 
 
-async def stop_roles(roles: list[Role]) -> None:
+async def stop_roles(roles: list[Role]) -> list[str]:
+    """Stop the roles (the flag, then SIGTERM, then SIGKILL) and return the errors any of them reported."""
     for role in roles:
         role.control.stop.value = 1
         if role.label == "server":
@@ -221,12 +222,14 @@ async def stop_roles(roles: list[Role]) -> None:
             await loop.run_in_executor(None, role.process.join, 5)
         if role.process.is_alive():
             role.process.kill()
+    errors: list[str] = []
     for role in roles:
-        with contextlib.suppress(queue.Empty, OSError, ValueError):  # an error after ready: say so
-            while True:
+        with contextlib.suppress(queue.Empty, OSError, ValueError):  # an error after ready
+            for _ in range(100):
                 message = role.control.messages.get_nowait()
                 if "error" in message:
-                    print(f"[floor] {message['error']}", file=sys.stderr, flush=True)
+                    errors.append(message["error"])
+    return errors
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -375,7 +378,9 @@ async def part_http(run: Run) -> dict[str, Any]:
         await asyncio.gather(*tasks, return_exceptions=True)
         for client in clients:
             await client.aclose()
-        await stop_roles([server])
+        errors = await stop_roles([server])
+    if errors:
+        raise RuntimeError("; ".join(errors))
     n = window["ops"]["requests"]
     cpu = window["cpu_s"]
     return {"window": window, "units": {
@@ -422,7 +427,9 @@ async def run_roles(run: Run, specs: list[Spec], *, broker: bool) -> dict[str, A
         meter = meter_for(run, roles, broker=broker)
         window = await measure(meter, warmup=run.args.warmup, seconds=run.args.seconds)
     finally:
-        await stop_roles(list(roles.values()))
+        errors = await stop_roles(list(roles.values()))
+    if errors:  # a role that failed during the window counted too little: no figure from it
+        raise RuntimeError("; ".join(errors))
     window["roles_info"] = {label: role.info for label, role in roles.items() if role.info}
     if broker:
         # After the window the broker still writes what this part gave it (a quorum queue's log), so

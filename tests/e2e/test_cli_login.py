@@ -13,19 +13,24 @@ import re
 import stat
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from pj_client.cli import app
 from pj_common.topology import Topology
-from tests.support.oidc_provider import USERS, Provider, start_provider
+from tests.support.local_http import serving
+from tests.support.oidc_provider import USERS, Provider, sign_in, start_provider
 from tests.support.system import System, delete_topology, free_port
 from tests.support.webhook_sink import SinkState
 
@@ -87,12 +92,17 @@ class Run:
         return json.loads(self.out)
 
 
-async def pj(env: dict[str, str], *args: str) -> Run:
-    proc = await asyncio.create_subprocess_exec(str(PJ), *args, env=env, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+async def pj(env: dict[str, str], *args: str, typed: str | None = None) -> Run:
+    """`pj args...` in this process (typer's runner, in a thread: a command may run an event loop); a
+    subprocess costs a second or more of start-up on a busy machine. `pj login` itself runs the installed
+    entry point (`login_as`)."""
+    cleared: dict[str, str | None] = {k: None for k in os.environ if k.startswith("PJ_")}
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), input=typed, env={**cleared, **env},
+                                     prog_name="pj")
+    crash = ""
+    if result.exc_info is not None and result.exception is not None and not isinstance(result.exception, SystemExit):
+        crash = "".join(traceback.format_exception(*result.exc_info))
+    return Run(result.exit_code, result.stdout, result.stderr + crash)
 
 
 # ---------------------------------------------------------------- the person at the browser
@@ -226,3 +236,35 @@ async def test_a_refusal_at_the_provider_stores_nothing(login_system: LoginSyste
     run, _ = await login_as(pj_env, login_system.system.base_url, "amir", abort=True)
     assert run.code == 5 and "access_denied" in run.err, run
     assert not (Path(pj_env["XDG_CONFIG_HOME"]) / "pj" / "config.json").exists()
+
+
+class NoDeviceFlow(BaseHTTPRequestHandler):
+    """A provider's discovery document without a device_authorization_endpoint."""
+
+    def do_GET(self) -> None:
+        issuer = f"http://{self.headers['Host']}"
+        found = self.path == "/.well-known/openid-configuration"
+        body = json.dumps({"issuer": issuer, "token_endpoint": f"{issuer}/token",
+                           "authorization_endpoint": f"{issuer}/auth"}).encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+async def test_without_a_device_endpoint_it_says_so_and_takes_a_pasted_token(
+        login_system: LoginSystem, pj_env: dict[str, str]) -> None:
+    base_url = login_system.system.base_url
+    pasted = str((await asyncio.to_thread(sign_in, login_system.provider, "alice",
+                                          redirect_uri=f"{base_url}/console/"))["access_token"])
+    with serving(NoDeviceFlow) as issuer:
+        result = await pj(pj_env, "login", "--url", base_url, "--issuer", issuer, typed=pasted + "\n")
+    assert result.code == 0, result
+    assert "offers no device sign-in" in result.err and pasted not in result.out + result.err
+    assert stored(pj_env)[1] == {"url": base_url, "token": pasted}  # nothing to renew it with
+    listed = await pj(pj_env, "list", "--json")
+    assert listed.code == 0, listed

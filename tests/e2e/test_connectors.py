@@ -102,10 +102,11 @@ async def test_environment_create_runs_every_connector(connected: System, apis: 
     steps = {s["stepId"]: s for s in data["dispatchResult"]}
     assert all(s["status"] == "succeeded" for s in steps.values())
     repo = apis.github.repo(REPO)
-    assert "env/staging" in repo.refs
-    written = json.loads(repo.files("env/staging")["environments/staging.json"])
+    branch = f"pj/{tenant}/env/staging"  # the connector keeps each tenant's branches apart
+    assert branch in repo.refs
+    written = json.loads(repo.files(branch)["environments/staging.json"])
     assert written == {"config": {"replicas": 2}, "name": "staging"}
-    assert len(repo.pulls) == 1 and repo.pulls[0]["head"]["ref"] == "env/staging"
+    assert len(repo.pulls) == 1 and repo.pulls[0]["head"]["ref"] == branch
     assert steps["open-pull-request"]["result"]["url"] == repo.pulls[0]["html_url"]
     items = apis.graph.lists[(SITE, LIST)].items
     assert [i["fields"]["Title"] for i in items] == ["staging"]

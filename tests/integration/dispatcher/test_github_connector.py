@@ -20,6 +20,8 @@ from tests.support.github_api import GitHubState, start_github_api
 
 TOKEN = "ghp_fake0123456789abcdefTOKEN"
 REPO = "acme/site"
+# Every branch a step of `tenant-1` (the tenant of `step`) writes is under this.
+OWN = "pj/tenant-1/"
 
 
 @pytest.fixture
@@ -27,6 +29,8 @@ def gh() -> Iterator[GitHubState]:
     server, state = start_github_api(TOKEN)
     state.add_repo(REPO, {"README.md": "# site\n", "config/app.json": '{"a": 1}\n'},
                    workflows={"deploy.yml": {"environment", "version"}})
+    # The tenant's own copy of main: the branch a step that names `main` writes to.
+    state.repo(REPO).refs[OWN + "main"] = state.repo(REPO).refs["main"]
     try:
         yield state
     finally:
@@ -151,24 +155,24 @@ async def test_unexpected_shape_is_bad_response(connector: GitHubConnector, gh: 
 
 async def test_create_branch(connector: GitHubConnector, gh: GitHubState) -> None:
     output = await connector.run(step("create_branch", {"repo": REPO, "branch": "release/1.2"}))
-    assert output.result == {"branch": "release/1.2", "sha": main_sha(gh), "created": True}
+    assert output.result == {"branch": OWN + "release/1.2", "sha": main_sha(gh), "created": True}
     assert output.http_status == 201
-    assert gh.repo(REPO).refs["release/1.2"] == main_sha(gh)
+    assert gh.repo(REPO).refs[OWN + "release/1.2"] == main_sha(gh)
     assert [(r.method, r.path) for r in gh.requests] == [
-        ("GET", "/repos/acme/site/git/ref/heads/release/1.2"),
+        ("GET", "/repos/acme/site/git/ref/heads/pj/tenant-1/release/1.2"),
         ("GET", "/repos/acme/site/git/ref/heads/main"),
         ("POST", "/repos/acme/site/git/refs"),
     ]
     for recorded in gh.requests:
         assert_github_headers(recorded.headers)
-    assert gh.requests[-1].body == {"ref": "refs/heads/release/1.2", "sha": main_sha(gh)}
+    assert gh.requests[-1].body == {"ref": "refs/heads/pj/tenant-1/release/1.2", "sha": main_sha(gh)}
 
 
 async def test_create_branch_from_another_base(connector: GitHubConnector, gh: GitHubState) -> None:
     await connector.run(step("create_branch", {"repo": REPO, "branch": "dev"}))
     await connector.run(step("put_file", {"repo": REPO, "branch": "dev", "path": "x.txt", "content": "x"}))
-    output = await connector.run(step("create_branch", {"repo": REPO, "branch": "topic", "base": "dev"}))
-    assert output.result["sha"] == gh.repo(REPO).refs["dev"] != main_sha(gh)
+    output = await connector.run(step("create_branch", {"repo": REPO, "branch": "topic", "base": OWN + "dev"}))
+    assert output.result["sha"] == gh.repo(REPO).refs[OWN + "dev"] != main_sha(gh)
 
 
 async def test_create_branch_redelivered_creates_it_once(connector: GitHubConnector, gh: GitHubState) -> None:
@@ -183,10 +187,10 @@ async def test_create_branch_redelivered_creates_it_once(connector: GitHubConnec
 async def test_create_branch_answers_a_concurrent_create_by_reading_it(connector: GitHubConnector,
                                                                        gh: GitHubState) -> None:
     # The branch exists already, but the first read does not see it (an attempt running at the same time).
-    gh.repo(REPO).refs["feature"] = main_sha(gh)
+    gh.repo(REPO).refs[OWN + "feature"] = main_sha(gh)
     gh.fail_next(404, method="GET", body={"message": "Not Found"})
     output = await connector.run(step("create_branch", {"repo": REPO, "branch": "feature"}))
-    assert output.result == {"branch": "feature", "sha": main_sha(gh), "created": False}
+    assert output.result == {"branch": OWN + "feature", "sha": main_sha(gh), "created": False}
     post = gh.calls("POST", "/git/refs")
     assert len(post) == 1  # answered 422 "Reference already exists"
     assert [r.method for r in gh.requests] == ["GET", "GET", "POST", "GET"]
@@ -224,7 +228,7 @@ async def test_create_branch_server_errors_retried_by_the_runner(connector: GitH
     final = reports[-1]
     assert final.plan_status == "dispatched"
     assert final.step.status == "succeeded" and final.step.attempts == 3
-    assert final.step.result == {"branch": "feature", "sha": main_sha(gh), "created": True}
+    assert final.step.result == {"branch": OWN + "feature", "sha": main_sha(gh), "created": True}
     assert len(gh.calls("POST", "/git/refs")) == 1
 
 
@@ -238,7 +242,7 @@ async def test_create_branch_slow_answer_times_out_retryable_and_is_not_repeated
         assert "ReadTimeout" in error.message
         gh.wait_idle()
         output = await connector.run(ctx)
-    assert output.result == {"branch": "feature", "sha": main_sha(gh), "created": False}
+    assert output.result == {"branch": OWN + "feature", "sha": main_sha(gh), "created": False}
     assert len(gh.calls("POST", "/git/refs")) == 1
 
 
@@ -262,16 +266,18 @@ async def test_put_file_creates_a_file(connector: GitHubConnector, gh: GitHubSta
     output = await connector.run(step("put_file", {"repo": REPO, "branch": "feature", "path": "docs/notes.md",
                                                    "content": "# Notes\nhéllo\n", "message": "Add notes"}))
     data = "# Notes\nhéllo\n".encode()
-    head = gh.repo(REPO).refs["feature"]
+    head = gh.repo(REPO).refs[OWN + "feature"]
     assert output.result == {"path": "docs/notes.md", "sha": git_blob_sha(data), "commitSha": head, "changed": True}
     assert output.http_status == 201
-    assert file_on(gh, "feature", "docs/notes.md") == data
+    assert file_on(gh, OWN + "feature", "docs/notes.md") == data
     assert "docs/notes.md" not in gh.repo(REPO).files("main")
     get, put = gh.requests
-    assert (get.method, get.path, get.query) == ("GET", "/repos/acme/site/contents/docs/notes.md", {"ref": "feature"})
+    assert (get.method, get.path, get.query) == ("GET", "/repos/acme/site/contents/docs/notes.md",
+                                                 {"ref": OWN + "feature"})
     assert (put.method, put.path) == ("PUT", "/repos/acme/site/contents/docs/notes.md")
     assert_github_headers(put.headers)
-    assert put.body == {"message": "Add notes", "content": base64.b64encode(data).decode(), "branch": "feature"}
+    assert put.body == {"message": "Add notes", "content": base64.b64encode(data).decode(),
+                        "branch": OWN + "feature"}
     assert gh.repo(REPO).commit_log[-1]["message"] == "Add notes"
 
 
@@ -281,7 +287,7 @@ async def test_put_file_updates_with_the_existing_sha_and_writes_json(connector:
     output = await connector.run(step("put_file", {"repo": REPO, "branch": "main", "path": "config/app.json",
                                                    "content": {"b": [1, 2], "a": {"z": True, "y": None}}}))
     expected = b'{\n  "a": {\n    "y": null,\n    "z": true\n  },\n  "b": [\n    1,\n    2\n  ]\n}\n'
-    assert file_on(gh, "main", "config/app.json") == expected
+    assert file_on(gh, OWN + "main", "config/app.json") == expected
     assert output.result["changed"] is True and output.http_status == 200
     put = gh.calls("PUT")[0]
     assert put.body["sha"] == git_blob_sha(old)
@@ -309,7 +315,7 @@ async def test_put_file_on_a_missing_branch_is_permanent(connector: GitHubConnec
     error = await fails(connector, step("put_file", {"repo": REPO, "branch": "nope", "path": "a.txt",
                                                      "content": "a"}))
     assert (error.code, error.retryable, error.http_status) == ("not_found", False, 404)
-    assert "Branch nope not found" in error.message
+    assert f"Branch {OWN}nope not found" in error.message
     assert gh.repo(REPO).commit_log == []
 
 
@@ -327,7 +333,7 @@ async def test_put_file_concurrent_write_is_retryable_then_reads_again(connector
     error = await fails(connector, ctx)
     assert (error.code, error.retryable, error.http_status) == ("conflict", True, 409)
     output = await connector.run(ctx)
-    assert output.result["changed"] is True and file_on(gh, "main", "README.md") == b"# new\n"
+    assert output.result["changed"] is True and file_on(gh, OWN + "main", "README.md") == b"# new\n"
 
 
 async def test_put_file_429_retry_after_is_honoured(connector: GitHubConnector, gh: GitHubState) -> None:
@@ -371,11 +377,11 @@ async def test_open_pull_request(connector: GitHubConnector, gh: GitHubState) ->
     assert output.http_status == 201
     listing, create = gh.requests
     assert (listing.method, listing.path, listing.query) == (
-        "GET", "/repos/acme/site/pulls", {"head": "acme:feature", "base": "main", "state": "all"})
+        "GET", "/repos/acme/site/pulls", {"head": "acme:pj/tenant-1/feature", "base": "main", "state": "all"})
     assert (create.method, create.path) == ("POST", "/repos/acme/site/pulls")
     assert_github_headers(create.headers)
-    assert create.body == {"title": "Ship it", "head": "feature", "base": "main", "body": "Approved as appr-1"}
-    assert gh.repo(REPO).pulls[0]["head"]["label"] == "acme:feature"
+    assert create.body == {"title": "Ship it", "head": OWN + "feature", "base": "main", "body": "Approved as appr-1"}
+    assert gh.repo(REPO).pulls[0]["head"]["label"] == "acme:pj/tenant-1/feature"
 
 
 async def test_open_pull_request_redelivered_opens_one(connector: GitHubConnector, gh: GitHubState) -> None:
@@ -401,7 +407,7 @@ async def test_open_pull_request_without_commits_is_permanent(connector: GitHubC
     await connector.run(step("create_branch", {"repo": REPO, "branch": "empty"}))
     error = await fails(connector, step("open_pull_request", {"repo": REPO, "head": "empty", "title": "t"}))
     assert (error.code, error.retryable, error.http_status) == ("validation_failed", False, 422)
-    assert "No commits between main and empty" in error.message
+    assert f"No commits between main and {OWN}empty" in error.message
 
 
 async def test_open_pull_request_secondary_rate_limit(connector: GitHubConnector, gh: GitHubState) -> None:
@@ -458,10 +464,11 @@ async def test_dispatch_workflow(connector: GitHubConnector, gh: GitHubState) ->
 async def test_dispatch_workflow_by_id_on_a_branch(connector: GitHubConnector, gh: GitHubState) -> None:
     await connector.run(step("create_branch", {"repo": REPO, "branch": "release"}))
     workflow_id = gh.repo(REPO).workflows["deploy.yml"].id
-    output = await connector.run(step("dispatch_workflow", {"repo": REPO, "workflow": workflow_id, "ref": "release"}))
-    assert output.result == {"workflow": workflow_id, "ref": "release", "dispatched": True}
-    assert gh.calls("POST", "/dispatches")[0].body == {"ref": "release", "inputs": {}}
-    assert gh.repo(REPO).dispatches == [{"workflow": "deploy.yml", "ref": "release", "inputs": {}}]
+    output = await connector.run(step("dispatch_workflow", {"repo": REPO, "workflow": workflow_id,
+                                                            "ref": OWN + "release"}))
+    assert output.result == {"workflow": workflow_id, "ref": OWN + "release", "dispatched": True}
+    assert gh.calls("POST", "/dispatches")[0].body == {"ref": OWN + "release", "inputs": {}}
+    assert gh.repo(REPO).dispatches == [{"workflow": "deploy.yml", "ref": OWN + "release", "inputs": {}}]
 
 
 async def test_dispatch_workflow_unknown_workflow_or_input_is_permanent(connector: GitHubConnector,
@@ -530,7 +537,7 @@ async def test_a_release_plan_runs_end_to_end_through_the_runner(connector: GitH
         plan_step("branch", "create_branch", branch="release-7"),
         plan_step("file", "put_file", branch="release-7", path="release.json", content={"version": 7}),
         plan_step("pr", "open_pull_request", head="release-7", title="Release 7"),
-        plan_step("deploy", "dispatch_workflow", workflow="deploy.yml", ref="release-7", inputs={"version": "7"}),
+        plan_step("deploy", "dispatch_workflow", workflow="deploy.yml", ref=OWN + "release-7", inputs={"version": "7"}),
     ]
     gh.secondary_rate_limit(retry_after=0.01, method="PUT")  # the server's wait is honoured
     gh.fail_next(502, method="POST")
@@ -544,7 +551,71 @@ async def test_a_release_plan_runs_end_to_end_through_the_runner(connector: GitH
     results = {r.step_id: r.result for r in final.results}
     assert results["pr"] == {"number": 1, "url": "https://github.com/acme/site/pull/1", "state": "open",
                              "created": True}
-    assert json.loads(file_on(gh, "release-7", "release.json")) == {"version": 7}
-    assert gh.repo(REPO).dispatches == [{"workflow": "deploy.yml", "ref": "release-7", "inputs": {"version": "7"}}]
+    assert json.loads(file_on(gh, OWN + "release-7", "release.json")) == {"version": 7}
+    assert gh.repo(REPO).dispatches == [{"workflow": "deploy.yml", "ref": OWN + "release-7",
+                                         "inputs": {"version": "7"}}]
     json.dumps([r.result for r in final.results])  # results are JSON-serializable
 
+
+
+# ---------------------------------------------------------------------- one repository, two tenants
+
+
+def tenant_step(tenant: str, operation: str, params: dict[str, Any], approval: str) -> StepContext:
+    return StepContext(approval, tenant, "environment.create",
+                       PlanStep(step_id=operation, connector="github", operation=operation,
+                                params={"repo": REPO, **params}))
+
+
+async def run_environment_create(connector: GitHubConnector, tenant: str, approval: str, content: str
+                                 ) -> dict[str, dict[str, Any]]:
+    """The default catalog's environment.create, as one tenant's plan asks for `env/dev`."""
+    results = {}
+    for operation, params in (("create_branch", {"branch": "env/dev"}),
+                              ("put_file", {"branch": "env/dev", "path": "environments/dev.json", "content": content}),
+                              ("open_pull_request", {"head": "env/dev", "title": f"dev for {tenant}"})):
+        results[operation] = (await connector.run(tenant_step(tenant, operation, params, approval))).result
+    return results
+
+
+async def test_tenants_sharing_a_repository_never_write_or_report_each_others_branch(
+        connector: GitHubConnector, gh: GitHubState) -> None:
+    acme = await run_environment_create(connector, "acme", "appr-a", "acme's")
+    globex = await run_environment_create(connector, "globex", "appr-g", "globex's")
+    assert (acme["create_branch"]["branch"], globex["create_branch"]["branch"]) == ("pj/acme/env/dev",
+                                                                                  "pj/globex/env/dev")
+    assert globex["create_branch"]["created"] is True  # not acme's branch reported as globex's
+    assert file_on(gh, "pj/acme/env/dev", "environments/dev.json") == b"acme's"
+    assert file_on(gh, "pj/globex/env/dev", "environments/dev.json") == b"globex's"
+    assert "env/dev" not in gh.repo(REPO).refs
+    assert (acme["open_pull_request"]["number"], globex["open_pull_request"]["number"]) == (1, 2)
+    assert globex["open_pull_request"]["created"] is True
+    assert [p["head"]["ref"] for p in gh.repo(REPO).pulls] == ["pj/acme/env/dev", "pj/globex/env/dev"]
+
+
+async def test_a_tenant_naming_anothers_branch_in_full_stays_in_its_own(connector: GitHubConnector,
+                                                                        gh: GitHubState) -> None:
+    await run_environment_create(connector, "acme", "appr-a", "acme's")
+    for operation, params in (("create_branch", {"branch": "pj/acme/env/dev"}),
+                              ("put_file", {"branch": "pj/acme/env/dev", "path": "environments/dev.json",
+                                            "content": "globex was here"}),
+                              ("open_pull_request", {"head": "acme:pj/acme/env/dev", "title": "t"})):
+        await connector.run(tenant_step("globex", operation, params, "appr-g"))
+    assert file_on(gh, "pj/acme/env/dev", "environments/dev.json") == b"acme's"
+    assert file_on(gh, "pj/globex/pj/acme/env/dev", "environments/dev.json") == b"globex was here"
+    assert gh.repo(REPO).pulls[1]["head"]["ref"] == "pj/globex/pj/acme/env/dev"
+
+
+@pytest.mark.parametrize(("operation", "params"), [
+    ("create_branch", {"branch": "mine", "base": "pj/acme/env/dev"}),  # would copy acme's work
+    ("open_pull_request", {"head": "mine", "base": "pj/acme/env/dev", "title": "t"}),  # would merge into it
+    ("dispatch_workflow", {"workflow": "deploy.yml", "ref": "pj/acme/env/dev"}),  # would run on it
+])
+async def test_a_tenant_cannot_read_from_or_run_on_anothers_branch(
+        connector: GitHubConnector, gh: GitHubState, operation: str, params: dict[str, Any]) -> None:
+    await run_environment_create(connector, "acme", "appr-a", "acme's")
+    gh.requests.clear()
+    error = await fails(connector, tenant_step("globex", operation, params, "appr-g"))
+    assert (error.code, error.retryable) == ("invalid_params", False)
+    assert "another tenant's" in error.message
+    assert gh.requests == []  # refused before anything was sent

@@ -339,31 +339,32 @@ async def test_upload_file_checks_the_path_then_puts_pretty_sorted_json(
     probe, put = graph.graph_requests()
     token = probe.headers["Authorization"].removeprefix("Bearer ")
     assert token in graph.valid_tokens and put.headers["Authorization"] == f"Bearer {token}"
-    assert (probe.method, probe.path) == ("GET", "/v1.0/drives/b!drive-1/root:/reports/2024/summary.json")
-    assert (put.method, put.path) == ("PUT", "/v1.0/drives/b!drive-1/root:/reports/2024/summary.json:/content")
+    assert (probe.method, probe.path) == ("GET", "/v1.0/drives/b!drive-1/root:/pj/tenant-a/reports/2024/summary.json")
+    assert (put.method, put.path) == ("PUT",
+                                      "/v1.0/drives/b!drive-1/root:/pj/tenant-a/reports/2024/summary.json:/content")
     assert put.body == expected
     assert put.headers["Content-Type"] == "application/json"
 
-    stored = graph.drives[DRIVE]["reports/2024/summary.json"]
+    stored = graph.drives[DRIVE]["pj/tenant-a/reports/2024/summary.json"]
     assert stored.content == expected
     assert output.http_status == 201
     assert output.result == {"itemId": stored.item_id, "size": len(expected),
                              "webUrl": "https://contoso.sharepoint.com/sites/team/Shared%20Documents/"
-                                       "reports/2024/summary.json",
+                                       "pj/tenant-a/reports/2024/summary.json",
                              "sha256": hashlib.sha256(expected).hexdigest(), "created": True}
     assert_no_secrets(graph, json.dumps(output.result))
 
 
-async def test_upload_file_writes_a_string_as_utf8_at_the_drive_root(
+async def test_upload_file_writes_a_string_as_utf8_at_the_tenants_root(
         client: httpx.AsyncClient, graph: GraphState) -> None:
     text = "Grüße ✓\nline 2\n"
     output = await make_connector(client, graph).run(
         step("upload_file", {"driveId": DRIVE, "folder": "", "fileName": "notes v1.txt", "content": text}))
     put = graph.graph_requests()[-1]
-    assert put.path == "/v1.0/drives/b!drive-1/root:/notes%20v1.txt:/content"
+    assert put.path == "/v1.0/drives/b!drive-1/root:/pj/tenant-a/notes%20v1.txt:/content"
     assert put.body == text.encode("utf-8")
     assert put.headers["Content-Type"].startswith("text/plain")
-    assert graph.drives[DRIVE]["notes v1.txt"].content == text.encode()
+    assert graph.drives[DRIVE]["pj/tenant-a/notes v1.txt"].content == text.encode()
     assert output.result["size"] == len(text.encode())
 
 
@@ -396,7 +397,7 @@ async def test_upload_file_over_a_different_file_replaces_it(client: httpx.Async
     await connector.run(step("upload_file", {**FILE_PARAMS, "content": "old"}, step_id="a"))
     output = await connector.run(step("upload_file", {**FILE_PARAMS, "content": "new!"}, step_id="b"))
     assert graph.uploads == 2
-    assert graph.drives[DRIVE]["reports/2024/summary.json"].content == b"new!"
+    assert graph.drives[DRIVE]["pj/tenant-a/reports/2024/summary.json"].content == b"new!"
     assert (output.result["created"], output.result["size"]) == (False, 4)
 
 
@@ -409,7 +410,7 @@ async def test_upload_file_whose_response_was_lost_is_skipped_on_retry(
     assert error.retryable and error.http_status == 500
     output = await connector.run(ctx)
     assert graph.uploads == 1
-    assert output.result["itemId"] == graph.drives[DRIVE]["reports/2024/summary.json"].item_id
+    assert output.result["itemId"] == graph.drives[DRIVE]["pj/tenant-a/reports/2024/summary.json"].item_id
 
 
 async def test_upload_file_to_an_unknown_drive_is_permanent(client: httpx.AsyncClient, graph: GraphState) -> None:
@@ -449,3 +450,20 @@ async def test_slow_graph_response_is_a_retryable_timeout(graph: GraphState, ope
     assert "Timeout" in error.message
     assert_no_secrets(graph, error.message)
 
+
+
+async def test_tenants_sharing_a_drive_never_overwrite_or_report_each_others_file(
+        client: httpx.AsyncClient, graph: GraphState) -> None:
+    connector = make_connector(client, graph)
+    params = {"driveId": DRIVE, "folder": "reports", "fileName": "q1.csv", "content": "acme's"}
+    acme = await connector.run(StepContext("apr-a", "acme", "act-1", PlanStep(
+        step_id="s1", connector="sharepoint", operation="upload_file", params=params)))
+    # The same folder and name, and a folder that spells out acme's corner: globex stays in its own.
+    globex = [await connector.run(StepContext("apr-g", "globex", "act-1", PlanStep(
+        step_id=f"s{i}", connector="sharepoint", operation="upload_file",
+        params={**params, "folder": folder, "content": "globex's"})))
+        for i, folder in enumerate(("reports", "pj/acme/reports"))]
+    assert graph.drives[DRIVE]["pj/acme/reports/q1.csv"].content == b"acme's"
+    assert graph.drives[DRIVE]["pj/globex/reports/q1.csv"].content == b"globex's"
+    assert graph.drives[DRIVE]["pj/globex/pj/acme/reports/q1.csv"].content == b"globex's"
+    assert all(g.result["created"] is True and g.result["itemId"] != acme.result["itemId"] for g in globex)

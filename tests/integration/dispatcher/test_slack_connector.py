@@ -83,7 +83,8 @@ async def test_post_message_looks_up_then_posts_with_metadata(client: httpx.Asyn
     assert post.body == {
         "channel": OPS, "text": "env-a created", "blocks": blocks,
         "metadata": {"event_type": "pj_step",
-                     "event_payload": {"key": "apr_1:announce", "approvalId": "apr_1", "stepId": "announce"}},
+                     "event_payload": {"key": "apr_1:announce", "tenant": "tenant-a", "approvalId": "apr_1",
+                                       "stepId": "announce"}},
     }
     assert message["text"] == "env-a created"
     assert message["metadata"]["event_payload"]["key"] == "apr_1:announce"
@@ -97,6 +98,22 @@ async def test_messages_of_other_steps_do_not_count_as_an_earlier_attempt(client
     assert first.result["created"] is True and other.result["created"] is True
     assert first.result["ts"] != other.result["ts"]
     assert len(slack.posted(OPS)) == 2
+
+
+
+async def test_a_channel_shared_by_tenants_never_reports_anothers_message(client: httpx.AsyncClient,
+                                                                         slack: SlackState) -> None:
+    """Even a step of another tenant with the very same key (approval ids are UUIDs: it cannot happen
+    unless an order is forged) posts its own message instead of reporting tenant-a's."""
+    ours = await connector(client, slack).run(context({"channel": OPS, "text": "tenant-a's"}))
+    theirs_ctx = StepContext("apr_1", "tenant-b", "environment.create",
+                             PlanStep(step_id="announce", connector="slack", operation="post_message",
+                                      params={"channel": OPS, "text": "tenant-b's"}))
+    theirs = await connector(client, slack).run(theirs_ctx)
+    assert theirs.result["created"] is True and theirs.result["ts"] != ours.result["ts"]
+    assert [m["metadata"]["event_payload"]["tenant"] for m in slack.posted(OPS)] == ["tenant-a", "tenant-b"]
+    again = await connector(client, slack).run(theirs_ctx)  # and each finds its own on redelivery
+    assert again.result == {**theirs.result, "created": False}
 
 
 # ---------------------------------------------------------------- idempotency

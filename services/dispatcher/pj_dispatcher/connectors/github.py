@@ -19,6 +19,12 @@ after a crash between GitHub's answer and the dispatcher's checkpoint does not r
   dispatching again. Failures before the request left (connection refused, connect timeout) and HTTP
   answers (5xx, rate limits) are retried as usual.
 
+Tenants: a repository may be shared by several tenants, so every branch a step writes (`branch` of
+`create_branch` and `put_file`, `head` of `open_pull_request`) is put under `pj/<tenant>/` (see
+`tenancy`): `env/dev` of tenant acme is `pj/acme/env/dev`, and tenant globex asking for `env/dev` gets
+its own branch and pull request, never acme's. A branch only read or run on (`base`, `ref`) may be a
+shared one such as `main`, but never another tenant's `pj/` branch.
+
 Errors: 429 and rate-limit 403s (primary: `x-ratelimit-remaining: 0`, wait until `x-ratelimit-reset`;
 secondary: "secondary rate limit" in the message, wait `Retry-After` or 60 s) and 5xx are retryable;
 401 and other 403s are `auth_failed`; 404 is `not_found` (GitHub also answers 404 for a repository
@@ -41,6 +47,7 @@ from .base import ApiConnector, ConnectorError, Operation, StepContext, StepOutp
 from .files import file_content
 from .http_errors import bad_response, classify_status, classify_transport, json_body, json_field, retry_after_s
 from .params import optional_object, optional_str, required_str, required_value
+from .tenancy import check_not_anothers, own_name
 
 API_VERSION = "2022-11-28"
 SECONDARY_RATE_LIMIT_WAIT_S = 60.0
@@ -179,7 +186,7 @@ class GitHubConnector(ApiConnector):
 
     async def _create_branch(self, ctx: StepContext) -> StepOutput:
         p, op = ctx.step.params, "github create_branch"
-        repo, branch, base = _repo(p, op), _ref_param(p, "branch", what=op), _ref_param(p, "base", "main", what=op)
+        repo, branch, base = _repo(p, op), _own_branch(ctx, "branch", what=op), _shared_ref(ctx, "base", what=op)
         what = f"github create_branch {repo}:{branch}"
         sha = await self._read_ref(repo, branch, what)
         if sha is not None:
@@ -202,7 +209,7 @@ class GitHubConnector(ApiConnector):
 
     async def _put_file(self, ctx: StepContext) -> StepOutput:
         p, op = ctx.step.params, "github put_file"
-        repo, branch, path = _repo(p, op), _ref_param(p, "branch", what=op), _path_param(p, op)
+        repo, branch, path = _repo(p, op), _own_branch(ctx, "branch", what=op), _path_param(p, op)
         data = file_content(required_value(p, "content", what=op)).data
         message = optional_str(p, "message", what=op) or f"Update {path} (approval {ctx.approval_id})"
         what = f"github put_file {repo}:{branch}:{path}"
@@ -250,12 +257,14 @@ class GitHubConnector(ApiConnector):
 
     async def _open_pull_request(self, ctx: StepContext) -> StepOutput:
         p, op = ctx.step.params, "github open_pull_request"
-        repo, head, base = _repo(p, op), required_str(p, "head", what=op), _ref_param(p, "base", "main", what=op)
+        repo, base = _repo(p, op), _shared_ref(ctx, "base", what=op)
         title = required_str(p, "title", what=op)
         description = optional_str(p, "body", what=op)
-        owner = repo.split("/")[0]
-        qualified_head = head if ":" in head else f"{owner}:{head}"
-        _check_ref(qualified_head.split(":", 1)[1], "head", what=op)
+        # `owner:branch` names a fork's branch; either way the branch is the tenant's own.
+        head_owner, _, head_branch = required_str(p, "head", what=op).rpartition(":")
+        head_branch = _check_ref(own_name(ctx, head_branch), "head", what=op)
+        head = f"{head_owner}:{head_branch}" if head_owner else head_branch
+        qualified_head = f"{head_owner or repo.split('/')[0]}:{head_branch}"
         what = f"github open_pull_request {repo}:{head}->{base}"
 
         existing = await self._find_pull(repo, qualified_head, base, what=what)
@@ -288,7 +297,7 @@ class GitHubConnector(ApiConnector):
 
     async def _dispatch_workflow(self, ctx: StepContext) -> StepOutput:
         p, op = ctx.step.params, "github dispatch_workflow"
-        repo, ref = _repo(p, op), _ref_param(p, "ref", "main", what=op)
+        repo, ref = _repo(p, op), _shared_ref(ctx, "ref", what=op)
         workflow = p.get("workflow")
         if isinstance(workflow, bool) or not isinstance(workflow, str | int) or not str(workflow).strip():
             raise permanent("invalid_params", f"{op}: param 'workflow' is required "
@@ -323,6 +332,16 @@ def _ref_param(params: dict[str, Any], name: str, default: str | None = None, *,
     if default is None:
         return _check_ref(required_str(params, name, what=what, wanted="a branch name"), name, what=what)
     return _check_ref(optional_str(params, name, what=what) or default, name, what=what)
+
+
+def _own_branch(ctx: StepContext, name: str, *, what: str) -> str:
+    """A branch the step writes: the param inside the tenant's `pj/<tenant>/` corner."""
+    return _check_ref(own_name(ctx, _ref_param(ctx.step.params, name, what=what)), name, what=what)
+
+
+def _shared_ref(ctx: StepContext, name: str, *, what: str) -> str:
+    """A branch the step only reads or runs on (default `main`): any but another tenant's."""
+    return check_not_anothers(ctx, _ref_param(ctx.step.params, name, "main", what=what), param=name, what=what)
 
 
 def _path_param(params: dict[str, Any], what: str) -> str:

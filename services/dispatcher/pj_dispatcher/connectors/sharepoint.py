@@ -3,6 +3,11 @@
 Idempotency: a list item carries the step key in its `PJStepKey` field (the list needs that text column,
 ideally indexed) and is looked up by it before anything is created; a file is addressed by its path, so
 writing it again writes the same bytes, and it is skipped when the stored item already has them.
+
+Tenants: a drive may be shared by several tenants, so a file is written under `pj/<tenant>/` (see
+`tenancy`): `reports/q1.csv` of tenant acme is `pj/acme/reports/q1.csv`, and no other tenant's step can
+name, overwrite or report it. A list item is found only by its step key, which holds the approval's id
+(a UUID approvals made and signed into the order), so one tenant's lookup never finds another's item.
 """
 
 import asyncio
@@ -19,6 +24,7 @@ from .base import ApiConnector, ConnectorError, Operation, StepContext, StepOutp
 from .files import file_content
 from .http_errors import classify_status, classify_transport, json_object
 from .params import required_object, required_str, required_value
+from .tenancy import tenant_prefix
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 TOKEN_MARGIN_S = 300.0  # a cached token is renewed this long before it expires
@@ -175,7 +181,7 @@ class SharePointConnector(ApiConnector):
             raise permanent("too_large", f"sharepoint upload_file: {len(body)} bytes is over the "
                                          f"{SIMPLE_UPLOAD_MAX_BYTES}-byte limit of a simple upload")
         sha256 = hashlib.sha256(body).hexdigest()
-        path = "/".join(part for part in (*folder.split("/"), file_name) if part)
+        path = tenant_prefix(ctx.tenant_id) + "/".join(part for part in (*folder.split("/"), file_name) if part)
         item_url = f"{self._graph}/drives/{quote(drive_id, safe='!')}/root:/{quote(path, safe='/')}"
 
         current = await self._graph_request("GET", item_url, "sharepoint get file", ok_404=True)

@@ -1,9 +1,12 @@
 """Slack: post a message with chat.postMessage, at most once per step.
 
 Idempotency: every message carries Slack message metadata
-`{"event_type": "pj_step", "event_payload": {"key": "<approvalId>:<stepId>", ...}}`. Before posting, the
-connector reads the channel's latest 100 messages (conversations.history with include_all_metadata=true) and,
-when one carries this step's key, returns it instead of posting again (`created: false`).
+`{"event_type": "pj_step", "event_payload": {"key": "<approvalId>:<stepId>", "tenant": ..., ...}}`. Before
+posting, the connector reads the channel's latest 100 messages (conversations.history with
+include_all_metadata=true) and, when one carries this step's key and tenant, returns it instead of posting
+again (`created: false`). A channel may be shared by several tenants: the key holds the approval's id (a
+UUID approvals made and signed into the order) and the message its tenant, so one tenant's step never
+reports another's message as its own.
 
 Limits of that lookup, which follow from Slack's API:
 - conversations.history only accepts a channel *ID* (C…, G…, D…). The lookup uses the `channel` param as
@@ -75,7 +78,7 @@ class SlackConnector(ApiConnector):
         blocks = optional_list(params, "blocks", what=what)  # Block Kit blocks
 
         key = ctx.idempotency_key
-        earlier, status = await self._find_earlier(channel, key)
+        earlier, status = await self._find_earlier(channel, key, ctx.tenant_id)
         if earlier is not None:
             return StepOutput(result={"channel": channel, "ts": earlier["ts"], "created": False}, http_status=status)
 
@@ -83,7 +86,8 @@ class SlackConnector(ApiConnector):
             "channel": channel,
             "text": text,
             "metadata": {"event_type": EVENT_TYPE,
-                         "event_payload": {"key": key, "approvalId": ctx.approval_id, "stepId": ctx.step.step_id}},
+                         "event_payload": {"key": key, "tenant": ctx.tenant_id, "approvalId": ctx.approval_id,
+                                           "stepId": ctx.step.step_id}},
         }
         if blocks is not None:
             body["blocks"] = blocks
@@ -96,8 +100,9 @@ class SlackConnector(ApiConnector):
         return StepOutput(result={"channel": str(data.get("channel") or channel), "ts": ts, "created": True},
                           http_status=response.status_code)
 
-    async def _find_earlier(self, channel: str, key: str) -> tuple[dict[str, Any] | None, int]:
-        """The channel's recent message carrying this step's key, if an earlier attempt posted one."""
+    async def _find_earlier(self, channel: str, key: str, tenant: str) -> tuple[dict[str, Any] | None, int]:
+        """The channel's recent message carrying this step's key and tenant, if an earlier attempt posted one
+        (a message of an older version, without a tenant, is matched by its key alone)."""
         try:
             response, data = await self._call("GET", "conversations.history", channel, params={
                 "channel": channel, "limit": str(HISTORY_LIMIT), "include_all_metadata": "true"})
@@ -118,7 +123,8 @@ class SlackConnector(ApiConnector):
             if not isinstance(metadata, dict) or metadata.get("event_type") != EVENT_TYPE:
                 continue
             payload = metadata.get("event_payload")
-            if isinstance(payload, dict) and payload.get("key") == key and isinstance(message.get("ts"), str):
+            if (isinstance(payload, dict) and payload.get("key") == key and payload.get("tenant", tenant) == tenant
+                    and isinstance(message.get("ts"), str)):
                 return message, response.status_code
         return None, response.status_code
 

@@ -15,7 +15,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
-import httpx
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console, RenderableType
@@ -29,9 +28,9 @@ from .config import ConfigError, Profile, SignIn, StoredConfig, config_path, loa
 from .credentials import current
 from .errors import ClientError, ExitCode, NotFound, Unauthorized, Unavailable
 from .http import AsyncGatewayClient, GatewayClient
-from .oidc import DeviceAuthorization, discover, poll_for_tokens, provider_client, start_device_flow
 from .payload import PayloadError, read_payload
 from .progress import dispatch_live
+from .signin import choose_provider, device_sign_in, gateway_sign_in
 
 # The broker client (aio_pika), the token settings and JWT (cryptography) are imported by the commands
 # that use them: every `pj` run pays for what it imports at start-up, and most runs need neither.
@@ -42,7 +41,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-DEFAULT_LOGIN_SCOPE = "openid profile offline_access"
 NO_PROVIDER = ("Signing in through an identity provider (OpenID device flow) needs one: neither --issuer "
                "(PJ_OIDC_ISSUER) nor the gateway's console names one. Paste a bearer token from your provider "
                "instead (on a development system, `pj token` prints one).")
@@ -169,74 +167,6 @@ def _claims(token: str) -> dict[str, Any]:
     return {key: claims[key] for key in ("sub", "role", "tenant", "exp") if key in claims}
 
 
-def _gateway_sign_in(target: str) -> dict[str, Any]:
-    """The OpenID provider the gateway's console signs in with (`signIn` of /console/config.json), or {}."""
-    try:
-        response = httpx.get(f"{target}/console/config.json", timeout=5.0)
-        sign_in = response.json().get("signIn") if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return {}  # an older gateway, or none there yet: the issuer must come from --issuer
-    return sign_in if isinstance(sign_in, dict) and sign_in.get("issuer") else {}
-
-
-def _with_offline_access(scopes: str) -> str:
-    """The console's scopes, plus offline_access: a terminal needs a refresh token to outlive one access token."""
-    names = scopes.split()
-    return " ".join([*names, "offline_access"] if "offline_access" not in names else names)
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderChoice:
-    """Where `pj login` signs in, and what it asks for."""
-
-    issuer: str
-    client_id: str
-    scope: str
-    resource: str | None
-
-
-def _provider_choice(target: str, *, issuer: str | None, client_id: str) -> ProviderChoice | None:
-    """--issuer (or PJ_OIDC_ISSUER), else the gateway's own provider; None when neither names one. The scopes
-    (and RFC 8707 resource) are the console's when it signs in at the same provider."""
-    console = _gateway_sign_in(target)
-    chosen = (issuer or str(console.get("issuer") or "")).rstrip("/")
-    if not chosen:
-        return None
-    same = str(console.get("issuer") or "").rstrip("/") == chosen
-    scopes = _with_offline_access(str(console["scopes"])) if same and console.get("scopes") else DEFAULT_LOGIN_SCOPE
-    resource = str(console["resource"]) if same and console.get("resource") else None
-    return ProviderChoice(issuer=chosen, client_id=client_id, scope=scopes, resource=resource)
-
-
-def _show_code(err: Console, started: DeviceAuthorization) -> None:
-    minutes = max(1, started.expires_in // 60)
-    if started.verification_uri_complete:
-        err.print(f"To sign in, open this page in a browser and check that it shows the code "
-                  f"[bold]{started.user_code}[/]:\n  {started.verification_uri_complete}", highlight=False)
-    else:
-        err.print(f"To sign in, open this page in a browser and enter the code [bold]{started.user_code}[/]:"
-                  f"\n  {started.verification_uri}", highlight=False)
-    err.print(f"Waiting for you to confirm (the code expires in {minutes} min; Ctrl-C gives up)...", highlight=False)
-
-
-def _device_sign_in(choice: ProviderChoice, err: Console) -> tuple[str, SignIn] | None:
-    """The device flow at the provider: the access token and how to renew it; None when it offers no device flow."""
-    with provider_client() as http:
-        discovery = discover(http, choice.issuer)
-        if discovery.device_authorization_endpoint is None:
-            err.print(f"{choice.issuer} offers no device sign-in (its discovery document has no "
-                      "device_authorization_endpoint): paste a token from it instead.", highlight=False)
-            return None
-        started = start_device_flow(http, discovery, client_id=choice.client_id, scope=choice.scope,
-                                    resource=choice.resource)
-        _show_code(err, started)
-        tokens = poll_for_tokens(http, discovery, started, client_id=choice.client_id)
-    # Counted from the answer: renewal starts RENEW_EARLY_S before the end, which covers its latency.
-    sign_in = SignIn(issuer=discovery.issuer, client_id=choice.client_id, token_endpoint=discovery.token_endpoint,
-                     refresh_token=tokens.refresh_token, expires_at=tokens.expires_at(time.time()))
-    return tokens.access_token, sign_in
-
-
 @app.command()
 @handled
 def login(
@@ -262,8 +192,8 @@ def login(
     err = Console(stderr=True, soft_wrap=True)
     sign_in: SignIn | None = None
     if not token:
-        choice = _provider_choice(target, issuer=issuer, client_id=client_id)
-        signed = _device_sign_in(choice, err) if choice is not None else None
+        choice = choose_provider(gateway_sign_in(target), issuer=issuer, client_id=client_id)
+        signed = device_sign_in(choice, err) if choice is not None else None
         if signed is not None:
             token, sign_in = signed
         else:

@@ -7,6 +7,7 @@ The routes come from the running gateway's /openapi.json and the commands from t
 listed at once, as `route: caller expected X, got Y`.
 """
 
+import asyncio
 import json
 import typing
 import uuid
@@ -19,8 +20,11 @@ import httpx
 import pytest
 import yaml
 
+from pj_approvals.catalog import Catalog
 from pj_approvals.settings import DEFAULT_CATALOG
+from pj_common.auth import Role
 from pj_common.messages import (
+    ApprovalEvent,
     CheckHealth,
     Command,
     CommandEnvelope,
@@ -121,6 +125,15 @@ AMQP_MATRIX: dict[str, tuple[str, ...]] = {
     "decide":            (UNAUTH, OK, OK, FORBID, GONE, FORBID, FORBID, GONE, GONE),
     "dispatch":          (UNAUTH, OK, FORBID, FORBID, FORBID, FORBID, FORBID, GONE, GONE),
 }
+
+
+def test_every_role_and_every_deciding_role_of_the_catalogs_has_a_column() -> None:
+    """A new role, or a catalog deciding with a role nobody tries, needs a column first."""
+    roles = {actor.role for actor in ACTORS.values()}
+    assert roles >= set(Role)
+    for catalog in (yaml.safe_load(DEFAULT_CATALOG.read_text()), matrix_catalog()):
+        for action in Catalog.model_validate(catalog).actions.values():
+            assert {role for stage in action.approval.stages for role in stage.roles} <= roles
 
 
 def matrix_catalog() -> dict[str, Any]:
@@ -277,6 +290,46 @@ async def test_the_pending_count_counts_only_what_the_caller_may_read(http: http
     await pending(http)
     after = await counts()
     assert {name for name in after if after[name] != before[name]} == LIST_SHOWS
+
+
+async def _approvals_seen(http: httpx.AsyncClient, actor: Actor, ready: asyncio.Event, seen: set[str],
+                         until: float) -> None:
+    """Read the caller's event stream until `until`, adding every approval id it is shown to `seen`."""
+    async with http.stream("GET", "/api/events", headers=actor.headers()) as response:
+        assert response.status_code == 200
+        event = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+                if event == "ready":
+                    ready.set()
+            elif line.startswith("data:") and event == "approval":
+                seen.add(ApprovalEvent.model_validate_json(line.partition(":")[2]).approval_id)
+            if asyncio.get_running_loop().time() > until:
+                return
+
+
+async def test_the_event_stream_shows_an_approval_to_exactly_who_may_read_it(http: httpx.AsyncClient) -> None:
+    """Every caller with a token listens; one approval of acme is requested: only its readers hear of it,
+    never another tenant, an operator who did not request it or a service."""
+    listeners = {name: actor for name, actor in ACTORS.items() if actor.role is not None}
+    ready = {name: asyncio.Event() for name in listeners}
+    seen: dict[str, set[str]] = {name: set() for name in listeners}
+    until = asyncio.get_running_loop().time() + 10
+    readers = [asyncio.create_task(_approvals_seen(http, actor, ready[name], seen[name], until))
+               for name, actor in listeners.items()]
+    try:
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(event.wait() for event in ready.values()))
+        approval_id = await pending(http)
+        # Events come within a fraction of a second (the event relay looks every 0.2 s): this is ample
+        # for those who should hear of it, and time enough for one who should not to hear all the same.
+        await asyncio.wait(readers, timeout=3)
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    assert {name for name in listeners if approval_id in seen[name]} == LIST_SHOWS
 
 
 # ---------------------------------------------------------------- AMQP, straight to the commands queue

@@ -32,8 +32,8 @@ async def test_two_stage_two_approver_chain(client: httpx.AsyncClient, sink: Sin
     aid = await request_approval(client, t, "release.production", {"version": "1.2.3"})
     r = await decide(client, t, aid, "admin", "olga")  # an admin token for the requester changes nothing
     assert r.status_code == 403 and r.json()["error"]["code"] == "self_approval_forbidden"
-    r = await decide(client, t, aid, "operator", "oscar")
-    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = await decide(client, t, aid, "operator", "oscar")  # may not even read olga's request
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
     r = await decide(client, t, aid, "approver", "sam", note="security ok")
     assert r.status_code == 200 and r.json()["data"]["approval_status"] == "pending"

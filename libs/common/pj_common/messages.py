@@ -15,6 +15,8 @@ from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from pydantic.alias_generators import to_camel
 
+from .principal import Role
+
 SCHEMA_VERSION: Final = 1
 
 
@@ -399,14 +401,36 @@ Command = Annotated[
 ]
 
 
+class OnBehalf(Contract):
+    """The person a service identity decides for (a button pressed in Slack): approvals applies every rule
+    as for them, once it has checked that the sender's grant allows `decide_on_behalf` for their tenant."""
+
+    subject: str = Field(min_length=1, max_length=256)
+    role: Role
+    tenant: str = Field(min_length=1, max_length=256)
+    # Where the person decided; recorded in the audit trail with the decision.
+    via: Literal["slack"]
+
+
 class CommandEnvelope(Contract):
-    """One command on the commands queue. `token` is the caller's bearer JWT, verified by approvals."""
+    """One command on the commands queue. `token` is the caller's bearer JWT, verified by approvals;
+    `onBehalf`, sent only by a permitted service identity, names the person it acts for."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     message_id: str = Field(default_factory=new_id)
     correlation_id: str = Field(default_factory=new_id)
     token: str | None = None
     command: Command
+    on_behalf: OnBehalf | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_one(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent rather than null: envelopes without it stay byte-for-byte what they were.
+        data: dict[str, Any] = handler(self)
+        if data.get("onBehalf", data.get("on_behalf")) is None:
+            data.pop("onBehalf", None)
+            data.pop("on_behalf", None)
+        return data
 
 
 DataT = TypeVar("DataT")
@@ -509,6 +533,8 @@ class ApprovalEvent(Contract):
     occurred_at: datetime
     correlation_id: str | None = None
     note: str | None = None
+    # The approved plan's hash, so a consumer (the notifier, the console) can show what is decided on.
+    plan_hash: str | None = None
 
 
 CONTRACT_MODELS: tuple[type[BaseModel], ...] = (

@@ -178,5 +178,6 @@ def event_message(event: store.StoredEvent) -> ApprovalEvent:
     """A stored event as the events exchange carries it (its id is its eventId)."""
     return ApprovalEvent(event_id=str(event.id), type=event.event_type,
                          approval_id=str(event.approval_id), tenant_id=event.tenant_id, action_id=event.action_id,
+                         plan_hash=event.plan_hash,
                          actor=event.actor, from_status=event.from_status, to_status=event.to_status,
                          occurred_at=event.occurred_at, correlation_id=event.correlation_id, note=event.note)

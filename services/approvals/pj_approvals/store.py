@@ -636,6 +636,7 @@ class StoredEvent:
     approval_id: UUID
     tenant_id: str
     action_id: str
+    plan_hash: str
     event_type: str
     actor: str | None
     from_status: ApprovalStatus | None
@@ -685,8 +686,8 @@ async def committed_events_after(conn: Conn, after: RelayPosition, limit: int) -
     still running: all of those have finished, so no event will ever appear before the last one read."""
     async with conn.cursor(row_factory=class_row(StoredEvent)) as cur:
         await cur.execute(
-            """SELECT e.id, e.tx::text AS tx, e.approval_id, e.tenant_id, a.action_id, e.event_type, e.actor,
-                      e.from_status, e.to_status, e.note, e.correlation_id, e.occurred_at
+            """SELECT e.id, e.tx::text AS tx, e.approval_id, e.tenant_id, a.action_id, a.plan_hash, e.event_type,
+                      e.actor, e.from_status, e.to_status, e.note, e.correlation_id, e.occurred_at
                FROM approval_events e JOIN approvals a ON a.id = e.approval_id
                WHERE (e.tx, e.id) > (%(tx)s::text::xid8, %(id)s)
                  AND e.tx < pg_snapshot_xmin(pg_current_snapshot())

@@ -223,7 +223,9 @@ async def test_an_event_committed_late_with_a_lower_id_is_still_published(
         await relay.relay_once()
         assert await events_seen(ours) == []  # B committed, but A, before it in commit order, may still
         await a.commit()
-    assert [uuid.UUID(e.approval_id) for e in await relay_until(relay, events_seen, ours)] == [a_row.id, b_row.id]
+    published = await relay_until(relay, events_seen, ours)
+    assert [uuid.UUID(e.approval_id) for e in published] == [a_row.id, b_row.id]
+    assert [e.plan_hash for e in published] == [a_row.plan_hash, b_row.plan_hash]  # what was decided on
 
 
 async def test_a_relay_holds_the_cursor_until_it_stops_and_only_its_holder_moves_it(

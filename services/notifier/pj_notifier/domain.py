@@ -76,6 +76,7 @@ class Tracked:
     updated_at: datetime  # when the latest event applied to the status happened
     remind_at: datetime | None  # the current stage's reminder, until sent or the approval leaves pending
     escalate_at: datetime | None
+    plan_hash: str | None = None  # what the approvers decide on (every event carries it)
 
     def stage(self, action: ActionInfo) -> StageInfo | None:
         """The stage waiting for a decision, or None once every stage is decided."""
@@ -115,13 +116,15 @@ def new_tracked(event: ApprovalEvent) -> Tracked:
     return Tracked(approval_id=event.approval_id, tenant_id=event.tenant_id, action_id=event.action_id,
                    status=event.from_status or event.to_status, requester=None, created_at=None, expires_at=None,
                    stage_index=0, stage_votes=0, decided_by=(), last_note=None, updated_at=event.occurred_at,
-                   remind_at=None, escalate_at=None)
+                   remind_at=None, escalate_at=None, plan_hash=event.plan_hash)
 
 
 def apply_event(state: Tracked | None, event: ApprovalEvent, action: ActionInfo, *,
                 timing: Timing) -> tuple[Tracked, list[Notice]]:
     """The approval after `event`, and the notices it calls for."""
     current = state or new_tracked(event)
+    if event.plan_hash and current.plan_hash != event.plan_hash:
+        current = replace(current, plan_hash=event.plan_hash)
     if event.type == "approval.created":
         return _created(current, event, timing)
     if event.type == "approval.decided":

@@ -1,6 +1,6 @@
 """The words of each notice: an email's subject and body, a Slack message's blocks, a webhook's JSON.
 
-Pure. Every message says who asked for what, the plan in brief, the stage, when it expires and links
+Pure. Every message says who asked for what, the plan in brief and its hash, the stage, when it expires and links
 to the console's page. Slack's pending message carries Approve and Reject buttons whose value is the
 approval id (`pj_approve` / `pj_reject`), for the interaction endpoint to act on.
 """
@@ -78,6 +78,7 @@ class View:
             ("Action", self.state.action_id + (f" - {self.action.description}" if self.action.description else "")),
             ("Tenant", self.state.tenant_id),
             ("Plan", self.action.plan_in_brief()),
+            ("Plan hash", self.state.plan_hash or "(not known yet)"),
             ("Status", STATUS_WORDS.get(self.state.status, self.state.status.value)),
             ("Stage", self.stage_line()),
             ("Expires", self.expires_line()),

@@ -84,6 +84,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX notifier_approvals_finished ON notifier_approvals (updated_at)
         WHERE status IN ('rejected', 'dispatched', 'dispatch_failed', 'expired');
     """,
+    # The plan hash the events carry, shown in every message.
+    """
+    ALTER TABLE notifier_approvals ADD COLUMN plan_hash text;
+    """,
 )
 
 
@@ -147,17 +151,18 @@ class _TrackedRow:
     updated_at: datetime
     remind_at: datetime | None
     escalate_at: datetime | None
+    plan_hash: str | None
 
     def tracked(self) -> Tracked:
         return Tracked(approval_id=self.approval_id, tenant_id=self.tenant_id, action_id=self.action_id,
                        status=ApprovalStatus(self.status), requester=self.requester, created_at=self.created_at,
                        expires_at=self.expires_at, stage_index=self.stage_index, stage_votes=self.stage_votes,
                        decided_by=tuple(self.decided_by), last_note=self.last_note, updated_at=self.updated_at,
-                       remind_at=self.remind_at, escalate_at=self.escalate_at)
+                       remind_at=self.remind_at, escalate_at=self.escalate_at, plan_hash=self.plan_hash)
 
 
 _COLUMNS = ("approval_id, tenant_id, action_id, status, requester, created_at, expires_at, stage_index, "
-            "stage_votes, decided_by, last_note, updated_at, remind_at, escalate_at")
+            "stage_votes, decided_by, last_note, updated_at, remind_at, escalate_at, plan_hash")
 
 
 async def get_tracked(conn: AsyncConnection[Any], approval_id: str) -> Tracked | None:
@@ -169,13 +174,16 @@ async def get_tracked(conn: AsyncConnection[Any], approval_id: str) -> Tracked |
 
 async def save_tracked(conn: AsyncConnection[Any], t: Tracked) -> None:
     await conn.execute(
-        f"INSERT INTO notifier_approvals ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        f"INSERT INTO notifier_approvals ({_COLUMNS}) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (approval_id) DO UPDATE SET status = excluded.status, requester = excluded.requester, "
         "created_at = excluded.created_at, expires_at = excluded.expires_at, stage_index = excluded.stage_index, "
         "stage_votes = excluded.stage_votes, decided_by = excluded.decided_by, last_note = excluded.last_note, "
-        "updated_at = excluded.updated_at, remind_at = excluded.remind_at, escalate_at = excluded.escalate_at",
+        "updated_at = excluded.updated_at, remind_at = excluded.remind_at, escalate_at = excluded.escalate_at, "
+        "plan_hash = excluded.plan_hash",
         (t.approval_id, t.tenant_id, t.action_id, t.status.value, t.requester, t.created_at, t.expires_at,
-         t.stage_index, t.stage_votes, list(t.decided_by), t.last_note, t.updated_at, t.remind_at, t.escalate_at))
+         t.stage_index, t.stage_votes, list(t.decided_by), t.last_note, t.updated_at, t.remind_at, t.escalate_at,
+         t.plan_hash))
 
 
 async def notices_of_event(conn: AsyncConnection[Any], event_id: str) -> list[Notice] | None:

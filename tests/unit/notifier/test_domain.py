@@ -109,3 +109,11 @@ def test_quiet_hours_span_midnight_in_the_tenants_time_zone() -> None:
     assert not is_quiet(quiet, datetime(2026, 11, 2, 20, 30, tzinfo=UTC))  # 21:30
     day = QuietHours.model_validate({"start": "12:00", "end": "13:00"})
     assert is_quiet(day, datetime(2026, 11, 2, 12, 30, tzinfo=UTC)) and not is_quiet(None, T0)
+
+
+def test_the_plan_hash_of_the_events_is_kept() -> None:
+    action = CAT.action("environment.create")
+    state, _ = apply_event(None, event("approval.created", P, from_=None, plan_hash="9f2c0a"), action, timing=TIMING)
+    assert state.plan_hash == "9f2c0a"
+    state, _ = apply_event(state, event("approval.decided", P), action, timing=TIMING)  # an event without one
+    assert state.plan_hash == "9f2c0a"

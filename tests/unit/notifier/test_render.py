@@ -13,7 +13,7 @@ CAT = parse_catalog(yaml.safe_load(CATALOG))
 AT = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 STATE = Tracked(approval_id="a-1", tenant_id="acme", action_id="environment.create", status=ApprovalStatus.PENDING,
                 requester="erin", created_at=AT, expires_at=AT, stage_index=1, stage_votes=1, decided_by=("carol",),
-                last_note="looks fine", updated_at=AT, remind_at=None, escalate_at=None)
+                last_note="looks fine", updated_at=AT, remind_at=None, escalate_at=None, plan_hash="9f2c0a")
 VIEW = render.View(STATE, CAT.action("environment.create"), "https://gate.example/")
 
 
@@ -21,7 +21,7 @@ def test_an_email_says_who_asked_for_what_the_plan_the_stage_the_expiry_and_link
     body = render.email_body(NoticeKind.PENDING, VIEW)
     for expected in ("erin asked for environment.create", "create-branch (github.create_branch)",
                      "sign-off (2 of 2; 1 of 2 approvals; roles: admin)", "2026-11-02 09:00 UTC",
-                     "Decided by: carol", "Note: looks fine",
+                     "Decided by: carol", "Note: looks fine", "Plan hash: 9f2c0a",
                      "https://gate.example/console/approvals/a-1"):
         assert expected in body
     assert render.subject(NoticeKind.REMINDER, VIEW).startswith("[approval] Reminder")

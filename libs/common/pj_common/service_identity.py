@@ -3,6 +3,10 @@
 Each is limited to the commands and tenants its entry names (PJ_SERVICE_PRINCIPALS); approvals checks
 every command against it, whatever path the command took. An action must also list `service` among its
 catalog `requesters` before a service may request it.
+
+A grant may also name `decide_on_behalf`: the service then sends decisions for people (the gateway's Slack
+interactions, with the person in the envelope's `onBehalf`), for the tenants of its grant only, and
+approvals applies every rule as for that person.
 """
 
 from collections.abc import Mapping
@@ -10,8 +14,11 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ErrorCode, GateError
-from .identity import canonical_identity
+from .identity import IdentityError, canonical_identity
 from .principal import Principal, Role
+
+# Not a command: the permission to send `decide` for a named person (CommandEnvelope.on_behalf).
+DECIDE_ON_BEHALF = "decide_on_behalf"
 
 
 class ServiceGrant(BaseModel):
@@ -30,6 +37,7 @@ class ServicePrincipals:
         def canonical(value: str) -> str:
             return canonical_identity(value, case_insensitive=case_insensitive)
 
+        self._case_insensitive = case_insensitive
         self._grants = {
             canonical(subject): ServiceGrant(commands=grant.commands,
                                              tenants=frozenset(canonical(t) for t in grant.tenants))
@@ -54,3 +62,21 @@ class ServicePrincipals:
             raise GateError(ErrorCode.FORBIDDEN, f"this service identity may not send {command}")
         if principal.tenant not in grant.tenants:
             raise GateError(ErrorCode.FORBIDDEN, "this service identity may not act for this tenant")
+
+    def on_behalf(self, service: Principal, *, subject: str, tenant: str, role: Role) -> Principal:
+        """The person `service` decides for, as approvals then treats them; `GateError(forbidden)` unless
+        the service's grant names `decide_on_behalf` and the person's tenant, and the person is a person."""
+        self.authorize(service, DECIDE_ON_BEHALF)
+        grant = self._grants.get(service.subject)
+        if grant is None or service.role is not Role.SERVICE:  # authorize passes people: they may not do this
+            raise GateError(ErrorCode.FORBIDDEN, "only a service identity may act on behalf of someone")
+        if role is Role.SERVICE:
+            raise GateError(ErrorCode.FORBIDDEN, "a service identity acts on behalf of people only")
+        try:
+            person = Principal(subject=canonical_identity(subject, case_insensitive=self._case_insensitive),
+                               tenant=canonical_identity(tenant, case_insensitive=self._case_insensitive), role=role)
+        except IdentityError as exc:
+            raise GateError(ErrorCode.VALIDATION_ERROR, f"onBehalf: the subject or tenant {exc}") from None
+        if person.tenant not in grant.tenants:
+            raise GateError(ErrorCode.FORBIDDEN, "this service identity may not act for this tenant")
+        return person

@@ -17,14 +17,14 @@ from .auth import DEFAULT_MAX_TTL_S, ClaimMapping, TokenVerifier
 from .jwks import JwksKeys, KeySource, PublicKey, SharedSecret, StaticPublicKey, algorithms_for, load_public_key
 from .messages import Command
 from .principal import Role
-from .service_identity import ServiceGrant, ServicePrincipals
+from .service_identity import DECIDE_ON_BEHALF, ServiceGrant, ServicePrincipals
 from .settings import DEV_JWT_SECRET, MIN_SECRET_LENGTH, CommonSettings
 
 # What a JWKS URL verifies unless PJ_JWT_ALGORITHMS says otherwise: each JWKS key verifies only the one
 # algorithm of its own type (PyJWK), so naming several here confuses nothing.
 DEFAULT_JWKS_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 COMMAND_NAMES = frozenset(str(model.model_fields["name"].default)
-                          for model in get_args(get_args(Command)[0]))
+                          for model in get_args(get_args(Command)[0])) | {DECIDE_ON_BEHALF}
 KNOWN_ALGORITHMS = frozenset(jwt.algorithms.get_default_algorithms()) - {"none"}
 
 

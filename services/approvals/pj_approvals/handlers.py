@@ -44,6 +44,8 @@ from .service import ApprovalService, DispatchStarted
 
 log = logging.getLogger("pj.approvals.handlers")
 
+MAX_NOTE = 4000  # DecideRequest.note's max_length: the mark must not push a note over it
+
 
 def error_reply(code: str, message: str) -> Reply[Any]:
     return Reply[Any](ok=False, error=ErrorBody(code=code, message=message))
@@ -61,10 +63,28 @@ class Call:
 
     @property
     def principal(self) -> Principal:
-        """The verified sender; a service identity only for a command and tenant of its grant."""
+        """The verified sender; a service identity only for a command and tenant of its grant. With
+        `onBehalf` (a decision only), the person a permitted service decides for."""
         principal = self.verifier.verify(self.envelope.token)
-        self.services.authorize(principal, self.envelope.command.name)
-        return principal
+        on_behalf = self.envelope.on_behalf
+        if on_behalf is None:
+            self.services.authorize(principal, self.envelope.command.name)
+            return principal
+        if not isinstance(self.envelope.command, DecideRequest):
+            raise GateError(ErrorCode.FORBIDDEN, "onBehalf is accepted with a decision only")
+        return self.services.on_behalf(principal, subject=on_behalf.subject, tenant=on_behalf.tenant,
+                                       role=on_behalf.role)
+
+    def decision(self, command: DecideRequest) -> DecideRequest:
+        """The decision as recorded: one made elsewhere (Slack) says so in its note, so the audit trail
+        shows where each decision came from."""
+        on_behalf = self.envelope.on_behalf
+        if on_behalf is None:
+            return command
+        mark = f"via {on_behalf.via.capitalize()}"
+        room = MAX_NOTE - len(mark) - 2
+        note = f"{mark}: {command.note[:room]}" if command.note else mark
+        return command.model_copy(update={"note": note})
 
     @property
     def correlation_id(self) -> str:
@@ -96,7 +116,7 @@ def routes(svc: ApprovalService) -> dict[type[BaseModel], Route]:
         GetApproval: lambda c, call: svc.get_approval(call.principal, c.approval_id),
         GetChain: lambda c, call: svc.chain(call.principal, c.approval_id),
         CountPending: lambda _, call: svc.count_pending(call.principal),
-        DecideRequest: lambda c, call: svc.decide(call.principal, c, call.correlation_id),
+        DecideRequest: lambda c, call: svc.decide(call.principal, call.decision(c), call.correlation_id),
         DispatchRequest: lambda c, call: svc.dispatch(call.principal, c, call.correlation_id, notify=call.notify),
     }
 

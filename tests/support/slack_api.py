@@ -1,5 +1,8 @@
-"""A stateful fake of Slack's Web API on 127.0.0.1: chat.postMessage, chat.update, conversations.history and
-users.lookupByEmail.
+"""A stateful fake of Slack's Web API on 127.0.0.1: chat.postMessage, chat.update, conversations.history,
+users.lookupByEmail, users.info, views.open and chat.postEphemeral; and Slack's side of interactivity:
+`send_interaction` posts a payload to an app's Request URL as Slack does (form `payload=<JSON>`, signed with
+the app's signing secret), `button_click` builds a click on a message's button (with a trigger id that
+views.open accepts for three seconds) and `submit_view` the submission of a modal the app opened.
 
 It speaks Slack's protocol: `Authorization: Bearer <token>`, HTTP 200 with `{"ok": false, "error": ...}` for
 API errors (not_authed, invalid_auth, channel_not_found, not_in_channel, missing_scope, no_text, ...),
@@ -19,6 +22,8 @@ Run alone: `python tests/support/slack_api.py --port 9098 --token xoxb-test --ch
 """
 
 import argparse
+import hashlib
+import hmac
 import itertools
 import json
 import sys
@@ -27,10 +32,14 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
-ALL_SCOPES = frozenset({"chat:write", "channels:history", "groups:history", "users:read.email", "im:write"})
+import httpx
+
+ALL_SCOPES = frozenset({"chat:write", "channels:history", "groups:history", "users:read", "users:read.email",
+                        "im:write"})
 MAX_TEXT = 40_000
+TRIGGER_TTL_S = 3.0  # Slack's: a trigger id opens a view within three seconds of the click
 
 
 @dataclass
@@ -73,6 +82,9 @@ class SlackState:
     users: dict[str, str] = field(default_factory=dict)  # user id -> email
     requests: list[Request] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    triggers: dict[str, float] = field(default_factory=dict)  # trigger id -> when it was issued
+    views: list[dict[str, Any]] = field(default_factory=list)  # opened by views.open, oldest first
+    ephemeral: list[dict[str, Any]] = field(default_factory=list)  # chat.postEphemeral's messages
     lock: threading.Lock = field(default_factory=threading.Lock)
     closing: threading.Event = field(default_factory=threading.Event)
     url: str = ""
@@ -124,6 +136,77 @@ class SlackState:
     def calls(self, api_method: str) -> list[Request]:
         with self.lock:
             return [r for r in self.requests if r.api_method == api_method]
+
+    def told(self, user_id: str) -> list[str]:
+        """The texts of the ephemeral messages shown to `user_id`."""
+        with self.lock:
+            return [m["text"] for m in self.ephemeral if m["user"] == user_id]
+
+    # ------------------------------------------------------------ Slack's side of interactivity
+
+    def button_click(self, *, user_id: str, action_id: str, value: str, channel_id: str,
+                     message_ts: str = "") -> dict[str, Any]:
+        """The block_actions payload of `user_id` clicking a button, with a fresh trigger id."""
+        with self.lock:
+            trigger_id = f"{next(self._ts)}.{int(time.time())}.trigger"
+            self.triggers[trigger_id] = time.monotonic()
+        return {"type": "block_actions", "user": {"id": user_id, "username": user_id.lower(), "team_id": "T0FAKE"},
+                "api_app_id": "A0FAKEAPP", "trigger_id": trigger_id, "team": {"id": "T0FAKE"},
+                "container": {"type": "message", "channel_id": channel_id, "message_ts": message_ts},
+                "channel": {"id": channel_id}, "response_url": f"{self.url}/response/{trigger_id}",
+                "actions": [{"type": "button", "action_id": action_id, "value": value,
+                             "block_id": f"approval:{value}", "action_ts": str(time.time())}]}
+
+    def submit_view(self, view: dict[str, Any], *, user_id: str, values: dict[str, str]) -> dict[str, Any]:
+        """The view_submission payload of a modal the app opened, its inputs filled by block id."""
+        state: dict[str, dict[str, Any]] = {}
+        for block in view.get("blocks", []):
+            if block.get("type") == "input" and block["block_id"] in values:
+                element = block["element"]
+                state[block["block_id"]] = {element["action_id"]: {"type": element["type"],
+                                                                    "value": values[block["block_id"]]}}
+        return {"type": "view_submission", "user": {"id": user_id}, "team": {"id": "T0FAKE"},
+                "view": {**view, "id": view["id"], "state": {"values": state}}}
+
+    def open_view(self, args: dict[str, Any]) -> dict[str, Any]:
+        trigger_id, view = args.get("trigger_id"), args.get("view")
+        issued = self.triggers.pop(str(trigger_id), None)
+        if issued is None:
+            return {"ok": False, "error": "invalid_trigger_id"}
+        if time.monotonic() - issued > TRIGGER_TTL_S:
+            return {"ok": False, "error": "expired_trigger_id"}
+        if not isinstance(view, dict) or view.get("type") != "modal" or not view.get("blocks"):
+            return {"ok": False, "error": "invalid_arguments"}
+        opened = {**view, "id": f"V{next(self._ts):08d}"}
+        self.views.append(opened)
+        return {"ok": True, "view": opened}
+
+    def post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        scope = self.missing_scope("chat:write")
+        if scope:
+            return scope
+        channel = self.resolve(str(args.get("channel") or ""), names=True)
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        user = str(args.get("user") or "")
+        if user not in self.users:
+            return {"ok": False, "error": "user_not_in_channel"}
+        if not args.get("text") and not args.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        self.ephemeral.append({"channel": channel.id, "user": user, "text": str(args.get("text") or "")})
+        return {"ok": True, "message_ts": self.next_ts()}
+
+    def user_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        scope = self.missing_scope("users:read")
+        if scope:
+            return scope
+        user_id = str(args.get("user") or "")
+        if user_id not in self.users:
+            return {"ok": False, "error": "user_not_found"}
+        profile: dict[str, Any] = {"real_name": user_id.lower()}
+        if "users:read.email" in self.scopes:  # Slack leaves the email out without this scope
+            profile["email"] = self.users[user_id]
+        return {"ok": True, "user": {"id": user_id, "name": user_id.lower(), "profile": profile}}
 
     # ------------------------------------------------------------ the API
 
@@ -248,6 +331,28 @@ class SlackState:
                 "response_metadata": {"next_cursor": str(offset + limit) if more else ""}}
 
 
+# The methods interactivity needs: API method -> SlackState's method serving it.
+_MORE_METHODS = {"users.info": "user_info", "views.open": "open_view", "chat.postEphemeral": "post_ephemeral"}
+
+
+def sign_interaction(payload: dict[str, Any], *, secret: str, timestamp: int | None = None) -> tuple[bytes,
+                                                                                                       dict[str, str]]:
+    """The body and headers Slack sends an app's Request URL: form `payload=<JSON>`, and the v0 signature
+    (HMAC-SHA256 of `v0:<timestamp>:<body>` with the app's signing secret)."""
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    signature = "v0=" + hmac.new(secret.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": stamp,
+                  "X-Slack-Signature": signature}
+
+
+async def send_interaction(client: httpx.AsyncClient, url: str, payload: dict[str, Any], *, secret: str,
+                           timestamp: int | None = None) -> httpx.Response:
+    """Post an interaction to `url` as Slack does."""
+    body, headers = sign_interaction(payload, secret=secret, timestamp=timestamp)
+    return await client.post(url, content=body, headers=headers)
+
+
 def make_handler(state: SlackState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -289,11 +394,17 @@ def make_handler(state: SlackState) -> type[BaseHTTPRequestHandler]:
         def _dispatch(self, path: str, query: dict[str, str], headers: dict[str, str],
                       body: Any) -> tuple[int, dict[str, Any] | None]:
             api_method = path.removeprefix("/api/").strip("/")
-            if api_method not in ("chat.postMessage", "chat.update", "conversations.history", "users.lookupByEmail"):
+            if api_method not in ("chat.postMessage", "chat.update", "conversations.history", "users.lookupByEmail",
+                                  *_MORE_METHODS):
                 return 200, {"ok": False, "error": "unknown_method"}
             error = state.auth_error(headers)
             if error:
                 return 200, {"ok": False, "error": error}
+            if api_method in _MORE_METHODS:
+                if isinstance(body, dict) and "__invalid__" in body:
+                    return 200, {"ok": False, "error": "invalid_json"}
+                args = {**query, **(body if isinstance(body, dict) else {})}
+                return 200, getattr(state, _MORE_METHODS[api_method])(args)
             if api_method in ("chat.update", "users.lookupByEmail"):
                 if isinstance(body, dict) and "__invalid__" in body:
                     return 200, {"ok": False, "error": "invalid_json"}

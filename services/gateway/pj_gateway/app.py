@@ -15,7 +15,7 @@ from .deps import CSRF_HEADER
 from .errors import CORRELATION_HEADER, UnexpectedErrors, choose_correlation_id, install_error_handlers
 from .ratelimit import AuthFailureLimit, RateLimits
 from .request_limits import RequestLimits
-from .routes import approvals, console, events, execute, system
+from .routes import approvals, console, events, execute, slack, system
 from .settings import GatewaySettings
 from .state import GatewayMetrics, GatewayState
 
@@ -114,6 +114,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # The web console and its live events (the console router's lifespan opens their connections).
     app.include_router(console.router)
     app.include_router(events.router)
+    app.include_router(slack.router)  # Slack's buttons: POST /api/slack/interactions
     _add_middleware(app, settings, metrics=state.metrics, rate_limits=rate_limits)
     return app
 

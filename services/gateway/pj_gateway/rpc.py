@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from pj_common.errors import ErrorCode, GateError
-from pj_common.messages import Command, CommandEnvelope, DispatchOutcome, Reply
+from pj_common.messages import Command, CommandEnvelope, DispatchOutcome, OnBehalf, Reply
 
 from .state import GatewayState
 
@@ -53,14 +53,16 @@ def _known_code(code: str) -> ErrorCode:
         return ErrorCode.INTERNAL_ERROR
 
 
-def _envelope(command: Command, token: str | None, correlation_id: str) -> CommandEnvelope:
-    return CommandEnvelope(command=command, token=token, correlation_id=correlation_id)
+def _envelope(command: Command, token: str | None, correlation_id: str,
+              *, on_behalf: OnBehalf | None = None) -> CommandEnvelope:
+    return CommandEnvelope(command=command, token=token, correlation_id=correlation_id, on_behalf=on_behalf)
 
 
 async def call(state: GatewayState, command: Command, model: type[ModelT], *, token: str | None,
-               correlation_id: str, timeout: float | None = None) -> ModelT:
-    """Send one command and return its reply's data as `model` (the command's `reply_model`)."""
-    envelope = _envelope(command, token, correlation_id)
+               correlation_id: str, timeout: float | None = None, on_behalf: OnBehalf | None = None) -> ModelT:
+    """Send one command and return its reply's data as `model` (the command's `reply_model`); with
+    `on_behalf`, a service identity's `token` sends it for that person (Slack decisions)."""
+    envelope = _envelope(command, token, correlation_id, on_behalf=on_behalf)
     body = await state.rpc.call(envelope.to_json(), correlation_id=envelope.message_id,
                                 timeout=timeout if timeout is not None else state.settings.rpc_timeout_s)
     return _data(_parse(model, body))

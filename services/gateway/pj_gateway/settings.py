@@ -1,10 +1,12 @@
 """Gateway settings (`PJ_*`)."""
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from pj_common.principal import Role
 from pj_common.settings import CommonSettings
 from pj_common.token_settings import TokenSettings
 
@@ -70,3 +72,46 @@ class ConsoleSettings(CommonSettings):
     oidc_resource: str | None = None
     # Recent events each gateway keeps to replay to a reconnecting console (Last-Event-ID).
     console_event_history: int = Field(default=1000, ge=1)
+
+
+class SlackIdentity(BaseModel):
+    """Who a Slack user is in this system: the subject, role and tenant a token of theirs would carry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sub: str = Field(min_length=1, max_length=256)
+    role: Role
+    tenant: str = Field(min_length=1, max_length=256)
+
+
+class SlackSettings(CommonSettings):
+    """Decisions from Slack's buttons (POST /api/slack/interactions); read by that route only."""
+
+    # The Slack app's Signing Secret: every interaction request must carry its signature. Unset: every
+    # interaction is refused (401).
+    slack_signing_secret: SecretStr | None = None
+    # Slack user id (U…) or email -> {"sub", "role", "tenant"}, as JSON. A user id is looked up first; else
+    # the user's email from users.info. A Slack user in neither may not decide.
+    slack_user_map: dict[str, SlackIdentity] = Field(default_factory=dict)
+    # The token of the gateway's service identity (role `service`, a `decide_on_behalf` grant in
+    # PJ_SERVICE_PRINCIPALS), e.g. from the identity provider's client-credentials grant. Unset: minted
+    # per decision with PJ_JWT_SECRET when the gateway has it (HS256 set-ups), as PJ_SLACK_SERVICE_SUBJECT.
+    slack_service_token: SecretStr | None = None
+    slack_service_subject: str = Field(default="pj-slack", min_length=1)
+    # The same bot token and API base URL as the notifier's (users.info, views.open, chat.postEphemeral).
+    slack_bot_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
+    slack_api_url: str = "https://slack.com/api"
+    connector_allow_http: bool = False
+
+    @field_validator("slack_user_map")
+    @classmethod
+    def _emails_ignore_case(cls, users: dict[str, SlackIdentity]) -> dict[str, SlackIdentity]:
+        return {key.strip().lower() if "@" in key else key.strip(): who for key, who in users.items()}
+
+    @model_validator(mode="after")
+    def _slack_over_https(self) -> "SlackSettings":
+        scheme = urlsplit(self.slack_api_url).scheme
+        if scheme != "https" and not (scheme == "http" and (self.env == "dev" or self.connector_allow_http)):
+            raise ValueError("PJ_SLACK_API_URL must be an https:// URL outside dev (PJ_ENV=prod); http:// is "
+                             "accepted only with PJ_ENV=dev or PJ_CONNECTOR_ALLOW_HTTP=1, for local testing")
+        return self

@@ -1,0 +1,192 @@
+"""Decisions from Slack in the running system: Slack's signed interactions reach the gateway's
+POST /api/slack/interactions, which decides through approvals as the Slack user's mapped identity.
+
+Its own system (gateway, approvals, one dispatcher; own database and broker prefix): approvals must know the
+gateway's service identity (PJ_SERVICE_PRINCIPALS) from its start, which the session's shared system does not.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from pj_common.topology import Topology
+from tests.e2e.conftest import EXTRA_ACTIONS, headers, request_approval, system_env, write_catalog
+from tests.support.slack_api import SlackState, send_interaction, start_slack_api, stop_slack_api
+from tests.support.system import System, delete_topology, free_port, fresh_database
+from tests.support.webhook_sink import SinkState
+
+pytestmark = pytest.mark.e2e
+
+TENANT = "acme-slack"
+SIGNING_SECRET = "e2e-slack-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-e2e-slack-decisions"
+CHANNEL = "C0E2EDECIDE"
+INTERACTIONS = "/api/slack/interactions"
+USER_MAP = {
+    "U0ALICE": {"sub": "alice", "role": "admin", "tenant": TENANT},  # by Slack user id
+    "bob@example.com": {"sub": "bob", "role": "approver", "tenant": TENANT},  # by email, through users.info
+    "U0OLGA": {"sub": "olga", "role": "admin", "tenant": TENANT},  # the requester of every approval here
+    "U0VERA": {"sub": "vera", "role": "viewer", "tenant": TENANT},  # may read, never decide
+}
+
+
+@pytest.fixture(scope="module")
+def slack() -> Iterator[SlackState]:
+    server, state = start_slack_api(BOT_TOKEN)
+    state.add_channel(CHANNEL, "approvals")
+    for user_id, email in (("U0ALICE", "alice@example.com"), ("U0BOB", "bob@example.com"),
+                           ("U0OLGA", "olga@example.com"), ("U0VERA", "vera@example.com"),
+                           ("U0MALLORY", "mallory@example.com")):
+        state.add_user(user_id, email)
+    yield state
+    stop_slack_api(server, state)
+
+
+@pytest.fixture(scope="module")
+async def slack_system(pg_admin_url: str, amqp_url: str, sink: SinkState, slack: SlackState,
+                       tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+    """Gateway with the Slack settings, approvals that lets `pj-slack` decide on behalf of TENANT's people."""
+    prefix = f"pjs-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    async with fresh_database(pg_admin_url, "pj_e2e_slack") as database_url:
+        env = system_env(database_url, amqp_url, prefix, port, sink.url)
+        catalog = tmp_path_factory.mktemp("slack-catalog") / "catalog.yaml"
+        write_catalog(catalog, EXTRA_ACTIONS)
+        env.update(PJ_CATALOG=str(catalog), PJ_APPROVALS_METRICS_PORT=str(free_port()),
+                   PJ_DISPATCHER_METRICS_PORT=str(free_port()),
+                   PJ_SERVICE_PRINCIPALS=json.dumps({"pj-slack": {"commands": ["decide_on_behalf"],
+                                                                  "tenants": [TENANT]}}))
+        system = System(base_url=f"http://127.0.0.1:{port}", env=env,
+                        logdir=tmp_path_factory.mktemp("e2e-slack-logs"))
+        try:
+            system.start("approvals", "pj_approvals")
+            system.start("dispatcher", "pj_dispatcher")
+            system.start("gateway", "pj_gateway", PJ_SLACK_SIGNING_SECRET=SIGNING_SECRET,
+                         PJ_SLACK_USER_MAP=json.dumps(USER_MAP), SLACK_BOT_TOKEN=BOT_TOKEN,
+                         PJ_SLACK_API_URL=slack.url)
+            await system.wait_healthy(dispatchers=1)
+            yield system
+        finally:
+            system.stop_all()
+            await delete_topology(amqp_url, Topology(prefix))
+
+
+@pytest.fixture
+async def client(slack_system: System) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=slack_system.base_url, timeout=30, trust_env=False) as c:
+        yield c
+
+
+async def pending(client: httpx.AsyncClient, action: str = "notify.webhook") -> str:
+    """A new approval that olga requested."""
+    return await request_approval(client, TENANT, action, sub="olga", request_id=f"slack-{uuid.uuid4().hex}")
+
+
+async def approval(client: httpx.AsyncClient, approval_id: str) -> dict[str, Any]:
+    r = await client.get(f"/api/approvals/{approval_id}", headers=headers("admin", "alice", TENANT))
+    assert r.status_code == 200, r.text
+    return dict(r.json()["data"])
+
+
+async def click(client: httpx.AsyncClient, slack: SlackState, *, user_id: str, action: str, approval_id: str,
+                secret: str = SIGNING_SECRET, timestamp: int | None = None) -> httpx.Response:
+    payload = slack.button_click(user_id=user_id, action_id=action, value=approval_id, channel_id=CHANNEL)
+    return await send_interaction(client, INTERACTIONS, payload, secret=secret, timestamp=timestamp)
+
+
+async def test_approve_in_slack_approves_and_the_audit_says_slack(client: httpx.AsyncClient,
+                                                                   slack: SlackState) -> None:
+    aid = await pending(client)
+    r = await click(client, slack, user_id="U0ALICE", action="pj_approve", approval_id=aid)
+    assert r.status_code == 200, r.text
+    seen = await approval(client, aid)
+    assert seen["approval_status"] == "approved" and seen["approver_id"] == "alice"
+    [decided] = [entry for entry in seen["audit"] if entry["event"] == "approval.decided"]
+    assert (decided["actor"], decided["role"], decided["note"]) == ("alice", "admin", "via Slack")
+    assert any(aid in text and "approved" in text for text in slack.told("U0ALICE"))
+
+
+@pytest.mark.parametrize("forgery", ["another secret", "an old timestamp", "no signature"])
+async def test_an_unsigned_or_stale_interaction_is_401_and_changes_nothing(
+        client: httpx.AsyncClient, slack: SlackState, forgery: str) -> None:
+    aid = await pending(client)
+    told_before = len(slack.ephemeral)
+    payload = slack.button_click(user_id="U0ALICE", action_id="pj_approve", value=aid, channel_id=CHANNEL)
+    if forgery == "no signature":
+        r = await client.post(INTERACTIONS, data={"payload": json.dumps(payload)})
+    else:
+        secret = SIGNING_SECRET + "-guess" if forgery == "another secret" else SIGNING_SECRET
+        stamp = int(time.time()) - 600 if forgery == "an old timestamp" else None
+        r = await send_interaction(client, INTERACTIONS, payload, secret=secret, timestamp=stamp)
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["code"] == "unauthorized"
+    assert (await approval(client, aid))["approval_status"] == "pending"
+    assert len(slack.ephemeral) == told_before  # not even a message: nothing happened
+
+
+async def test_an_unmapped_slack_user_is_told_and_nothing_changes(client: httpx.AsyncClient,
+                                                                  slack: SlackState) -> None:
+    aid = await pending(client)
+    r = await click(client, slack, user_id="U0MALLORY", action="pj_approve", approval_id=aid)
+    assert r.status_code == 200, r.text
+    assert any("not linked" in text for text in slack.told("U0MALLORY"))
+    assert (await approval(client, aid))["approval_status"] == "pending"
+    views_before = len(slack.views)
+    r = await click(client, slack, user_id="U0MALLORY", action="pj_reject", approval_id=aid)
+    assert r.status_code == 200, r.text
+    assert len(slack.views) == views_before and len(slack.told("U0MALLORY")) == 2  # told again, no modal
+
+
+async def test_the_requester_clicking_approve_is_refused(client: httpx.AsyncClient, slack: SlackState) -> None:
+    """olga requested it; her Slack user maps to an admin, who could approve anyone else's request."""
+    aid = await pending(client)
+    r = await click(client, slack, user_id="U0OLGA", action="pj_approve", approval_id=aid)
+    assert r.status_code == 200, r.text
+    assert any("self_approval_forbidden" in text for text in slack.told("U0OLGA"))
+    assert (await approval(client, aid))["approval_status"] == "pending"
+
+
+async def test_a_role_that_may_not_decide_is_refused(client: httpx.AsyncClient, slack: SlackState) -> None:
+    aid = await pending(client)
+    r = await click(client, slack, user_id="U0VERA", action="pj_approve", approval_id=aid)
+    assert r.status_code == 200, r.text
+    assert any("forbidden" in text for text in slack.told("U0VERA"))
+    assert (await approval(client, aid))["approval_status"] == "pending"
+
+
+async def test_reject_opens_a_modal_whose_note_rejects(client: httpx.AsyncClient, slack: SlackState) -> None:
+    """bob is found by his email (users.info); an approver may decide release.production's first stage."""
+    aid = await pending(client, "release.production")
+    views_before = len(slack.views)
+    r = await click(client, slack, user_id="U0BOB", action="pj_reject", approval_id=aid)
+    assert r.status_code == 200, r.text
+    assert len(slack.views) == views_before + 1
+    view = slack.views[-1]
+    assert (await approval(client, aid))["approval_status"] == "pending"  # nothing decided before the note
+
+    submission = slack.submit_view(view, user_id="U0BOB", values={"note": "Not during the freeze."})
+    r = await send_interaction(client, INTERACTIONS, submission, secret=SIGNING_SECRET)
+    assert r.status_code == 200, r.text
+    assert not r.content  # an empty answer closes the modal
+    seen = await approval(client, aid)
+    assert seen["approval_status"] == "rejected" and seen["approver_id"] == "bob"
+    [decided] = [entry for entry in seen["audit"] if entry["event"] == "approval.decided"]
+    assert decided["note"] == "via Slack: Not during the freeze."
+    assert [c.body["user"] for c in slack.calls("users.info")][-1:] == ["U0BOB"]
+
+
+async def test_a_refused_note_shows_in_the_modal(client: httpx.AsyncClient, slack: SlackState) -> None:
+    """The requester's own Reject, submitted: the modal stays open with the reason under the note."""
+    aid = await pending(client)
+    await click(client, slack, user_id="U0OLGA", action="pj_reject", approval_id=aid)
+    submission = slack.submit_view(slack.views[-1], user_id="U0OLGA", values={"note": "changed my mind"})
+    r = await send_interaction(client, INTERACTIONS, submission, secret=SIGNING_SECRET)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["response_action"] == "errors" and "self_approval_forbidden" in answer["errors"]["note"]
+    assert (await approval(client, aid))["approval_status"] == "pending"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from pj_common.topology import Topology
-from tests.e2e.conftest import EXTRA_ACTIONS, headers, request_approval, system_env, write_catalog
+from tests.e2e.conftest import EXTRA_ACTIONS, METRICS_TOKEN, headers, request_approval, system_env, write_catalog
 from tests.support.slack_api import SlackState, send_interaction, start_slack_api, stop_slack_api
 from tests.support.system import System, delete_topology, free_port, fresh_database
 from tests.support.webhook_sink import SinkState
@@ -190,3 +190,14 @@ async def test_a_refused_note_shows_in_the_modal(client: httpx.AsyncClient, slac
     answer = r.json()
     assert answer["response_action"] == "errors" and "self_approval_forbidden" in answer["errors"]["note"]
     assert (await approval(client, aid))["approval_status"] == "pending"
+
+
+async def test_interactions_are_counted_by_outcome(client: httpx.AsyncClient, slack: SlackState) -> None:
+    aid = await pending(client)
+    await click(client, slack, user_id="U0ALICE", action="pj_approve", approval_id=aid, secret="forged")
+    await click(client, slack, user_id="U0MALLORY", action="pj_approve", approval_id=aid)
+    r = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert r.status_code == 200, r.text
+    counted = {line.split("outcome=")[1].split("}")[0].strip('"'): float(line.rsplit(" ", 1)[1])
+               for line in r.text.splitlines() if line.startswith("pj_gateway_slack_interactions_total{")}
+    assert counted.get("unauthorized", 0) >= 1 and counted.get("unmapped", 0) >= 1

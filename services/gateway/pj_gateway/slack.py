@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
+from prometheus_client import Counter
 
 from pj_common.auth import mint_token
 from pj_common.errors import ErrorCode, GateError
@@ -193,10 +194,24 @@ class SlackApi:
         return answer
 
 
+class Outcome(StrEnum):
+    """What became of one interaction (the `outcome` label of pj_gateway_slack_interactions_total)."""
+
+    DECIDED = "decided"
+    MODAL_OPENED = "modal_opened"
+    REFUSED = "refused"  # approvals refused the decision (role, stage, separation of duties, state)
+    UNMAPPED = "unmapped"
+    UNAUTHORIZED = "unauthorized"  # not signed by Slack, or stale
+    INVALID = "invalid"
+    IGNORED = "ignored"
+    SLACK_FAILED = "slack_failed"  # the modal did not open (Slack's Web API failed)
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What the endpoint answers Slack: nothing (200, empty), or a modal's errors shown under its field."""
 
+    outcome: Outcome
     view_errors: dict[str, str] | None = None
 
     def body(self) -> dict[str, Any] | None:
@@ -212,9 +227,10 @@ NOT_MAPPED = ("Your Slack user is not linked to anyone in the approval gate, so 
 class SlackDecisions:
     """Acts on verified interactions: map the user, open the note's modal, send the decision."""
 
-    def __init__(self, settings: SlackSettings, api: SlackApi) -> None:
+    def __init__(self, settings: SlackSettings, api: SlackApi, *, interactions: Counter) -> None:
         self.settings = settings
         self.api = api
+        self.interactions = interactions  # by outcome
 
     async def identity(self, user_id: str) -> SlackIdentity | None:
         """The person behind a Slack user: by user id, else by the email Slack has for them."""
@@ -234,10 +250,9 @@ class SlackDecisions:
         if who is None:
             log.info("Slack user not mapped", extra={"scope": "gateway.slack.unmapped",
                                                      "slackUser": interaction.user_id})
-            return await self._refuse(interaction, NOT_MAPPED)
+            return await self._refuse(interaction, NOT_MAPPED, Outcome.UNMAPPED)
         if interaction.kind is Kind.REJECT:
-            await self._open_note(interaction)
-            return Answer()
+            return Answer(await self._open_note(interaction))
         status: Decision = "approved" if interaction.kind is Kind.APPROVE else "rejected"
         command = DecideRequest(approval_id=interaction.approval_id, status=status, note=interaction.note)
         try:
@@ -248,13 +263,13 @@ class SlackDecisions:
             log.info("Slack decision refused: %s", exc.code, extra={
                 "scope": "gateway.slack.refused", "slackUser": interaction.user_id, "code": exc.code,
                 "approvalId": interaction.approval_id, "correlationId": correlation_id})
-            return await self._refuse(interaction, f"Not decided: {exc.message} ({exc.code}).")
+            return await self._refuse(interaction, f"Not decided: {exc.message} ({exc.code}).", Outcome.REFUSED)
         log.info("Slack decision recorded", extra={
             "scope": "gateway.slack.decided", "slackUser": interaction.user_id, "sub": who.sub,
             "approvalId": view.id, "decision": status, "correlationId": correlation_id})
         await self._tell(interaction, f"Recorded: you {status} {view.action_id} ({view.id}); "
                                       f"it is now {view.approval_status}.")
-        return Answer()
+        return Answer(Outcome.DECIDED)
 
     def _service_token(self, gateway: GatewayState, tenant: str) -> str:
         """The gateway's service identity: the configured token, else one minted for this decision with
@@ -269,7 +284,7 @@ class SlackDecisions:
                           role=Role.SERVICE, issuer=token_settings.jwt_issuer,
                           audience=token_settings.jwt_audience, ttl_s=SERVICE_TOKEN_TTL_S)
 
-    async def _open_note(self, interaction: Interaction) -> None:
+    async def _open_note(self, interaction: Interaction) -> Outcome:
         if interaction.trigger_id is None:
             raise _bad("`trigger_id` is missing")
         try:
@@ -278,12 +293,14 @@ class SlackDecisions:
         except SlackApiError as exc:
             log.warning("reject modal not opened: %s", exc, extra={"scope": "gateway.slack.modal_failed"})
             await self._tell(interaction, "The note's dialog did not open; try again, or reject in the console.")
+            return Outcome.SLACK_FAILED
+        return Outcome.MODAL_OPENED
 
-    async def _refuse(self, interaction: Interaction, text: str) -> Answer:
+    async def _refuse(self, interaction: Interaction, text: str, outcome: Outcome) -> Answer:
         if interaction.kind is Kind.REJECT_WITH_NOTE:  # the modal is open: show it there
-            return Answer(view_errors={NOTE_BLOCK: text})
+            return Answer(outcome, view_errors={NOTE_BLOCK: text})
         await self._tell(interaction, text)
-        return Answer()
+        return Answer(outcome)
 
     async def _tell(self, interaction: Interaction, text: str) -> None:
         if interaction.channel is None:

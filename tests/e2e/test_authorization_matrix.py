@@ -40,6 +40,7 @@ from pj_common.messages import (
     GetChain,
     GetDispatchPlan,
     ListApprovals,
+    OnBehalf,
     ReadMetrics,
     RenewLease,
     Reply,
@@ -52,8 +53,10 @@ from tests.support.webhook_sink import SinkState
 
 ACTION = "matrix.request"
 SERVICE_SUBJECT = "report-bot"
-# The service may read and request for acme, nothing else (approvals enforces it on every command).
-SERVICE_GRANT = {"commands": ["execute", "list_approvals", "get_approval", "get_chain", "count_pending"],
+# The service may read, request and decide on behalf of people for acme, nothing else (approvals
+# enforces it on every command).
+SERVICE_GRANT = {"commands": ["execute", "list_approvals", "get_approval", "get_chain", "count_pending",
+                              "decide_on_behalf"],
                  "tenants": ["acme"]}
 
 
@@ -136,6 +139,20 @@ AMQP_MATRIX: dict[str, tuple[str, ...]] = {
     "get_chain":         (UNAUTH, OK, OK, OK, GONE, OK, GONE, FORBID, GONE, GONE),
     "decide":            (UNAUTH, OK, OK, FORBID, GONE, FORBID, FORBID, FORBID, GONE, GONE),
     "dispatch":          (UNAUTH, OK, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, GONE, GONE),
+}
+
+# A decision sent with `onBehalf` (what the gateway's Slack buttons send): only a service identity whose
+# grant names decide_on_behalf and the person's tenant may; the person then meets every rule.
+ON_BEHALF: dict[str, OnBehalf] = {
+    "decide for acme's approver": OnBehalf(subject="april", role=Role.APPROVER, tenant="acme", via="slack"),
+    "decide for globex's admin": OnBehalf(subject="alice", role=Role.ADMIN, tenant="globex", via="slack"),
+    "decide for the requester": OnBehalf(subject="olga", role=Role.ADMIN, tenant="acme", via="slack"),
+}
+ON_BEHALF_MATRIX: dict[str, tuple[str, ...]] = {
+    "decide for acme's approver": (UNAUTH, FORBID, FORBID, FORBID, FORBID, FORBID, OK, FORBID, FORBID, FORBID),
+    "decide for globex's admin":  (UNAUTH, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID),
+    "decide for the requester":   (UNAUTH, FORBID, FORBID, FORBID, FORBID, FORBID, "self_approval_forbidden",
+                                   FORBID, FORBID, FORBID),
 }
 
 
@@ -418,7 +435,24 @@ async def test_every_command_as_every_caller(http: httpx.AsyncClient, rpc: RpcCl
         for name, actor in ACTORS.items():
             approval_id = shared if needs == "shared" else await (pending if needs == "pending" else approved)(http)
             envelope = CommandEnvelope(token=actor.token(), command=build(approval_id))
-            body = await rpc.call(envelope.to_json(), correlation_id=envelope.correlation_id, timeout=10)
-            reply = Reply[Any].model_validate_json(body)
-            got[row][name] = OK if reply.ok else reply.error.code if reply.error else "no error"
+            got[row][name] = outcome(await rpc.call(envelope.to_json(), correlation_id=envelope.correlation_id,
+                                                    timeout=10))
     assert mismatches(AMQP_MATRIX, got) == []
+
+
+async def test_decisions_on_behalf_of_a_person_as_every_sender(http: httpx.AsyncClient, rpc: RpcClient) -> None:
+    got: dict[str, dict[str, Any]] = {}
+    for row, person in ON_BEHALF.items():
+        got[row] = {}
+        for name, actor in ACTORS.items():
+            command = DecideRequest(approval_id=await pending(http), status="approved")
+            envelope = CommandEnvelope(token=actor.token(), command=command, on_behalf=person)
+            got[row][name] = outcome(await rpc.call(envelope.to_json(), correlation_id=envelope.correlation_id,
+                                                    timeout=10))
+    assert mismatches(ON_BEHALF_MATRIX, got) == []
+
+
+def outcome(body: bytes) -> str:
+    """`ok`, or the error code of a reply."""
+    reply = Reply[Any].model_validate_json(body)
+    return OK if reply.ok else reply.error.code if reply.error else "no error"

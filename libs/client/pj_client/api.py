@@ -79,8 +79,8 @@ class _ErrorEnvelope(BaseModel):
     error: _ErrorDetail
 
 
-class DispatcherHealth(BaseModel):
-    """The dispatch queue as the gateway's broker connection sees it."""
+class QueueHealth(BaseModel):
+    """A work queue (the dispatchers', the notifier's) as the gateway's broker connection sees it."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -96,7 +96,8 @@ class HealthChecks(BaseModel):
     broker: ComponentHealth
     approvals: ComponentHealth
     database: ComponentHealth
-    dispatchers: DispatcherHealth
+    dispatchers: QueueHealth
+    notifier: QueueHealth | None = None  # gateways of earlier releases do not report it
 
 
 class GatewayHealth(BaseModel):

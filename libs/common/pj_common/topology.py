@@ -35,6 +35,12 @@ class Topology:
         return f"{self.prefix}.events"
 
     @property
+    def notifier(self) -> str:
+        """Quorum queue of the notifier processes, bound to every approval event (declared by the
+        notifier; the gateway's health reads its consumers)."""
+        return f"{self.prefix}.notifier"
+
+    @property
     def dead_letter_exchange(self) -> str:
         """Fanout exchange every dead letter goes to: the broker's (from the queues' arguments) and the
         transport's own (republished with why in `x-pj-*` headers)."""

@@ -29,7 +29,7 @@ log = logging.getLogger("pj.notifier")
 
 def notifier_queue(topology: Topology) -> str:
     """The notifier's own quorum queue on the events exchange, shared by every notifier process."""
-    return f"{topology.prefix}.notifier"
+    return topology.notifier
 
 
 async def declare_notifier_queue(channel: AbstractChannel, topology: Topology) -> None:

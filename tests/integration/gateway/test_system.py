@@ -3,6 +3,7 @@
 import re
 from urllib.parse import urljoin, urlsplit
 
+import aio_pika
 import pytest
 
 from pj_common.messages import ComponentHealth, HealthReport, MetricsText
@@ -17,7 +18,31 @@ async def test_health_is_ok_when_everything_answers(gateway: Gateway, approvals:
     assert checks["broker"] == {"status": "ok"} and checks["approvals"] == {"status": "ok"}
     assert checks["database"] == {"status": "ok"}
     assert checks["dispatchers"]["status"] == "degraded" and checks["dispatchers"]["consumers"] == 0
+    assert checks["notifier"]["status"] == "unknown"  # none ever ran here: optional, not a fault
     assert body["status"] == "degraded"  # no dispatcher consumes in this test
+
+
+async def test_health_shows_the_notifier_by_its_queue(gateway: Gateway, approvals: FakeApprovals,
+                                                      amqp_url: str) -> None:
+    approvals.answer("health", ok(HealthReport(database=ComponentHealth(status="ok"))))
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        name = gateway.state.topology.notifier
+        queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        try:
+            waiting = (await gateway.client.get("/health")).json()["checks"]["notifier"]
+            assert waiting == {"status": "degraded", "consumers": 0, "queueDepth": 0}  # notifications would wait
+            async def notify(_: aio_pika.abc.AbstractIncomingMessage) -> None:
+                pass
+
+            tag = await queue.consume(notify)
+            checks = (await gateway.client.get("/health")).json()["checks"]
+            assert checks["notifier"]["status"] == "ok" and checks["notifier"]["consumers"] == 1
+            assert checks["dispatchers"]["consumers"] == 0  # read on the same channel after the notifier's
+            await queue.cancel(tag)
+        finally:
+            await channel.queue_delete(name)
 
 
 async def test_health_lists_the_database_as_unknown_when_approvals_does_not_answer(gateway: Gateway) -> None:
@@ -26,7 +51,7 @@ async def test_health_lists_the_database_as_unknown_when_approvals_does_not_answ
     checks = r.json()["checks"]
     assert checks["approvals"]["status"] == "error"
     assert checks["database"]["status"] == "unknown"
-    assert set(checks) == {"broker", "approvals", "database", "dispatchers"}
+    assert set(checks) == {"broker", "approvals", "database", "dispatchers", "notifier"}
 
 
 async def test_health_lists_every_check_when_the_broker_is_gone(gateway: Gateway) -> None:
@@ -35,7 +60,7 @@ async def test_health_lists_every_check_when_the_broker_is_gone(gateway: Gateway
     assert r.status_code == 503 and r.json()["status"] == "error"
     checks = r.json()["checks"]
     assert checks["broker"]["status"] == "error"
-    assert {checks[name]["status"] for name in ("approvals", "database", "dispatchers")} == {"unknown"}
+    assert {checks[name]["status"] for name in ("approvals", "database", "dispatchers", "notifier")} == {"unknown"}
 
 
 async def test_metrics_token_from_the_runbooks_name_closes_metrics(

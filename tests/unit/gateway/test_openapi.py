@@ -110,7 +110,7 @@ def test_health_documents_503_and_metrics_its_text(spec: dict[str, Any]) -> None
     health = spec["paths"]["/health"]["get"]["responses"]
     assert schema_of(health["503"]) == {"$ref": "#/components/schemas/GatewayHealth"}
     checks = resolve(spec, resolve(spec, schema_of(health["200"]))["properties"]["checks"])
-    assert set(checks["required"]) == {"broker", "approvals", "database", "dispatchers"}
+    assert set(checks["required"]) == {"broker", "approvals", "database", "dispatchers", "notifier"}
     metrics = spec["paths"]["/metrics"]["get"]["responses"]
     assert metrics["200"]["content"]["text/plain"]["schema"] == {"type": "string"}
 

@@ -4,6 +4,7 @@ import asyncio
 import hmac
 from typing import Annotated, Literal
 
+import aio_pika
 import pydantic_core
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -25,8 +26,8 @@ metrics_bearer = HTTPBearer(auto_error=False, scheme_name="metricsToken",
                                         "answers only with it, so it must be set there")
 
 
-class DispatcherHealth(BaseModel):
-    """The dispatch queue as the broker sees it."""
+class QueueHealth(BaseModel):
+    """A work queue as the broker sees it: the processes consuming it, the messages waiting."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,7 +43,10 @@ class HealthChecks(BaseModel):
     broker: ComponentHealth
     approvals: ComponentHealth
     database: ComponentHealth
-    dispatchers: DispatcherHealth
+    dispatchers: QueueHealth
+    # Optional part: `unknown` where no notifier ever ran (its queue does not exist), `degraded` when
+    # its queue exists and nobody consumes it (notifications wait).
+    notifier: QueueHealth
 
 
 class GatewayHealth(BaseModel):
@@ -68,17 +72,31 @@ async def _check_approvals(state: State) -> tuple[ComponentHealth, ComponentHeal
     return _OK, report.database
 
 
-async def _check_dispatchers(state: State) -> DispatcherHealth:
+async def _check_queue(state: State, name: str, *, missing: QueueHealth) -> QueueHealth:
+    """`name`'s consumers and depth; `missing` when the queue does not exist (the broker says not found)."""
     channel = await state.inspect_channel()
     if channel is None:
-        return DispatcherHealth(status="error", detail="broker unavailable")
+        return QueueHealth(status="error", detail="broker unavailable")
     try:
-        queue = await channel.declare_queue(state.topology.dispatch, passive=True)
+        queue = await channel.declare_queue(name, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:  # closes the channel: inspect_channel reopens it
+        return missing
     except Exception as exc:  # the channel may have just closed; report, do not raise
-        return DispatcherHealth(status="error", detail=type(exc).__name__)
+        return QueueHealth(status="error", detail=type(exc).__name__)
     result = queue.declaration_result
     consumers, depth = result.consumer_count, result.message_count
-    return DispatcherHealth(status="ok" if consumers else "degraded", consumers=consumers, queueDepth=depth)
+    return QueueHealth(status="ok" if consumers else "degraded", consumers=consumers, queueDepth=depth)
+
+
+async def _check_queues(state: State) -> tuple[QueueHealth, QueueHealth]:
+    """The dispatchers' queue, then the notifier's (one after the other: a missing queue closes the
+    health channel under any check sharing it)."""
+    topology = state.topology
+    dispatchers = await _check_queue(state, topology.dispatch, missing=QueueHealth(
+        status="error", detail=f"queue {topology.dispatch} missing"))
+    notifier = await _check_queue(state, topology.notifier, missing=QueueHealth(
+        status="unknown", detail="no notifier has run (its queue does not exist)"))
+    return dispatchers, notifier
 
 
 def _health_response(health: GatewayHealth, status_code: int) -> Response:
@@ -95,13 +113,17 @@ async def health(state: State) -> Response:
     Every check is listed; one that could not be made is `unknown`."""
     if not state.rpc.connected:
         unknown = ComponentHealth(status="unknown", detail="broker unavailable")
+        no_broker = QueueHealth(status="unknown", detail="broker unavailable")
         checks = HealthChecks(broker=ComponentHealth(status="error", detail="not connected"), approvals=unknown,
-                              database=unknown, dispatchers=DispatcherHealth(status="unknown",
-                                                                             detail="broker unavailable"))
+                              database=unknown, dispatchers=no_broker, notifier=no_broker)
         return _health_response(GatewayHealth(status="error", checks=checks), 503)
-    (approvals, database), dispatchers = await asyncio.gather(_check_approvals(state), _check_dispatchers(state))
-    checks = HealthChecks(broker=_OK, approvals=approvals, database=database, dispatchers=dispatchers)
-    everything_ok = all(c.status == "ok" for c in (approvals, database, dispatchers))
+    (approvals, database), (dispatchers, notifier) = await asyncio.gather(_check_approvals(state),
+                                                                          _check_queues(state))
+    checks = HealthChecks(broker=_OK, approvals=approvals, database=database, dispatchers=dispatchers,
+                          notifier=notifier)
+    # A notifier is optional: only one whose queue waits unconsumed makes the whole degraded.
+    everything_ok = (all(c.status == "ok" for c in (approvals, database, dispatchers))
+                     and notifier.status != "degraded")
     return _health_response(GatewayHealth(status="ok" if everything_ok else "degraded", checks=checks), 200)
 
 

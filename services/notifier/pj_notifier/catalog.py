@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from pj_common.identity import IdentityError, canonical_identity
+
 Channel = Literal["slack", "email", "webhook"]
 DEFAULT_REMIND_AFTER_S = 4 * 3600.0
 DEFAULT_ESCALATE_AFTER_S = 8 * 3600.0
@@ -193,7 +195,11 @@ def parse_catalog(raw: Any, *, source: str = "catalog") -> NotifyCatalog:
             continue
         if not isinstance(notifications, dict):
             raise CatalogError(f"{source}: tenants.{tenant}.notifications: not a mapping")
-        tenants[str(tenant)] = notifications
+        # Tenants from tokens (and so in events) are canonical: the catalog's keys are compared the same way.
+        try:
+            tenants[canonical_identity(str(tenant))] = notifications
+        except IdentityError as exc:
+            raise CatalogError(f"{source}: tenants.{tenant}: {exc}") from exc
     catalog = NotifyCatalog(actions=actions, tenants=tenants)
     _check_every_route(catalog, source)
     return catalog

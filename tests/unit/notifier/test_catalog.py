@@ -75,3 +75,13 @@ def test_approvals_reads_the_same_file_with_the_notification_settings_in_it(tmp_
     approvals = approvals_load_catalog(path)
     assert approvals.tenant_settings("acme")["notifications"]["escalate_to"] == "leads"
     assert load_catalog(path).route("acme", "notify.webhook").remind_after == 1800
+
+
+def test_tenant_keys_are_compared_in_the_canonical_form_of_the_events() -> None:
+    raw = yaml.safe_load(CATALOG)
+    raw["tenants"]["Quiet-Ones "] = raw["tenants"].pop("quiet")  # as someone might write it
+    catalog = parse_catalog(raw)
+    assert catalog.route("quiet-ones", "environment.create").quiet_hours is not None  # the token's form
+    raw["tenants"]["bad\u0000tenant"] = {"notifications": {}}
+    with pytest.raises(CatalogError, match="tenants"):
+        parse_catalog(raw)

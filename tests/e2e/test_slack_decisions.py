@@ -1,18 +1,22 @@
 """Decisions from Slack in the running system: Slack's signed interactions reach the gateway's
 POST /api/slack/interactions, which decides through approvals as the Slack user's mapped identity.
 
-Its own system (gateway, approvals, one dispatcher; own database and broker prefix): approvals must know the
-gateway's service identity (PJ_SERVICE_PRINCIPALS) from its start, which the session's shared system does not.
+Its own system (gateway, approvals, one dispatcher, the notifier; own database and broker prefix): approvals
+must know the gateway's service identity (PJ_SERVICE_PRINCIPALS) from its start, which the session's shared
+system does not.
 """
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from pj_common.topology import Topology
 from tests.e2e.conftest import EXTRA_ACTIONS, METRICS_TOKEN, headers, request_approval, system_env, write_catalog
@@ -69,11 +73,25 @@ async def slack_system(pg_admin_url: str, amqp_url: str, sink: SinkState, slack:
             system.start("gateway", "pj_gateway", PJ_SLACK_SIGNING_SECRET=SIGNING_SECRET,
                          PJ_SLACK_USER_MAP=json.dumps(USER_MAP), SLACK_BOT_TOKEN=BOT_TOKEN,
                          PJ_SLACK_API_URL=slack.url)
-            await system.wait_healthy(dispatchers=1)
+            # The notifier posts the messages whose buttons are clicked, and updates them after a decision.
+            notified = with_notifications(catalog, catalog.with_name("notified.yaml"))
+            system.start("notifier", "pj_notifier", PJ_CATALOG=str(notified), SLACK_BOT_TOKEN=BOT_TOKEN,
+                         PJ_SLACK_API_URL=slack.url, PJ_CONSOLE_URL=system.base_url)
+            await system.wait_healthy(timeout=60, dispatchers=1)  # a shared machine may be slow to start five processes
             yield system
         finally:
             system.stop_all()
             await delete_topology(amqp_url, Topology(prefix))
+
+
+def with_notifications(catalog: Path, to: Path) -> Path:
+    """The catalog plus Slack notifications of TENANT's approvals to CHANNEL (alice decides its admin stages)."""
+    document: dict[str, Any] = yaml.safe_load(catalog.read_text())
+    document.setdefault("tenants", {})[TENANT] = {"notifications": {
+        "channels": ["slack"], "slack": {"channel": CHANNEL, "direct": False},
+        "people": {"alice": {"email": "alice@example.com"}}, "approvers": {"admin": ["alice"]}}}
+    to.write_text(yaml.safe_dump(document, sort_keys=False))
+    return to
 
 
 @pytest.fixture
@@ -201,3 +219,45 @@ async def test_interactions_are_counted_by_outcome(client: httpx.AsyncClient, sl
     counted = {line.split("outcome=")[1].split("}")[0].strip('"'): float(line.rsplit(" ", 1)[1])
                for line in r.text.splitlines() if line.startswith("pj_gateway_slack_interactions_total{")}
     assert counted.get("unauthorized", 0) >= 1 and counted.get("unmapped", 0) >= 1
+
+
+def message_of(slack: SlackState, approval_id: str) -> dict[str, Any] | None:
+    """The notifier's channel message about `approval_id` (its blocks carry the approval's id)."""
+    found = [m for m in slack.posted(CHANNEL) if approval_id in json.dumps(m.get("blocks", []))]
+    assert len(found) <= 1, "one message per approval, updated in place"
+    return found[0] if found else None
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"not within {timeout}s: {what}")
+
+
+async def test_the_posted_button_decides_and_the_message_is_updated_in_place(
+        client: httpx.AsyncClient, slack: SlackState) -> None:
+    """The whole loop: the notifier's message, its Approve button clicked, the same message updated."""
+    aid = await pending(client)
+    await eventually(lambda: message_of(slack, aid), "the notifier posted the pending approval")
+    posted = message_of(slack, aid)
+    assert posted is not None
+    [button] = [e for b in posted["blocks"] if b["type"] == "actions" for e in b["elements"]
+                if e["action_id"] == "pj_approve"]
+    payload = slack.button_click(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
+                                 channel_id=CHANNEL, message_ts=posted["ts"])
+    r = await send_interaction(client, INTERACTIONS, payload, secret=SIGNING_SECRET)
+    assert r.status_code == 200, r.text
+
+    def updated() -> bool:
+        message = message_of(slack, aid)
+        return message is not None and message.get("edits", 0) >= 1 and "alice" in json.dumps(message["blocks"])
+
+    await eventually(updated, "the message says who decided")
+    message = message_of(slack, aid)
+    assert message is not None and message["ts"] == posted["ts"]
+    buttons = {e.get("action_id") for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]}
+    assert not buttons & {"pj_approve", "pj_reject"}  # nothing left to decide
+    assert "via Slack" in json.dumps(message["blocks"])

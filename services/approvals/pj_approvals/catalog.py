@@ -8,14 +8,15 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import jsonschema  # type: ignore[import-untyped]  # no type stubs in the locked dependencies
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pj_common.auth import Role
 from pj_common.connectors import CONNECTOR_OPERATIONS
+from pj_common.durations import Duration
 from pj_common.errors import ErrorCode, GateError
 from pj_common.identity import IdentityError, canonical_identity
 from pj_common.messages import PlanStep
@@ -36,21 +37,6 @@ class StepTemplate(_Strict):
     connector: str
     operation: str
     params: dict[str, Any] = Field(default_factory=dict)
-
-
-def _seconds(value: Any) -> Any:
-    """Durations as seconds, or strings like "90s", "30m", "48h", "7d"."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 48h, not a boolean")
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-        if not match:
-            raise ValueError(f"invalid duration {value!r}: use seconds or a number with s, m, h or d")
-        return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0, allow_inf_nan=False)]
 
 
 class StageSpec(_Strict):

@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pj_common.durations import Duration
 from pj_common.identity import IdentityError, canonical_identity
 
 Channel = Literal["slack", "email", "webhook"]
@@ -29,21 +30,6 @@ DEFAULT_ESCALATE_AFTER_S = 8 * 3600.0
 
 class CatalogError(Exception):
     """The catalog's notification settings are unusable; the notifier refuses to start with this message."""
-
-
-def _seconds(value: Any) -> Any:
-    """Durations as seconds, or strings like "90s", "30m", "4h", "1d" (as approvals reads them)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 4h, not a boolean")
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-        if not match:
-            raise ValueError(f"invalid duration {value!r}: use seconds or a number with s, m, h or d")
-        return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0, allow_inf_nan=False)]
 
 
 class _Lenient(BaseModel):

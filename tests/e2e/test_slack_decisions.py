@@ -36,6 +36,7 @@ USER_MAP = {
     "bob@example.com": {"sub": "bob", "role": "approver", "tenant": TENANT},  # by email, through users.info
     "U0OLGA": {"sub": "olga", "role": "admin", "tenant": TENANT},  # the requester of every approval here
     "U0VERA": {"sub": "vera", "role": "viewer", "tenant": TENANT},  # may read, never decide
+    "U0EVE": {"sub": "eve", "role": "admin", "tenant": "globex"},  # a tenant the gateway's grant lacks
 }
 
 
@@ -45,7 +46,7 @@ def slack() -> Iterator[SlackState]:
     state.add_channel(CHANNEL, "approvals")
     for user_id, email in (("U0ALICE", "alice@example.com"), ("U0BOB", "bob@example.com"),
                            ("U0OLGA", "olga@example.com"), ("U0VERA", "vera@example.com"),
-                           ("U0MALLORY", "mallory@example.com")):
+                           ("U0MALLORY", "mallory@example.com"), ("U0EVE", "eve@example.com")):
         state.add_user(user_id, email)
     yield state
     stop_slack_api(server, state)
@@ -261,3 +262,31 @@ async def test_the_posted_button_decides_and_the_message_is_updated_in_place(
     buttons = {e.get("action_id") for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]}
     assert not buttons & {"pj_approve", "pj_reject"}  # nothing left to decide
     assert "via Slack" in json.dumps(message["blocks"])
+
+
+async def test_stages_and_distinct_deciders_hold_through_slack(client: httpx.AsyncClient, slack: SlackState) -> None:
+    """release.production: bob (approver) passes the security stage but may not decide the operations stage
+    (admins only), which needs two distinct admins: alice counts once however often she clicks."""
+    aid = await pending(client, "release.production")
+    r = await click(client, slack, user_id="U0BOB", action="pj_approve", approval_id=aid)
+    assert r.status_code == 200, r.text
+    assert (await approval(client, aid))["approval_status"] == "pending"  # on to the next stage
+    await click(client, slack, user_id="U0BOB", action="pj_approve", approval_id=aid)
+    [told] = slack.told("U0BOB")[-1:]
+    assert "operations" in told and "(forbidden)" in told
+    await click(client, slack, user_id="U0ALICE", action="pj_approve", approval_id=aid)
+    await click(client, slack, user_id="U0ALICE", action="pj_approve", approval_id=aid)
+    assert "(already_decided)" in slack.told("U0ALICE")[-1]
+    seen = await approval(client, aid)
+    assert seen["approval_status"] == "pending"  # one admin of two
+    assert [e["actor"] for e in seen["audit"] if e["event"] == "approval.decided"] == ["bob", "alice"]
+
+
+async def test_a_person_of_a_tenant_outside_the_grant_is_refused(client: httpx.AsyncClient,
+                                                                  slack: SlackState) -> None:
+    """eve is an admin, of globex: the gateway's service identity may not act for that tenant."""
+    aid = await pending(client)
+    r = await click(client, slack, user_id="U0EVE", action="pj_approve", approval_id=aid)
+    assert r.status_code == 200, r.text
+    assert any("forbidden" in text for text in slack.told("U0EVE"))
+    assert (await approval(client, aid))["approval_status"] == "pending"

@@ -188,7 +188,7 @@ async def test_auth_csrf_and_validation_errors(client: httpx.AsyncClient) -> Non
     r = await client.get(f"/api/approvals/{uuid.uuid4()}", headers=headers(tenant=t))
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = await client.get("/api/approvals/not-a-uuid", headers=headers(tenant=t))
-    assert r.status_code == 404
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"  # ids are UUIDs
 
 
 async def test_correlation_id_is_honoured_and_echoed(client: httpx.AsyncClient) -> None:

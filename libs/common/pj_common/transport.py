@@ -16,6 +16,7 @@ catches a message whose consumer crashes on every delivery, which the transport 
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -99,6 +100,7 @@ class Supervisor:
         self._name = name
         self._on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # the last connection's close, if under way
         self._lost = asyncio.Event()
         self.connection: AbstractConnection | None = None
         self.ready = asyncio.Event()
@@ -128,6 +130,9 @@ class Supervisor:
             await cancel_and_wait(self._task)
         if self.connection is not None:
             await self.connection.close()
+        if self._closing is not None:  # started as the loop was cancelled: see it through
+            with contextlib.suppress(Exception):
+                await self._closing
 
     async def _run(self) -> None:
         attempt = 1
@@ -163,7 +168,8 @@ class Supervisor:
                 if self._on_lost is not None:
                     self._on_lost()
                 if not connection.is_closed:
-                    await asyncio.shield(connection.close())
+                    self._closing = asyncio.ensure_future(connection.close())
+                    await asyncio.shield(self._closing)
             delay = reconnect_delay_s(attempt)
             log.warning("amqp connection lost; reconnecting in %.1fs", delay,
                         extra={"scope": "amqp.connection_lost"})

@@ -61,6 +61,15 @@ async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+async def module_database(pg_admin_url: str) -> AsyncIterator[str]:
+    """A database of the module's own, for a module that starts a system beside the session's: an approvals
+    process relays the events of its whole database through one cursor (to its own exchange), and reaps
+    every lease in it, so two systems on one database would take each other's events and leases."""
+    async with fresh_database(pg_admin_url, "pj_e2e_module") as url:
+        yield url
+
+
 def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook_url: str) -> dict[str, str]:
     return service_env(
         database_url=database_url, amqp_url=amqp_url, prefix=prefix, port=port, webhook_url=webhook_url,

@@ -48,7 +48,7 @@ class LoginSystem:
 
 
 @pytest.fixture(scope="module")
-async def login_system(database_url: str, amqp_url: str, sink: SinkState,
+async def login_system(module_database: str, amqp_url: str, sink: SinkState,
                        tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LoginSystem]:
     """Gateway, approvals and a dispatcher that verify tokens with the provider's JWKS; the gateway's console
     names the provider, which is where `pj login` finds it."""
@@ -57,7 +57,7 @@ async def login_system(database_url: str, amqp_url: str, sink: SinkState,
     logdir = tmp_path_factory.mktemp("cli-login-logs")
     with start_provider([f"http://127.0.0.1:{port}/console/"], tenant_prefix=f"{prefix}-",
                         log=logdir / "oidc.log") as provider:
-        env = system_env(database_url, amqp_url, prefix, port, sink.url)
+        env = system_env(module_database, amqp_url, prefix, port, sink.url)
         del env["PJ_JWT_SECRET"]  # one key source: the provider's keys
         env.update(PJ_JWT_JWKS_URL=provider.jwks_url, PJ_JWT_ALGORITHMS="RS256", PJ_JWT_ISSUER=provider.issuer,
                    PJ_JWT_AUDIENCE=provider.audience, PJ_OIDC_ISSUER=provider.issuer,

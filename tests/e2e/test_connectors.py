@@ -48,7 +48,7 @@ def apis() -> Iterator[Apis]:
 
 
 @pytest.fixture(scope="module")
-async def connected(database_url: str, amqp_url: str, apis: Apis,
+async def connected(module_database: str, amqp_url: str, apis: Apis,
                     tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     """The system with every connector configured against the local API servers."""
     catalog = yaml.safe_load(DEFAULT_CATALOG.read_text())
@@ -58,7 +58,7 @@ async def connected(database_url: str, amqp_url: str, apis: Apis,
     folder = tmp_path_factory.mktemp("connected")
     (folder / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     prefix, port = f"pjc-{uuid.uuid4().hex[:10]}", free_port()
-    env = system_env(database_url, amqp_url, prefix, port, "http://127.0.0.1:9/unused")
+    env = system_env(module_database, amqp_url, prefix, port, "http://127.0.0.1:9/unused")
     env.update({
         "PJ_CATALOG": str(folder / "catalog.yaml"),
         "GITHUB_DISPATCH_TOKEN": GH_TOKEN, "PJ_GITHUB_API_URL": apis.github.url,

@@ -68,17 +68,17 @@ def console_sink() -> Iterator[SinkState]:
 
 
 @pytest.fixture(scope="module")
-async def console_system(database_url: str, amqp_url: str, console_sink: SinkState,
+async def console_system(module_database: str, amqp_url: str, console_sink: SinkState,
                          tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleSystem]:
     """Gateway, approvals and a dispatcher that verify tokens with the OpenID provider's JWKS."""
     port = free_port()
     prefix = f"pjc-{uuid.uuid4().hex[:10]}"
     logdir = tmp_path_factory.mktemp("console-logs")
     # Access tokens of 70 s: the console refreshes a minute before expiry, so within the test.
-    # Tenants of this run only: the e2e database is shared with the other e2e modules.
+    # Tenants of this run only (the provider's users are the same in every run).
     with start_provider([f"http://127.0.0.1:{port}/console/"], access_ttl_s=ACCESS_TTL_S,
                         tenant_prefix=f"{prefix}-", log=logdir / "oidc.log") as provider:
-        env = system_env(database_url, amqp_url, prefix, port, console_sink.url)
+        env = system_env(module_database, amqp_url, prefix, port, console_sink.url)
         del env["PJ_JWT_SECRET"]  # one key source: the provider's keys
         env.update(PJ_JWT_JWKS_URL=provider.jwks_url, PJ_JWT_ALGORITHMS="RS256", PJ_JWT_ISSUER=provider.issuer,
                    PJ_JWT_AUDIENCE=provider.audience, PJ_OIDC_ISSUER=provider.issuer,

@@ -121,14 +121,14 @@ def echoing_api() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def secret_system(database_url: str, amqp_url: str, sink: SinkState, echoing_api: str,
+async def secret_system(module_database: str, amqp_url: str, sink: SinkState, echoing_api: str,
                         tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     """The e2e system (tests/e2e/conftest.py's settings) with every connector's credentials set as well,
     the API connectors pointed at the echoing API, and a log folder of its own."""
     folder = tmp_path_factory.mktemp("secrets")
     write_catalog(folder / "catalog.yaml", {**EXTRA_ACTIONS, **LEAKY_ACTIONS})
     prefix, port = f"pjs-{uuid.uuid4().hex[:10]}", free_port()
-    env = system_env(database_url, amqp_url, prefix, port, sink.url)
+    env = system_env(module_database, amqp_url, prefix, port, sink.url)
     env.update({
         "PJ_CATALOG": str(folder / "catalog.yaml"),
         "PJ_DISPATCHER_METRICS_PORT": str(free_port()), "PJ_APPROVALS_METRICS_PORT": str(free_port()),

@@ -47,6 +47,13 @@ OTHER_COUNTS: dict[str, dict[str, float]] = {
     # lifecycle in one publish, one compare-and-set per transition (decide, dispatch, finish).
     "lean_flow": {"http_request": 3, "http_client_call": 1, "rpc_round_trip": 3, "durable_message": 2,
                   "event_publish": 1, "sql_insert": 1, "sql_update": 3},
+    # Less than the fixed shape can do a lifecycle with: the 3 HTTP requests and the connector call, one
+    # RPC round trip per request (the gateway turns each into a command that approvals answers), the
+    # dispatch order and the step result (dispatchers are separate processes fed by messages), and one
+    # write per transition (the approval, decide, dispatch with its order in the same statement, finish);
+    # no event at all (the runbook requires four), no read, no lease renewal.
+    "shape_minimum": {"http_request": 3, "http_client_call": 1, "rpc_round_trip": 3, "durable_message": 2,
+                      "sql_insert": 1, "sql_update": 3},
 }
 
 # What each unit is, for the table and the JSON.

@@ -1,11 +1,15 @@
-"""A connection pool and a service bound to the session's test database."""
+"""A connection pool and a service bound to the session's test database, and a broker channel with an
+inbox queue of the test's own, from which commands are read back as real incoming messages."""
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import aio_pika
 import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue
 from psycopg_pool import AsyncConnectionPool
 
 from pj_approvals import store
@@ -81,3 +85,23 @@ def make_service(pool: AsyncConnectionPool[Any], clock: Clock, outbox: Outbox
         return ApprovalService(pool, load_catalog(DEFAULT_CATALOG), settings, metrics=ApprovalMetrics(),
                                order_queue=order_queue, on_order_queued=outbox.wake, clock=clock)
     return build
+
+
+@pytest.fixture
+async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect_robust(amqp_url)
+    async with connection:
+        yield await connection.channel()
+
+
+@pytest.fixture
+async def inbox(channel: AbstractChannel) -> AsyncIterator[AbstractQueue]:
+    """An exclusive queue of this test: commands are read back from it as real incoming messages."""
+    queue = await channel.declare_queue(f"pjt-inbox-{uuid.uuid4().hex[:10]}", exclusive=True, auto_delete=True)
+    yield queue
+    await queue.delete(if_unused=False, if_empty=False)
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"

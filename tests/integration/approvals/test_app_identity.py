@@ -2,10 +2,7 @@
 the first command), and enforces its service identities (PJ_SERVICE_PRINCIPALS) on real AMQP commands."""
 
 import uuid
-from collections.abc import AsyncIterator
 
-import aio_pika
-import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from pj_approvals.app import ApprovalsApp
@@ -20,19 +17,6 @@ from tests.support.jwks_server import SigningKey, jwks_endpoint
 ISSUER = "https://idp.test/realms/pj"
 
 
-@pytest.fixture
-async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection:
-        yield await connection.channel()
-
-
-@pytest.fixture
-async def inbox(channel: AbstractChannel) -> AsyncIterator[AbstractQueue]:
-    queue = await channel.declare_queue(f"pjt-app-identity-{uuid.uuid4().hex[:10]}", exclusive=True,
-                                        auto_delete=True)
-    yield queue
-    await queue.delete(if_unused=False, if_empty=False)
 
 
 async def test_jwks_loaded_at_start_and_service_identities_enforced(

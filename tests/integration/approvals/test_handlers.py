@@ -5,7 +5,7 @@
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -57,24 +57,7 @@ from pj_common.transport import Permanent
 KEY, ISSUER, AUDIENCE = "k" * 40, "puddlejumper", "pj-approval-gate"
 
 
-@pytest.fixture
-async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection:
-        yield await connection.channel()
 
-
-@pytest.fixture
-async def inbox(channel: AbstractChannel) -> AsyncIterator[AbstractQueue]:
-    """An exclusive queue of this test: commands are read back from it as real incoming messages."""
-    queue = await channel.declare_queue(f"pjt-handlers-{uuid.uuid4().hex[:10]}", exclusive=True, auto_delete=True)
-    yield queue
-    await queue.delete(if_unused=False, if_empty=False)
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

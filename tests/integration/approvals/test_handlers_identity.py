@@ -3,10 +3,9 @@ their canonical form (separation of duties cannot be dodged with `Alice` / `alic
 identity runs only its named commands for its own tenants."""
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import aio_pika
 import pytest
 import yaml
 from aio_pika.abc import AbstractChannel, AbstractQueue
@@ -34,23 +33,7 @@ KEY, ISSUER, AUDIENCE = "k" * 40, "puddlejumper", "pj-approval-gate"
 SERVICE = "Billing-Bot"
 
 
-@pytest.fixture
-async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection:
-        yield await connection.channel()
 
-
-@pytest.fixture
-async def inbox(channel: AbstractChannel) -> AsyncIterator[AbstractQueue]:
-    queue = await channel.declare_queue(f"pjt-identity-{uuid.uuid4().hex[:10]}", exclusive=True, auto_delete=True)
-    yield queue
-    await queue.delete(if_unused=False, if_empty=False)
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@ messages: only a service identity granted `decide_on_behalf` sends them, only fo
 only with `decide`; the decision is then the person's, under every rule, and its note says where it came from."""
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
@@ -32,23 +31,7 @@ KEY, ISSUER, AUDIENCE = "k" * 40, "puddlejumper", "pj-approval-gate"
 SLACK = "pj-slack"
 
 
-@pytest.fixture
-async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection:
-        yield await connection.channel()
 
-
-@pytest.fixture
-async def inbox(channel: AbstractChannel) -> AsyncIterator[AbstractQueue]:
-    queue = await channel.declare_queue(f"pjt-behalf-{uuid.uuid4().hex[:10]}", exclusive=True, auto_delete=True)
-    yield queue
-    await queue.delete(if_unused=False, if_empty=False)
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ async def dispatch_live(gate: AsyncGatewayClient, approval_id: str, *, wait: boo
                 approval = await gate.get_approval(approval_id)
                 # Still `approved` until approvals has claimed it: the dispatch is starting, not stalled.
                 stage = "starting" if approval.approval_status == ApprovalStatus.APPROVED else approval.approval_status
-                progress.update(task, total=len(approval.plan), completed=steps_done(approval),
+                progress.update(task, total=len(approval.plan or ()), completed=steps_done(approval),
                                 description=f"{stage} {approval_id}")
                 if request.done() and approval.approval_status in ENDED:
                     request.result()

@@ -151,8 +151,9 @@ def approval_detail(approval: ApprovalView, chain: ChainView | None = None) -> G
         ("Decided", when(approval.decided_at)), ("Dispatched", when(approval.dispatched_at)),
         ("Finished", when(approval.finished_at)), ("Expires", when(approval.expires_at)),
     ])
-    parts: list[RenderableType] = [summary, Text("Payload", style="bold"), JSON.from_data(approval.payload),
-                                   plan_table(approval.plan)]
+    # An approval read on its own (get_approval) always has its payload and plan; a list page's has neither.
+    parts: list[RenderableType] = [summary, Text("Payload", style="bold"), JSON.from_data(approval.payload or {}),
+                                   plan_table(approval.plan or [])]
     if chain is not None:
         parts.append(chain_table(chain))
     if approval.dispatch_result:

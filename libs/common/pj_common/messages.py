@@ -137,7 +137,10 @@ class AuditEntry(Contract):
 
 
 class ApprovalView(RunbookView):
-    """An approval as clients see it, with the runbook's field names; `audit` only where it was read."""
+    """An approval as clients see it, with the runbook's field names; `audit` only where it was read.
+
+    `payload` and `plan` are null in a list page unless it was asked for in full (`full`): one large
+    approval must not inflate every page that lists it. The detail (get_approval) always has them."""
 
     id: str
     request_id: str
@@ -147,8 +150,8 @@ class ApprovalView(RunbookView):
     approval_status: ApprovalStatus
     approver_id: str | None
     approval_note: str | None
-    payload: dict[str, Any]
-    plan: list[PlanStep]
+    payload: dict[str, Any] | None
+    plan: list[PlanStep] | None
     plan_hash: str
     dispatch_result: list[StepResult] | None
     created_at: datetime
@@ -301,6 +304,8 @@ class ListApprovals(Contract):
     limit: int = Field(default=50, ge=1, le=200)
     # Bounded as the gateway bounds it: a larger offset is a scan, not a page.
     offset: int = Field(default=0, ge=0, le=1_000_000)
+    # Each approval's payload and plan too (a summary of each, without them, by default).
+    full: bool = False
 
 
 class GetApproval(Contract):

@@ -79,13 +79,14 @@ _DECIDE_ATTEMPTS = 5
 OrderQueued = Callable[[], None]
 
 
-def approval_view(row: store.ApprovalRow) -> ApprovalView:
-    """An approval as clients see it, with the runbook's field names (and its audit trail when read)."""
+def approval_view(row: store.ApprovalRow, *, summary: bool = False) -> ApprovalView:
+    """An approval as clients see it, with the runbook's field names (and its audit trail when read);
+    a `summary` (a list page's) leaves out the payload and the plan."""
     return ApprovalView(
         id=str(row.id), request_id=row.request_id, tenant_id=row.tenant_id, operator_id=row.operator_id,
         action_id=row.action_id, approval_status=row.approval_status, approver_id=row.approver_id,
-        approval_note=row.approval_note, payload=row.payload,
-        plan=[PlanStep.model_validate(s) for s in row.plan], plan_hash=row.plan_hash,
+        approval_note=row.approval_note, payload=None if summary else row.payload,
+        plan=None if summary else [PlanStep.model_validate(s) for s in row.plan], plan_hash=row.plan_hash,
         dispatch_result=_step_results(row.dispatch_result), created_at=row.created_at,
         updated_at=row.updated_at, decided_at=row.decided_at, dispatched_at=row.dispatched_at,
         finished_at=row.finished_at, expires_at=row.expires_at,
@@ -267,7 +268,8 @@ class ApprovalService:
             rows, total, pending = await store.list_approvals(
                 conn, principal.tenant, _owner_filter(principal), status=req.status, limit=req.limit,
                 offset=req.offset, now=self._now())
-        return ApprovalPage(approvals=[approval_view(r) for r in rows], total=total, pending_count=pending,
+        return ApprovalPage(approvals=[approval_view(r, summary=not req.full) for r in rows], total=total,
+                            pending_count=pending,
                             limit=req.limit, offset=req.offset)
 
     async def get_approval(self, principal: Principal, approval_id: str) -> ApprovalView:

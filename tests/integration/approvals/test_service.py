@@ -110,6 +110,20 @@ async def test_dry_run_stores_nothing(make_service: Any) -> None:
     assert listed.total == 0
 
 
+async def test_a_list_page_summarises_each_approval_unless_asked_in_full(make_service: Any) -> None:
+    svc: ApprovalService = make_service()
+    t = tenant()
+    created = await create(svc, who(Role.OPERATOR, t), webhook_request("big", {"message": "x" * 10_000}), "c")
+    admin = who(Role.ADMIN, t)
+    (summary,) = (await svc.list_approvals(admin, ListApprovals())).approvals
+    assert summary.id == created.approval_id and summary.payload is None and summary.plan is None
+    assert summary.plan_hash == created.plan_hash  # what was decided on, still said
+    (full,) = (await svc.list_approvals(admin, ListApprovals(full=True))).approvals
+    assert full.payload == {"message": "x" * 10_000} and full.plan
+    detail = await svc.get_approval(admin, created.approval_id)
+    assert detail.payload == full.payload and detail.plan == full.plan
+
+
 async def test_concurrent_duplicate_request_ids_create_one_approval(make_service: Any) -> None:
     svc: ApprovalService = make_service()
     t = tenant()

@@ -28,6 +28,9 @@ async def test_list_passes_the_status_as_the_enum_and_answers_the_page(
     assert approval["audit"][0]["correlationId"] == "c-1" and approval["audit"][0]["to"] == "pending"
     command = approvals.received[-1].command
     assert isinstance(command, ListApprovals) and command.status is ApprovalStatus.PENDING
+    assert command.full is False  # a summary of each approval unless asked
+    await gateway.client.get("/api/approvals", params={"full": "true"}, headers=auth(csrf=False))
+    assert approvals.received[-1].command.full is True  # type: ignore[union-attr]
 
 
 async def test_list_refuses_a_status_that_is_not_one(gateway: Gateway, approvals: FakeApprovals) -> None:

@@ -59,12 +59,12 @@ COMMANDS: list[tuple[Any, dict[str, Any]]] = [
          "payload": {}},
     ),
     (
-        ListApprovals(status="dispatch_failed", limit=10, offset=20),
-        {"name": "list_approvals", "status": "dispatch_failed", "limit": 10, "offset": 20},
+        ListApprovals(status="dispatch_failed", limit=10, offset=20, full=True),
+        {"name": "list_approvals", "status": "dispatch_failed", "limit": 10, "offset": 20, "full": True},
     ),
     (
         ListApprovals(),
-        {"name": "list_approvals", "status": None, "limit": 50, "offset": 0},
+        {"name": "list_approvals", "status": None, "limit": 50, "offset": 0, "full": False},
     ),
     (GetApproval(approval_id="ap-1"), {"name": "get_approval", "approvalId": "ap-1"}),
     (

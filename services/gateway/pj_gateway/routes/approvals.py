@@ -59,9 +59,11 @@ async def list_approvals(
     status: ApprovalStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    full: Annotated[bool, Query(description="each approval's payload and plan too (null otherwise)")] = False,
 ) -> Response:
-    """Newest first; admins, approvers and viewers see their tenant, operators their own requests."""
-    page = await call(state, ListApprovals(status=status, limit=limit, offset=offset), ApprovalPage,
+    """Newest first; admins, approvers and viewers see their tenant, operators their own requests. Each
+    approval is a summary (payload and plan null) unless `full=true`; GET /api/approvals/{id} has them."""
+    page = await call(state, ListApprovals(status=status, limit=limit, offset=offset, full=full), ApprovalPage,
                       token=caller.token, correlation_id=caller.correlation_id)
     return success(request, page)
 

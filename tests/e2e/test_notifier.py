@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from pj_common.topology import Topology
-from pj_notifier.app import notifier_queue
 from tests.e2e.conftest import approve, headers, request_approval
 from tests.support.slack_api import SlackState, start_slack_api, stop_slack_api
 from tests.support.smtp_server import SmtpState, start_smtp_server
@@ -49,7 +48,7 @@ async def notifier(system: System, slack: SlackState, smtp: SmtpState, amqp_url:
     system.start("notifier", "pj_notifier", PJ_CATALOG=str(path), SLACK_BOT_TOKEN=SLACK_TOKEN,
                  PJ_SLACK_API_URL=slack.url, PJ_SMTP_HOST="127.0.0.1", PJ_SMTP_PORT=str(smtp.port),
                  PJ_SMTP_STARTTLS="false", PJ_CONSOLE_URL=system.base_url)
-    queue = notifier_queue(Topology(system.env["PJ_AMQP_PREFIX"]))
+    queue = Topology(system.env["PJ_AMQP_PREFIX"]).notifier
     connection = await aio_pika.connect(amqp_url)
     try:
         await eventually(lambda: _consumers(connection, queue), "the notifier consumes its queue", timeout=30)

@@ -27,14 +27,9 @@ from .settings import NotifierSettings
 log = logging.getLogger("pj.notifier")
 
 
-def notifier_queue(topology: Topology) -> str:
-    """The notifier's own quorum queue on the events exchange, shared by every notifier process."""
-    return topology.notifier
-
-
 async def declare_notifier_queue(channel: AbstractChannel, topology: Topology) -> None:
     """Declare the notifier's queue and bind it to every approval event (idempotent)."""
-    queue = await channel.declare_queue(notifier_queue(topology), durable=True,
+    queue = await channel.declare_queue(topology.notifier, durable=True,
                                         arguments=work_queue_arguments(topology))
     await queue.bind(topology.events, routing_key="approval.#")
 
@@ -72,7 +67,7 @@ class NotifierApp:
         confirm = self.supervisor.watch(await connection.channel(publisher_confirms=True))
         events = self.supervisor.watch(await connection.channel(publisher_confirms=False))
         self._stop_consuming = await consume(
-            events, notifier_queue(self.topology), self.notifier.on_event, prefetch=self.settings.notifier_prefetch,
+            events, self.topology.notifier, self.notifier.on_event, prefetch=self.settings.notifier_prefetch,
             max_bytes=self.settings.max_message_bytes,
             dead_letters=DeadLetterRoute(confirm, self.topology.dead_letter_exchange, self.settings.secret_values()))
         self.metrics.broker_connected.set(1)

@@ -16,7 +16,7 @@ import pytest
 from pj_common.messages import ApprovalEvent, ApprovalStatus
 from pj_common.topology import Topology, declare_topology
 from pj_common.transport import json_message
-from pj_notifier.app import NotifierApp, declare_notifier_queue, notifier_queue
+from pj_notifier.app import NotifierApp, declare_notifier_queue
 from pj_notifier.settings import NotifierSettings
 from tests.integration.notifier.conftest import CHANNEL, approval_event, created
 from tests.support.slack_api import SlackState
@@ -52,7 +52,7 @@ async def events(amqp_url: str, topology: Topology) -> AsyncIterator[Callable[[A
 
     yield publish  # type: ignore[misc]
     cleanup = await connection.channel()
-    await cleanup.queue_delete(notifier_queue(topology))
+    await cleanup.queue_delete(topology.notifier)
     await connection.close()
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.tcp_proxy import TcpProxy
+
 from .audit import ScenarioResult, audit
 from .harness import ACTION, APPROVALS, DISPATCHERS, LEASE_S, SWEEP_S, Backends, ChaosSystem, QueueMangler, topology
 from .load import Load, wait_completed, wait_started_after
@@ -168,36 +170,30 @@ def restart_postgres(mode: str) -> Inject:
     return inject
 
 
-async def flaky_broker_links(cs: ChaosSystem, load: Load, size: Size) -> Fault:
-    """6a. Every service's broker connection reset, then all of them stalled for 3 s."""
+async def _reset_then_stall(proxies: dict[str, TcpProxy], size: Size) -> Fault:
+    """Every connection through `proxies` reset, then all of them stalled for 3 s, `size.rounds` times."""
     fault = Fault(at=time.time(), info={"dropped": 0})
     for _ in range(size.rounds):
-        fault.info["dropped"] += sum(p.drop() for p in cs.broker_proxies.values())
+        fault.info["dropped"] += sum(p.drop() for p in proxies.values())
         await asyncio.sleep(1.5)
-        for p in cs.broker_proxies.values():
+        for p in proxies.values():
             p.stall()
         await asyncio.sleep(3.0)
-        for p in cs.broker_proxies.values():
+        for p in proxies.values():
             p.resume()
         fault.restored = time.time()
         await asyncio.sleep(3.0)
     return fault
+
+
+async def flaky_broker_links(cs: ChaosSystem, load: Load, size: Size) -> Fault:
+    """6a. Every service's broker connection reset, then all of them stalled for 3 s."""
+    return await _reset_then_stall(cs.broker_proxies, size)
 
 
 async def flaky_database_links(cs: ChaosSystem, load: Load, size: Size) -> Fault:
     """6b. Every approvals-to-PostgreSQL connection reset, then all of them stalled for 3 s."""
-    fault = Fault(at=time.time(), info={"dropped": 0})
-    for _ in range(size.rounds):
-        fault.info["dropped"] += sum(p.drop() for p in cs.db_proxies.values())
-        await asyncio.sleep(1.5)
-        for p in cs.db_proxies.values():
-            p.stall()
-        await asyncio.sleep(3.0)
-        for p in cs.db_proxies.values():
-            p.resume()
-        fault.restored = time.time()
-        await asyncio.sleep(3.0)
-    return fault
+    return await _reset_then_stall(cs.db_proxies, size)
 
 
 async def mangle_queues(cs: ChaosSystem, load: Load, size: Size) -> Fault:

@@ -8,6 +8,7 @@ PJ_TEST_CONTAINERS=1 and a Docker engine, testcontainers starts both instead.
 import asyncio
 import gc
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pj_common.broker_access import Service, apply, remove
 from pj_common.topology import Topology
 from tests.support.system import delete_topology, fresh_database
 
@@ -69,6 +71,25 @@ def amqp_url(_containers: dict[str, str]) -> str:
     url = _containers.get("amqp") or os.environ.get("PJ_TEST_AMQP_URL", DEFAULT_AMQP)
     _require(url, 5672, "RabbitMQ")
     return url
+
+
+# Every prefix the tests give a system or a topology (pjt-, pje-, pjz-, ... and 10 hex digits).
+TEST_PREFIXES = "pj[a-z]*-[0-9a-f]+"
+
+
+@pytest.fixture(scope="session")
+def broker_users(amqp_url: str) -> Iterator[dict[Service, str]]:
+    """One RabbitMQ user per service, as `make run` creates them, for every test prefix; each service's
+    AMQP URL. Made with rabbitmqctl (which must manage the broker at `amqp_url`), removed afterwards."""
+    if shutil.which("rabbitmqctl") is None or os.environ.get("PJ_TEST_CONTAINERS") == "1":
+        message = "rabbitmqctl for the broker under test is needed to create the services' users"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: least privilege on the broker must be tested)")
+        pytest.skip(message)
+    user_prefix = f"pjtest-{uuid.uuid4().hex[:8]}"  # a run of its own: two test runs never share a password
+    urls = apply(Topology("pjtest"), amqp_url, user_prefix=user_prefix, prefix_pattern=TEST_PREFIXES)
+    yield urls
+    remove(user_prefix)
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,31 @@ processes() {
   echo "gateway $py -m pj_gateway"
 }
 
+# Each service connects to RabbitMQ as its own user, allowed only what it does (docs/security.md):
+# created or updated with rabbitmqctl, their URLs kept in $rundir/broker-users.env (mode 0600). Where
+# rabbitmqctl cannot manage the broker (another host), every service connects as PJ_AMQP_URL's user.
+broker_users() {
+  local file="$rundir/broker-users.env" err
+  if err=$($py -m pj_common.broker_access apply --users-file "$file" 2>&1 >/dev/null); then
+    # shellcheck disable=SC1090
+    . "$file"
+  else
+    echo "[run] ${err:-broker users not set}; every service connects as PJ_AMQP_URL's user" >&2
+  fi
+}
+
+# The AMQP URL of the process `name` (set as PJ_AMQP_URL in its environment, never on a command line).
+amqp_url_for() {
+  local url
+  case "$1" in
+    approvals) url=${PJ_AMQP_URL_APPROVALS:-} ;;
+    dispatcher-*) url=${PJ_AMQP_URL_DISPATCHER:-} ;;
+    notifier) url=${PJ_AMQP_URL_NOTIFIER:-} ;;
+    gateway) url=${PJ_AMQP_URL_GATEWAY:-} ;;
+  esac
+  echo "${url:-$PJ_AMQP_URL}"
+}
+
 # The previous run's log becomes <name>.log.1 (one generation kept), so a restart loses nothing.
 rotate_logs() {
   for log in "$rundir"/logs/*.log; do
@@ -73,8 +98,9 @@ case "$mode" in
     stop_all
     mkdir -p "$rundir/logs"
     rotate_logs
+    broker_users
     while read -r name cmd; do
-      nohup $cmd >"$rundir/logs/$name.log" 2>&1 &
+      PJ_AMQP_URL=$(amqp_url_for "$name") nohup $cmd >"$rundir/logs/$name.log" 2>&1 &
       echo $! >"$rundir/$name.pid"
     done < <(processes)
     if wait_healthy; then
@@ -89,8 +115,9 @@ case "$mode" in
     stop_all
     mkdir -p "$rundir/logs"
     trap 'stop_all; exit 0' INT TERM
+    broker_users
     while read -r name cmd; do
-      $cmd > >(sed -u "s/^/[$name] /") 2>&1 &
+      PJ_AMQP_URL=$(amqp_url_for "$name") $cmd > >(sed -u "s/^/[$name] /") 2>&1 &
       echo $! >"$rundir/$name.pid"
     done < <(processes)
     if wait_healthy; then

@@ -12,6 +12,7 @@ import yaml
 
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import mint_token
+from pj_common.broker_access import Service
 from pj_common.topology import Topology
 from tests.support.system import System, SystemSecrets, delete_topology, free_port, fresh_database, service_env
 from tests.support.webhook_sink import SinkState, start_sink
@@ -123,9 +124,10 @@ def write_catalog(path: Path, extra: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="session")
-async def system(database_url: str, amqp_url: str, sink: SinkState,
+async def system(database_url: str, amqp_url: str, sink: SinkState, broker_users: dict[Service, str],
                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
-    """Gateway, approvals and two dispatchers, started once for the e2e session."""
+    """Gateway, approvals and two dispatchers, started once for the e2e session, each connecting to the
+    broker as its own user (as `make run` starts them)."""
     prefix = f"pje-{uuid.uuid4().hex[:10]}"
     port = free_port()
     env = system_env(database_url, amqp_url, prefix, port, sink.url)
@@ -135,7 +137,8 @@ async def system(database_url: str, amqp_url: str, sink: SinkState,
     env["PJ_APPROVALS_METRICS_PORT"] = str(free_port())
     # Both dispatchers are given this port: one serves its metrics, the other logs and works on.
     env["PJ_DISPATCHER_METRICS_PORT"] = str(free_port())
-    sys_ = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path_factory.mktemp("e2e-logs"))
+    sys_ = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path_factory.mktemp("e2e-logs"),
+                  broker_users=broker_users)
     try:
         sys_.start("approvals", "pj_approvals")
         sys_.start("dispatcher-1", "pj_dispatcher")

@@ -129,9 +129,10 @@ OK, UNAUTH, FORBID, GONE, NO_TENANT = "ok", "unauthorized", "forbidden", "not_fo
 AMQP_MATRIX: dict[str, tuple[str, ...]] = {
     "health":            (OK, OK, OK, OK, OK, OK, OK, OK, OK, OK),
     "metrics":           (OK, OK, OK, OK, OK, OK, OK, OK, OK, OK),
-    # Authorized by the claim token they carry, not by a user token: a made-up claim is merely stale.
-    "get_dispatch_plan": (OK, OK, OK, OK, OK, OK, OK, OK, OK, OK),
-    "renew_lease":       (OK, OK, OK, OK, OK, OK, OK, OK, OK, OK),
+    # Dispatchers' requests: taken on the leases queue only (whose inlet only dispatchers' broker user
+    # may write to), whoever sends them here. There, the claim token they carry authorizes them.
+    "get_dispatch_plan": (FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID),
+    "renew_lease":       (FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID),
     "execute":           (UNAUTH, OK, FORBID, OK, OK, FORBID, OK, FORBID, OK, NO_TENANT),
     "list_approvals":    (UNAUTH, OK, OK, OK, OK, OK, OK, FORBID, OK, OK),
     "count_pending":     (UNAUTH, OK, OK, OK, OK, OK, OK, FORBID, OK, OK),
@@ -420,7 +421,8 @@ def test_every_command_has_a_row() -> None:
 
 @pytest.fixture
 async def rpc(matrix_system: System, amqp_url: str) -> AsyncIterator[RpcClient]:
-    client = RpcClient(Topology(matrix_system.env["PJ_AMQP_PREFIX"]).commands)
+    topology = Topology(matrix_system.env["PJ_AMQP_PREFIX"])
+    client = RpcClient.to(topology, topology.commands)
     connection = await aio_pika.connect(amqp_url, timeout=10)
     async with connection:
         await client.attach(connection)

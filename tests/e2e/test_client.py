@@ -8,6 +8,7 @@ import pytest
 from pj_client.amqp import AmqpClient
 from pj_client.errors import Conflict, Forbidden, NotFound, Unauthorized, Unavailable
 from pj_client.http import AsyncGatewayClient, GatewayClient
+from pj_common.broker_access import Service
 from pj_common.messages import ApprovalStatus, DispatchOutcome, ExecuteAccepted
 from tests.support.system import System, free_port
 
@@ -53,7 +54,8 @@ async def test_http_client_lifecycle(system: System) -> None:
 
 async def test_amqp_client_sends_the_same_commands_with_the_same_rules(system: System) -> None:
     t = new_tenant()
-    url, prefix = system.env["PJ_AMQP_URL"], system.env["PJ_AMQP_PREFIX"]
+    assert system.broker_users is not None  # as any other service would: with the client's broker user
+    url, prefix = system.broker_users[Service.CLIENT], system.env["PJ_AMQP_PREFIX"]
     async with (AmqpClient(url, token("operator", "olga", t), prefix=prefix) as olga,
                 AmqpClient(url, token("admin", "alice", t), prefix=prefix, dispatch_wait_s=10) as alice):
         request_id = str(uuid.uuid4())

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 import uvicorn
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from pj_common.topology import Topology
+from pj_common.topology import Topology, declare_topology
 from pj_gateway.app import create_app
 from pj_gateway.settings import GatewaySettings
 from tests.support.oidc_provider import OIDC_DIR, USERS, Provider, start_provider
@@ -250,6 +251,9 @@ async def dev_gateway(amqp_url: str) -> AsyncIterator[str]:
     """A gateway with PJ_ENV=dev in this process (its development secret signs the role picker's tokens)."""
     settings = GatewaySettings(env="dev", amqp_url=amqp_url, amqp_prefix=f"pjd-{uuid.uuid4().hex[:8]}",
                                rpc_timeout_s=1.0)  # type: ignore[call-arg]
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:  # the topology, as approvals would declare it: the gateway waits for it
+        await declare_topology(await connection.channel(), Topology(settings.amqp_prefix))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aio_pika
 import httpx
 import pytest
 
-from pj_common.topology import Topology
+from pj_common.topology import Topology, declare_topology
 from tests.support.system import System, delete_topology, free_port
 from tests.support.tcp_proxy import TcpProxy
 
@@ -31,6 +32,9 @@ async def lone_gateway(database_url: str, amqp_url: str, tmp_path: Path) -> Asyn
     prefix = f"pjr-{uuid.uuid4().hex[:10]}"
     port = free_port()
     env = system_env(database_url, proxied, prefix, port, "http://127.0.0.1:9/none")
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:  # as an approvals process would have (the gateway waits for it): none answers
+        await declare_topology(await connection.channel(), Topology(prefix))
     system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path)
     system.start("gateway", "pj_gateway", PJ_RPC_TIMEOUT_S="0.5")
     try:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from pj_common.broker_access import remove
 from pj_common.topology import Topology
 from tests.support.system import delete_topology, free_port
 
@@ -130,6 +131,7 @@ async def up_env(database_url: str, amqp_url: str, tmp_path: Path) -> AsyncItera
                                                 stdout=asyncio.subprocess.DEVNULL)
     await asyncio.wait_for(down.wait(), 60)
     await delete_topology(amqp_url, Topology(prefix))
+    await asyncio.to_thread(remove, prefix)
 
 
 def make_up(env: dict[str, str]) -> None:
@@ -158,3 +160,18 @@ def test_make_up_serves_metrics_and_keeps_the_previous_logs(up_env: dict[str, st
         assert kept.read_text().startswith(text), name
         assert (logs / f"{name}.log").read_text(), f"{name}.log of the new run"
     assert not list(logs.glob("*.log.1.1")), "one generation is kept, not renamed twice"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_make_up_connects_each_service_as_its_own_broker_user(up_env: dict[str, str]) -> None:
+    make_up(up_env)
+    users_file = Path(up_env["PJ_RUN_DIR"]) / "broker-users.env"
+    assert users_file.stat().st_mode & 0o777 == 0o600
+    prefix = up_env["PJ_AMQP_PREFIX"]
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "user", "client_properties"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    users = {line.split("\t", 1)[0]: line for line in listed.splitlines() if line.startswith(f"{prefix}-")}
+    assert {f"{prefix}-{s}" for s in ("approvals", "dispatcher", "gateway", "notifier")} <= users.keys()
+    gateway_env = Path(f"/proc/{(Path(up_env['PJ_RUN_DIR']) / 'gateway.pid').read_text().strip()}/cmdline")
+    assert "amqp://" not in gateway_env.read_text(errors="replace"), "no password on a command line"

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import aio_pika
 import httpx
 import psycopg
 
+from pj_common.broker_access import Service
 from pj_common.topology import Topology
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,11 +100,11 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
     """Delete every queue and exchange of one prefix (what a test run or a bench run declared)."""
     connection = await aio_pika.connect(amqp_url, timeout=10)
     async with connection:
-        for queue in (topology.commands, topology.dispatch, topology.results, topology.dead_letters):
+        for queue in (*topology.declared_queues, topology.notifier):
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(queue)
-        for exchange in (topology.events, topology.dead_letter_exchange):
+        for exchange in topology.declared_exchanges:
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.exchange_delete(exchange)
@@ -114,8 +115,17 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
 TOKEN_VERIFIERS = frozenset({"pj_gateway", "pj_approvals"})
 
 
-def process_env(module: str, env: dict[str, str]) -> dict[str, str]:
-    """`env` as the process running `module` gets it: without PJ_JWT_* unless it verifies tokens."""
+# Each service's broker user (pj_common.broker_access), by the module that runs it.
+SERVICE_OF_MODULE = {"pj_approvals": Service.APPROVALS, "pj_dispatcher": Service.DISPATCHER,
+                     "pj_gateway": Service.GATEWAY, "pj_notifier": Service.NOTIFIER}
+
+
+def process_env(module: str, env: dict[str, str], broker_users: Mapping[Service, str] | None = None
+                ) -> dict[str, str]:
+    """`env` as the process running `module` gets it: without PJ_JWT_* unless it verifies tokens, and
+    connecting to the broker as its own user when `broker_users` are given."""
+    if broker_users is not None and module in SERVICE_OF_MODULE:
+        env = {**env, "PJ_AMQP_URL": broker_users[SERVICE_OF_MODULE[module]]}
     if module in TOKEN_VERIFIERS:
         return env
     return {k: v for k, v in env.items() if not k.startswith("PJ_JWT_")}
@@ -129,11 +139,14 @@ class System:
     env: dict[str, str]
     logdir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Each service's own broker user (tests.conftest.broker_users); None: all connect with env's PJ_AMQP_URL.
+    broker_users: Mapping[Service, str] | None = None
 
     def start(self, name: str, module: str, **extra_env: str) -> None:
         with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", module], cwd=REPO, env=process_env(module, {**self.env, **extra_env}),
+                [sys.executable, "-m", module], cwd=REPO,
+                env=process_env(module, {**self.env, **extra_env}, self.broker_users),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=_die_with_parent)
 

@@ -97,7 +97,7 @@ class AmqpClient:
         self._dispatch_wait_s = dispatch_wait_s
         self._correlation_id = correlation_id
         self._connection: AbstractConnection | None = None
-        self._rpc = RpcClient(self._topology.commands)
+        self._rpc = RpcClient.to(self._topology, self._topology.commands)
 
     async def __aenter__(self) -> Self:
         await self.connect()

@@ -20,6 +20,13 @@ class Topology:
         return f"{self.prefix}.commands"
 
     @property
+    def leases(self) -> str:
+        """Classic queue of the dispatchers' own RPCs (`get_dispatch_plan`, `renew_lease`), apart from the
+        commands so that a dispatcher's broker user may publish these and no command, and so that a flood
+        of commands never delays a lease renewal."""
+        return f"{self.prefix}.leases"
+
+    @property
     def dispatch(self) -> str:
         """Quorum queue of dispatch orders, consumed by every dispatcher process."""
         return f"{self.prefix}.dispatch"
@@ -39,6 +46,31 @@ class Topology:
         """Quorum queue of the notifier processes, bound to every approval event (declared by the
         notifier; the gateway's health reads its consumers)."""
         return f"{self.prefix}.notifier"
+
+    @property
+    def inlet_queues(self) -> tuple[str, ...]:
+        """The queues publishers reach through an exchange of their own (see `inlet`)."""
+        return (self.commands, self.leases, self.dispatch, self.results)
+
+    @property
+    def declared_queues(self) -> tuple[str, ...]:
+        """Every queue `declare_topology` declares (the notifier declares its own)."""
+        return (*self.inlet_queues, self.dead_letters)
+
+    @property
+    def declared_exchanges(self) -> tuple[str, ...]:
+        """Every exchange `declare_topology` declares."""
+        return (*(self.inlet(queue) for queue in self.inlet_queues), self.events, self.dead_letter_exchange)
+
+    def inlet(self, queue: str) -> str:
+        """The direct exchange leading into `queue` (bound with the queue's name as its key).
+
+        Publishing through the default exchange needs write permission on `amq.default`, which covers
+        every queue; an exchange per queue lets each service's broker user be given exactly the queues it
+        may feed (pj_common.broker_access): a dispatcher the leases and results, never the commands,
+        and nothing but approvals the dispatch orders.
+        """
+        return f"{queue}.in"
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -91,9 +123,33 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
     await dead.bind(dlx)
     await channel.declare_exchange(topology.events, aio_pika.ExchangeType.TOPIC, durable=True)
     # Commands expire with their RPC timeout; an expired command is of no use to anyone, so no DLX.
-    await channel.declare_queue(topology.commands, durable=True, arguments={"x-queue-type": "classic"})
+    for rpc in (topology.commands, topology.leases):
+        await channel.declare_queue(rpc, durable=True, arguments={"x-queue-type": "classic"})
     for name in (topology.dispatch, topology.results):
         await _declare_work_queue(channel, topology, name)
+    for queue in topology.inlet_queues:
+        inlet = await channel.declare_exchange(topology.inlet(queue), aio_pika.ExchangeType.DIRECT, durable=True)
+        await (await channel.get_queue(queue, ensure=False)).bind(inlet, routing_key=queue)
+
+
+class TopologyNotReady(Exception):
+    """A queue or exchange this process uses does not exist yet: only the approvals service declares the
+    topology (the other services' broker users may not), so they wait for it."""
+
+
+async def require_topology(channel: AbstractChannel, *, queues: tuple[str, ...] = (),
+                           exchanges: tuple[str, ...] = ()) -> None:
+    """Check that each of `queues` and `exchanges` exists (passive declares need no permission).
+
+    Raises TopologyNotReady naming the first one missing; the broker then closes `channel`.
+    """
+    try:
+        for queue in queues:
+            await channel.declare_queue(queue, passive=True)
+        for exchange in exchanges:
+            await channel.declare_exchange(exchange, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+        raise TopologyNotReady(f"{exc}: waiting for the approvals service to declare the topology") from exc
 
 
 async def _declare_work_queue(channel: AbstractChannel, topology: Topology, name: str) -> None:

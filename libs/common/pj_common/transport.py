@@ -26,6 +26,7 @@ import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
+    AbstractExchange,
     AbstractIncomingMessage,
     DeliveryMode,
 )
@@ -36,6 +37,7 @@ from .backoff import backoff_s
 from .deadletters import COUNT_MAX, DeadLetterRoute, DeadReason, dead_letter_headers, scrub
 from .errors import ErrorCode, GateError
 from .runtime import cancel_and_wait
+from .topology import Topology, TopologyNotReady
 
 log = logging.getLogger("pj.transport")
 
@@ -160,6 +162,8 @@ class Supervisor:
                 await lost.wait()
             except asyncio.CancelledError:
                 raise
+            except TopologyNotReady as exc:
+                log.warning("amqp setup waits: %s", exc, extra={"scope": "amqp.topology_missing"})
             except Exception:
                 log.exception("amqp session failed", extra={"scope": "amqp.session_failed"})
             finally:
@@ -370,12 +374,23 @@ class RpcAnswer(NamedTuple):
 
 
 class RpcClient:
-    """Request/reply over RabbitMQ direct reply-to, one reply consumer and a correlation-id -> future map."""
+    """Request/reply over RabbitMQ direct reply-to, one reply consumer and a correlation-id -> future map.
 
-    def __init__(self, routing_key: str) -> None:
-        self._routing_key = routing_key
+    Requests go to `queue` through the exchange `inlet` (Topology.inlet): a broker user may write to
+    that exchange without being able to reach any other queue.
+    """
+
+    def __init__(self, *, queue: str, inlet: str) -> None:
+        self._routing_key = queue
+        self._inlet = inlet
         self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
         self._pending: dict[str, asyncio.Future[bytes]] = {}
+
+    @classmethod
+    def to(cls, topology: Topology, queue: str) -> "RpcClient":
+        """A client of `queue`, one of topology.inlet_queues (commands or leases)."""
+        return cls(queue=queue, inlet=topology.inlet(queue))
 
     @property
     def connected(self) -> bool:
@@ -388,12 +403,13 @@ class RpcClient:
         replies = aio_pika.Queue(channel, DIRECT_REPLY_TO, durable=False, exclusive=False,
                                  auto_delete=False, arguments=None, passive=True)
         await replies.consume(self._on_reply, no_ack=True)
+        self._exchange = await channel.get_exchange(self._inlet, ensure=False)  # an object only: no round trip
         self._channel = channel
         return channel
 
     def detach(self) -> None:
         """The connection is gone: every call still waiting will never see its reply."""
-        self._channel = None
+        self._channel = self._exchange = None
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(broker_unavailable("connection to the broker lost; outcome unknown"))
@@ -418,8 +434,8 @@ class RpcClient:
         outcome is unknown, never "failed". A command the broker could not take raises
         `broker_unavailable`.
         """
-        channel = self._channel
-        if channel is None or channel.is_closed:
+        channel, exchange = self._channel, self._exchange
+        if channel is None or channel.is_closed or exchange is None:
             raise broker_unavailable()
         loop = asyncio.get_running_loop()
         first: asyncio.Future[bytes] = loop.create_future()
@@ -432,7 +448,7 @@ class RpcClient:
         try:
             message = json_message(body, correlation_id=correlation_id, reply_to=DIRECT_REPLY_TO,
                                    persistent=False, expiration_s=timeout)
-            await self._publish(channel, message)
+            await self._publish(exchange, message)
             try:
                 answer = await asyncio.wait_for(first, timeout)
             except TimeoutError as exc:
@@ -452,10 +468,10 @@ class RpcClient:
             if final is not None:
                 _retrieve_exception(final)
 
-    async def _publish(self, channel: AbstractChannel, message: aio_pika.Message) -> None:
+    async def _publish(self, exchange: AbstractExchange, message: aio_pika.Message) -> None:
         """Hand a command to the broker; any failure to do so is `broker_unavailable`."""
         try:
-            await channel.default_exchange.publish(message, routing_key=self._routing_key, mandatory=False)
+            await exchange.publish(message, routing_key=self._routing_key, mandatory=False)
         except asyncio.CancelledError as exc:
             # aiormq fails a publish caught by a closing connection with CancelledError; only a
             # cancellation of this task itself may propagate as one.

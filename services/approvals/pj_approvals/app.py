@@ -78,7 +78,7 @@ class ApprovalsApp:
         self.pool = database_pool(settings)
         # The publisher-confirm channel of the current broker connection (replaced on every reconnect).
         self.confirm_channel: AbstractChannel | None = None
-        self.order_relay = OrderRelay(self.pool, lambda: self.confirm_channel, queue=self.topology.dispatch,
+        self.order_relay = OrderRelay(self.pool, lambda: self.confirm_channel, topology=self.topology,
                                       signing_key=settings.signing_key, batch=settings.outbox_batch,
                                       confirm_timeout_s=settings.publish_confirm_timeout_s)
         self._orders = Periodic(self.order_relay.step, settings.outbox_poll_interval_s, name="order-relay",
@@ -120,9 +120,10 @@ class ApprovalsApp:
         confirm = self.confirm_channel = watch(await connection.channel(publisher_confirms=True,
                                                                         on_return_raises=True))
         self.handlers.reply_channel = watch(await connection.channel(publisher_confirms=False))
-        commands = watch(await connection.channel(publisher_confirms=False))
-        await consume(commands, self.topology.commands, self.handlers.on_command,
-                      prefetch=self.settings.command_prefetch, max_bytes=self.settings.max_message_bytes)
+        for queue, handler in ((self.topology.commands, self.handlers.on_command),
+                               (self.topology.leases, self.handlers.on_lease)):
+            await consume(watch(await connection.channel(publisher_confirms=False)), queue, handler,
+                          prefetch=self.settings.command_prefetch, max_bytes=self.settings.max_message_bytes)
         results = watch(await connection.channel(publisher_confirms=False))
         await consume(results, self.topology.results, self.handlers.on_report,
                       prefetch=self.settings.command_prefetch, max_bytes=self.settings.max_message_bytes,

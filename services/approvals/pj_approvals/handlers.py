@@ -103,13 +103,11 @@ Route = Callable[[Any, Call], Awaitable[Result]]
 
 
 def routes(svc: ApprovalService) -> dict[type[BaseModel], Route]:
-    """Command type -> the service call that answers it. Health, metrics and the dispatch plan need no
-    token (the plan is authorized by the claim token it carries); every other route verifies one."""
+    """Command type -> the service call that answers it, for the commands queue. Health and metrics
+    need no token; every other route verifies one."""
     return {
         CheckHealth: lambda _, call: svc.health(),
         ReadMetrics: lambda _, call: svc.metrics(),
-        GetDispatchPlan: lambda c, call: svc.dispatch_plan(c.approval_id, c.claim_token, c.holder),
-        RenewLease: lambda c, call: svc.renew_lease(c.approval_id, c.claim_token, c.holder),
         ExecuteRequest: lambda c, call: svc.execute(call.principal, c, call.correlation_id, notify=call.notify,
                                                     message_id=call.envelope.message_id),
         ListApprovals: lambda c, call: svc.list_approvals(call.principal, c),
@@ -121,6 +119,15 @@ def routes(svc: ApprovalService) -> dict[type[BaseModel], Route]:
     }
 
 
+def lease_routes(svc: ApprovalService) -> dict[type[BaseModel], Route]:
+    """The dispatchers' RPCs, for the leases queue: authorized by the claim token each carries (only the
+    dispatcher that received the order knows it), not by a user token."""
+    return {
+        GetDispatchPlan: lambda c, call: svc.dispatch_plan(c.approval_id, c.claim_token, c.holder),
+        RenewLease: lambda c, call: svc.renew_lease(c.approval_id, c.claim_token, c.holder),
+    }
+
+
 class Handlers:
     def __init__(self, service: ApprovalService, verifier: TokenVerifier,
                  services: ServicePrincipals | None = None, *, report_key: str) -> None:
@@ -128,12 +135,21 @@ class Handlers:
         self._verifier = verifier
         self._report_key = report_key  # PJ_DISPATCH_SIGNING_KEY: dispatchers sign their step reports with it
         self._services = services or ServicePrincipals()
-        self._routes = routes(service)
+        self._commands = routes(service)
+        self._leases = lease_routes(service)
         self.reply_channel: AbstractChannel | None = None
 
     async def on_command(self, message: AbstractIncomingMessage) -> None:
-        """Run one command and answer it; every failure becomes an error reply with a stable code."""
-        answer = await self._answer(message)
+        """Run one command of the commands queue and answer it; every failure becomes an error reply with a
+        stable code."""
+        await self._answer_on(message)
+
+    async def on_lease(self, message: AbstractIncomingMessage) -> None:
+        """Run one dispatcher RPC of the leases queue and answer it, as `on_command` does."""
+        await self._answer_on(message, leases=True)
+
+    async def _answer_on(self, message: AbstractIncomingMessage, *, leases: bool = False) -> None:
+        answer = await self.answer(message, leases=leases)
         channel = self.reply_channel
         if channel is None or not message.reply_to:
             return
@@ -142,13 +158,14 @@ class Handlers:
         except Exception:  # the effect is committed; a redelivery would only repeat the command
             log.warning("reply not sent", exc_info=True, extra={"scope": "command.reply_failed"})
 
-    async def _answer(self, message: AbstractIncomingMessage) -> Reply[Any]:
+    async def answer(self, message: AbstractIncomingMessage, *, leases: bool = False) -> Reply[Any]:
+        """The reply to one command of the commands queue (or, with `leases`, of the leases queue)."""
         try:
             envelope = CommandEnvelope.model_validate_json(message.body)
         except ValidationError as exc:
             return error_reply(ErrorCode.VALIDATION_ERROR, f"invalid command: {exc.errors(include_url=False)}")
         try:
-            result = await self._run(envelope, message)
+            result = await self._run(envelope, message, self._leases if leases else self._commands)
         except GateError as exc:
             return error_reply(exc.code, exc.message)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
@@ -167,11 +184,15 @@ class Handlers:
             return error_reply(ErrorCode.INTERNAL_ERROR, "internal error")
         return Reply[Any](ok=True, data=data, follow_up=isinstance(result, DispatchStarted))
 
-    async def _run(self, envelope: CommandEnvelope, message: AbstractIncomingMessage) -> Result:
+    async def _run(self, envelope: CommandEnvelope, message: AbstractIncomingMessage,
+                   table: dict[type[BaseModel], Route]) -> Result:
         command = envelope.command
-        route = self._routes.get(type(command))
+        route = table.get(type(command))
         if route is None:
-            raise GateError(ErrorCode.VALIDATION_ERROR, f"unsupported command {command.name}")
+            # Each queue takes its own commands only: the broker lets a dispatcher's user publish to the
+            # leases queue and no other, so no command may come in that way (and no lease request
+            # through the commands queue, where every gateway and service may publish).
+            raise GateError(ErrorCode.FORBIDDEN, f"{command.name} is not accepted on this queue")
         # A JWKS key id seen for the first time is fetched here, asynchronously; verify itself is synchronous.
         await self._verifier.prepare(envelope.token)
         return await route(command, Call(envelope, message, self._verifier, self._services))

@@ -27,6 +27,7 @@ from pj_common.backoff import backoff_s
 from pj_common.messages import ApprovalEvent, DispatchOrder
 from pj_common.runtime import cancel_and_wait
 from pj_common.signing import signature_headers
+from pj_common.topology import Topology
 from pj_common.transport import json_message, publish_confirmed
 
 from . import store
@@ -40,11 +41,12 @@ ChannelSource = Callable[[], AbstractChannel | None]
 class OrderRelay:
     """Publishes the dispatch outbox of one dispatch queue (see the module docstring)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], channel: ChannelSource, *, queue: str, signing_key: str,
-                 batch: int, confirm_timeout_s: float) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], channel: ChannelSource, *, topology: Topology,
+                 signing_key: str, batch: int, confirm_timeout_s: float) -> None:
         self._pool = pool
         self._channel = channel
-        self._queue = queue
+        self._queue = topology.dispatch
+        self._inlet = topology.inlet(topology.dispatch)  # only approvals' broker user may write to it
         self._key = signing_key
         self._batch = batch
         self._confirm_timeout_s = confirm_timeout_s
@@ -82,7 +84,8 @@ class OrderRelay:
         order = DispatchOrder.model_validate_json(row.body)  # never publish a body that breaks the contract
         message = json_message(row.body, message_id=order.message_id,
                                headers=signature_headers(row.body, self._key))
-        await asyncio.wait_for(publish_confirmed(channel, self._queue, message), self._confirm_timeout_s)
+        await asyncio.wait_for(publish_confirmed(channel, self._queue, message, exchange=self._inlet),
+                               self._confirm_timeout_s)
 
 
 class OutboxListener:

@@ -12,7 +12,7 @@ from pj_common.deadletters import DeadLetterRoute
 from pj_common.messages import StepReport
 from pj_common.metrics import MetricsServer
 from pj_common.signing import signature_headers
-from pj_common.topology import Topology, declare_topology
+from pj_common.topology import Topology, require_topology
 from pj_common.transport import Retryable, RpcClient, Supervisor, consume, json_message, publish_confirmed
 
 from .approvals_client import ApprovalsClient
@@ -44,7 +44,7 @@ class DispatcherApp:
             limits=httpx.Limits(max_connections=max(16, settings.concurrency * 2)),
             event_hooks={"response": [response_size_hook()]},
         )
-        self.rpc = RpcClient(self.topology.commands)
+        self.rpc = RpcClient.to(self.topology, self.topology.leases)
         self.metrics = DispatcherMetrics()
         # This process's holder id: approvals binds each claim to the first process that confirms it.
         self.holder = uuid.uuid4().hex
@@ -60,8 +60,10 @@ class DispatcherApp:
         self._confirm: AbstractChannel | None = None
 
     async def _setup(self, connection: AbstractConnection) -> None:
-        channel = await connection.channel()
-        await declare_topology(channel, self.topology)
+        # Approvals declares the topology; this process's broker user may only use it (docs/security.md).
+        topology = self.topology
+        await require_topology(await connection.channel(), queues=(topology.dispatch,), exchanges=(
+            topology.inlet(topology.leases), topology.inlet(topology.results), topology.dead_letter_exchange))
         watch = self.supervisor.watch
         confirm = self._confirm = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
         watch(await self.rpc.attach(connection))
@@ -80,9 +82,10 @@ class DispatcherApp:
         if channel is None:
             raise Retryable("broker connection lost before the step report was published")
         body = report.to_json()  # signed: approvals reads no report it cannot check came from a dispatcher
-        await asyncio.wait_for(publish_confirmed(channel, self.topology.results, json_message(
-            body, message_id=report.message_id, headers=signature_headers(body, self.settings.signing_key))),
-            REPORT_CONFIRM_TIMEOUT_S)
+        results = self.topology.results
+        await asyncio.wait_for(publish_confirmed(channel, results, json_message(
+            body, message_id=report.message_id, headers=signature_headers(body, self.settings.signing_key)),
+            exchange=self.topology.inlet(results)), REPORT_CONFIRM_TIMEOUT_S)
 
     async def start(self) -> None:
         self.supervisor.start()

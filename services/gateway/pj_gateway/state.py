@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from pj_common.auth import TokenVerifier
 from pj_common.jwks import JwksKeys
-from pj_common.topology import Topology, declare_topology
+from pj_common.topology import Topology, require_topology
 from pj_common.transport import RpcClient, Supervisor
 
 from .settings import GatewaySettings
@@ -37,7 +37,7 @@ class GatewayState:
     @classmethod
     def build(cls, settings: GatewaySettings) -> "GatewayState":
         topology = Topology(settings.amqp_prefix)
-        rpc = RpcClient(topology.commands)
+        rpc = RpcClient.to(topology, topology.commands)
         state = cls(settings=settings, topology=topology,
                     verifier=settings.token_verifier(),
                     rpc=rpc, supervisor=None,  # type: ignore[arg-type]  # set just below
@@ -56,9 +56,9 @@ class GatewayState:
             await self.verifier.keys.stop()
 
     async def _setup(self, connection: AbstractConnection) -> None:
-        channel = await connection.channel()
-        await declare_topology(channel, self.topology)
-        self.inspect = channel
+        # Approvals declares the topology; the gateway's broker user may only publish commands.
+        await require_topology(await connection.channel(), exchanges=(self.topology.inlet(self.topology.commands),))
+        self.inspect = await connection.channel()
         self.supervisor.watch(await self.rpc.attach(connection))
 
     async def inspect_channel(self) -> AbstractChannel | None:

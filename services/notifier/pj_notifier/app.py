@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from pj_common.deadletters import DeadLetterRoute
 from pj_common.metrics import MetricsServer
 from pj_common.runtime import Periodic
-from pj_common.topology import Topology, declare_topology, work_queue_arguments
+from pj_common.topology import Topology, require_topology, work_queue_arguments
 from pj_common.transport import Supervisor, consume
 
 from . import store
@@ -28,7 +28,9 @@ log = logging.getLogger("pj.notifier")
 
 
 async def declare_notifier_queue(channel: AbstractChannel, topology: Topology) -> None:
-    """Declare the notifier's queue and bind it to every approval event (idempotent)."""
+    """Declare the notifier's queue and bind it to every approval event (idempotent): the one queue the
+    notifier's broker user may configure; the events exchange is approvals' to declare."""
+    await require_topology(channel, exchanges=(topology.events, topology.dead_letter_exchange))
     queue = await channel.declare_queue(topology.notifier, durable=True,
                                         arguments=work_queue_arguments(topology))
     await queue.bind(topology.events, routing_key="approval.#")
@@ -61,9 +63,7 @@ class NotifierApp:
                                              port=settings.notifier_metrics_port)
 
     async def _setup(self, connection: AbstractConnection) -> None:
-        channel = await connection.channel()
-        await declare_topology(channel, self.topology)
-        await declare_notifier_queue(channel, self.topology)
+        await declare_notifier_queue(await connection.channel(), self.topology)
         confirm = self.supervisor.watch(await connection.channel(publisher_confirms=True))
         events = self.supervisor.watch(await connection.channel(publisher_confirms=False))
         self._stop_consuming = await consume(

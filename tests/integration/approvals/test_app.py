@@ -140,12 +140,12 @@ async def test_a_command_that_waits_past_the_pool_timeout_answers_database_unava
     body = CommandEnvelope(command=CountPending(), token=token).to_json()
     async with pool.connection():  # every connection busy
         started = time.monotonic()
-        reply = await handlers._answer(cast(Any, Incoming(body)))
+        reply = await handlers.answer(cast(Any, Incoming(body)))
         waited = time.monotonic() - started
     assert not reply.ok and reply.error is not None and reply.error.code == ErrorCode.DATABASE_UNAVAILABLE
     assert 0.3 <= waited < 2
     # Idle again, the same command is served.
-    assert (await handlers._answer(cast(Any, Incoming(body)))).ok
+    assert (await handlers.answer(cast(Any, Incoming(body)))).ok
 
 
 def test_the_pool_gives_up_before_the_gateway_does() -> None:

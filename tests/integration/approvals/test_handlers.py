@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel
 
 from pj_approvals.catalog import load_catalog
-from pj_approvals.handlers import Handlers, routes
+from pj_approvals.handlers import Handlers, lease_routes, routes
 from pj_approvals.service import ApprovalService
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import Role, TokenVerifier, mint_token
@@ -89,9 +89,9 @@ async def incoming(channel: AbstractChannel, queue: AbstractQueue, body: bytes, 
 
 
 async def answer(handlers: Handlers, channel: AbstractChannel, queue: AbstractQueue, command: Command,
-                 token: str | None = None) -> bytes:
+                 token: str | None = None, *, leases: bool = False) -> bytes:
     envelope = CommandEnvelope(command=command, token=token)
-    return (await handlers._answer(await incoming(channel, queue, envelope.to_json()))).to_json()
+    return (await handlers.answer(await incoming(channel, queue, envelope.to_json()), leases=leases)).to_json()
 
 
 def ok(raw: bytes, model: Any) -> Any:
@@ -106,8 +106,8 @@ async def test_every_command_is_answered_with_its_reply_model(
         handlers: Handlers, channel: AbstractChannel, inbox: AbstractQueue, token: Callable[..., str]) -> None:
     operator, admin = token(Role.OPERATOR), token(Role.ADMIN)
 
-    async def ask(command: Command, bearer: str | None = None) -> bytes:
-        return await answer(handlers, channel, inbox, command, bearer)
+    async def ask(command: Command, bearer: str | None = None, *, leases: bool = False) -> bytes:
+        return await answer(handlers, channel, inbox, command, bearer, leases=leases)
 
     created = ok(await ask(ExecuteRequest(action_id="notify.webhook", payload={"n": 1}), operator), ExecuteAccepted)
     assert created.approval_status is ApprovalStatus.PENDING and created.created
@@ -130,10 +130,23 @@ async def test_every_command_is_answered_with_its_reply_model(
     raw = await ask(DispatchRequest(approval_id=aid), admin)
     started = ok(raw, DispatchOutcome)
     assert started.approval_status is ApprovalStatus.DISPATCHING and json.loads(raw)["followUp"] is True
-    stale = ok(await ask(GetDispatchPlan(approval_id=aid, claim_token=str(uuid.uuid4()), holder="d-1")), DispatchPlan)
+    lease_request = GetDispatchPlan(approval_id=aid, claim_token=str(uuid.uuid4()), holder="d-1")
+    stale = ok(await ask(lease_request, leases=True), DispatchPlan)
     assert stale.stale
     assert ok(await ask(CheckHealth()), HealthReport).database.status == "ok"
     assert "approvals_created_total" in ok(await ask(ReadMetrics()), MetricsText).text
+
+
+async def test_each_queue_takes_its_own_commands_only(
+        handlers: Handlers, channel: AbstractChannel, inbox: AbstractQueue, token: Callable[..., str]) -> None:
+    """Lease requests come on the leases queue, which a dispatcher's broker user may feed; commands on the
+    commands queue. Either one sent the other way is refused, with the token or without."""
+    lease_request = GetDispatchPlan(approval_id=str(uuid.uuid4()), claim_token=str(uuid.uuid4()), holder="d-1")
+    for command, bearer, leases in ((lease_request, None, False),
+                                    (CountPending(), token(Role.ADMIN), True), (CheckHealth(), None, True)):
+        refused = Reply[Any].model_validate_json(await answer(handlers, channel, inbox, command, bearer,
+                                                              leases=leases))
+        assert not refused.ok and refused.error is not None and refused.error.code == "forbidden", command
 
 
 async def test_a_launch_tier_execute_says_a_follow_up_comes(
@@ -165,7 +178,7 @@ async def test_a_failure_is_an_error_reply_with_its_code(
 async def test_an_invalid_command_is_a_validation_error(
         handlers: Handlers, channel: AbstractChannel, inbox: AbstractQueue) -> None:
     message = await incoming(channel, inbox, json.dumps({"command": {"name": "launch_missiles"}}).encode())
-    reply = await handlers._answer(message)
+    reply = await handlers.answer(message)
     assert not reply.ok and reply.error is not None and reply.error.code == ErrorCode.VALIDATION_ERROR
 
 
@@ -177,14 +190,16 @@ async def test_an_answer_that_breaks_the_contract_is_never_sent(
     async def wrong(_: Any, __: Any) -> BaseModel:
         return Wrong(text="not a HealthReport")
 
-    handlers._routes[CheckHealth] = wrong
+    handlers._commands[CheckHealth] = wrong
     reply = Reply[Any].model_validate_json(await answer(handlers, channel, inbox, CheckHealth()))
     assert not reply.ok and reply.error is not None and reply.error.code == ErrorCode.INTERNAL_ERROR
 
 
 def test_every_command_has_a_route(make_service: Callable[..., ApprovalService]) -> None:
     commands = get_args(get_args(Command)[0])  # the members of the Annotated union
-    assert set(routes(make_service())) == set(commands)
+    service = make_service()
+    assert routes(service).keys() | lease_routes(service).keys() == set(commands)
+    assert not routes(service).keys() & lease_routes(service).keys()
 
 
 async def test_the_report_that_ends_a_dispatch_notifies_the_waiting_caller(
@@ -198,7 +213,7 @@ async def test_the_report_that_ends_a_dispatch_notifies_the_waiting_caller(
     # The caller's dispatch command carries its reply address; the order passes it on to the report.
     command = CommandEnvelope(command=DispatchRequest(approval_id=created.approval_id), token=admin)
     message = await incoming(channel, inbox, command.to_json(), reply_to=waiting.name, correlation_id="call-1")
-    assert (await handlers._answer(message)).follow_up
+    assert (await handlers.answer(message)).follow_up
     order = await outbox.last(created.approval_id)
     assert order.notify == ReplyAddress(reply_to=waiting.name, correlation_id="call-1")
     handlers.reply_channel = channel

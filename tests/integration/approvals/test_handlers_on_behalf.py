@@ -52,7 +52,7 @@ def bearer(subject: str, role: Role, tenant: str) -> str:
 async def send(handlers: Handlers, channel: AbstractChannel, inbox: AbstractQueue, command: Command, *,
                token: str, on_behalf: OnBehalf) -> Reply[ApprovalView]:
     envelope = CommandEnvelope(command=command, token=token, on_behalf=on_behalf)
-    raw = (await handlers._answer(await incoming(channel, inbox, envelope.to_json()))).to_json()
+    raw = (await handlers.answer(await incoming(channel, inbox, envelope.to_json()))).to_json()
     return Reply[ApprovalView].model_validate_json(raw)
 
 

@@ -59,7 +59,7 @@ def queued(make_service: Callable[..., ApprovalService], topology: Topology) -> 
 
 def relay(pool: AsyncConnectionPool[Any], channel: AbstractChannel | None, topology: Topology, *,
           batch: int = 100, confirm_timeout_s: float = 5.0) -> OrderRelay:
-    return OrderRelay(pool, lambda: channel, queue=topology.dispatch, signing_key=DEV_DISPATCH_SIGNING_KEY,
+    return OrderRelay(pool, lambda: channel, topology=topology, signing_key=DEV_DISPATCH_SIGNING_KEY,
                       batch=batch, confirm_timeout_s=confirm_timeout_s)
 
 

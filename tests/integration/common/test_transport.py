@@ -38,7 +38,7 @@ async def test_a_watched_channel_closed_by_the_broker_starts_the_connection_over
 
 
 async def test_rpc_round_trip_and_timeout(amqp_url: str, topology: Topology) -> None:
-    rpc = RpcClient(topology.commands)
+    rpc = RpcClient.to(topology, topology.commands)
 
     async def setup(connection: AbstractConnection) -> None:
         await declare_topology(await connection.channel(), topology)

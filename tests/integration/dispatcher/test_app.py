@@ -103,7 +103,7 @@ async def test_concurrency_bounds_the_orders_run_at_once_and_so_the_steps(
                 if len(finals) == 3:
                     three_done.set()
 
-        await consume(channel, topology.commands, approvals, prefetch=10)
+        await consume(channel, topology.leases, approvals, prefetch=10)
         await consume(await connection.channel(), topology.results, results, prefetch=10)
         await app.start()
         publisher = await connection.channel(publisher_confirms=True)

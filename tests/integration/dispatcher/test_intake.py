@@ -140,7 +140,7 @@ class System:
     async def approvals(self, plan: list[PlanStep], *, stale: bool = False) -> Approvals:
         channel = await self.connection.channel()
         stand_in = Approvals(channel, plan, stale=stale)
-        await consume(channel, self.topology.commands, stand_in.on_command, prefetch=10)
+        await consume(channel, self.topology.leases, stand_in.on_command, prefetch=10)
         await consume(await self.connection.channel(), self.topology.results, stand_in.on_report, prefetch=10)
         await self.app.start()
         return stand_in

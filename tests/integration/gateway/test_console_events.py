@@ -145,6 +145,7 @@ async def test_a_reconnecting_stream_gets_what_it_missed_after_its_last_event_id
         assert resync[1]["event"] == "resync"
 
 
+@pytest.mark.usefixtures("exchange")  # the topology approvals would have declared
 async def test_a_stream_ends_when_its_token_expires_and_needs_a_token(amqp_url: str, topology: Topology) -> None:
     short = mint_token(SECRET, subject="vic", tenant="acme", role="viewer", issuer="puddlejumper",
                        audience="pj-approval-gate", ttl_s=1)
@@ -154,6 +155,7 @@ async def test_a_stream_ends_when_its_token_expires_and_needs_a_token(amqp_url: 
     assert [e["event"] for e in seen] == ["ready", "expired"]
 
 
+@pytest.mark.usefixtures("exchange")  # the topology approvals would have declared
 async def test_a_stream_ends_after_its_lifetime_so_a_stopping_gateway_is_not_held(
         amqp_url: str, topology: Topology, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events_route, "STREAM_MAX_S", 1.0)

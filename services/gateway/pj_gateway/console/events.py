@@ -15,12 +15,12 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-import aio_pika
 import pydantic
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from pj_common.auth import Principal
 from pj_common.messages import ApprovalEvent
+from pj_common.topology import require_topology
 from pj_common.transport import Supervisor
 
 log = logging.getLogger("pj.gateway.events")
@@ -75,8 +75,9 @@ class EventHub:
 
     async def _setup(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
-        # The same declaration as declare_topology's, so either side may come first.
-        exchange = await channel.declare_exchange(self._exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        # Approvals declares the exchange (the gateway's broker user may not): until then, wait for it.
+        await require_topology(channel, exchanges=(self._exchange,))
+        exchange = await channel.get_exchange(self._exchange, ensure=False)
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
         await queue.bind(exchange, routing_key="approval.#")
         await queue.consume(self._on_message, no_ack=True)  # a live view: an event lost with the queue is resynced

@@ -1,0 +1,280 @@
+"""Least privilege on the broker: one RabbitMQ user per service, allowed what that service does and no more.
+
+    python -m pj_common.broker_access show  [--prefix pj]                  the permissions, as a table
+    python -m pj_common.broker_access apply [--prefix pj] [--users-file F]  create or update the users
+    python -m pj_common.broker_access remove [--prefix pj]                  delete them
+
+RabbitMQ grants each user three regular expressions per virtual host, matched against queue and exchange
+names: configure (declare, delete), write (publish to an exchange; bind a queue as destination) and read
+(consume from a queue; bind from an exchange). Publishing through the default exchange needs write on
+`amq.default`, which reaches every queue, so each queue that several services feed is reached through an
+exchange of its own (Topology.inlet), and only approvals may write to `amq.default` (it answers RPCs on
+direct reply-to, which only the default exchange reaches). So, enforced by the broker:
+
+- a dispatcher publishes lease requests and step reports, and dead-letters orders: no command, no order;
+- the gateway (and any other client) publishes commands: no order, no report, no lease request;
+- only approvals publishes dispatch orders and events, and only approvals declares the topology;
+- the notifier declares and reads its own queue only.
+
+Passive declares need no permission, nor does consuming direct reply-to; what a forged message could still
+do with a granted route is stopped by the receiver (commands carry tokens, reports and orders signatures).
+
+`apply` runs `rabbitmqctl import_definitions` once (users and permissions together; an existing user's
+password and permissions are replaced), then logs in as each user to see the import has taken effect.
+Passwords kept in `--users-file` are reused; missing ones are generated. The file gets one line per
+service, `PJ_AMQP_URL_<SERVICE>=amqp://...` (mode 0600), for `make run` to hand each process its own.
+"""
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import aio_pika
+
+from .topology import Topology
+
+NOTHING = "^$"
+# Queues the broker names itself (exclusive, auto-deleted): the console's and `pj watch`'s event views.
+SERVER_NAMED = r"amq\.gen-.*"
+DEFAULT_EXCHANGE = "amq.default"
+
+
+class Service(StrEnum):
+    """Who connects to the broker; `client` is any other service sending commands (and `pj watch`)."""
+
+    APPROVALS = "approvals"
+    DISPATCHER = "dispatcher"
+    GATEWAY = "gateway"
+    NOTIFIER = "notifier"
+    CLIENT = "client"
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """A user's three regular expressions on one virtual host."""
+
+    configure: str
+    write: str
+    read: str
+
+
+def _any_of(topology: Topology, names: Sequence[str], prefix_pattern: str | None, *extra: str) -> str:
+    """An anchored expression matching exactly `names` (each under topology.prefix) and `extra` (patterns).
+
+    With `prefix_pattern`, the prefix part matches that pattern instead of the one prefix (test runs give
+    one set of users every run's prefix)."""
+    head = re.escape(topology.prefix) if prefix_pattern is None else prefix_pattern
+    alternatives = [head + re.escape(name[len(topology.prefix):]) for name in names] + list(extra)
+    return f"^({'|'.join(alternatives)})$" if alternatives else NOTHING
+
+
+def permissions(service: Service, topology: Topology, *, prefix_pattern: str | None = None) -> Permissions:
+    """What `service` may do on the broker (see the module docstring)."""
+    t = topology
+
+    def names(*items: str, extra: tuple[str, ...] = ()) -> str:
+        return _any_of(t, items, prefix_pattern, *extra)
+
+    match service:
+        case Service.APPROVALS:
+            return Permissions(
+                configure=names(*t.declared_queues, *t.declared_exchanges),
+                # Orders, events and dead letters; replies on direct reply-to (the default exchange);
+                # each declared queue as a binding's destination.
+                write=names(t.inlet(t.dispatch), t.events, t.dead_letter_exchange, *t.declared_queues,
+                            extra=(re.escape(DEFAULT_EXCHANGE),)),
+                # Its queues, the ones declared with a dead-letter exchange, and each binding's source.
+                read=names(*t.declared_queues, *(t.inlet(q) for q in t.inlet_queues), t.dead_letter_exchange))
+        case Service.DISPATCHER:
+            return Permissions(
+                configure=NOTHING,
+                write=names(t.inlet(t.leases), t.inlet(t.results), t.dead_letter_exchange),
+                read=names(t.dispatch))
+        case Service.NOTIFIER:
+            return Permissions(
+                configure=names(t.notifier),
+                write=names(t.notifier, t.dead_letter_exchange),
+                read=names(t.notifier, t.events))
+        case Service.GATEWAY | Service.CLIENT:
+            return Permissions(
+                configure=f"^{SERVER_NAMED}$",
+                write=names(t.inlet(t.commands), extra=(SERVER_NAMED,)),
+                read=names(t.events, extra=(SERVER_NAMED,)))
+
+
+def user_name(service: Service, user_prefix: str) -> str:
+    return f"{user_prefix}-{service.value}"
+
+
+def url_key(service: Service) -> str:
+    """The users file's key for `service`'s AMQP URL."""
+    return f"PJ_AMQP_URL_{service.value.upper()}"
+
+
+def vhost_of(amqp_url: str) -> str:
+    """The virtual host an AMQP URL names (`/` when its path is empty or `/`)."""
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def with_credentials(amqp_url: str, user: str, password: str) -> str:
+    """`amqp_url` logging in as `user`."""
+    parts = urlsplit(amqp_url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt + sha256(salt + password)), 4-byte salt."""
+    salt = os.urandom(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def definitions(topology: Topology, passwords: Mapping[Service, str], *, vhost: str, user_prefix: str,
+                prefix_pattern: str | None = None) -> dict[str, list[dict[str, object]]]:
+    """The users and permissions, in the broker's definitions format (`rabbitmqctl import_definitions`)."""
+    users: list[dict[str, object]] = []
+    grants: list[dict[str, object]] = []
+    for service, password in passwords.items():
+        name = user_name(service, user_prefix)
+        users.append({"name": name, "password_hash": password_hash(password),
+                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
+        granted = permissions(service, topology, prefix_pattern=prefix_pattern)
+        grants.append({"user": name, "vhost": vhost, "configure": granted.configure, "write": granted.write,
+                       "read": granted.read})
+    return {"users": users, "permissions": grants}
+
+
+def read_users_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _password_in(url: str | None, user: str) -> str | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return unquote(parts.password) if parts.username == user and parts.password else None
+
+
+class BrokerAccessError(Exception):
+    """The users could not be created or checked (the message says why)."""
+
+
+def _rabbitmqctl(*args: str, stdin: str | None = None) -> None:
+    tool = shutil.which("rabbitmqctl")
+    if tool is None:
+        raise BrokerAccessError("rabbitmqctl is not on PATH: run this on the broker's host (or create the "
+                                "users with `show`'s permissions another way)")
+    done = subprocess.run([tool, *args], input=stdin, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise BrokerAccessError(f"rabbitmqctl {args[0]} failed: {(done.stderr or done.stdout).strip()[:500]}")
+
+
+async def _wait_for_login(url: str, timeout_s: float) -> None:
+    """The import is asynchronous: try logging in until it works or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            connection = await aio_pika.connect(url, timeout=5)
+        except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise BrokerAccessError(f"cannot log in as {urlsplit(url).username}: {exc!r}") from exc
+            await asyncio.sleep(0.2)
+            continue
+        await connection.close()
+        return
+
+
+def apply(topology: Topology, amqp_url: str, *, user_prefix: str | None = None, prefix_pattern: str | None = None,
+          users_file: Path | None = None, services: Sequence[Service] = tuple(Service),
+          login_timeout_s: float = 20.0) -> dict[Service, str]:
+    """Create or update each service's user; returns each service's AMQP URL (also written to `users_file`)."""
+    prefix = user_prefix or topology.prefix
+    known = read_users_file(users_file) if users_file is not None else {}
+    passwords = {service: _password_in(known.get(url_key(service)), user_name(service, prefix))
+                 or secrets.token_urlsafe(24) for service in services}
+    body = definitions(topology, passwords, vhost=vhost_of(amqp_url), user_prefix=prefix,
+                       prefix_pattern=prefix_pattern)
+    # On standard input: the command may run as the broker's own system user, which could not read our
+    # files, and no file of password hashes is left behind.
+    _rabbitmqctl("import_definitions", "--format", "json", stdin=json.dumps(body))
+    urls = {service: with_credentials(amqp_url, user_name(service, prefix), password)
+            for service, password in passwords.items()}
+
+    async def check_all() -> None:
+        await asyncio.gather(*(_wait_for_login(url, login_timeout_s) for url in urls.values()))
+
+    asyncio.run(check_all())
+    if users_file is not None:
+        users_file.parent.mkdir(parents=True, exist_ok=True)
+        users_file.touch(mode=0o600)
+        users_file.chmod(0o600)
+        users_file.write_text("".join(f"{url_key(service)}={url}\n" for service, url in urls.items()))
+    return urls
+
+
+def remove(user_prefix: str, services: Sequence[Service] = tuple(Service)) -> None:
+    """Delete each service's user (in parallel: each rabbitmqctl call starts a VM of its own)."""
+    tool = shutil.which("rabbitmqctl")
+    if tool is None:
+        raise BrokerAccessError("rabbitmqctl is not on PATH")
+    running = [subprocess.Popen([tool, "delete_user", user_name(s, user_prefix)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for s in services]
+    for process in running:
+        process.wait(timeout=120)
+
+
+def table(topology: Topology) -> str:
+    """The permissions of every service, one block each."""
+    lines = []
+    for service in Service:
+        granted = permissions(service, topology)
+        lines.append(f"{user_name(service, topology.prefix)}\n  configure {granted.configure}\n"
+                     f"  write     {granted.write}\n  read      {granted.read}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pj_common.broker_access", description=__doc__.split("\n")[0])
+    parser.add_argument("verb", choices=("show", "apply", "remove"))
+    parser.add_argument("--prefix", default=os.environ.get("PJ_AMQP_PREFIX", "pj"))
+    parser.add_argument("--amqp-url", default=os.environ.get("PJ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+                        help="the broker and virtual host (its credentials are not used)")
+    parser.add_argument("--users-file", type=Path, help="keep the services' AMQP URLs here (mode 0600)")
+    args = parser.parse_args(argv)
+    topology = Topology(args.prefix)
+    try:
+        if args.verb == "show":
+            print(table(topology))
+        elif args.verb == "remove":
+            remove(topology.prefix)
+        else:
+            apply(topology, args.amqp_url, users_file=args.users_file)
+            print(f"broker users {', '.join(user_name(s, topology.prefix) for s in Service)} are set"
+                  + (f" (URLs in {args.users_file})" if args.users_file else ""))
+    except BrokerAccessError as exc:
+        print(f"broker users not set: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

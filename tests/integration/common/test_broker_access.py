@@ -1,0 +1,140 @@
+"""Least privilege on the real RabbitMQ: each service's user (made by rabbitmqctl, as `make run` makes
+them) may publish, consume and declare exactly what pj_common.broker_access grants, and the broker
+refuses everything else with ACCESS_REFUSED: a dispatcher cannot publish a command or an order, and
+nothing but approvals can publish an order."""
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aiormq.exceptions import ChannelAccessRefused
+
+from pj_common.broker_access import Service
+from pj_common.topology import Topology, declare_topology, require_topology
+from pj_notifier.app import declare_notifier_queue
+
+A, R = "allowed", "refused"
+SERVICES = (Service.APPROVALS, Service.DISPATCHER, Service.GATEWAY, Service.NOTIFIER, Service.CLIENT)
+
+
+def publish_targets(t: Topology) -> dict[str, str]:
+    """Row name -> the exchange a publish goes to (`amq.default` reaches any queue by its name)."""
+    return {"command": t.inlet(t.commands), "lease request": t.inlet(t.leases), "order": t.inlet(t.dispatch),
+            "step report": t.inlet(t.results), "event": t.events, "dead letter": t.dead_letter_exchange,
+            "any queue (default exchange)": ""}
+
+
+# Columns as SERVICES: approvals, dispatcher, gateway, notifier, client.
+PUBLISH: dict[str, tuple[str, ...]] = {
+    "command":                      (R, R, A, R, A),
+    "lease request":                (R, A, R, R, R),
+    "order":                        (A, R, R, R, R),
+    "step report":                  (R, A, R, R, R),
+    "event":                        (A, R, R, R, R),
+    "dead letter":                  (A, A, R, A, R),
+    # Only approvals: replies go to direct reply-to, which only the default exchange reaches.
+    "any queue (default exchange)": (A, R, R, R, R),
+}
+
+CONSUME: dict[str, tuple[str, ...]] = {
+    "commands":     (A, R, R, R, R),
+    "leases":       (A, R, R, R, R),
+    "dispatch":     (A, A, R, R, R),
+    "results":      (A, R, R, R, R),
+    "dead letters": (A, R, R, R, R),
+    "notifier":     (R, R, R, A, R),
+}
+
+
+def consume_targets(t: Topology) -> dict[str, str]:
+    return {"commands": t.commands, "leases": t.leases, "dispatch": t.dispatch, "results": t.results,
+            "dead letters": t.dead_letters, "notifier": t.notifier}
+
+
+@pytest.fixture
+async def declared(amqp_url: str, topology: Topology, broker_users: dict[Service, str]) -> AsyncIterator[Topology]:
+    """The topology as approvals declares it, with its own user; the notifier's queue by the notifier's."""
+    for service in (Service.APPROVALS, Service.NOTIFIER):
+        connection = await aio_pika.connect(broker_users[service], timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            if service is Service.APPROVALS:
+                await declare_topology(channel, topology)
+            else:
+                await declare_notifier_queue(channel, topology)
+    yield topology
+
+
+Act = Callable[[AbstractChannel], Awaitable[None]]
+
+
+async def outcome(connection: AbstractConnection, act: Act) -> str:
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        await act(channel)
+    except ChannelAccessRefused:
+        return R
+    finally:
+        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
+            await channel.close()
+    return A
+
+
+def publish(exchange: str, routing_key: str) -> Act:
+    async def act(channel: AbstractChannel) -> None:
+        target = channel.default_exchange if not exchange else await channel.get_exchange(exchange, ensure=False)
+        # Junk on purpose: nothing consumes these queues in this test, and the topology is deleted after.
+        await target.publish(aio_pika.Message(b"{}"), routing_key=routing_key)
+    return act
+
+
+def consume(queue_name: str) -> Act:
+    async def act(channel: AbstractChannel) -> None:
+        queue = await channel.get_queue(queue_name, ensure=False)
+        await queue.cancel(await queue.consume(ignore))
+    return act
+
+
+async def ignore(message: AbstractIncomingMessage) -> None:
+    await message.nack()
+
+
+async def matrix(users: dict[Service, str], acts: dict[str, Act]) -> dict[str, tuple[str, ...]]:
+    got: dict[str, list[str]] = {row: [] for row in acts}
+    for service in SERVICES:
+        connection = await aio_pika.connect(users[service], timeout=10)
+        async with connection:
+            for row, act in acts.items():
+                got[row].append(await outcome(connection, act))
+    return {row: tuple(cells) for row, cells in got.items()}
+
+
+async def test_each_service_publishes_only_where_it_must(declared: Topology, broker_users: dict[Service, str]
+                                                         ) -> None:
+    t = declared
+    queue_of = {t.inlet(q): q for q in t.inlet_queues}  # an inlet's key is its queue's name
+    acts = {row: publish(exchange, queue_of.get(exchange, t.commands if not exchange else "approval.x"))
+            for row, exchange in publish_targets(t).items()}
+    assert await matrix(broker_users, acts) == PUBLISH
+
+
+async def test_each_service_consumes_only_its_own_queues(declared: Topology, broker_users: dict[Service, str]
+                                                         ) -> None:
+    acts = {row: consume(queue) for row, queue in consume_targets(declared).items()}
+    assert await matrix(broker_users, acts) == CONSUME
+
+
+async def test_only_approvals_declares_the_topology(declared: Topology, broker_users: dict[Service, str]) -> None:
+    """Declaring (even what exists, with the same arguments) needs configure permission: only approvals,
+    and the notifier its own queue, have it; a passive check needs none."""
+
+    async def declare(channel: AbstractChannel) -> None:
+        await declare_topology(channel, declared)
+
+    async def check(channel: AbstractChannel) -> None:
+        await require_topology(channel, queues=(declared.dispatch,), exchanges=(declared.inlet(declared.commands),))
+
+    assert await matrix(broker_users, {"declare": declare, "check": check}) == {
+        "declare": (A, R, R, R, R), "check": (A, A, A, A, A)}

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-APP_SERVICES = {"gateway", "approvals", "dispatcher", "migrate", "webhook-sink", "notifier"}
+APP_SERVICES = {"gateway", "approvals", "dispatcher", "migrate", "webhook-sink", "notifier", "broker-users"}
 EXPECTED_SERVICES = APP_SERVICES | {"rabbitmq", "postgres"}
 SERVICE_MODULES = {"gateway": "pj_gateway", "approvals": "pj_approvals", "dispatcher": "pj_dispatcher",
                    "migrate": "pj_approvals", "notifier": "pj_notifier"}
@@ -170,6 +170,21 @@ def test_services_share_prod_settings(services: dict[str, dict[str, Any]]) -> No
     assert len(secrets) == 1, "gateway and approvals must verify tokens with the same secret"
 
 
+def test_each_service_connects_as_its_own_broker_user(services: dict[str, dict[str, Any]]) -> None:
+    """The user of each PJ_AMQP_URL is the service's own, with the password the broker-users job sets
+    (the management plugin it uses is in the rabbitmq image)."""
+    job = env(services["broker-users"])
+    assert "management" in services["rabbitmq"]["image"]
+    command = argv(services["broker-users"])
+    assert command[:4] == ["python", "-m", "pj_common.broker_access", "apply"] and "--management-url" in command
+    assert (ROOT / "libs" / "common" / "pj_common" / "broker_access.py").is_file()
+    for name in ("approvals", "gateway", "dispatcher", "notifier"):
+        url = env(services[name])["PJ_AMQP_URL"]
+        assert urlsplit(url).username == f"pj-{name}", name
+        assert job[f"PJ_AMQP_URL_{name.upper()}"] == url, name
+    assert urlsplit(job["PJ_AMQP_URL"]).username == "pj"  # the administrator creates the users
+
+
 def test_the_dispatcher_gets_no_token_settings(services: dict[str, dict[str, Any]]) -> None:
     """It talks to hostile upstream servers and verifies no token: a JWT secret there could mint admin."""
     leaked = sorted(name for name in env(services["dispatcher"]) if name.startswith("PJ_JWT"))
@@ -182,5 +197,9 @@ def test_startup_order(services: dict[str, dict[str, Any]]) -> None:
     assert services["approvals"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     for name in ("approvals", "gateway", "dispatcher", "notifier"):
         assert services[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+    # Each connects as its own broker user, which the broker-users job creates first.
+    for name in ("approvals", "gateway", "dispatcher", "notifier"):
+        assert services[name]["depends_on"]["broker-users"]["condition"] == "service_completed_successfully", name
+    assert services["broker-users"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
     # The notifier keeps its own tables in the database the migrate job made ready.
     assert services["notifier"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"

@@ -14,6 +14,7 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from pj_approvals.settings import ApprovalsSettings
+from pj_common.broker_access import Service, url_key
 from pj_common.settings import MIN_SECRET_LENGTH, CommonSettings
 from pj_common.topology import Topology
 from pj_dispatcher.settings import DispatcherSettings
@@ -75,9 +76,12 @@ def settings_fields() -> dict[str, tuple[str, Any]]:
 
 SETTINGS = settings_fields()
 KNOWN = set(SETTINGS)
+# Each service's broker URL (pj_common.broker_access): a Deployment reads its own as PJ_AMQP_URL.
+BROKER_USERS = {"gateway": "PJ_AMQP_URL_GATEWAY", "approvals": "PJ_AMQP_URL_APPROVALS",
+                "dispatcher": "PJ_AMQP_URL_DISPATCHER", "notifier": "PJ_AMQP_URL_NOTIFIER"}
 SECRET_SETTINGS = {env for env, (_, field) in SETTINGS.items() if "SecretStr" in str(field.annotation)}
 # Plain strings that embed credentials.
-SENSITIVE = SECRET_SETTINGS | {"PJ_DATABASE_URL", "PJ_AMQP_URL"}
+SENSITIVE = SECRET_SETTINGS | {"PJ_DATABASE_URL", "PJ_AMQP_URL", *BROKER_USERS.values()}
 # Secrets may be given as a mounted file named by <ENV_NAME>_FILE (CommonSettings._secrets_from_files).
 FILE_VARIANTS = {f"{env}_FILE" for env in SECRET_SETTINGS}
 
@@ -251,7 +255,7 @@ def test_containers_set_only_real_settings(docs: list[Doc], config: dict[str, st
         assert container.get("envFrom") == [{"configMapRef": {"name": "pj-config"}}], name
         for env in container.get("env", []):
             assert env["name"] in KNOWN | FILE_VARIANTS, f"{name} sets {env['name']}, which nothing reads"
-    unknown = set(secret["stringData"]) - KNOWN
+    unknown = set(secret["stringData"]) - KNOWN - {url_key(service) for service in Service}
     assert not unknown, f"Secret keys no settings class reads: {sorted(unknown)}"
 
 
@@ -262,7 +266,8 @@ def test_secret_references_resolve(docs: list[Doc], secret: Doc) -> None:
         for env, ref in refs.items():
             assert ref["name"] == secret["metadata"]["name"], f"{name}: {env} reads Secret {ref['name']}"
             assert ref["key"] in keys, f"{name}: {env} reads key {ref['key']}, not in the Secret"
-            assert ref["key"] == env, f"{name}: {env} reads {ref['key']}"
+            own = BROKER_USERS[name] if env == "PJ_AMQP_URL" else env  # its own broker user's URL
+            assert ref["key"] == own, f"{name}: {env} reads {ref['key']}"
         for env in REQUIRED_SECRETS[name]:
             assert env in refs, f"{name} cannot start without {env}"
             assert not refs[env].get("optional", False), f"{name}: {env} is required, not optional"
@@ -348,7 +353,8 @@ def test_keda_scales_the_dispatcher_on_the_dispatch_queue(docs: list[Doc], confi
     auth = of_kind(docs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
     (ref,) = auth["spec"]["secretTargetRef"]
     assert ref["parameter"] == "host"
-    assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "PJ_AMQP_URL")
+    # The dispatcher's own URL: a passive look at the queue's length needs no permission.
+    assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "PJ_AMQP_URL_DISPATCHER")
     assert ref["key"] in secret["stringData"]
 
 
@@ -400,8 +406,8 @@ def test_no_literal_secrets(docs_by_file: dict[str, list[Doc]], config: dict[str
 def test_secret_example_holds_only_placeholders(secret: Doc) -> None:
     assert "data" not in secret, "base64 data would hide whether a value is a placeholder"
     values = secret["stringData"]
-    assert {"PJ_JWT_SECRET", "PJ_DATABASE_URL", "PJ_AMQP_URL", "PJ_WEBHOOK_SECRET", "GITHUB_DISPATCH_TOKEN",
-            "MS_CLIENT_SECRET", "SLACK_BOT_TOKEN"} <= set(values)
+    assert {"PJ_JWT_SECRET", "PJ_DATABASE_URL", "PJ_WEBHOOK_SECRET", "GITHUB_DISPATCH_TOKEN",
+            "MS_CLIENT_SECRET", "SLACK_BOT_TOKEN", *BROKER_USERS.values()} <= set(values)
     for key, value in values.items():
         assert PLACEHOLDER in value, f"{key} holds something other than a placeholder"
     # A forgotten replacement must stop the services, not run them with a published key.

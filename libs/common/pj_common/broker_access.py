@@ -19,10 +19,13 @@ direct reply-to, which only the default exchange reaches). So, enforced by the b
 Passive declares need no permission, nor does consuming direct reply-to; what a forged message could still
 do with a granted route is stopped by the receiver (commands carry tokens, reports and orders signatures).
 
-`apply` runs `rabbitmqctl import_definitions` once (users and permissions together; an existing user's
-password and permissions are replaced), then logs in as each user to see the import has taken effect.
-Passwords kept in `--users-file` are reused; missing ones are generated. The file gets one line per
-service, `PJ_AMQP_URL_<SERVICE>=amqp://...` (mode 0600), for `make run` to hand each process its own.
+`apply` imports the users and permissions together (an existing user's password and permissions are
+replaced): with `rabbitmqctl import_definitions` on the broker's host, or with `--management-url` through
+the management plugin's HTTP API (`POST /api/definitions`, as `--amqp-url`'s administrator; what Docker
+Compose does). It then logs in as each user to see the import has taken effect. Each user's password is
+taken from `PJ_AMQP_URL_<SERVICE>` in the environment, else from `--users-file`, else generated. The
+file gets one line per service, `PJ_AMQP_URL_<SERVICE>=amqp://...` (mode 0600), for `make run` to hand
+each process its own.
 """
 
 import argparse
@@ -37,6 +40,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,6 +56,8 @@ NOTHING = "^$"
 # Queues the broker names itself (exclusive, auto-deleted): the console's and `pj watch`'s event views.
 SERVER_NAMED = r"amq\.gen-.*"
 DEFAULT_EXCHANGE = "amq.default"
+# How long an import may take to show (it is asynchronous): each user must log in within this.
+LOGIN_TIMEOUT_S = 20.0
 
 
 class Service(StrEnum):
@@ -178,6 +185,21 @@ class BrokerAccessError(Exception):
     """The users could not be created or checked (the message says why)."""
 
 
+def _post_definitions(management_url: str, amqp_url: str, body: dict[str, list[dict[str, object]]]) -> None:
+    """Import through the management API, as the administrator `amqp_url` logs in as."""
+    admin = urlsplit(amqp_url)
+    credentials = base64.b64encode(f"{unquote(admin.username or '')}:{unquote(admin.password or '')}".encode())
+    request = urllib.request.Request(f"{management_url.rstrip('/')}/api/definitions", method="POST",
+                                     data=json.dumps(body).encode(), headers={
+                                         "Content-Type": "application/json",
+                                         "Authorization": f"Basic {credentials.decode()}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        raise BrokerAccessError(f"the management API refused the definitions: {exc}") from exc
+
+
 def _rabbitmqctl(*args: str, stdin: str | None = None) -> None:
     tool = shutil.which("rabbitmqctl")
     if tool is None:
@@ -204,23 +226,28 @@ async def _wait_for_login(url: str, timeout_s: float) -> None:
 
 
 def apply(topology: Topology, amqp_url: str, *, user_prefix: str | None = None, prefix_pattern: str | None = None,
-          users_file: Path | None = None, services: Sequence[Service] = tuple(Service),
-          login_timeout_s: float = 20.0) -> dict[Service, str]:
+          users_file: Path | None = None, management_url: str | None = None,
+          environ: Mapping[str, str] | None = None) -> dict[Service, str]:
     """Create or update each service's user; returns each service's AMQP URL (also written to `users_file`)."""
     prefix = user_prefix or topology.prefix
+    services = tuple(Service)
     known = read_users_file(users_file) if users_file is not None else {}
+    known |= {key: value for key, value in (environ or {}).items() if key in {url_key(s) for s in services}}
     passwords = {service: _password_in(known.get(url_key(service)), user_name(service, prefix))
                  or secrets.token_urlsafe(24) for service in services}
     body = definitions(topology, passwords, vhost=vhost_of(amqp_url), user_prefix=prefix,
                        prefix_pattern=prefix_pattern)
-    # On standard input: the command may run as the broker's own system user, which could not read our
-    # files, and no file of password hashes is left behind.
-    _rabbitmqctl("import_definitions", "--format", "json", stdin=json.dumps(body))
+    if management_url is not None:
+        _post_definitions(management_url, amqp_url, body)
+    else:
+        # On standard input: the command may run as the broker's own system user, which could not read our
+        # files, and no file of password hashes is left behind.
+        _rabbitmqctl("import_definitions", "--format", "json", stdin=json.dumps(body))
     urls = {service: with_credentials(amqp_url, user_name(service, prefix), password)
             for service, password in passwords.items()}
 
     async def check_all() -> None:
-        await asyncio.gather(*(_wait_for_login(url, login_timeout_s) for url in urls.values()))
+        await asyncio.gather(*(_wait_for_login(url, LOGIN_TIMEOUT_S) for url in urls.values()))
 
     asyncio.run(check_all())
     if users_file is not None:
@@ -259,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--amqp-url", default=os.environ.get("PJ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
                         help="the broker and virtual host (its credentials are not used)")
     parser.add_argument("--users-file", type=Path, help="keep the services' AMQP URLs here (mode 0600)")
+    parser.add_argument("--management-url", help="import through this management API instead of rabbitmqctl")
     args = parser.parse_args(argv)
     topology = Topology(args.prefix)
     try:
@@ -267,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.verb == "remove":
             remove(topology.prefix)
         else:
-            apply(topology, args.amqp_url, users_file=args.users_file)
+            apply(topology, args.amqp_url, users_file=args.users_file, management_url=args.management_url,
+                  environ=os.environ)
             print(f"broker users {', '.join(user_name(s, topology.prefix) for s in Service)} are set"
                   + (f" (URLs in {args.users_file})" if args.users_file else ""))
     except BrokerAccessError as exc:

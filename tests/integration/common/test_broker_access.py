@@ -3,15 +3,23 @@ them) may publish, consume and declare exactly what pj_common.broker_access gran
 refuses everything else with ACCESS_REFUSED: a dispatcher cannot publish a command or an order, and
 nothing but approvals can publish an order."""
 
+import base64
 import contextlib
+import json
+import subprocess
+import threading
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused
 
-from pj_common.broker_access import Service
+from pj_common.broker_access import Service, apply, remove, with_credentials
 from pj_common.topology import Topology, declare_topology, require_topology
 from pj_notifier.app import declare_notifier_queue
 
@@ -138,3 +146,50 @@ async def test_only_approvals_declares_the_topology(declared: Topology, broker_u
 
     assert await matrix(broker_users, {"declare": declare, "check": check}) == {
         "declare": (A, R, R, R, R), "check": (A, A, A, A, A)}
+
+
+class ManagementApi(BaseHTTPRequestHandler):
+    """RabbitMQ's management API, as far as `POST /api/definitions` goes, on 127.0.0.1: it checks the
+    administrator's basic credentials and imports the body into the real broker (rabbitmqctl)."""
+
+    expected_auth = ""
+    bodies: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path != "/api/definitions" or self.headers.get("Authorization") != self.expected_auth:
+            self.send_response(401)
+            self.end_headers()
+            return
+        self.bodies.append(json.loads(body))
+        subprocess.run(["rabbitmqctl", "import_definitions", "--format", "json"], input=body, check=True,
+                       capture_output=True, timeout=60)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.mark.usefixtures("broker_users")  # rabbitmqctl manages the broker under test
+def test_compose_creates_the_users_through_the_management_api_with_the_passwords_it_was_given(
+        amqp_url: str) -> None:
+    prefix = f"pjm-{uuid.uuid4().hex[:10]}"
+    admin = urlsplit(amqp_url)
+    ManagementApi.expected_auth = "Basic " + base64.b64encode(
+        f"{admin.username}:{admin.password}".encode()).decode()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ManagementApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    chosen = with_credentials(amqp_url, f"{prefix}-gateway", "chosen in the environment")
+    try:
+        urls = apply(Topology(prefix), amqp_url, management_url=f"http://127.0.0.1:{server.server_port}",
+                     environ={"PJ_AMQP_URL_GATEWAY": chosen, "PJ_AMQP_URL_ELSE": "ignored"})
+        # Every user logged in (apply checks it); the gateway's with the password it was given.
+        assert urls[Service.GATEWAY] == chosen
+        assert len(urls) == len(Service) and len(ManagementApi.bodies) == 1
+        assert "chosen in the environment" not in json.dumps(ManagementApi.bodies[0])  # hashes only
+    finally:
+        server.shutdown()
+        server.server_close()
+        remove(prefix)

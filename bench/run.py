@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:  # bench.*, tests.support.system and the workspace
 
 import psycopg  # noqa: E402
 
-from bench import bulk, counts  # noqa: E402
+from bench import bulk, counts, procstat  # noqa: E402
 from bench.chart import render_chart  # noqa: E402
 from bench.httpclient import CLIENT_KINDS, Client, HttpFailure, Response, make_clients, skip_failed_sniffio_import  # noqa: E402
 from bench.receiver import Receiver  # noqa: E402
@@ -76,7 +76,7 @@ TARGETS: dict[str, dict[str, Any]] = {
 CSRF = {"X-PuddleJumper-Request": "true"}
 ISSUER, AUDIENCE = "puddlejumper", "pj-approval-gate"
 TENANT = "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+CLK_TCK = procstat.CLK_TCK
 HTTP_TIMEOUT_S = 30.0  # longer than PJ_DISPATCH_WAIT_S (10 s), so a slow dispatch shows as 202, not a timeout
 MAX_OPS_PER_WORKER = 1_000_000  # every load loop is bounded in count as well as in time
 READ_POOL_MIN = 200  # approvals the read scenario picks from when no bulk rows were made
@@ -183,53 +183,23 @@ def proc_ticks(pid: int | str) -> tuple[int, int, str, int]:
     return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]), comm, int(fields[1])
 
 
-def listener_pid(port: int) -> int | None:
-    """The process listening on TCP `port` of this machine (the PostgreSQL or RabbitMQ server), if visible."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in list(f)[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                    inodes.add(fields[9])
-    if not inodes:
-        return None
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in os.scandir(f"/proc/{entry.name}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd.path) in wanted:
-                        return int(entry.name)
-    return None
-
-
 def server_cpu_ticks(root: int | None, comm_name: str) -> int | None:
-    """CPU of one server's process tree (PostgreSQL, RabbitMQ): its root and every descendant.
+    """CPU of one server's process tree (PostgreSQL, RabbitMQ): its root and every descendant
+    (procstat.tree_ticks: reaped children count through their parent).
 
-    Each live process counts its own time plus its reaped children's (cutime), so a backend that exited
-    in the window still counts, through its parent. With no root (the server's listener not visible),
-    every process named `comm_name` counts: then another server of that name (a test's own PostgreSQL,
-    a `rabbitmqctl` run) adds noise and can even make a figure negative when it exits.
+    With no root (the server's listener not visible), every process named `comm_name` counts: then
+    another server of that name (a test's own PostgreSQL, a `rabbitmqctl` run) adds noise and can even
+    make a figure negative when it exits.
     """
+    if root is not None:
+        ticks = procstat.tree_ticks(root)
+        if ticks is not None:
+            return ticks
     stats: dict[int, tuple[int, int, str, int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 stats[int(entry.name)] = proc_ticks(entry.name)
-    if root is not None and root in stats:
-        tree, frontier = {root}, [root]
-        children: dict[int, list[int]] = {}
-        for pid, (_, _, _, ppid) in stats.items():
-            children.setdefault(ppid, []).append(pid)
-        while frontier:
-            for child in children.get(frontier.pop(), []):
-                if child not in tree:
-                    tree.add(child)
-                    frontier.append(child)
-        return sum(stats[pid][0] + stats[pid][1] for pid in tree)
     named = {pid: st for pid, st in stats.items() if st[2] == comm_name}
     if not named:
         return None
@@ -247,17 +217,8 @@ def find_servers(database_url: str, amqp_url: str) -> dict[str, int | None]:
 
     pg_port = int(psycopg.conninfo.conninfo_to_dict(database_url).get("port") or 5432)
     amqp_port = urlsplit(amqp_url).port or 5672
-    SERVER_ROOTS.update(postgres=listener_pid(pg_port), rabbitmq=listener_pid(amqp_port))
+    SERVER_ROOTS.update(postgres=procstat.listener_pid(pg_port), rabbitmq=procstat.listener_pid(amqp_port))
     return dict(SERVER_ROOTS)
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, idle) ticks of all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    busy = sum(values[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is in user)
-    return busy, idle
 
 
 @dataclass
@@ -276,7 +237,7 @@ def cpu_snapshot(pids: dict[str, int]) -> CpuSnapshot:
             ticks[name] = None
     ticks["postgres"] = server_cpu_ticks(SERVER_ROOTS.get("postgres"), "postgres")
     ticks["rabbitmq"] = server_cpu_ticks(SERVER_ROOTS.get("rabbitmq"), "beam.smp")
-    return CpuSnapshot(time.monotonic(), ticks, machine_ticks())
+    return CpuSnapshot(time.monotonic(), ticks, procstat.machine_ticks())
 
 
 def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> tuple[dict[str, float | None], dict[str, float]]:

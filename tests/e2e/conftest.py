@@ -13,8 +13,15 @@ import yaml
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import mint_token
 from pj_common.broker_access import Service
-from pj_common.topology import Topology
-from tests.support.system import System, SystemSecrets, delete_topology, free_port, fresh_database, service_env
+from tests.support.oidc_provider import Provider
+from tests.support.system import (
+    System,
+    SystemSecrets,
+    free_port,
+    fresh_database,
+    running_system,
+    service_env,
+)
 from tests.support.webhook_sink import SinkState, start_sink
 
 SECRET = "e2e-jwt-secret-0123456789abcdef0123456789"
@@ -82,6 +89,17 @@ def system_env(database_url: str, amqp_url: str, prefix: str, port: int, webhook
         PJ_DISPATCH_LEASE_S="10", PJ_LEASE_RENEW_S="2", PJ_REAPER_INTERVAL_S="1")
 
 
+def verified_by(provider: Provider, env: dict[str, str]) -> dict[str, str]:
+    """`env` with the OpenID provider's keys as the one token key source, the console signing in with the
+    provider, and metrics ports of its own."""
+    env = {k: v for k, v in env.items() if k != "PJ_JWT_SECRET"}
+    return {**env, "PJ_JWT_JWKS_URL": provider.jwks_url, "PJ_JWT_ALGORITHMS": "RS256",
+            "PJ_JWT_ISSUER": provider.issuer, "PJ_JWT_AUDIENCE": provider.audience,
+            "PJ_OIDC_ISSUER": provider.issuer, "PJ_OIDC_CLIENT_ID": provider.client_id,
+            "PJ_OIDC_SCOPES": "openid profile pj", "PJ_APPROVALS_METRICS_PORT": str(free_port()),
+            "PJ_DISPATCHER_METRICS_PORT": str(free_port())}
+
+
 @pytest.fixture(scope="session")
 def sink() -> Iterator[SinkState]:
     server, state = start_sink(WEBHOOK_SECRET)
@@ -137,19 +155,10 @@ async def system(database_url: str, amqp_url: str, sink: SinkState, broker_users
     env["PJ_APPROVALS_METRICS_PORT"] = str(free_port())
     # Both dispatchers are given this port: one serves its metrics, the other logs and works on.
     env["PJ_DISPATCHER_METRICS_PORT"] = str(free_port())
-    sys_ = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path_factory.mktemp("e2e-logs"),
-                  broker_users=broker_users)
-    try:
-        sys_.start("approvals", "pj_approvals")
-        sys_.start("dispatcher-1", "pj_dispatcher")
-        sys_.start("dispatcher-2", "pj_dispatcher")
-        sys_.start("gateway", "pj_gateway")
-        # Both dispatchers must be consuming before tests share work between them.
-        await sys_.wait_healthy(dispatchers=2)
-        yield sys_
-    finally:
-        sys_.stop_all()
-        await delete_topology(amqp_url, Topology(prefix))
+    # Both dispatchers consume before tests share work between them.
+    async with running_system(env, amqp_url=amqp_url, logdir=tmp_path_factory.mktemp("e2e-logs"), dispatchers=2,
+                              broker_users=broker_users) as system:
+        yield system
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import pj_gateway.routes as gateway_routers
 from pj_approvals.catalog import Catalog
 from pj_approvals.settings import DEFAULT_CATALOG
 from pj_common.auth import Role
+from pj_common.broker_access import Service
 from pj_common.messages import (
     ApprovalEvent,
     CheckHealth,
@@ -48,7 +49,14 @@ from pj_common.messages import (
 from pj_common.topology import Topology
 from pj_common.transport import RpcClient
 from tests.e2e.conftest import CSRF, METRICS_TOKEN, SECRET, SIGNING_KEY, WEBHOOK_SECRET, token
-from tests.support.system import System, SystemSecrets, delete_topology, free_port, fresh_database, service_env
+from tests.support.system import (
+    System,
+    SystemSecrets,
+    free_port,
+    fresh_database,
+    running_system,
+    service_env,
+)
 from tests.support.webhook_sink import SinkState
 
 ACTION = "matrix.request"
@@ -181,7 +189,7 @@ def matrix_catalog() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-async def matrix_system(pg_admin_url: str, amqp_url: str, sink: SinkState,
+async def matrix_system(pg_admin_url: str, amqp_url: str, sink: SinkState, broker_users: dict[Service, str],
                         tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     """Gateway, approvals and one dispatcher with their own database, the service identity configured
     and the gateway's rate limits out of the way (the matrix sends hundreds of requests from one address)."""
@@ -197,16 +205,8 @@ async def matrix_system(pg_admin_url: str, amqp_url: str, sink: SinkState,
             PJ_SERVICE_PRINCIPALS=json.dumps({SERVICE_SUBJECT: SERVICE_GRANT}),
             PJ_RATE_LIMIT_PER_MIN="100000", PJ_AUTH_FAILURES_PER_MIN="100000",
             PJ_CONNECTOR_ALLOW_HTTP="1")  # the webhook sink is plain HTTP on this host
-        system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=folder)
-        try:
-            system.start("approvals", "pj_approvals")
-            system.start("dispatcher", "pj_dispatcher")
-            system.start("gateway", "pj_gateway")
-            await system.wait_healthy(dispatchers=1)
+        async with running_system(env, amqp_url=amqp_url, logdir=folder, broker_users=broker_users) as system:
             yield system
-        finally:
-            system.stop_all()
-            await delete_topology(amqp_url, Topology(prefix))
 
 
 @pytest.fixture

@@ -28,13 +28,13 @@ import pytest
 from typer.testing import CliRunner
 
 from pj_client.cli import app
-from pj_common.topology import Topology
+from pj_common.broker_access import Service
 from tests.support.local_http import serving
 from tests.support.oidc_provider import USERS, Provider, sign_in, start_provider
-from tests.support.system import System, delete_topology, free_port
+from tests.support.system import System, free_port, running_system
 from tests.support.webhook_sink import SinkState
 
-from .conftest import system_env
+from .conftest import system_env, verified_by
 
 PJ = Path(sys.executable).parent / "pj"
 CODE_SHOWN = re.compile(r"code (?P<code>[A-Z0-9]{4}-[A-Z0-9]{4})\b.*?\n\s*(?P<url>http\S+)", re.S)
@@ -48,7 +48,7 @@ class LoginSystem:
 
 
 @pytest.fixture(scope="module")
-async def login_system(module_database: str, amqp_url: str, sink: SinkState,
+async def login_system(module_database: str, amqp_url: str, sink: SinkState, broker_users: dict[Service, str],
                        tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LoginSystem]:
     """Gateway, approvals and a dispatcher that verify tokens with the provider's JWKS; the gateway's console
     names the provider, which is where `pj login` finds it."""
@@ -57,22 +57,9 @@ async def login_system(module_database: str, amqp_url: str, sink: SinkState,
     logdir = tmp_path_factory.mktemp("cli-login-logs")
     with start_provider([f"http://127.0.0.1:{port}/console/"], tenant_prefix=f"{prefix}-",
                         log=logdir / "oidc.log") as provider:
-        env = system_env(module_database, amqp_url, prefix, port, sink.url)
-        del env["PJ_JWT_SECRET"]  # one key source: the provider's keys
-        env.update(PJ_JWT_JWKS_URL=provider.jwks_url, PJ_JWT_ALGORITHMS="RS256", PJ_JWT_ISSUER=provider.issuer,
-                   PJ_JWT_AUDIENCE=provider.audience, PJ_OIDC_ISSUER=provider.issuer,
-                   PJ_OIDC_CLIENT_ID=provider.client_id, PJ_OIDC_SCOPES="openid profile pj",
-                   PJ_APPROVALS_METRICS_PORT=str(free_port()), PJ_DISPATCHER_METRICS_PORT=str(free_port()))
-        system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=logdir)
-        try:
-            system.start("approvals", "pj_approvals")
-            system.start("dispatcher", "pj_dispatcher")
-            system.start("gateway", "pj_gateway")
-            await system.wait_healthy(dispatchers=1)
+        env = verified_by(provider, system_env(module_database, amqp_url, prefix, port, sink.url))
+        async with running_system(env, amqp_url=amqp_url, logdir=logdir, broker_users=broker_users) as system:
             yield LoginSystem(system, provider, f"{prefix}-")
-        finally:
-            system.stop_all()
-            await delete_topology(amqp_url, Topology(prefix))
 
 
 @pytest.fixture

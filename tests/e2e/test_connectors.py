@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from pj_approvals.settings import DEFAULT_CATALOG
-from pj_common.topology import Topology
+from pj_common.broker_access import Service
 from tests.support.github_api import GitHubState, start_github_api
 from tests.support.graph_api import GraphState, start_graph_api, stop_graph_api
 from tests.support.slack_api import SlackState, start_slack_api, stop_slack_api
-from tests.support.system import System, delete_topology, free_port
+from tests.support.system import System, free_port, running_system
 
 from .conftest import approve, headers, request_approval, system_env
 
@@ -48,7 +48,7 @@ def apis() -> Iterator[Apis]:
 
 
 @pytest.fixture(scope="module")
-async def connected(module_database: str, amqp_url: str, apis: Apis,
+async def connected(module_database: str, amqp_url: str, apis: Apis, broker_users: dict[Service, str],
                     tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     """The system with every connector configured against the local API servers."""
     catalog = yaml.safe_load(DEFAULT_CATALOG.read_text())
@@ -67,16 +67,8 @@ async def connected(module_database: str, amqp_url: str, apis: Apis,
         "PJ_GRAPH_LOGIN_URL": apis.graph.login_url,
         "SLACK_BOT_TOKEN": SLACK_TOKEN, "PJ_SLACK_API_URL": apis.slack.url,
     })
-    system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=folder)
-    try:
-        system.start("approvals", "pj_approvals")
-        system.start("dispatcher-1", "pj_dispatcher")
-        system.start("gateway", "pj_gateway")
-        await system.wait_healthy()
+    async with running_system(env, amqp_url=amqp_url, logdir=folder, broker_users=broker_users) as system:
         yield system
-    finally:
-        system.stop_all()
-        await delete_topology(amqp_url, Topology(prefix))
 
 
 async def approved_environment(client: httpx.AsyncClient, tenant: str, name: str) -> str:

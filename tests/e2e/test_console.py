@@ -20,14 +20,15 @@ import pytest
 import uvicorn
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from pj_common.broker_access import Service
 from pj_common.topology import Topology, declare_topology
 from pj_gateway.app import create_app
 from pj_gateway.settings import GatewaySettings
 from tests.support.oidc_provider import OIDC_DIR, USERS, Provider, start_provider
-from tests.support.system import REPO, System, delete_topology, free_port
+from tests.support.system import REPO, System, delete_topology, free_port, running_system
 from tests.support.webhook_sink import SinkState, start_sink
 
-from .conftest import CSRF, WEBHOOK_SECRET, system_env
+from .conftest import CSRF, WEBHOOK_SECRET, system_env, verified_by
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "console"
@@ -70,7 +71,8 @@ def console_sink() -> Iterator[SinkState]:
 
 @pytest.fixture(scope="module")
 async def console_system(module_database: str, amqp_url: str, console_sink: SinkState,
-                         tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleSystem]:
+                         broker_users: dict[Service, str], tmp_path_factory: pytest.TempPathFactory
+                         ) -> AsyncIterator[ConsoleSystem]:
     """Gateway, approvals and a dispatcher that verify tokens with the OpenID provider's JWKS."""
     port = free_port()
     prefix = f"pjc-{uuid.uuid4().hex[:10]}"
@@ -79,22 +81,9 @@ async def console_system(module_database: str, amqp_url: str, console_sink: Sink
     # Tenants of this run only (the provider's users are the same in every run).
     with start_provider([f"http://127.0.0.1:{port}/console/"], access_ttl_s=ACCESS_TTL_S,
                         tenant_prefix=f"{prefix}-", log=logdir / "oidc.log") as provider:
-        env = system_env(module_database, amqp_url, prefix, port, console_sink.url)
-        del env["PJ_JWT_SECRET"]  # one key source: the provider's keys
-        env.update(PJ_JWT_JWKS_URL=provider.jwks_url, PJ_JWT_ALGORITHMS="RS256", PJ_JWT_ISSUER=provider.issuer,
-                   PJ_JWT_AUDIENCE=provider.audience, PJ_OIDC_ISSUER=provider.issuer,
-                   PJ_OIDC_CLIENT_ID=provider.client_id, PJ_OIDC_SCOPES="openid profile pj",
-                   PJ_APPROVALS_METRICS_PORT=str(free_port()), PJ_DISPATCHER_METRICS_PORT=str(free_port()))
-        system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=logdir)
-        try:
-            system.start("approvals", "pj_approvals")
-            system.start("dispatcher", "pj_dispatcher")
-            system.start("gateway", "pj_gateway")
-            await system.wait_healthy(dispatchers=1)
+        env = verified_by(provider, system_env(module_database, amqp_url, prefix, port, console_sink.url))
+        async with running_system(env, amqp_url=amqp_url, logdir=logdir, broker_users=broker_users) as system:
             yield ConsoleSystem(system, provider, console_sink)
-        finally:
-            system.stop_all()
-            await delete_topology(amqp_url, Topology(prefix))
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from pj_common.auth import mint_token
-from pj_common.topology import Topology
+from pj_common.broker_access import Service
 from tests.support.local_http import serving
-from tests.support.system import System, delete_topology, free_port
+from tests.support.system import System, free_port, running_system
 from tests.support.webhook_sink import SinkState, start_sink
 
 from .conftest import (
@@ -122,7 +122,8 @@ def echoing_api() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 async def secret_system(module_database: str, amqp_url: str, sink: SinkState, echoing_api: str,
-                        tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+                        broker_users: dict[Service, str], tmp_path_factory: pytest.TempPathFactory
+                        ) -> AsyncIterator[System]:
     """The e2e system (tests/e2e/conftest.py's settings) with every connector's credentials set as well,
     the API connectors pointed at the echoing API, and a log folder of its own."""
     folder = tmp_path_factory.mktemp("secrets")
@@ -138,16 +139,8 @@ async def secret_system(module_database: str, amqp_url: str, sink: SinkState, ec
         "PJ_GRAPH_API_URL": f"{echoing_api}/v1.0", "PJ_GRAPH_LOGIN_URL": echoing_api,
         "PJ_LOG_LEVEL": "DEBUG",  # the most a service ever writes
     })
-    system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=folder)
-    try:
-        system.start("approvals", "pj_approvals")
-        system.start("dispatcher-1", "pj_dispatcher")
-        system.start("gateway", "pj_gateway")
-        await system.wait_healthy(dispatchers=1)
+    async with running_system(env, amqp_url=amqp_url, logdir=folder, broker_users=broker_users) as system:
         yield system
-    finally:
-        system.stop_all()
-        await delete_topology(amqp_url, Topology(prefix))
 
 
 async def approved(run: Run, action: str, payload: dict[str, Any]) -> str:

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from pj_common.topology import Topology
+from pj_common.broker_access import Service
 from tests.e2e.conftest import EXTRA_ACTIONS, METRICS_TOKEN, headers, request_approval, system_env, write_catalog
 from tests.support.slack_api import SlackState, send_interaction, start_slack_api, stop_slack_api
-from tests.support.system import System, delete_topology, free_port, fresh_database
+from tests.support.system import System, free_port, fresh_database, running_system
 from tests.support.webhook_sink import SinkState
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,8 @@ def slack() -> Iterator[SlackState]:
 
 @pytest.fixture(scope="module")
 async def slack_system(pg_admin_url: str, amqp_url: str, sink: SinkState, slack: SlackState,
-                       tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+                       broker_users: dict[Service, str], tmp_path_factory: pytest.TempPathFactory
+                       ) -> AsyncIterator[System]:
     """Gateway with the Slack settings, approvals that lets `pj-slack` decide on behalf of TENANT's people."""
     prefix = f"pjs-{uuid.uuid4().hex[:10]}"
     port = free_port()
@@ -66,23 +67,20 @@ async def slack_system(pg_admin_url: str, amqp_url: str, sink: SinkState, slack:
                    PJ_DISPATCHER_METRICS_PORT=str(free_port()),
                    PJ_SERVICE_PRINCIPALS=json.dumps({"pj-slack": {"commands": ["decide_on_behalf"],
                                                                   "tenants": [TENANT]}}))
-        system = System(base_url=f"http://127.0.0.1:{port}", env=env,
-                        logdir=tmp_path_factory.mktemp("e2e-slack-logs"))
-        try:
-            system.start("approvals", "pj_approvals")
-            system.start("dispatcher", "pj_dispatcher")
-            system.start("gateway", "pj_gateway", PJ_SLACK_SIGNING_SECRET=SIGNING_SECRET,
-                         PJ_SLACK_USER_MAP=json.dumps(USER_MAP), SLACK_BOT_TOKEN=BOT_TOKEN,
-                         PJ_SLACK_API_URL=slack.url)
-            # The notifier posts the messages whose buttons are clicked, and updates them after a decision.
-            notified = with_notifications(catalog, catalog.with_name("notified.yaml"))
+        notified = with_notifications(catalog, catalog.with_name("notified.yaml"))
+
+        def notifier(system: System) -> None:
+            """Posts the messages whose buttons are clicked, and updates them after a decision."""
             system.start("notifier", "pj_notifier", PJ_CATALOG=str(notified), SLACK_BOT_TOKEN=BOT_TOKEN,
                          PJ_SLACK_API_URL=slack.url, PJ_CONSOLE_URL=system.base_url)
-            await system.wait_healthy(timeout=60, dispatchers=1)  # a shared machine may be slow to start five processes
+
+        slack_gateway = {"PJ_SLACK_SIGNING_SECRET": SIGNING_SECRET, "PJ_SLACK_USER_MAP": json.dumps(USER_MAP),
+                         "SLACK_BOT_TOKEN": BOT_TOKEN, "PJ_SLACK_API_URL": slack.url}
+        # A shared machine may be slow to start five processes.
+        async with running_system(env, amqp_url=amqp_url, logdir=tmp_path_factory.mktemp("e2e-slack-logs"),
+                                  broker_users=broker_users, gateway_env=slack_gateway, also=notifier,
+                                  timeout=60) as system:
             yield system
-        finally:
-            system.stop_all()
-            await delete_topology(amqp_url, Topology(prefix))
 
 
 def with_notifications(catalog: Path, to: Path) -> Path:

@@ -6,8 +6,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pj_common.topology import Topology
-from tests.support.system import System, SystemSecrets, delete_topology, free_port, fresh_database, service_env
+from pj_common.broker_access import Service
+from tests.support.system import (
+    System,
+    SystemSecrets,
+    free_port,
+    fresh_database,
+    running_system,
+    service_env,
+)
 from tests.support.webhook_sink import start_sink
 
 SECRET = "fuzz-jwt-secret-0123456789abcdef0123456789"
@@ -18,7 +25,7 @@ TENANT = "default"  # the shipped catalog's tenant
 
 
 @pytest.fixture(scope="session")
-async def fuzz_system(pg_admin_url: str, amqp_url: str,
+async def fuzz_system(pg_admin_url: str, amqp_url: str, broker_users: dict[Service, str],
                       tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     server, sink = start_sink(WEBHOOK_SECRET)
     prefix = f"pjf-{uuid.uuid4().hex[:10]}"
@@ -32,16 +39,9 @@ async def fuzz_system(pg_admin_url: str, amqp_url: str,
                 # The fuzzer sends thousands of requests a minute from one address and caller: the rate
                 # limits would answer most of them 429 (which the spec documents) and hide the routes.
                 PJ_RATE_LIMIT_PER_MIN="1000000", PJ_AUTH_FAILURES_PER_MIN="1000000")
-            system = System(base_url=f"http://127.0.0.1:{port}", env=env, logdir=tmp_path_factory.mktemp("fuzz"))
-            try:
-                system.start("approvals", "pj_approvals")
-                system.start("dispatcher", "pj_dispatcher")
-                system.start("gateway", "pj_gateway")
-                await system.wait_healthy(dispatchers=1)
+            async with running_system(env, amqp_url=amqp_url, logdir=tmp_path_factory.mktemp("fuzz"),
+                                      broker_users=broker_users) as system:
                 yield system
-            finally:
-                system.stop_all()
-                await delete_topology(amqp_url, Topology(prefix))
     finally:
         server.shutdown()
         server.server_close()

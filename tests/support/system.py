@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,3 +193,29 @@ class System:
                     last = repr(exc)
                 await asyncio.sleep(0.2)
         raise AssertionError(f"system not {expect} within {timeout}s: {last}\n{self.tails()}")
+
+
+@contextlib.asynccontextmanager
+async def running_system(env: dict[str, str], *, amqp_url: str, logdir: Path, dispatchers: int = 1,
+                         broker_users: Mapping[Service, str] | None = None,
+                         gateway_env: Mapping[str, str] | None = None,
+                         also: Callable[[System], None] | None = None,
+                         timeout: float = 30.0) -> AsyncIterator[System]:
+    """Approvals, `dispatchers` dispatchers (dispatcher-1, ...) and the gateway of `env`, started in that
+    order (approvals declares the topology the others wait for), then whatever `also` starts, healthy.
+    Afterwards every process is stopped and the prefix's queues and exchanges are deleted."""
+    system = System(base_url=f"http://127.0.0.1:{env['PJ_GATEWAY_PORT']}", env=env, logdir=logdir,
+                    broker_users=broker_users)
+    try:
+        system.start("approvals", "pj_approvals")
+        for number in range(1, dispatchers + 1):
+            system.start(f"dispatcher-{number}", "pj_dispatcher")
+        system.start("gateway", "pj_gateway", **(gateway_env or {}))
+        if also is not None:
+            also(system)
+        await system.wait_healthy(timeout=timeout, dispatchers=dispatchers)
+        yield system
+    finally:
+        system.stop_all()
+        await delete_topology(amqp_url, Topology(env["PJ_AMQP_PREFIX"]))
+

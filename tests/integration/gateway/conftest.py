@@ -140,6 +140,9 @@ def gateway_factory(amqp_url: str, topology: Topology) -> GatewayFactory:
             "rpc_timeout_s": 2.0, "dispatch_wait_s": 1.0, "health_timeout_s": 0.5,
             **overrides,
         }
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:  # the topology approvals declares (the gateway waits for it otherwise)
+            await declare_topology(await connection.channel(), Topology(str(values["amqp_prefix"])))
         app = create_app(GatewaySettings(**values))  # type: ignore[arg-type]
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

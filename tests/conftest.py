@@ -78,7 +78,7 @@ TEST_PREFIXES = "pj[a-z]*-[0-9a-f]+"
 
 
 @pytest.fixture(scope="session")
-def broker_users(amqp_url: str) -> Iterator[dict[Service, str]]:
+def broker_users(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Service, str]]:
     """One RabbitMQ user per service, as `make run` creates them, for every test prefix; each service's
     AMQP URL. Made with rabbitmqctl (which must manage the broker at `amqp_url`), removed afterwards."""
     if shutil.which("rabbitmqctl") is None or os.environ.get("PJ_TEST_CONTAINERS") == "1":
@@ -87,7 +87,8 @@ def broker_users(amqp_url: str) -> Iterator[dict[Service, str]]:
             pytest.fail(message + " (CI is set: least privilege on the broker must be tested)")
         pytest.skip(message)
     user_prefix = f"pjtest-{uuid.uuid4().hex[:8]}"  # a run of its own: two test runs never share a password
-    urls = apply(Topology("pjtest"), amqp_url, user_prefix=user_prefix, prefix_pattern=TEST_PREFIXES)
+    urls = apply(Topology("pjtest"), amqp_url, user_prefix=user_prefix, prefix_pattern=TEST_PREFIXES,
+                 users_file=tmp_path_factory.mktemp("broker-users") / "broker-users.env")
     yield urls
     remove(user_prefix)
 

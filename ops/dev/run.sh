@@ -39,8 +39,10 @@ processes() {
 broker_users() {
   local file="$rundir/broker-users.env" err
   if err=$($py -m pj_common.broker_access apply --users-file "$file" 2>&1 >/dev/null); then
-    # shellcheck disable=SC1090
-    . "$file"
+    # Read, not sourced: a URL is data (an `&` in its query must not run anything).
+    while IFS='=' read -r key value; do
+      case "$key" in PJ_AMQP_URL_[A-Z]*) printf -v "$key" '%s' "$value" ;; esac
+    done < "$file"
   else
     echo "[run] ${err:-broker users not set}; every service connects as PJ_AMQP_URL's user" >&2
   fi
@@ -55,7 +57,7 @@ amqp_url_for() {
     notifier) url=${PJ_AMQP_URL_NOTIFIER:-} ;;
     gateway) url=${PJ_AMQP_URL_GATEWAY:-} ;;
   esac
-  echo "${url:-$PJ_AMQP_URL}"
+  echo "${url:-${PJ_AMQP_URL:-}}"
 }
 
 # The previous run's log becomes <name>.log.1 (one generation kept), so a restart loses nothing.

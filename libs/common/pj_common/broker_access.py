@@ -14,7 +14,7 @@ direct reply-to, which only the default exchange reaches). So, enforced by the b
 - a dispatcher publishes lease requests and step reports, and dead-letters orders: no command, no order;
 - the gateway (and any other client) publishes commands: no order, no report, no lease request;
 - only approvals publishes dispatch orders and events, and only approvals declares the topology;
-- the notifier declares and reads its own queue only.
+- the notifier declares and reads its own queue only (bound to the events), and dead-letters.
 
 Passive declares need no permission, nor does consuming direct reply-to; what a forged message could still
 do with a granted route is stopped by the receiver (commands carry tokens, reports and orders signatures).
@@ -23,9 +23,10 @@ do with a granted route is stopped by the receiver (commands carry tokens, repor
 replaced): with `rabbitmqctl import_definitions` on the broker's host, or with `--management-url` through
 the management plugin's HTTP API (`POST /api/definitions`, as `--amqp-url`'s administrator; what Docker
 Compose does). It then logs in as each user to see the import has taken effect. Each user's password is
-taken from `PJ_AMQP_URL_<SERVICE>` in the environment, else from `--users-file`, else generated. The
-file gets one line per service, `PJ_AMQP_URL_<SERVICE>=amqp://...` (mode 0600), for `make run` to hand
-each process its own.
+taken from `PJ_AMQP_URL_<SERVICE>` in the environment, else from `--users-file`; only with a users file
+are missing ones generated (and kept there: one line per service, `PJ_AMQP_URL_<SERVICE>=amqp://...`,
+mode 0600, for `make run` to hand each process its own). Users are `<prefix>-<service>`, with
+`@<vhost>` outside the default virtual host.
 """
 
 import argparse
@@ -104,8 +105,9 @@ def permissions(service: Service, topology: Topology, *, prefix_pattern: str | N
                 # each declared queue as a binding's destination.
                 write=names(t.inlet(t.dispatch), t.events, t.dead_letter_exchange, *t.declared_queues,
                             extra=(re.escape(DEFAULT_EXCHANGE),)),
-                # Its queues, the ones declared with a dead-letter exchange, and each binding's source.
-                read=names(*t.declared_queues, *(t.inlet(q) for q in t.inlet_queues), t.dead_letter_exchange))
+                # Its queues, the ones it declares with a dead-letter exchange, and each binding's source
+                # (the dead-letter queue has no dead-letter exchange, and its depth is read passively).
+                read=names(*t.inlet_queues, *(t.inlet(q) for q in t.inlet_queues), t.dead_letter_exchange))
         case Service.DISPATCHER:
             return Permissions(
                 configure=NOTHING,
@@ -123,8 +125,11 @@ def permissions(service: Service, topology: Topology, *, prefix_pattern: str | N
                 read=names(t.events, extra=(SERVER_NAMED,)))
 
 
-def user_name(service: Service, user_prefix: str) -> str:
-    return f"{user_prefix}-{service.value}"
+def user_name(service: Service, user_prefix: str, vhost: str = "/") -> str:
+    """`<prefix>-<service>`, and `@<vhost>` outside the default virtual host: users are the broker's, not a
+    virtual host's, so two deployments with one prefix in two virtual hosts must not share (and reset
+    each other's) users, nor reach each other's virtual host with one password."""
+    return f"{user_prefix}-{service.value}" + ("" if vhost == "/" else f"@{vhost}")
 
 
 def url_key(service: Service) -> str:
@@ -158,7 +163,7 @@ def definitions(topology: Topology, passwords: Mapping[Service, str], *, vhost: 
     users: list[dict[str, object]] = []
     grants: list[dict[str, object]] = []
     for service, password in passwords.items():
-        name = user_name(service, user_prefix)
+        name = user_name(service, user_prefix, vhost)
         users.append({"name": name, "password_hash": password_hash(password),
                       "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
         granted = permissions(service, topology, prefix_pattern=prefix_pattern)
@@ -228,23 +233,31 @@ async def _wait_for_login(url: str, timeout_s: float) -> None:
 def apply(topology: Topology, amqp_url: str, *, user_prefix: str | None = None, prefix_pattern: str | None = None,
           users_file: Path | None = None, management_url: str | None = None,
           environ: Mapping[str, str] | None = None) -> dict[Service, str]:
-    """Create or update each service's user; returns each service's AMQP URL (also written to `users_file`)."""
-    prefix = user_prefix or topology.prefix
-    services = tuple(Service)
+    """Create or update each service's user; returns each service's AMQP URL (also written to `users_file`).
+
+    A password is generated only where it is recorded (`users_file`): without one, each service's URL must
+    be given (`environ`), so a running service's password is never replaced by one nobody knows.
+    """
+    prefix, vhost = user_prefix or topology.prefix, vhost_of(amqp_url)
     known = read_users_file(users_file) if users_file is not None else {}
-    known |= {key: value for key, value in (environ or {}).items() if key in {url_key(s) for s in services}}
-    passwords = {service: _password_in(known.get(url_key(service)), user_name(service, prefix))
-                 or secrets.token_urlsafe(24) for service in services}
-    body = definitions(topology, passwords, vhost=vhost_of(amqp_url), user_prefix=prefix,
-                       prefix_pattern=prefix_pattern)
+    known |= {key: value for key, value in (environ or {}).items() if key in {url_key(s) for s in Service}}
+    passwords = {service: _password_in(known.get(url_key(service)), user_name(service, prefix, vhost))
+                 for service in Service}
+    missing = [f"{url_key(service)} (user {user_name(service, prefix, vhost)})"
+               for service, password in passwords.items() if password is None]
+    if missing and users_file is None:
+        raise BrokerAccessError("no password known for " + ", ".join(missing) + ": set each URL with its user "
+                                "and password, or give --users-file to have new passwords made and kept there")
+    chosen = {service: password or secrets.token_urlsafe(24) for service, password in passwords.items()}
+    body = definitions(topology, chosen, vhost=vhost, user_prefix=prefix, prefix_pattern=prefix_pattern)
     if management_url is not None:
         _post_definitions(management_url, amqp_url, body)
     else:
         # On standard input: the command may run as the broker's own system user, which could not read our
         # files, and no file of password hashes is left behind.
         _rabbitmqctl("import_definitions", "--format", "json", stdin=json.dumps(body))
-    urls = {service: with_credentials(amqp_url, user_name(service, prefix), password)
-            for service, password in passwords.items()}
+    urls = {service: with_credentials(amqp_url, user_name(service, prefix, vhost), password)
+            for service, password in chosen.items()}
 
     async def check_all() -> None:
         await asyncio.gather(*(_wait_for_login(url, LOGIN_TIMEOUT_S) for url in urls.values()))
@@ -258,23 +271,23 @@ def apply(topology: Topology, amqp_url: str, *, user_prefix: str | None = None, 
     return urls
 
 
-def remove(user_prefix: str, services: Sequence[Service] = tuple(Service)) -> None:
+def remove(user_prefix: str, vhost: str = "/") -> None:
     """Delete each service's user (in parallel: each rabbitmqctl call starts a VM of its own)."""
     tool = shutil.which("rabbitmqctl")
     if tool is None:
         raise BrokerAccessError("rabbitmqctl is not on PATH")
-    running = [subprocess.Popen([tool, "delete_user", user_name(s, user_prefix)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for s in services]
+    running = [subprocess.Popen([tool, "delete_user", user_name(s, user_prefix, vhost)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for s in Service]
     for process in running:
         process.wait(timeout=120)
 
 
-def table(topology: Topology) -> str:
+def table(topology: Topology, vhost: str = "/") -> str:
     """The permissions of every service, one block each."""
     lines = []
     for service in Service:
         granted = permissions(service, topology)
-        lines.append(f"{user_name(service, topology.prefix)}\n  configure {granted.configure}\n"
+        lines.append(f"{user_name(service, topology.prefix, vhost)}\n  configure {granted.configure}\n"
                      f"  write     {granted.write}\n  read      {granted.read}")
     return "\n".join(lines)
 
@@ -288,16 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users-file", type=Path, help="keep the services' AMQP URLs here (mode 0600)")
     parser.add_argument("--management-url", help="import through this management API instead of rabbitmqctl")
     args = parser.parse_args(argv)
-    topology = Topology(args.prefix)
+    topology, vhost = Topology(args.prefix), vhost_of(args.amqp_url)
     try:
         if args.verb == "show":
-            print(table(topology))
+            print(table(topology, vhost))
         elif args.verb == "remove":
-            remove(topology.prefix)
+            remove(topology.prefix, vhost)
         else:
             apply(topology, args.amqp_url, users_file=args.users_file, management_url=args.management_url,
                   environ=os.environ)
-            print(f"broker users {', '.join(user_name(s, topology.prefix) for s in Service)} are set"
+            print(f"broker users {', '.join(user_name(s, topology.prefix, vhost) for s in Service)} are set"
                   + (f" (URLs in {args.users_file})" if args.users_file else ""))
     except BrokerAccessError as exc:
         print(f"broker users not set: {exc}", file=sys.stderr)

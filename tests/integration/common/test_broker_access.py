@@ -19,7 +19,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused
 
-from pj_common.broker_access import Service, apply, remove, with_credentials
+from pj_common.broker_access import BrokerAccessError, Service, apply, remove, url_key, with_credentials
 from pj_common.topology import Topology, declare_topology, require_topology
 from pj_notifier.app import declare_notifier_queue
 
@@ -51,7 +51,7 @@ CONSUME: dict[str, tuple[str, ...]] = {
     "leases":       (A, R, R, R, R),
     "dispatch":     (A, A, R, R, R),
     "results":      (A, R, R, R, R),
-    "dead letters": (A, R, R, R, R),
+    "dead letters": (R, R, R, R, R),  # operators' (make dlq); approvals reads its depth passively
     "notifier":     (R, R, R, A, R),
 }
 
@@ -181,14 +181,20 @@ def test_compose_creates_the_users_through_the_management_api_with_the_passwords
     server = ThreadingHTTPServer(("127.0.0.1", 0), ManagementApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    chosen = with_credentials(amqp_url, f"{prefix}-gateway", "chosen in the environment")
+    environ = {url_key(s): with_credentials(amqp_url, f"{prefix}-{s.value}", f"chosen for {s.value}")
+               for s in Service}
+    management = f"http://127.0.0.1:{server.server_port}"
     try:
-        urls = apply(Topology(prefix), amqp_url, management_url=f"http://127.0.0.1:{server.server_port}",
-                     environ={"PJ_AMQP_URL_GATEWAY": chosen, "PJ_AMQP_URL_ELSE": "ignored"})
-        # Every user logged in (apply checks it); the gateway's with the password it was given.
-        assert urls[Service.GATEWAY] == chosen
-        assert len(urls) == len(Service) and len(ManagementApi.bodies) == 1
-        assert "chosen in the environment" not in json.dumps(ManagementApi.bodies[0])  # hashes only
+        with pytest.raises(BrokerAccessError, match="PJ_AMQP_URL_CLIENT"):  # no password is made up unrecorded
+            apply(Topology(prefix), amqp_url, management_url=management,
+                  environ={k: v for k, v in environ.items() if k != "PJ_AMQP_URL_CLIENT"})
+        assert not ManagementApi.bodies
+        urls = apply(Topology(prefix), amqp_url, management_url=management,
+                     environ={**environ, "PJ_AMQP_URL_ELSE": "ignored"})
+        # Every user logged in (apply checks it), each with the password it was given.
+        assert urls == {s: environ[url_key(s)] for s in Service}
+        assert len(ManagementApi.bodies) == 1
+        assert "chosen for" not in json.dumps(ManagementApi.bodies[0])  # hashes only
     finally:
         server.shutdown()
         server.server_close()

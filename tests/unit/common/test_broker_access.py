@@ -9,6 +9,7 @@ from pj_common.broker_access import (
     definitions,
     password_hash,
     permissions,
+    user_name,
     vhost_of,
     with_credentials,
 )
@@ -51,3 +52,12 @@ def test_a_prefix_pattern_grants_every_matching_prefix() -> None:
     granted = permissions(Service.GATEWAY, Topology("x"), prefix_pattern="pj[a-z]*-[0-9a-f]+")
     assert re.fullmatch(granted.write, "pje-0a1b.commands.in")
     assert not re.fullmatch(granted.write, "pj.commands.in")
+
+
+def test_users_of_another_virtual_host_are_others() -> None:
+    """Users are the broker's: one prefix in two virtual hosts must not share (and reset) one user."""
+    assert user_name(Service.GATEWAY, "pj") == "pj-gateway"
+    assert user_name(Service.GATEWAY, "pj", "staging") == "pj-gateway@staging"
+    body = definitions(Topology("pj"), {Service.GATEWAY: "p"}, vhost="staging", user_prefix="pj")
+    assert [u["name"] for u in body["users"]] == ["pj-gateway@staging"]
+    assert body["permissions"][0]["vhost"] == "staging"

@@ -27,11 +27,13 @@ A, R = "allowed", "refused"
 SERVICES = (Service.APPROVALS, Service.DISPATCHER, Service.GATEWAY, Service.NOTIFIER, Service.CLIENT)
 
 
-def publish_targets(t: Topology) -> dict[str, str]:
-    """Row name -> the exchange a publish goes to (`amq.default` reaches any queue by its name)."""
-    return {"command": t.inlet(t.commands), "lease request": t.inlet(t.leases), "order": t.inlet(t.dispatch),
-            "step report": t.inlet(t.results), "event": t.events, "dead letter": t.dead_letter_exchange,
-            "any queue (default exchange)": ""}
+def publish_targets(t: Topology) -> dict[str, tuple[str, str]]:
+    """Row name -> (exchange, routing key) of a publish: an inlet takes its queue's name as key, and the
+    default exchange (`""`, `amq.default`) reaches any queue by its name."""
+    return {"command": (t.inlet(t.commands), t.commands), "lease request": (t.inlet(t.leases), t.leases),
+            "order": (t.inlet(t.dispatch), t.dispatch), "step report": (t.inlet(t.results), t.results),
+            "event": (t.events, "approval.created"), "dead letter": (t.dead_letter_exchange, t.dispatch),
+            "any queue (default exchange)": ("", t.commands)}
 
 
 # Columns as SERVICES: approvals, dispatcher, gateway, notifier, client.
@@ -121,10 +123,7 @@ async def matrix(users: dict[Service, str], acts: dict[str, Act]) -> dict[str, t
 
 async def test_each_service_publishes_only_where_it_must(declared: Topology, broker_users: dict[Service, str]
                                                          ) -> None:
-    t = declared
-    queue_of = {t.inlet(q): q for q in t.inlet_queues}  # an inlet's key is its queue's name
-    acts = {row: publish(exchange, queue_of.get(exchange, t.commands if not exchange else "approval.x"))
-            for row, exchange in publish_targets(t).items()}
+    acts = {row: publish(exchange, key) for row, (exchange, key) in publish_targets(declared).items()}
     assert await matrix(broker_users, acts) == PUBLISH
 
 

@@ -22,7 +22,7 @@ from tests.support.system import (
     running_system,
     service_env,
 )
-from tests.support.webhook_sink import SinkState, start_sink
+from tests.support.webhook_sink import SinkState, serving_sink
 
 SECRET = "e2e-jwt-secret-0123456789abcdef0123456789"
 SIGNING_KEY = "e2e-dispatch-signing-key-0123456789abcdef"
@@ -102,10 +102,8 @@ def verified_by(provider: Provider, env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def sink() -> Iterator[SinkState]:
-    server, state = start_sink(WEBHOOK_SECRET)
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving_sink(WEBHOOK_SECRET) as state:
+        yield state
 
 
 # Added to the default catalog for the e2e run: a two-stage rule, and an action whose plan a test changes.

@@ -26,7 +26,7 @@ from pj_gateway.app import create_app
 from pj_gateway.settings import GatewaySettings
 from tests.support.oidc_provider import OIDC_DIR, USERS, Provider, start_provider
 from tests.support.system import REPO, System, delete_topology, free_port, running_system
-from tests.support.webhook_sink import SinkState, start_sink
+from tests.support.webhook_sink import SinkState, serving_sink
 
 from .conftest import CSRF, WEBHOOK_SECRET, system_env, verified_by
 
@@ -63,10 +63,8 @@ class ConsoleSystem:
 @pytest.fixture(scope="module")
 def console_sink() -> Iterator[SinkState]:
     """A webhook receiver of this module's own: the other e2e modules count what theirs receives."""
-    server, state = start_sink(WEBHOOK_SECRET)
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving_sink(WEBHOOK_SECRET) as state:
+        yield state
 
 
 @pytest.fixture(scope="module")

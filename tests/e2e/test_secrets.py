@@ -18,7 +18,7 @@ from pj_common.auth import mint_token
 from pj_common.broker_access import Service
 from tests.support.local_http import serving
 from tests.support.system import System, free_port, running_system
-from tests.support.webhook_sink import SinkState, start_sink
+from tests.support.webhook_sink import SinkState, serving_sink
 
 from .conftest import (
     AUDIENCE,
@@ -108,10 +108,8 @@ class Run:
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[SinkState]:
-    server, state = start_sink(WEBHOOK_SECRET)
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving_sink(WEBHOOK_SECRET) as state:
+        yield state
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from tests.support.system import (
     running_system,
     service_env,
 )
-from tests.support.webhook_sink import start_sink
+from tests.support.webhook_sink import serving_sink
 
 SECRET = "fuzz-jwt-secret-0123456789abcdef0123456789"
 SIGNING_KEY = "fuzz-dispatch-signing-key-0123456789abcdef"
@@ -27,10 +27,9 @@ TENANT = "default"  # the shipped catalog's tenant
 @pytest.fixture(scope="session")
 async def fuzz_system(pg_admin_url: str, amqp_url: str, broker_users: dict[Service, str],
                       tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
-    server, sink = start_sink(WEBHOOK_SECRET)
     prefix = f"pjf-{uuid.uuid4().hex[:10]}"
     port = free_port()
-    try:
+    with serving_sink(WEBHOOK_SECRET) as sink:
         async with fresh_database(pg_admin_url, "pj_fuzz") as database_url:
             env = service_env(
                 database_url=database_url, amqp_url=amqp_url, prefix=prefix, port=port, webhook_url=sink.url,
@@ -42,6 +41,3 @@ async def fuzz_system(pg_admin_url: str, amqp_url: str, broker_users: dict[Servi
             async with running_system(env, amqp_url=amqp_url, logdir=tmp_path_factory.mktemp("fuzz"),
                                       broker_users=broker_users) as system:
                 yield system
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -92,6 +93,17 @@ def start_sink(secret: str, port: int = 0) -> tuple[ThreadingHTTPServer, SinkSta
     state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, state
+
+
+@contextlib.contextmanager
+def serving_sink(secret: str) -> Iterator[SinkState]:
+    """A sink on a free port of 127.0.0.1 for as long as the block runs (a fixture's lifetime)."""
+    server, state = start_sink(secret)
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def main() -> None:

@@ -18,17 +18,15 @@ from pj_dispatcher.connectors.webhook import WebhookConnector
 from pj_dispatcher.metrics import DispatcherMetrics
 from pj_dispatcher.runner import PlanRunner
 from pj_dispatcher.settings import DispatcherSettings
-from tests.support.webhook_sink import SinkState, start_sink, verify
+from tests.support.webhook_sink import SinkState, serving_sink, start_sink, verify
 
 SECRET = "webhook-test-secret"
 
 
 @pytest.fixture
 def sink() -> Iterator[SinkState]:
-    server, state = start_sink(SECRET)
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving_sink(SECRET) as state:
+        yield state
 
 
 def context(payload: Any = None, operation: str = "post") -> StepContext:

@@ -20,7 +20,7 @@ from pj_notifier.service import Channels, Notifier
 from pj_notifier.settings import NotifierSettings
 from tests.support.slack_api import SlackState, start_slack_api, stop_slack_api
 from tests.support.smtp_server import SmtpState, start_smtp_server
-from tests.support.webhook_sink import SinkState, start_sink
+from tests.support.webhook_sink import SinkState, serving_sink
 
 SLACK_TOKEN = "xoxb-notifier-test"
 WEBHOOK_SECRET = "notifier-webhook-secret-0123456789abcdef"
@@ -76,10 +76,8 @@ def smtp() -> Iterator[SmtpState]:
 
 @pytest.fixture
 def sink() -> Iterator[SinkState]:
-    server, state = start_sink(WEBHOOK_SECRET)
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving_sink(WEBHOOK_SECRET) as state:
+        yield state
 
 
 @pytest.fixture

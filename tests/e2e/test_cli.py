@@ -6,37 +6,19 @@ import json
 import os
 import stat
 import sys
-import traceback
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from pj_client.cli import app
 from pj_common.auth import TokenVerifier
+from tests.support.pj_cli import Run, pj_in_process
 from tests.support.system import System, free_port
 from tests.support.webhook_sink import SinkState
 
 from .conftest import AUDIENCE, ISSUER, SECRET, token
 
 PJ = Path(sys.executable).parent / "pj"
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def error(self) -> dict[str, Any]:
-        """The error envelope `--json` prints on stderr."""
-        return dict(json.loads(self.err.strip().splitlines()[-1])["error"])
 
 
 @pytest.fixture
@@ -63,20 +45,12 @@ async def pj(env: dict[str, str], *args: str, as_user: str | None = None, **extr
 
 async def pj_here(env: dict[str, str], *args: str, as_user: str | None = None, typed: str | None = None,
                   **extra_env: str | None) -> Run:
-    """The same command in this process (typer's runner, in a thread of its own since a command may run
-    an event loop): a subprocess costs a second or more of start-up on a busy machine, this none. The
-    lifecycle and `watch` run the installed entry point; the other checks run here."""
+    """The same command in this process (`pj_in_process`, no start-up cost). The lifecycle and `watch` run
+    the installed entry point; the other checks run here."""
     if as_user is not None:
         role, sub, tenant = as_user.split(":")
         extra_env["PJ_TOKEN"] = token(role, sub, tenant)
-    # The runner sets these for the call only; every PJ_ variable of the test run is cleared first.
-    cleared: dict[str, str | None] = {k: None for k in os.environ if k.startswith("PJ_")}
-    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), input=typed,
-                                     env={**cleared, **env, **extra_env}, prog_name="pj")
-    crash = ""
-    if result.exc_info is not None and result.exception is not None and not isinstance(result.exception, SystemExit):
-        crash = "".join(traceback.format_exception(*result.exc_info))  # shown by a failing assert's message
-    return Run(result.exit_code, result.stdout, result.stderr + crash)
+    return await pj_in_process({**env, **extra_env}, *args, typed=typed)
 
 
 def new_tenant() -> str:

@@ -13,7 +13,6 @@ import re
 import stat
 import sys
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,12 +24,11 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from pj_client.cli import app
 from pj_common.broker_access import Service
 from tests.support.local_http import serving
 from tests.support.oidc_provider import USERS, Provider, sign_in, start_provider
+from tests.support.pj_cli import Run, pj_in_process
 from tests.support.system import System, free_port, running_system
 from tests.support.webhook_sink import SinkState
 
@@ -69,27 +67,9 @@ def pj_env(login_system: LoginSystem, tmp_path: Path) -> dict[str, str]:
             "XDG_CONFIG_HOME": str(tmp_path / "config"), "COLUMNS": "200"}
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
 async def pj(env: dict[str, str], *args: str, typed: str | None = None) -> Run:
-    """`pj args...` in this process (typer's runner, in a thread: a command may run an event loop); a
-    subprocess costs a second or more of start-up on a busy machine. `pj login` itself runs the installed
-    entry point (`login_as`)."""
-    cleared: dict[str, str | None] = {k: None for k in os.environ if k.startswith("PJ_")}
-    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), input=typed, env={**cleared, **env},
-                                     prog_name="pj")
-    crash = ""
-    if result.exc_info is not None and result.exception is not None and not isinstance(result.exception, SystemExit):
-        crash = "".join(traceback.format_exception(*result.exc_info))
-    return Run(result.exit_code, result.stdout, result.stderr + crash)
+    """`pj args...` in this process; `pj login` itself runs the installed entry point (`login_as`)."""
+    return await pj_in_process(dict(env), *args, typed=typed)
 
 
 # ---------------------------------------------------------------- the person at the browser

@@ -61,11 +61,12 @@ class DispatcherApp:
 
     async def _setup(self, connection: AbstractConnection) -> None:
         # Approvals declares the topology; this process's broker user may only use it (docs/security.md).
-        topology = self.topology
-        await require_topology(await connection.channel(), queues=(topology.dispatch,), exchanges=(
+        # Checked on the channel that then publishes the reports and dead letters.
+        topology, watch = self.topology, self.supervisor.watch
+        confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await require_topology(confirm, queues=(topology.dispatch,), exchanges=(
             topology.inlet(topology.leases), topology.inlet(topology.results), topology.dead_letter_exchange))
-        watch = self.supervisor.watch
-        confirm = self._confirm = watch(await connection.channel(publisher_confirms=True, on_return_raises=True))
+        self._confirm = watch(confirm)
         watch(await self.rpc.attach(connection))
         orders = watch(await connection.channel(publisher_confirms=False))
         self._stop_consuming = await consume(

@@ -56,9 +56,11 @@ class GatewayState:
             await self.verifier.keys.stop()
 
     async def _setup(self, connection: AbstractConnection) -> None:
-        # Approvals declares the topology; the gateway's broker user may only publish commands.
-        await require_topology(await connection.channel(), exchanges=(self.topology.inlet(self.topology.commands),))
-        self.inspect = await connection.channel()
+        # Approvals declares the topology; the gateway's broker user may only publish commands. The channel
+        # that checked it serves the health checks.
+        channel = await connection.channel()
+        await require_topology(channel, exchanges=(self.topology.inlet(self.topology.commands),))
+        self.inspect = channel
         self.supervisor.watch(await self.rpc.attach(connection))
 
     async def inspect_channel(self) -> AbstractChannel | None:

@@ -179,11 +179,13 @@ def read_users_file(path: Path) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def _password_in(url: str | None, user: str) -> str | None:
+def password_of(url: str | None, user: str) -> str | None:
+    """The password `url` logs in with, if it logs in as `user` (both percent-decoded, as the broker sees
+    them: `with_credentials` encodes the `@` of a user of another virtual host)."""
     if not url:
         return None
     parts = urlsplit(url)
-    return unquote(parts.password) if parts.username == user and parts.password else None
+    return unquote(parts.password) if unquote(parts.username or "") == user and parts.password else None
 
 
 class BrokerAccessError(Exception):
@@ -241,7 +243,7 @@ def apply(topology: Topology, amqp_url: str, *, user_prefix: str | None = None, 
     prefix, vhost = user_prefix or topology.prefix, vhost_of(amqp_url)
     known = read_users_file(users_file) if users_file is not None else {}
     known |= {key: value for key, value in (environ or {}).items() if key in {url_key(s) for s in Service}}
-    passwords = {service: _password_in(known.get(url_key(service)), user_name(service, prefix, vhost))
+    passwords = {service: password_of(known.get(url_key(service)), user_name(service, prefix, vhost))
                  for service in Service}
     missing = [f"{url_key(service)} (user {user_name(service, prefix, vhost)})"
                for service, password in passwords.items() if password is None]

@@ -8,6 +8,7 @@ from pj_common.broker_access import (
     Service,
     definitions,
     password_hash,
+    password_of,
     permissions,
     user_name,
     vhost_of,
@@ -61,3 +62,13 @@ def test_users_of_another_virtual_host_are_others() -> None:
     body = definitions(Topology("pj"), {Service.GATEWAY: "p"}, vhost="staging", user_prefix="pj")
     assert [u["name"] for u in body["users"]] == ["pj-gateway@staging"]
     assert body["permissions"][0]["vhost"] == "staging"
+
+
+def test_a_url_made_for_a_user_gives_back_its_password() -> None:
+    """The users file and the environment hold URLs: a user of another virtual host (`@` encoded in the
+    URL) must find its password there again, not get a new one at each run."""
+    for vhost in ("/", "staging"):
+        user = user_name(Service.DISPATCHER, "pj", vhost)
+        url = with_credentials("amqp://admin:x@127.0.0.1:5672/" + ("" if vhost == "/" else vhost), user, "p@ss:w/rd")
+        assert password_of(url, user) == "p@ss:w/rd"
+        assert password_of(url, user_name(Service.GATEWAY, "pj", vhost)) is None
